@@ -1,0 +1,145 @@
+//! `wise embed`: CLIP features of images and texts (HF `get_image_features` /
+//! `get_text_features`), for inspection, retrieval, or checking a model against another
+//! implementation.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use candle_core::{DType, Tensor};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use wise_clip::weights::save_safetensors_atomic;
+use wise_clip::{ClipModel, ModelSource};
+
+#[derive(Args)]
+pub struct EmbedArgs {
+    /// HF model directory, open_clip .safetensors file, or hub id.
+    #[arg(long)]
+    model: String,
+    /// Image files or folders (folders are searched recursively, in sorted order).
+    #[arg(long, num_args = 1..)]
+    images: Vec<PathBuf>,
+    /// A text file with one text per line.
+    #[arg(long)]
+    texts: Option<PathBuf>,
+    /// Output .safetensors file.
+    #[arg(long)]
+    out: PathBuf,
+    /// Also store the preprocessed `pixel_values`.
+    #[arg(long)]
+    save_pixels: bool,
+    #[arg(long, default_value_t = 32)]
+    batch_size: usize,
+    /// cpu, cuda[:N] or metal.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+}
+
+const IMAGE_EXTENSIONS: [&str; 7] = ["jpg", "jpeg", "png", "bmp", "webp", "tiff", "tif"];
+
+pub fn run(args: EmbedArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(args.batch_size > 0, "--batch-size must be at least 1");
+    anyhow::ensure!(!args.images.is_empty() || args.texts.is_some(), "nothing to embed: give --images and/or --texts");
+    let device = wise_clip::parse_device(&args.device)?;
+    let source = ModelSource::resolve(&args.model).with_context(|| format!("loading model '{}'", args.model))?;
+    let model = ClipModel::load(&source, &device)?.with_compute_dtype(wise_clip::compute_dtype(&device));
+
+    let mut tensors: Vec<(String, Tensor)> = Vec::new();
+    let images = expand_images(&args.images)?;
+    if !images.is_empty() {
+        let preprocessor = source.preprocessor()?;
+        let bar = progress(images.len(), "images");
+        let (mut embeds, mut pixels) = (Vec::new(), Vec::new());
+        for chunk in images.chunks(args.batch_size) {
+            let batch = preprocessor.eval_files(chunk, &device)?;
+            embeds.push(model.image_features(&batch)?);
+            if args.save_pixels {
+                pixels.push(batch.to_device(&candle_core::Device::Cpu)?);
+            }
+            bar.inc(chunk.len() as u64);
+        }
+        bar.finish_and_clear();
+        tensors.push(("image_embeds".into(), Tensor::cat(&embeds, 0)?));
+        if args.save_pixels {
+            tensors.push(("pixel_values".into(), Tensor::cat(&pixels, 0)?));
+        }
+    }
+    let mut texts = Vec::new();
+    if let Some(path) = &args.texts {
+        let content = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        texts = content.lines().map(str::to_string).collect();
+        anyhow::ensure!(!texts.is_empty(), "{}: no texts (one per line)", path.display());
+        let tokenizer = source.tokenizer()?;
+        let ids = tokenizer.encode_batch(&texts)?;
+        let bar = progress(texts.len(), "texts");
+        let mut embeds = Vec::new();
+        for chunk in ids.chunks(args.batch_size) {
+            embeds.push(model.text_features(&model.ids_tensor(chunk)?)?);
+            bar.inc(chunk.len() as u64);
+        }
+        bar.finish_and_clear();
+        tensors.push(("text_embeds".into(), Tensor::cat(&embeds, 0)?));
+        tensors.push(("input_ids".into(), model.ids_tensor(&ids)?.to_dtype(DType::I64)?));
+    }
+    tensors.push(("logit_scale".into(), model.logit_scale.as_tensor().clone()));
+    let tensors = tensors
+        .into_iter()
+        .map(|(n, t)| Ok((n, t.to_device(&candle_core::Device::Cpu)?)))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+
+    let mut meta = HashMap::new();
+    meta.insert("model".to_string(), source.spec.clone());
+    let names: Vec<String> = images.iter().map(|p| p.display().to_string()).collect();
+    meta.insert("images".to_string(), serde_json::to_string(&names)?);
+    meta.insert("texts".to_string(), serde_json::to_string(&texts)?);
+    save_safetensors_atomic(&args.out, &tensors, Some(meta))?;
+    eprintln!("wrote {} ({} images, {} texts)", args.out.display(), images.len(), texts.len());
+    Ok(())
+}
+
+/// Files as given; folders expanded recursively to their image files, sorted by path.
+fn expand_images(inputs: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for input in inputs {
+        if input.is_dir() {
+            let mut found = Vec::new();
+            collect_images(input, &mut found)?;
+            found.sort();
+            anyhow::ensure!(!found.is_empty(), "{}: no image files in this folder", input.display());
+            out.extend(found);
+        } else {
+            anyhow::ensure!(input.exists(), "{}: no such file", input.display());
+            out.push(input.clone());
+        }
+    }
+    Ok(out)
+}
+
+fn collect_images(dir: &Path, found: &mut Vec<PathBuf>) -> anyhow::Result<()> {
+    for entry in std::fs::read_dir(dir).with_context(|| format!("reading folder {}", dir.display()))? {
+        let path = entry?.path();
+        if path.is_dir() {
+            collect_images(&path, found)?;
+        } else if path
+            .extension()
+            .and_then(|e| e.to_str())
+            .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+        {
+            found.push(path);
+        }
+    }
+    Ok(())
+}
+
+fn progress(total: usize, what: &str) -> ProgressBar {
+    let bar = ProgressBar::new(total as u64);
+    bar.set_style(
+        ProgressStyle::with_template(&format!("{{bar:30}} {{pos}}/{{len}} {what} {{per_sec}} eta {{eta}}"))
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    if total <= 64 {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    bar
+}

@@ -1,0 +1,443 @@
+//! CLIP hyper-parameters, read from (and written as) a Hugging Face `config.json`.
+//!
+//! Field names and defaults are HF's `CLIPTextConfig` / `CLIPVisionConfig`, so a hub
+//! `config.json` deserialises as it is (unknown keys are ignored: HF configs carry many
+//! fields that do not change the network) and a config we write loads in transformers.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, Result};
+
+/// The MLP non-linearity (`hidden_act`). OpenAI checkpoints use QuickGELU; most
+/// open_clip/LAION ones use exact GELU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Activation {
+    #[serde(rename = "quick_gelu")]
+    QuickGelu,
+    /// Exact GELU, `x·Φ(x)` with erf (PyTorch `nn.GELU()`).
+    #[serde(rename = "gelu")]
+    Gelu,
+    /// GELU's tanh approximation.
+    #[serde(rename = "gelu_pytorch_tanh", alias = "gelu_new")]
+    GeluTanh,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TextConfig {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    /// Context length: token sequences are padded/truncated to this.
+    pub max_position_embeddings: usize,
+    pub hidden_act: Activation,
+    pub layer_norm_eps: f64,
+    pub bos_token_id: u32,
+    /// HF's legacy configs say 2 here; the text tower then pools at `argmax(input_ids)`,
+    /// which is the end-of-text token because it has the largest id.
+    pub eos_token_id: u32,
+    pub pad_token_id: u32,
+}
+
+impl Default for TextConfig {
+    fn default() -> Self {
+        Self {
+            vocab_size: 49408,
+            hidden_size: 512,
+            intermediate_size: 2048,
+            num_hidden_layers: 12,
+            num_attention_heads: 8,
+            max_position_embeddings: 77,
+            hidden_act: Activation::QuickGelu,
+            layer_norm_eps: 1e-5,
+            bos_token_id: 49406,
+            eos_token_id: 49407,
+            pad_token_id: 1,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct VisionConfig {
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub num_channels: usize,
+    pub image_size: usize,
+    pub patch_size: usize,
+    pub hidden_act: Activation,
+    pub layer_norm_eps: f64,
+}
+
+impl Default for VisionConfig {
+    fn default() -> Self {
+        Self {
+            hidden_size: 768,
+            intermediate_size: 3072,
+            num_hidden_layers: 12,
+            num_attention_heads: 12,
+            num_channels: 3,
+            image_size: 224,
+            patch_size: 32,
+            hidden_act: Activation::QuickGelu,
+            layer_norm_eps: 1e-5,
+        }
+    }
+}
+
+impl VisionConfig {
+    /// Patches per side; like a strided conv, trailing pixels that do not fill a patch are dropped.
+    pub fn grid_size(&self) -> usize {
+        self.image_size / self.patch_size
+    }
+
+    /// Tokens per image: the class token plus one per patch.
+    pub fn num_positions(&self) -> usize {
+        self.grid_size() * self.grid_size() + 1
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClipConfig {
+    pub text_config: TextConfig,
+    pub vision_config: VisionConfig,
+    #[serde(default = "default_projection_dim")]
+    pub projection_dim: usize,
+    #[serde(default = "default_logit_scale")]
+    pub logit_scale_init_value: f64,
+}
+
+fn default_projection_dim() -> usize {
+    512
+}
+
+fn default_logit_scale() -> f64 {
+    // ln(1/0.07), CLIP's initial temperature.
+    2.6592
+}
+
+/// The file as HF writes it: the two tower configs plus bookkeeping fields we keep so
+/// a written config loads in transformers (`model_type`, `architectures`).
+#[derive(Deserialize)]
+struct HfConfigFile {
+    text_config: Option<TextConfig>,
+    vision_config: Option<VisionConfig>,
+    // Configs saved by transformers < 4.20 used these names.
+    text_config_dict: Option<TextConfig>,
+    vision_config_dict: Option<VisionConfig>,
+    #[serde(default = "default_projection_dim")]
+    projection_dim: usize,
+    #[serde(default = "default_logit_scale")]
+    logit_scale_init_value: f64,
+}
+
+impl ClipConfig {
+    pub fn from_json_str(json: &str) -> std::result::Result<Self, String> {
+        let file: HfConfigFile = serde_json::from_str(json).map_err(|e| e.to_string())?;
+        let text_config = file
+            .text_config
+            .or(file.text_config_dict)
+            .ok_or("no `text_config`")?;
+        let vision_config = file
+            .vision_config
+            .or(file.vision_config_dict)
+            .ok_or("no `vision_config`")?;
+        let config = ClipConfig {
+            text_config,
+            vision_config,
+            projection_dim: file.projection_dim,
+            logit_scale_init_value: file.logit_scale_init_value,
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let json = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        Self::from_json_str(&json).map_err(|msg| Error::Config {
+            path: path.to_path_buf(),
+            msg,
+        })
+    }
+
+    /// The `config.json` a transformers `CLIPModel` loads.
+    pub fn to_hf_json(&self) -> serde_json::Value {
+        let mut value = serde_json::to_value(self).expect("config serialises");
+        let obj = value.as_object_mut().expect("config is an object");
+        obj.insert("model_type".into(), "clip".into());
+        obj.insert("architectures".into(), serde_json::json!(["CLIPModel"]));
+        for (tower, model_type) in [
+            ("text_config", "clip_text_model"),
+            ("vision_config", "clip_vision_model"),
+        ] {
+            if let Some(t) = obj.get_mut(tower).and_then(|t| t.as_object_mut()) {
+                t.insert("model_type".into(), model_type.into());
+                t.insert("projection_dim".into(), self.projection_dim.into());
+            }
+        }
+        value
+    }
+
+    /// Shape rules a forward pass relies on, checked once with a readable message.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        let t = &self.text_config;
+        let v = &self.vision_config;
+        for (name, hidden, heads) in [
+            ("text_config", t.hidden_size, t.num_attention_heads),
+            ("vision_config", v.hidden_size, v.num_attention_heads),
+        ] {
+            if heads == 0 || hidden % heads != 0 {
+                return Err(format!(
+                    "{name}: hidden_size {hidden} is not a multiple of num_attention_heads {heads}"
+                ));
+            }
+        }
+        if v.patch_size == 0 || v.patch_size > v.image_size {
+            return Err(format!(
+                "vision_config: patch_size {} does not fit image_size {}",
+                v.patch_size, v.image_size
+            ));
+        }
+        if t.max_position_embeddings == 0 || t.vocab_size == 0 || self.projection_dim == 0 {
+            return Err("max_position_embeddings, vocab_size and projection_dim must be > 0".into());
+        }
+        Ok(())
+    }
+
+    /// Named architectures, for benchmarks and for building models from scratch.
+    pub fn preset(name: &str) -> Option<Self> {
+        let (vision, text_width, projection_dim) = match name {
+            "ViT-B/32" => (vit(768, 12, 12, 224, 32), 512, 512),
+            "ViT-B/16" => (vit(768, 12, 12, 224, 16), 512, 512),
+            "ViT-L/14" => (vit(1024, 24, 16, 224, 14), 768, 768),
+            "ViT-L/14-336" => (vit(1024, 24, 16, 336, 14), 768, 768),
+            _ => return None,
+        };
+        let text_config = TextConfig {
+            hidden_size: text_width,
+            intermediate_size: 4 * text_width,
+            num_attention_heads: text_width / 64,
+            ..TextConfig::default()
+        };
+        Some(ClipConfig {
+            text_config,
+            vision_config: vision,
+            projection_dim,
+            logit_scale_init_value: default_logit_scale(),
+        })
+    }
+
+    /// From an open_clip model config (`{"embed_dim", "quick_gelu", "vision_cfg", "text_cfg"}`,
+    /// the format of open_clip's `model_configs/*.json`).
+    pub fn from_open_clip_json(json: &str) -> std::result::Result<Self, String> {
+        #[derive(Deserialize)]
+        struct OcVision {
+            image_size: usize,
+            layers: usize,
+            width: usize,
+            patch_size: usize,
+            #[serde(default = "head_width")]
+            head_width: usize,
+            #[serde(default = "mlp_ratio")]
+            mlp_ratio: f64,
+        }
+        #[derive(Deserialize)]
+        struct OcText {
+            #[serde(default = "context_length")]
+            context_length: usize,
+            #[serde(default = "vocab_size")]
+            vocab_size: usize,
+            width: usize,
+            #[serde(default = "text_heads")]
+            heads: usize,
+            layers: usize,
+            #[serde(default = "mlp_ratio")]
+            mlp_ratio: f64,
+        }
+        #[derive(Deserialize)]
+        struct Oc {
+            embed_dim: usize,
+            #[serde(default)]
+            quick_gelu: bool,
+            vision_cfg: OcVision,
+            text_cfg: OcText,
+        }
+        fn head_width() -> usize {
+            64
+        }
+        fn mlp_ratio() -> f64 {
+            4.0
+        }
+        fn context_length() -> usize {
+            77
+        }
+        fn vocab_size() -> usize {
+            49408
+        }
+        fn text_heads() -> usize {
+            8
+        }
+        let oc: Oc = serde_json::from_str(json).map_err(|e| e.to_string())?;
+        let act = if oc.quick_gelu { Activation::QuickGelu } else { Activation::Gelu };
+        let (v, t) = (&oc.vision_cfg, &oc.text_cfg);
+        let config = ClipConfig {
+            vision_config: VisionConfig {
+                hidden_size: v.width,
+                intermediate_size: (v.width as f64 * v.mlp_ratio) as usize,
+                num_hidden_layers: v.layers,
+                num_attention_heads: v.width / v.head_width.max(1),
+                image_size: v.image_size,
+                patch_size: v.patch_size,
+                hidden_act: act,
+                ..VisionConfig::default()
+            },
+            text_config: open_clip_text(t.vocab_size, t.width, t.layers, t.heads, t.context_length, act, t.mlp_ratio),
+            projection_dim: oc.embed_dim,
+            logit_scale_init_value: default_logit_scale(),
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Infers the architecture of an OpenAI/open_clip state dict from its tensor shapes,
+    /// as OpenAI's `build_model` does: widths and depths are in the shapes, head counts are
+    /// not (the convention is 64 channels per head), and the activation is QuickGELU as in
+    /// every OpenAI checkpoint. Give an open_clip config for anything else.
+    pub fn infer_open_clip(shape: impl Fn(&str) -> Option<Vec<usize>>, names: &[String]) -> std::result::Result<Self, String> {
+        let get = |k: &str| shape(k).ok_or_else(|| format!("no '{k}' to infer the architecture from"));
+        let count_layers = |prefix: &str| {
+            names
+                .iter()
+                .filter_map(|n| n.strip_prefix(prefix)?.split('.').next()?.parse::<usize>().ok())
+                .max()
+                .map_or(0, |m| m + 1)
+        };
+        let conv = get("visual.conv1.weight")?;
+        let positions = get("visual.positional_embedding")?[0];
+        let grid = ((positions - 1) as f64).sqrt().round() as usize;
+        let v_width = conv[0];
+        let tokens = get("token_embedding.weight")?;
+        let t_width = get("ln_final.weight")?[0];
+        let config = ClipConfig {
+            vision_config: VisionConfig {
+                hidden_size: v_width,
+                intermediate_size: get("visual.transformer.resblocks.0.mlp.c_fc.weight")?[0],
+                num_hidden_layers: count_layers("visual.transformer.resblocks."),
+                num_attention_heads: (v_width / 64).max(1),
+                image_size: conv[2] * grid,
+                patch_size: conv[2],
+                ..VisionConfig::default()
+            },
+            text_config: TextConfig {
+                intermediate_size: get("transformer.resblocks.0.mlp.c_fc.weight")?[0],
+                ..open_clip_text(
+                    tokens[0],
+                    t_width,
+                    count_layers("transformer.resblocks."),
+                    (t_width / 64).max(1),
+                    get("positional_embedding")?[0],
+                    Activation::QuickGelu,
+                    4.0,
+                )
+            },
+            projection_dim: get("text_projection")?[1],
+            logit_scale_init_value: default_logit_scale(),
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub const PRESETS: [&'static str; 4] = ["ViT-B/32", "ViT-B/16", "ViT-L/14", "ViT-L/14-336"];
+}
+
+/// open_clip's text tower: pooled at `argmax(ids)`, which is the end-of-text token because
+/// it is the last (largest) id of the vocabulary.
+fn open_clip_text(
+    vocab: usize,
+    width: usize,
+    layers: usize,
+    heads: usize,
+    context: usize,
+    act: Activation,
+    mlp_ratio: f64,
+) -> TextConfig {
+    TextConfig {
+        vocab_size: vocab,
+        hidden_size: width,
+        intermediate_size: (width as f64 * mlp_ratio) as usize,
+        num_hidden_layers: layers,
+        num_attention_heads: heads,
+        max_position_embeddings: context,
+        hidden_act: act,
+        layer_norm_eps: 1e-5,
+        bos_token_id: vocab.saturating_sub(2) as u32,
+        eos_token_id: vocab.saturating_sub(1) as u32,
+        pad_token_id: 0,
+    }
+}
+
+fn vit(width: usize, layers: usize, heads: usize, image_size: usize, patch: usize) -> VisionConfig {
+    VisionConfig {
+        hidden_size: width,
+        intermediate_size: 4 * width,
+        num_hidden_layers: layers,
+        num_attention_heads: heads,
+        image_size,
+        patch_size: patch,
+        ..VisionConfig::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hub_style_config_with_defaults_and_unknown_keys() {
+        let json = r#"{"projection_dim": 768, "architectures": ["CLIPModel"],
+            "text_config": {"hidden_size": 768, "num_attention_heads": 12, "eos_token_id": 2,
+                            "torch_dtype": "float32", "hidden_act": "gelu"},
+            "vision_config": {"hidden_size": 1024, "num_hidden_layers": 24,
+                              "num_attention_heads": 16, "patch_size": 14}}"#;
+        let c = ClipConfig::from_json_str(json).unwrap();
+        assert_eq!(c.text_config.hidden_size, 768);
+        assert_eq!(c.text_config.intermediate_size, 2048);
+        assert_eq!(c.text_config.hidden_act, Activation::Gelu);
+        assert_eq!(c.text_config.eos_token_id, 2);
+        assert_eq!(c.vision_config.grid_size(), 16);
+        assert_eq!(c.vision_config.num_positions(), 257);
+        assert_eq!(c.projection_dim, 768);
+    }
+
+    #[test]
+    fn unknown_activation_is_named() {
+        let json = r#"{"text_config": {"hidden_act": "swish"}, "vision_config": {}}"#;
+        let err = ClipConfig::from_json_str(json).unwrap_err();
+        assert!(err.contains("swish"), "{err}");
+    }
+
+    #[test]
+    fn heads_must_divide_width() {
+        let json = r#"{"text_config": {"hidden_size": 100, "num_attention_heads": 8}, "vision_config": {}}"#;
+        let err = ClipConfig::from_json_str(json).unwrap_err();
+        assert!(err.contains("num_attention_heads 8"), "{err}");
+    }
+
+    #[test]
+    fn written_config_reads_back() {
+        for name in ClipConfig::PRESETS {
+            let c = ClipConfig::preset(name).unwrap();
+            let back = ClipConfig::from_json_str(&c.to_hf_json().to_string()).unwrap();
+            assert_eq!(back, c, "{name}");
+        }
+        let l14 = ClipConfig::preset("ViT-L/14-336").unwrap();
+        assert_eq!(l14.vision_config.num_positions(), 577);
+        assert_eq!(l14.text_config.num_attention_heads, 12);
+    }
+}

@@ -1,0 +1,29 @@
+//! wise-clip: a CLIP that can be *trained*, for robust fine-tuning (WiSE-FT).
+//!
+//! candle-transformers' CLIP runs inference only: its fused LayerNorm has no backward
+//! pass and some embeddings are not variables. This crate is CLIP written for training:
+//! every parameter is a [`candle_core::Var`] under its Hugging Face `CLIPModel` name,
+//! every op is differentiable, and outputs and gradients match transformers (the parity
+//! tests in `tests/` compare against fixtures made by `scripts/make_fixtures.py`).
+//!
+//! - [`config`]: HF `config.json` (and open_clip configs), presets ViT-B/32 … ViT-L/14-336.
+//! - [`model`], [`vision`], [`text`], [`nn`]: the towers and their blocks.
+//! - [`weights`], [`params`], [`hub`]: checkpoints (HF, sharded, open_clip), the HF cache.
+
+pub mod config;
+pub mod device;
+pub mod error;
+pub mod hub;
+pub mod model;
+pub mod nn;
+pub mod params;
+pub mod text;
+pub mod tokenizer;
+pub mod vision;
+pub mod weights;
+
+pub use config::{Activation, ClipConfig, TextConfig, VisionConfig};
+pub use device::{compute_dtype, parse_device};
+pub use error::{Error, Result};
+pub use hub::{HubOptions, Layout, ModelSource};
+pub use model::ClipModel;

@@ -1,0 +1,246 @@
+//! Transformer building blocks, differentiable end to end.
+//!
+//! candle-nn's fused `LayerNorm` and `softmax_last_dim` have no backward pass: a model
+//! built on them trains silently wrong (no gradient reaches anything below them). Here
+//! both are written from differentiable tensor ops, and the parity tests check the
+//! gradient of every parameter against PyTorch.
+//!
+//! Weights are f32 master copies ([`Var`]); each layer casts them to the activations'
+//! dtype, so the same model runs f32 on CPU and bf16 compute on CUDA.
+
+use candle_core::{DType, Module, Tensor, Var, D};
+
+use crate::config::Activation;
+use crate::params::{Init, ParamBuilder};
+use crate::Result;
+
+/// HF's initialiser scale for CLIP weights (`initializer_range`).
+pub(crate) const INIT_STD: f64 = 0.02;
+
+/// `y = x Wᵀ + b`, weight `[out, in]` as in PyTorch.
+#[derive(Debug, Clone)]
+pub struct Linear {
+    pub weight: Var,
+    pub bias: Option<Var>,
+}
+
+impl Linear {
+    pub fn new(pb: &mut ParamBuilder, name: &str, dims: (usize, usize), bias: bool) -> Result<Self> {
+        let (in_dim, out_dim) = dims;
+        let weight = pb.get(&format!("{name}.weight"), &[out_dim, in_dim], Init::Normal(INIT_STD))?;
+        let bias = match bias {
+            true => Some(pb.get(&format!("{name}.bias"), &[out_dim], Init::Const(0.0))?),
+            false => None,
+        };
+        Ok(Self { weight, bias })
+    }
+}
+
+impl Module for Linear {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        // Flatten leading dims so one 2-D gemm reads the transposed weight in place.
+        let w = self.weight.to_dtype(x.dtype())?;
+        let (dims, last) = (x.dims(), x.dim(D::Minus1)?);
+        let rows = x.elem_count() / last;
+        let y = x.reshape((rows, last))?.matmul(&w.t()?)?;
+        let y = match &self.bias {
+            Some(b) => y.broadcast_add(&b.to_dtype(x.dtype())?)?,
+            None => y,
+        };
+        let mut out_dims = dims.to_vec();
+        *out_dims.last_mut().expect("x has a last dim") = y.dim(1)?;
+        y.reshape(out_dims)
+    }
+}
+
+/// LayerNorm over the last dim, from differentiable ops; statistics in f32 whatever the
+/// activations' dtype, as PyTorch autocast does.
+#[derive(Debug, Clone)]
+pub struct LayerNorm {
+    pub weight: Var,
+    pub bias: Var,
+    eps: f64,
+}
+
+impl LayerNorm {
+    pub fn new(pb: &mut ParamBuilder, name: &str, dim: usize, eps: f64) -> Result<Self> {
+        Ok(Self {
+            weight: pb.get(&format!("{name}.weight"), &[dim], Init::Const(1.0))?,
+            bias: pb.get(&format!("{name}.bias"), &[dim], Init::Const(0.0))?,
+            eps,
+        })
+    }
+}
+
+impl Module for LayerNorm {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let dtype = x.dtype();
+        let x = x.to_dtype(DType::F32)?;
+        let centered = x.broadcast_sub(&x.mean_keepdim(D::Minus1)?)?;
+        let var = centered.sqr()?.mean_keepdim(D::Minus1)?;
+        let normed = centered.broadcast_div(&(var + self.eps)?.sqrt()?)?;
+        normed
+            .broadcast_mul(self.weight.as_tensor())?
+            .broadcast_add(self.bias.as_tensor())?
+            .to_dtype(dtype)
+    }
+}
+
+/// Softmax over the last dim with a backward pass. Subtracting the (detached) row max
+/// changes nothing mathematically and keeps `exp` finite.
+pub fn softmax_last_dim(x: &Tensor) -> candle_core::Result<Tensor> {
+    let max = x.max_keepdim(D::Minus1)?.detach();
+    let e = x.broadcast_sub(&max)?.exp()?;
+    e.broadcast_div(&e.sum_keepdim(D::Minus1)?)
+}
+
+impl Activation {
+    pub fn apply(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        match self {
+            Activation::QuickGelu => x * candle_nn::ops::sigmoid(&(x * 1.702)?)?,
+            Activation::Gelu => x.gelu_erf(),
+            Activation::GeluTanh => x.gelu(),
+        }
+    }
+}
+
+/// Multi-head self-attention with separate q/k/v projections (HF layout).
+#[derive(Debug, Clone)]
+pub struct Attention {
+    pub q_proj: Linear,
+    pub k_proj: Linear,
+    pub v_proj: Linear,
+    pub out_proj: Linear,
+    heads: usize,
+}
+
+impl Attention {
+    pub fn new(pb: &mut ParamBuilder, name: &str, dim: usize, heads: usize) -> Result<Self> {
+        let proj = |pb: &mut ParamBuilder, p: &str| Linear::new(pb, &format!("{name}.{p}"), (dim, dim), true);
+        Ok(Self {
+            q_proj: proj(pb, "q_proj")?,
+            k_proj: proj(pb, "k_proj")?,
+            v_proj: proj(pb, "v_proj")?,
+            out_proj: proj(pb, "out_proj")?,
+            heads,
+        })
+    }
+
+    /// `x`: [B, T, C]; `mask`: additive [T, T] (the text tower's causal mask) or none.
+    pub fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> candle_core::Result<Tensor> {
+        let (b, t, c) = x.dims3()?;
+        let head_dim = c / self.heads;
+        let split_heads = |y: Tensor| -> candle_core::Result<Tensor> {
+            y.reshape((b, t, self.heads, head_dim))?.transpose(1, 2)?.contiguous()
+        };
+        let scale = (head_dim as f64).powf(-0.5);
+        let q = split_heads((self.q_proj.forward(x)? * scale)?)?;
+        let k = split_heads(self.k_proj.forward(x)?)?;
+        let v = split_heads(self.v_proj.forward(x)?)?;
+        let scores = q.matmul(&k.t()?)?;
+        let scores = match mask {
+            Some(m) => scores.broadcast_add(&m.to_dtype(scores.dtype())?)?,
+            None => scores,
+        };
+        let probs = softmax_last_dim(&scores)?;
+        let y = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, t, c))?;
+        self.out_proj.forward(&y)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Mlp {
+    pub fc1: Linear,
+    pub fc2: Linear,
+    act: Activation,
+}
+
+/// One pre-norm transformer block: `x + attn(ln1(x))`, then `x + mlp(ln2(x))`.
+#[derive(Debug, Clone)]
+pub struct EncoderLayer {
+    pub self_attn: Attention,
+    pub layer_norm1: LayerNorm,
+    pub mlp: Mlp,
+    pub layer_norm2: LayerNorm,
+}
+
+/// Width, depth and the rest of one tower's transformer.
+#[derive(Debug, Clone, Copy)]
+pub struct EncoderShape {
+    pub hidden: usize,
+    pub intermediate: usize,
+    pub layers: usize,
+    pub heads: usize,
+    pub act: Activation,
+    pub eps: f64,
+}
+
+impl EncoderLayer {
+    pub fn new(pb: &mut ParamBuilder, name: &str, s: &EncoderShape) -> Result<Self> {
+        Ok(Self {
+            self_attn: Attention::new(pb, &format!("{name}.self_attn"), s.hidden, s.heads)?,
+            layer_norm1: LayerNorm::new(pb, &format!("{name}.layer_norm1"), s.hidden, s.eps)?,
+            mlp: Mlp {
+                fc1: Linear::new(pb, &format!("{name}.mlp.fc1"), (s.hidden, s.intermediate), true)?,
+                fc2: Linear::new(pb, &format!("{name}.mlp.fc2"), (s.intermediate, s.hidden), true)?,
+                act: s.act,
+            },
+            layer_norm2: LayerNorm::new(pb, &format!("{name}.layer_norm2"), s.hidden, s.eps)?,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> candle_core::Result<Tensor> {
+        let x = (x + self.self_attn.forward(&self.layer_norm1.forward(x)?, mask)?)?;
+        let h = self.mlp.fc1.forward(&self.layer_norm2.forward(&x)?)?;
+        x + self.mlp.fc2.forward(&self.mlp.act.apply(&h)?)?
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Encoder {
+    pub layers: Vec<EncoderLayer>,
+}
+
+impl Encoder {
+    pub fn new(pb: &mut ParamBuilder, name: &str, s: &EncoderShape) -> Result<Self> {
+        let layers = (0..s.layers)
+            .map(|i| EncoderLayer::new(pb, &format!("{name}.layers.{i}"), s))
+            .collect::<Result<_>>()?;
+        Ok(Self { layers })
+    }
+
+    pub fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> candle_core::Result<Tensor> {
+        self.layers.iter().try_fold(x.clone(), |x, layer| layer.forward(&x, mask))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn softmax_matches_candle_and_has_gradient() -> anyhow::Result<()> {
+        let dev = Device::Cpu;
+        let x = Var::new(&[[1.0f32, 2.0, -3.0], [0.5, 0.5, 80.0]], &dev)?;
+        let ours = softmax_last_dim(x.as_tensor())?;
+        let fused = candle_nn::ops::softmax_last_dim(x.as_tensor())?;
+        let diff = (&ours - &fused)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert!(diff < 1e-6, "{diff}");
+        // d/dx of sum(w * softmax(x)): softmax Jacobian applied to w, computed by hand.
+        let w = Tensor::new(&[[1.0f32, 0.0, 2.0], [3.0, -1.0, 0.0]], &dev)?;
+        let grads = (ours.clone() * &w)?.sum_all()?.backward()?;
+        let g = grads.get(&x).expect("x has a gradient");
+        let s = ours.to_vec2::<f32>()?;
+        let wv = w.to_vec2::<f32>()?;
+        for r in 0..2 {
+            let dot: f32 = (0..3).map(|j| s[r][j] * wv[r][j]).sum();
+            for j in 0..3 {
+                let expect = s[r][j] * (wv[r][j] - dot);
+                let got = g.to_vec2::<f32>()?[r][j];
+                assert!((got - expect).abs() < 1e-6, "row {r} col {j}: {got} vs {expect}");
+            }
+        }
+        Ok(())
+    }
+}

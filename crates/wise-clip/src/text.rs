@@ -1,0 +1,124 @@
+//! The text tower: causal transformer (`text_model.*`) plus `text_projection`.
+//!
+//! ```text
+//! ids [B,T] -> token + position embeddings -> encoder (causal mask)
+//!   -> final_layer_norm -> hidden at the end-of-text token -> text_projection [B, D]
+//! ```
+
+use candle_core::{DType, Device, Module, Tensor, Var};
+
+use crate::config::TextConfig;
+use crate::nn::{Encoder, EncoderShape, LayerNorm, Linear};
+use crate::params::{Init, ParamBuilder};
+use crate::{Error, Result};
+
+#[derive(Debug, Clone)]
+pub struct TextEncoder {
+    pub config: TextConfig,
+    pub token_embedding: Var,
+    pub position_embedding: Var,
+    pub encoder: Encoder,
+    pub final_layer_norm: LayerNorm,
+    pub text_projection: Linear,
+}
+
+impl TextEncoder {
+    pub fn new(pb: &mut ParamBuilder, config: &TextConfig, projection_dim: usize) -> Result<Self> {
+        let c = config.hidden_size;
+        let shape = EncoderShape {
+            hidden: c,
+            intermediate: config.intermediate_size,
+            layers: config.num_hidden_layers,
+            heads: config.num_attention_heads,
+            act: config.hidden_act,
+            eps: config.layer_norm_eps,
+        };
+        Ok(Self {
+            config: config.clone(),
+            token_embedding: pb.get(
+                "text_model.embeddings.token_embedding.weight",
+                &[config.vocab_size, c],
+                Init::Normal(0.02),
+            )?,
+            position_embedding: pb.get(
+                "text_model.embeddings.position_embedding.weight",
+                &[config.max_position_embeddings, c],
+                Init::Normal(0.01),
+            )?,
+            encoder: Encoder::new(pb, "text_model.encoder", &shape)?,
+            final_layer_norm: LayerNorm::new(pb, "text_model.final_layer_norm", c, config.layer_norm_eps)?,
+            text_projection: Linear::new(pb, "text_projection", (c, projection_dim), false)?,
+        })
+    }
+
+    /// The position each sequence is pooled at, as HF: with the legacy `eos_token_id == 2`
+    /// the argmax of the ids (end-of-text has the largest id), else the first end-of-text
+    /// token (position 0 when there is none, as HF's argmax of an all-false mask).
+    pub fn pool_positions(&self, ids: &[Vec<u32>]) -> Vec<usize> {
+        let eos = self.config.eos_token_id;
+        ids.iter()
+            .map(|row| {
+                if eos == 2 {
+                    // First maximum, like torch.argmax.
+                    let max = row.iter().copied().max().unwrap_or(0);
+                    row.iter().position(|&t| t == max).unwrap_or(0)
+                } else {
+                    row.iter().position(|&t| t == eos).unwrap_or(0)
+                }
+            })
+            .collect()
+    }
+
+    /// Encoder output for every position, `[B, T, C]` (HF `last_hidden_state`).
+    pub fn last_hidden_state(&self, ids: &Tensor, dtype: DType) -> Result<Tensor> {
+        let (b, t) = ids.dims2()?;
+        let c = self.config.hidden_size;
+        if t > self.config.max_position_embeddings {
+            return Err(Error::Invalid(format!(
+                "{t} tokens per text, the model takes at most {}",
+                self.config.max_position_embeddings
+            )));
+        }
+        let vocab = self.config.vocab_size as u32;
+        if let Some(bad) = ids.flatten_all()?.to_vec1::<u32>()?.into_iter().find(|&i| i >= vocab) {
+            return Err(Error::Invalid(format!(
+                "token id {bad} is outside the model's vocabulary ({vocab} ids): wrong tokenizer?"
+            )));
+        }
+        let tokens = self
+            .token_embedding
+            .to_dtype(dtype)?
+            .index_select(&ids.flatten_all()?, 0)?
+            .reshape((b, t, c))?;
+        let positions = self.position_embedding.to_dtype(dtype)?.narrow(0, 0, t)?;
+        let x = tokens.broadcast_add(&positions.unsqueeze(0)?)?;
+        let mask = causal_mask(t, ids.device())?;
+        let x = self.encoder.forward(&x, Some(&mask))?;
+        Ok(self.final_layer_norm.forward(&x)?)
+    }
+
+    /// Projected text features `[B, D]`, unnormalised (HF `get_text_features`).
+    /// `ids`: u32 `[B, T]`; `dtype`: compute dtype.
+    pub fn forward(&self, ids: &Tensor, dtype: DType) -> Result<Tensor> {
+        let (b, t) = ids.dims2()?;
+        let hidden = self.last_hidden_state(ids, dtype)?;
+        let rows: Vec<u32> = self
+            .pool_positions(&ids.to_vec2::<u32>()?)
+            .into_iter()
+            .enumerate()
+            .map(|(i, pos)| (i * t + pos) as u32)
+            .collect();
+        let rows = Tensor::from_vec(rows, b, ids.device())?;
+        let pooled = hidden.reshape((b * t, self.config.hidden_size))?.index_select(&rows, 0)?;
+        Ok(self.text_projection.forward(&pooled)?)
+    }
+}
+
+/// Additive mask: 0 on and below the diagonal, a large negative above (HF uses the dtype's
+/// minimum rather than -inf, which keeps fully masked arithmetic finite).
+fn causal_mask(t: usize, device: &Device) -> candle_core::Result<Tensor> {
+    let mask: Vec<f32> = (0..t)
+        .flat_map(|i| (0..t).map(move |j| if j > i { f32::MIN } else { 0.0 }))
+        .collect();
+    Tensor::from_vec(mask, (t, t), device)
+}

@@ -1,0 +1,92 @@
+//! The image tower: ViT (`vision_model.*`) plus `visual_projection`.
+//!
+//! ```text
+//! pixels [B,3,H,W] -> patches [B,N,3·p·p] -> x Wᵀ (the conv as one matmul)
+//!   -> [class; patches] + positions -> pre_layrnorm -> encoder -> token 0
+//!   -> post_layernorm -> visual_projection -> image features [B, D]
+//! ```
+
+use candle_core::{Module, Tensor, Var};
+
+use crate::config::VisionConfig;
+use crate::nn::{Encoder, EncoderShape, LayerNorm, Linear, INIT_STD};
+use crate::params::{Init, ParamBuilder};
+use crate::Result;
+
+#[derive(Debug, Clone)]
+pub struct ImageEncoder {
+    pub config: VisionConfig,
+    /// Conv weight `[C, 3, p, p]`, kept in HF's shape; used as a `[C, 3·p·p]` matrix.
+    pub patch_embedding: Var,
+    pub class_embedding: Var,
+    pub position_embedding: Var,
+    pub pre_layrnorm: LayerNorm,
+    pub encoder: Encoder,
+    pub post_layernorm: LayerNorm,
+    pub visual_projection: Linear,
+}
+
+impl ImageEncoder {
+    pub fn new(pb: &mut ParamBuilder, config: &VisionConfig, projection_dim: usize) -> Result<Self> {
+        let c = config.hidden_size;
+        let p = config.patch_size;
+        let shape = EncoderShape {
+            hidden: c,
+            intermediate: config.intermediate_size,
+            layers: config.num_hidden_layers,
+            heads: config.num_attention_heads,
+            act: config.hidden_act,
+            eps: config.layer_norm_eps,
+        };
+        let emb = "vision_model.embeddings";
+        Ok(Self {
+            config: config.clone(),
+            patch_embedding: pb.get(
+                &format!("{emb}.patch_embedding.weight"),
+                &[c, config.num_channels, p, p],
+                Init::Normal(INIT_STD),
+            )?,
+            class_embedding: pb.get(&format!("{emb}.class_embedding"), &[c], Init::Normal(INIT_STD))?,
+            position_embedding: pb.get(
+                &format!("{emb}.position_embedding.weight"),
+                &[config.num_positions(), c],
+                Init::Normal(INIT_STD),
+            )?,
+            pre_layrnorm: LayerNorm::new(pb, "vision_model.pre_layrnorm", c, config.layer_norm_eps)?,
+            encoder: Encoder::new(pb, "vision_model.encoder", &shape)?,
+            post_layernorm: LayerNorm::new(pb, "vision_model.post_layernorm", c, config.layer_norm_eps)?,
+            visual_projection: Linear::new(pb, "visual_projection", (c, projection_dim), false)?,
+        })
+    }
+
+    /// Token embeddings before the encoder: `[B, 1 + N, C]`.
+    fn embed(&self, pixels: &Tensor) -> candle_core::Result<Tensor> {
+        let (b, ch, _, _) = pixels.dims4()?;
+        let (p, g, c) = (self.config.patch_size, self.config.grid_size(), self.config.hidden_size);
+        let dtype = pixels.dtype();
+        // A stride-p conv drops trailing pixels that do not fill a patch; so do we.
+        let x = pixels.narrow(2, 0, g * p)?.narrow(3, 0, g * p)?;
+        let patches = x
+            .reshape((b, ch, g, p, g, p))?
+            .permute((0, 2, 4, 1, 3, 5))?
+            .reshape((b * g * g, ch * p * p))?;
+        let w = self.patch_embedding.to_dtype(dtype)?.reshape((c, ch * p * p))?;
+        let patches = patches.matmul(&w.t()?)?.reshape((b, g * g, c))?;
+        let class = self.class_embedding.to_dtype(dtype)?.reshape((1, 1, c))?.repeat((b, 1, 1))?;
+        let tokens = Tensor::cat(&[&class, &patches], 1)?;
+        tokens.broadcast_add(&self.position_embedding.to_dtype(dtype)?.unsqueeze(0)?)
+    }
+
+    /// Encoder output for every token, `[B, 1 + N, C]` (HF `last_hidden_state`).
+    pub fn last_hidden_state(&self, pixels: &Tensor) -> candle_core::Result<Tensor> {
+        let x = self.pre_layrnorm.forward(&self.embed(pixels)?)?;
+        self.encoder.forward(&x, None)
+    }
+
+    /// Projected image features `[B, D]`, unnormalised (HF `get_image_features`).
+    pub fn forward(&self, pixels: &Tensor) -> candle_core::Result<Tensor> {
+        let hidden = self.last_hidden_state(pixels)?;
+        let pooled = self.post_layernorm.forward(&hidden.narrow(1, 0, 1)?.squeeze(1)?)?;
+        self.visual_projection.forward(&pooled)
+    }
+}

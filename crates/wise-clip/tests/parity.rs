@@ -1,0 +1,278 @@
+//! Parity with HF transformers / open_clip: embeddings, gradients of the contrastive
+//! loss for every parameter, and checkpoint layouts. References come from
+//! `scripts/make_fixtures.py` (see `tests/fixtures/README.md`).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use wise_clip::weights::{save_safetensors_atomic, Checkpoint, SafetensorsFile};
+use wise_clip::{ClipModel, HubOptions, Layout, ModelSource};
+
+fn fixture(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures").join(rel)
+}
+
+fn expected(model: &str) -> HashMap<String, Tensor> {
+    candle_core::safetensors::load(fixture(&format!("{model}/expected.safetensors")), &Device::Cpu)
+        .expect("fixture loads")
+}
+
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    assert_eq!(a.dims(), b.dims());
+    let d = (a.to_dtype(DType::F32).unwrap() - b.to_dtype(DType::F32).unwrap()).unwrap();
+    d.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+}
+
+/// ‖a − b‖ / ‖b‖.
+fn rel_err(a: &Tensor, b: &Tensor) -> f32 {
+    let norm = |t: &Tensor| t.sqr().unwrap().sum_all().unwrap().sqrt().unwrap().to_scalar::<f32>().unwrap();
+    norm(&(a - b).unwrap()) / norm(b).max(1e-30)
+}
+
+fn ids(exp: &HashMap<String, Tensor>) -> Tensor {
+    exp["input_ids"].to_dtype(DType::U32).unwrap()
+}
+
+fn check_embeddings(model: &ClipModel, exp: &HashMap<String, Tensor>) {
+    let img = model.image_features(&exp["pixel_values"]).unwrap();
+    let txt = model.text_features(&ids(exp)).unwrap();
+    let (di, dt) = (max_abs_diff(&img, &exp["image_embeds"]), max_abs_diff(&txt, &exp["text_embeds"]));
+    assert!(di <= 1e-4, "image embeddings differ by {di}");
+    assert!(dt <= 1e-4, "text embeddings differ by {dt}");
+    let scale = max_abs_diff(model.logit_scale.as_tensor(), &exp["logit_scale"]);
+    assert!(scale == 0.0, "logit_scale differs by {scale}");
+}
+
+fn load(dir: &str) -> ClipModel {
+    let source = ModelSource::local(&fixture(dir)).unwrap();
+    ClipModel::load(&source, &Device::Cpu).unwrap()
+}
+
+#[test]
+fn quick_gelu_model_matches_hf() {
+    let model = load("clip-tiny-quickgelu");
+    let exp = expected("clip-tiny-quickgelu");
+    check_embeddings(&model, &exp);
+    // Intermediate states too, so a failure points at a tower stage.
+    let hidden = model.vision.last_hidden_state(&exp["pixel_values"]).unwrap();
+    assert!(max_abs_diff(&hidden, &exp["vision_last_hidden"]) <= 1e-4);
+    let hidden = model.text.last_hidden_state(&ids(&exp), DType::F32).unwrap();
+    assert!(max_abs_diff(&hidden, &exp["text_last_hidden"]) <= 1e-4);
+}
+
+#[test]
+fn gelu_model_from_sharded_checkpoint_matches_hf() {
+    let source = ModelSource::local(&fixture("clip-tiny-gelu")).unwrap();
+    assert!(source.weights_path.ends_with("model.safetensors.index.json") || source.weights_path.is_dir());
+    assert_eq!(source.config.vision_config.image_size % source.config.vision_config.patch_size, 2);
+    let model = ClipModel::load(&source, &Device::Cpu).unwrap();
+    check_embeddings(&model, &expected("clip-tiny-gelu"));
+}
+
+/// The gradient of CLIP's contrastive loss w.r.t. every parameter, against PyTorch.
+fn check_gradients(dir: &str) {
+    let model = load(dir);
+    let exp = expected(dir);
+    let loss = model.contrastive_loss(&ids(&exp), &exp["pixel_values"]).unwrap();
+    let dl = max_abs_diff(&loss, &exp["loss"]);
+    assert!(dl <= 1e-4, "{dir}: loss differs by {dl}");
+    let grads = loss.backward().unwrap();
+    let mut failures = Vec::new();
+    for (name, var) in &model.params {
+        let g = grads.get(var).unwrap_or_else(|| panic!("{dir}: no gradient for {name}"));
+        let reference = &exp[&format!("grad.{name}")];
+        let norm = g.sqr().unwrap().sum_all().unwrap().sqrt().unwrap().to_scalar::<f32>().unwrap();
+        if name.ends_with("self_attn.k_proj.bias") {
+            // q·(k + b) shifts every score of a row by the same q·b, which softmax ignores:
+            // this gradient is zero in exact arithmetic, and rounding noise in both
+            // implementations. It must still be connected (it is: `grads.get` found it).
+            if norm > 1e-5 {
+                failures.push(format!("{name}: should be ~0, has norm {norm}"));
+            }
+            continue;
+        }
+        if norm == 0.0 {
+            failures.push(format!("{name}: zero gradient"));
+        }
+        let err = rel_err(g, reference);
+        if err > 1e-3 {
+            failures.push(format!("{name}: off by {err} (relative)"));
+        }
+    }
+    assert!(failures.is_empty(), "{dir} gradients:\n{}", failures.join("\n"));
+    let reference_count = exp.keys().filter(|k| k.starts_with("grad.")).count();
+    assert_eq!(model.params.len(), reference_count, "{dir}: every HF parameter has a Var");
+}
+
+#[test]
+fn gradients_match_pytorch_quick_gelu() {
+    check_gradients("clip-tiny-quickgelu");
+}
+
+#[test]
+fn gradients_match_pytorch_gelu() {
+    check_gradients("clip-tiny-gelu");
+}
+
+#[test]
+fn open_clip_checkpoint_matches_its_hf_twin() {
+    let source = ModelSource::local(&fixture("openclip-tiny-quickgelu/open_clip_model.safetensors")).unwrap();
+    assert_eq!(source.layout, Layout::OpenClip);
+    let twin = ModelSource::local(&fixture("clip-tiny-quickgelu")).unwrap();
+    let (a, b) = (&source.config, &twin.config);
+    assert_eq!(a.vision_config, b.vision_config);
+    assert_eq!(a.projection_dim, b.projection_dim);
+    let model = ClipModel::load(&source, &Device::Cpu).unwrap();
+    let exp = expected("clip-tiny-quickgelu");
+    check_embeddings(&model, &exp);
+    // Zero padding (open_clip's tokenizer) pools at the same position.
+    let oc = expected("openclip-tiny-quickgelu");
+    let txt = model.text_features(&oc["input_ids_zero_padded"].to_dtype(DType::U32).unwrap()).unwrap();
+    assert!(max_abs_diff(&txt, &exp["text_embeds"]) <= 1e-4);
+}
+
+#[test]
+fn open_clip_config_inferred_from_shapes() {
+    // Without open_clip_config.json only the head counts need the 64-per-head convention;
+    // check the rest is read off the shapes.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("weights.safetensors");
+    std::fs::copy(fixture("openclip-tiny-quickgelu/open_clip_model.safetensors"), &file).unwrap();
+    let source = ModelSource::local(&file).unwrap();
+    let twin = ModelSource::local(&fixture("clip-tiny-quickgelu")).unwrap().config;
+    let c = &source.config;
+    assert_eq!(c.vision_config.image_size, twin.vision_config.image_size);
+    assert_eq!(c.vision_config.patch_size, twin.vision_config.patch_size);
+    assert_eq!(c.vision_config.intermediate_size, twin.vision_config.intermediate_size);
+    assert_eq!(c.vision_config.num_hidden_layers, twin.vision_config.num_hidden_layers);
+    assert_eq!(c.text_config.vocab_size, twin.text_config.vocab_size);
+    assert_eq!(c.text_config.intermediate_size, twin.text_config.intermediate_size);
+    assert_eq!(c.text_config.num_hidden_layers, twin.text_config.num_hidden_layers);
+    assert_eq!(c.projection_dim, twin.projection_dim);
+}
+
+/// Rewrites the quick_gelu checkpoint with `edit` applied, into a fresh model dir.
+fn edited_checkpoint(edit: impl Fn(&mut Vec<(String, Tensor)>)) -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let src = fixture("clip-tiny-quickgelu");
+    std::fs::copy(src.join("config.json"), dir.path().join("config.json")).unwrap();
+    let file = SafetensorsFile::open(&src.join("model.safetensors")).unwrap();
+    let mut tensors: Vec<(String, Tensor)> =
+        file.names().into_iter().map(|n| (n.clone(), file.load(&n, &Device::Cpu).unwrap())).collect();
+    edit(&mut tensors);
+    save_safetensors_atomic(&dir.path().join("model.safetensors"), &tensors, None).unwrap();
+    let source = ModelSource::local(dir.path()).unwrap();
+    let err = ClipModel::load(&source, &Device::Cpu).err().map(|e| e.to_string()).unwrap_or_default();
+    (dir, err)
+}
+
+#[test]
+fn checkpoint_problems_are_all_listed() {
+    let (_d, err) = edited_checkpoint(|t| {
+        t.retain(|(n, _)| n != "vision_model.embeddings.class_embedding" && n != "logit_scale");
+        t.push(("vision_model.head.weight".into(), Tensor::zeros(3, DType::F32, &Device::Cpu).unwrap()));
+        for (n, v) in t.iter_mut() {
+            if n == "text_projection.weight" {
+                *v = Tensor::zeros((5, 5), DType::F32, &Device::Cpu).unwrap();
+            }
+        }
+    });
+    for needle in [
+        "missing (2)",
+        "vision_model.embeddings.class_embedding [24]",
+        "logit_scale []",
+        "unexpected (1)",
+        "vision_model.head.weight",
+        "text_projection.weight: model expects [12, 16], checkpoint has [5, 5]",
+        "model.safetensors",
+    ] {
+        assert!(err.contains(needle), "'{needle}' not in:\n{err}");
+    }
+}
+
+#[test]
+fn half_precision_checkpoint_loads_as_f32() {
+    let (dir, err) = edited_checkpoint(|t| {
+        for (_, v) in t.iter_mut() {
+            *v = v.to_dtype(DType::F16).unwrap();
+        }
+    });
+    assert!(err.is_empty(), "{err}");
+    let model = ClipModel::load(&ModelSource::local(dir.path()).unwrap(), &Device::Cpu).unwrap();
+    assert!(model.params.values().all(|v| v.dtype() == DType::F32));
+    let exp = expected("clip-tiny-quickgelu");
+    // f16 rounding of the weights moves the features a little, not a lot.
+    let img = model.image_features(&exp["pixel_values"]).unwrap();
+    let d = max_abs_diff(&img, &exp["image_embeds"]);
+    assert!(d > 0.0 && d < 0.05, "{d}");
+}
+
+#[test]
+fn saved_model_dir_reloads_identically() {
+    let model = load("clip-tiny-gelu");
+    let dir = tempfile::tempdir().unwrap();
+    model.save_hf_dir(dir.path()).unwrap();
+    let back = ClipModel::load(&ModelSource::local(dir.path()).unwrap(), &Device::Cpu).unwrap();
+    assert_eq!(back.config, model.config);
+    for (name, v) in &model.params {
+        assert_eq!(max_abs_diff(v, &back.params[name]), 0.0, "{name}");
+    }
+    let file = Checkpoint::open(&dir.path().join("model.safetensors")).unwrap();
+    assert_eq!(file.user_metadata().unwrap()["format"], "pt");
+}
+
+/// A directory laid out like the HF hub cache: `models--org--name/{refs,snapshots,blobs}`.
+fn fake_hub_cache(id: &str) -> tempfile::TempDir {
+    let cache = tempfile::tempdir().unwrap();
+    let repo = cache.path().join(format!("models--{}", id.replace('/', "--")));
+    let commit = "0123456789abcdef0123456789abcdef01234567";
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    std::fs::write(repo.join("refs/main"), commit).unwrap();
+    let snapshot = repo.join("snapshots").join(commit);
+    std::fs::create_dir_all(&snapshot).unwrap();
+    std::fs::create_dir_all(repo.join("blobs")).unwrap();
+    for entry in std::fs::read_dir(fixture("clip-tiny-gelu")).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_str().unwrap().to_string();
+        if name == "expected.safetensors" {
+            continue;
+        }
+        // Like huggingface_hub: content in blobs/, snapshot entries are symlinks to it.
+        let blob = repo.join("blobs").join(format!("blob-{name}"));
+        std::fs::copy(&path, &blob).unwrap();
+        std::os::unix::fs::symlink(&blob, snapshot.join(&name)).unwrap();
+    }
+    cache
+}
+
+#[test]
+fn hub_id_resolves_from_the_local_cache_offline() {
+    let cache = fake_hub_cache("wise-test/clip-tiny-gelu");
+    let hub = HubOptions {
+        cache_dir: cache.path().to_path_buf(),
+        offline: true,
+        revision: "main".into(),
+        token: None,
+    };
+    let source = ModelSource::resolve_with("wise-test/clip-tiny-gelu", &hub).unwrap();
+    assert_eq!(source.spec, "wise-test/clip-tiny-gelu");
+    let model = ClipModel::load(&source, &Device::Cpu).unwrap();
+    check_embeddings(&model, &expected("clip-tiny-gelu"));
+
+    let err = ModelSource::resolve_with("wise-test/not-there", &hub).unwrap_err().to_string();
+    assert!(err.contains("wise-test/not-there") && err.contains("HF_HUB_OFFLINE"), "{err}");
+}
+
+#[test]
+fn fresh_model_is_reproducible_and_trainable() {
+    let config = ModelSource::local(&fixture("clip-tiny-quickgelu")).unwrap().config;
+    let a = ClipModel::fresh(&config, 7, &Device::Cpu).unwrap();
+    let b = ClipModel::fresh(&config, 7, &Device::Cpu).unwrap();
+    let name = "vision_model.encoder.layers.1.mlp.fc1.weight";
+    assert_eq!(max_abs_diff(&a.params[name], &b.params[name]), 0.0);
+    let exp = expected("clip-tiny-quickgelu");
+    let loss = a.contrastive_loss(&ids(&exp), &exp["pixel_values"]).unwrap();
+    let grads = loss.backward().unwrap();
+    assert!(a.params.values().all(|v| grads.get(v).is_some()));
+}
