@@ -30,7 +30,9 @@ from safetensors.torch import load_file, save_file
 from transformers import CLIPConfig, CLIPModel, CLIPTokenizerFast
 
 import open_clip
+import open_clip.zero_shot_classifier
 from open_clip.tokenizer import SimpleTokenizer, bytes_to_unicode
+from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
 
 ROOT = Path(__file__).resolve().parent.parent
 FIX = ROOT / "tests" / "fixtures"
@@ -275,15 +277,21 @@ def make_images():
 
 
 def load_reference(path):
-    """Reference loader: open -> exif_transpose -> convert('RGB').
-    grey16 is special: PIL's I;16 -> RGB conversion clips to 255 instead of scaling, so
-    the reference takes the high byte (v >> 8) as an 8-bit L image first."""
+    """Reference loader: open -> exif_transpose -> RGB as transformers' `convert_to_rgb`
+    (what CLIPImageProcessor does): transparency is alpha-composited onto white, anything
+    else is PIL's convert('RGB'). grey16 is special: PIL's I;16 -> RGB conversion clips to
+    255 instead of scaling, so the reference takes the high byte (v >> 8) as an 8-bit L
+    image first."""
     im = Image.open(path)
     im = ImageOps.exif_transpose(im)
     if im.mode in ("I;16", "I;16B", "I;16L", "I"):
         v = np.array(im).astype(np.uint32)
         assert v.max() > 255
         im = Image.fromarray((v >> 8).astype(np.uint8), "L")
+    if "A" in im.getbands() or im.info.get("transparency") is not None:
+        rgba = im.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
     return im.convert("RGB")
 
 
@@ -331,10 +339,9 @@ def make_image_expected(d):
             tensors[f"resized.{s}.{stem}"] = resized
             raw = Image.open(path)
             if "A" in raw.getbands():
-                # Informational: HF's own convert_to_rgb (transformers 5) alpha-composites
-                # onto white, unlike the reference PIL .convert("RGB") which drops alpha.
-                tensors[f"composited.{s}.{stem}"] = pil_processor(s)(
-                    images=[raw], return_tensors="pt")["pixel_values"][0]
+                # Our loader composites exactly like HF's own convert_to_rgb: check it.
+                direct = pil_processor(s)(images=[raw], return_tensors="pt")["pixel_values"][0]
+                assert (direct - pix).abs().max().item() <= 1e-6, stem
     save_tensors(d / "expected.safetensors", tensors)
     print(f"images: {len([k for k in tensors if k.startswith('decoded.')])} images, {len(tensors)} tensors")
 
@@ -619,12 +626,138 @@ def make_open_clip_twin(hf_model, expected):
     print("openclip-tiny-quickgelu: mapping verified")
 
 
+# --------------------------------------------------------------------------- 7. zero-shot heads + MNIST eval
+
+
+ZS_MODEL = "clip-tiny-quickgelu"
+ZS_CLASSNAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+ZS_SIMPLE_TEMPLATES = ["a photo of a {}."]
+ZS_EVAL_COUNT = 200
+# Real data is read from the offline copy (<repo>/../shared/datasets, the layout
+# scripts/get-data.sh downloads into); WISE_DATASETS points elsewhere. Only derived
+# tensors (labels, logits) are written: the MNIST images never enter the repo.
+DATASETS = Path(os.environ.get("WISE_DATASETS", ROOT.parent / "shared" / "datasets"))
+MNIST_IMAGES = DATASETS / "digits" / "mnist" / "t10k-images-idx3-ubyte.gz"
+MNIST_LABELS = DATASETS / "digits" / "mnist" / "t10k-labels-idx1-ubyte.gz"
+
+
+def read_idx(path, magic, n):
+    """First n items of a gzip'd IDX file: big-endian u32 magic, u32 dims..., then u8 data.
+    magic 2051 = images (count, rows, cols), 2049 = labels (count)."""
+    raw = gzip.open(path).read()
+    ndim = raw[3]
+    header = np.frombuffer(raw, ">u4", count=1 + ndim)
+    assert header[0] == magic, (path, header[0])
+    dims = [int(x) for x in header[1:]]
+    assert dims[0] >= n, dims
+    data = np.frombuffer(raw, np.uint8, offset=4 * (1 + ndim))
+    assert data.size == int(np.prod(dims)), "truncated IDX file"
+    return data.reshape(dims)[:n]
+
+
+def zeroshot_head(model, tok, templates):
+    """wise-ft's get_zeroshot_classifier: per class, the mean of the L2-normalised text
+    embeddings over all templates, re-normalised; rows stacked [C, P], times exp(logit_scale).
+    Each class goes through the text tower as its own batch, as in wise-ft."""
+    rows = []
+    with torch.no_grad():
+        for c in ZS_CLASSNAMES:
+            texts = [t(c) if callable(t) else t.format(c) for t in templates]
+            ids = torch.tensor(hf_encode(tok, texts), dtype=torch.int64)
+            e = tensor_of(model.get_text_features(input_ids=ids))
+            e = e / e.norm(dim=-1, keepdim=True)
+            e = e.mean(0)
+            rows.append(e / e.norm())
+        return torch.stack(rows) * model.logit_scale.exp()
+
+
+def check_head_with_open_clip(model, tok, templates, head):
+    """Independent check of the head formula: open_clip's build_zero_shot_classifier
+    (one batch of all classes x templates, F.normalize, returns [P, C], unscaled), driven
+    by the same HF model and tokenizer."""
+
+    class Adapter:
+        def encode_text(self, ids, normalize=False):
+            e = tensor_of(model.get_text_features(input_ids=ids))
+            return e / e.norm(dim=-1, keepdim=True) if normalize else e
+
+    def tokenize(texts):
+        return torch.tensor(hf_encode(tok, texts), dtype=torch.int64)
+
+    ref = open_clip.zero_shot_classifier.build_zero_shot_classifier(
+        Adapter(), tokenize, ZS_CLASSNAMES, templates, num_classes_per_batch=None)
+    err = (ref.T * model.logit_scale.exp() - head).abs().max().item()
+    assert err <= 1e-5, f"zero-shot head differs from open_clip's by {err}"
+    return err
+
+
+def topk_correct(logits, labels, k):
+    return int((logits.topk(k, dim=1).indices == labels[:, None]).any(dim=1).sum())
+
+
+def make_zeroshot():
+    """Zero-shot heads of the tiny quickgelu model + a classifier evaluation on the first
+    MNIST test images. No randomness: nothing here draws from any RNG, so earlier
+    sections' streams are untouched."""
+    model_dir = FIX / ZS_MODEL
+    model = CLIPModel.from_pretrained(str(model_dir), attn_implementation="eager").float().eval()
+    assert model.config._attn_implementation == "eager"
+    tok = CLIPTokenizerFast.from_pretrained(str(model_dir))
+
+    templates = {"simple": ZS_SIMPLE_TEMPLATES, "openai_imagenet": list(OPENAI_IMAGENET_TEMPLATES)}
+    assert len(templates["openai_imagenet"]) == 80
+    tensors = {}
+    for name, tmpl in templates.items():
+        head = zeroshot_head(model, tok, tmpl)
+        assert head.shape == (len(ZS_CLASSNAMES), model.config.projection_dim)
+        err = check_head_with_open_clip(model, tok, tmpl, head)
+        # The tiny tokenizer (500 merges) spells words in many pieces: report truncation.
+        n_long = sum(len(tok(t(c) if callable(t) else t.format(c))["input_ids"]) > CONTEXT_LENGTH
+                     for t in tmpl for c in ZS_CLASSNAMES)
+        print(f"  head.{name}: {len(tmpl)} templates, {n_long} texts truncated, "
+              f"open_clip diff {err:.1e}")
+        tensors[f"head.{name}"] = head
+
+    # MNIST test, first N: L 28x28 -> RGB -> PIL-path processor at the model's image size.
+    # preprocess() also asserts HF equals the documented manual steps (bicubic 28 -> 32).
+    images = read_idx(MNIST_IMAGES, 2051, ZS_EVAL_COUNT)
+    labels = torch.from_numpy(read_idx(MNIST_LABELS, 2049, ZS_EVAL_COUNT).astype(np.int64))
+    assert images.shape == (ZS_EVAL_COUNT, 28, 28)
+    size = model.config.vision_config.image_size
+    pixels = torch.stack([preprocess(Image.fromarray(a, "L").convert("RGB"), size)[0]
+                          for a in images])
+    with torch.no_grad():
+        feats = tensor_of(model.get_image_features(pixel_values=pixels))
+        # ClassificationHead(normalize=True) of wise-ft: normalise, then x @ W.T (+ 0 bias).
+        logits = (feats / feats.norm(dim=-1, keepdim=True)) @ tensors["head.openai_imagenet"].T
+    tensors["eval.indices"] = torch.arange(ZS_EVAL_COUNT, dtype=torch.int64)
+    tensors["eval.labels"] = labels
+    tensors["eval.image_embeds"] = feats
+    tensors["eval.logits"] = logits
+
+    # Margins at the top-1 and top-5 boundaries: a Rust run within float noise of these
+    # logits gets the same predictions only if no row is (nearly) tied there.
+    s = logits.sort(dim=1, descending=True).values
+    m1, m5 = (s[:, 0] - s[:, 1]).min().item(), (s[:, 4] - s[:, 5]).min().item()
+    assert min(m1, m5) > 1e-4, f"near-tie in the eval logits (top-1 {m1:.2e}, top-5 {m5:.2e})"
+
+    d = FIX / "zeroshot"
+    d.mkdir(parents=True)
+    (d / "classnames.txt").write_text("".join(c + "\n" for c in ZS_CLASSNAMES), encoding="utf-8")
+    save_tensors(d / "expected.safetensors", tensors)
+    t1, t5 = topk_correct(logits, labels, 1), topk_correct(logits, labels, 5)
+    print(f"zeroshot: top-1 {t1}/{ZS_EVAL_COUNT}, top-5 {t5}/{ZS_EVAL_COUNT}, "
+          f"min margin top-1 {m1:.2e}, top-5 {m5:.2e}, labels {torch.bincount(labels).tolist()}")
+
+
 # --------------------------------------------------------------------------- main
 
 
 def main():
     setup_determinism()
     assert BPE_PATH.exists(), BPE_PATH
+    # Check the real data is there before anything is deleted.
+    assert MNIST_IMAGES.exists() and MNIST_LABELS.exists(), f"MNIST test not found in {DATASETS}"
     # Regenerate everything the script owns from scratch (README.md is hand-written).
     FIX.mkdir(parents=True, exist_ok=True)
     for p in FIX.iterdir():
@@ -646,6 +779,7 @@ def main():
                   for name, spec in TINY_MODELS.items()}
 
     make_open_clip_twin(*models["clip-tiny-quickgelu"])
+    make_zeroshot()
     print("done")
 
 

@@ -40,9 +40,13 @@ const IMAGE_EXTENSIONS: [&str; 7] = ["jpg", "jpeg", "png", "bmp", "webp", "tiff"
 
 pub fn run(args: EmbedArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.batch_size > 0, "--batch-size must be at least 1");
-    anyhow::ensure!(!args.images.is_empty() || args.texts.is_some(), "nothing to embed: give --images and/or --texts");
+    anyhow::ensure!(
+        !args.images.is_empty() || args.texts.is_some(),
+        "nothing to embed: give --images and/or --texts"
+    );
     let device = wise_clip::parse_device(&args.device)?;
-    let source = ModelSource::resolve(&args.model).with_context(|| format!("loading model '{}'", args.model))?;
+    let source =
+        ModelSource::resolve(&args.model).with_context(|| format!("loading model '{}'", args.model))?;
     let model = ClipModel::load(&source, &device)?.with_compute_dtype(wise_clip::compute_dtype(&device));
 
     let mut tensors: Vec<(String, Tensor)> = Vec::new();

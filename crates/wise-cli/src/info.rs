@@ -13,7 +13,8 @@ pub struct InfoArgs {
 }
 
 pub fn run(args: InfoArgs) -> anyhow::Result<()> {
-    let source = ModelSource::resolve(&args.model).with_context(|| format!("loading model '{}'", args.model))?;
+    let source =
+        ModelSource::resolve(&args.model).with_context(|| format!("loading model '{}'", args.model))?;
     let model = ClipModel::load(&source, &Device::Cpu)?;
     let (c, v, t) = (&source.config, &source.config.vision_config, &source.config.text_config);
     let (nv, nt, other) = model.parameter_counts();
@@ -42,8 +43,18 @@ pub fn run(args: InfoArgs) -> anyhow::Result<()> {
         t.hidden_act,
         t.eos_token_id
     );
-    println!("embedding   {} dims, logit scale {:.4}", c.projection_dim, model.logit_scale.to_scalar::<f32>()?.exp());
-    println!("parameters  vision {} | text {} | other {} | total {}", human(nv), human(nt), other, human(nv + nt + other));
+    println!(
+        "embedding   {} dims, logit scale {:.4}",
+        c.projection_dim,
+        model.logit_scale.to_scalar::<f32>()?.exp()
+    );
+    println!(
+        "parameters  vision {} | text {} | other {} | total {}",
+        human(nv),
+        human(nt),
+        other,
+        human(nv + nt + other)
+    );
     Ok(())
 }
 

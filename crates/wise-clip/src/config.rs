@@ -140,14 +140,8 @@ struct HfConfigFile {
 impl ClipConfig {
     pub fn from_json_str(json: &str) -> std::result::Result<Self, String> {
         let file: HfConfigFile = serde_json::from_str(json).map_err(|e| e.to_string())?;
-        let text_config = file
-            .text_config
-            .or(file.text_config_dict)
-            .ok_or("no `text_config`")?;
-        let vision_config = file
-            .vision_config
-            .or(file.vision_config_dict)
-            .ok_or("no `vision_config`")?;
+        let text_config = file.text_config.or(file.text_config_dict).ok_or("no `text_config`")?;
+        let vision_config = file.vision_config.or(file.vision_config_dict).ok_or("no `vision_config`")?;
         let config = ClipConfig {
             text_config,
             vision_config,
@@ -160,10 +154,7 @@ impl ClipConfig {
 
     pub fn from_file(path: &Path) -> Result<Self> {
         let json = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        Self::from_json_str(&json).map_err(|msg| Error::Config {
-            path: path.to_path_buf(),
-            msg,
-        })
+        Self::from_json_str(&json).map_err(|msg| Error::Config { path: path.to_path_buf(), msg })
     }
 
     /// The `config.json` a transformers `CLIPModel` loads.
@@ -172,10 +163,9 @@ impl ClipConfig {
         let obj = value.as_object_mut().expect("config is an object");
         obj.insert("model_type".into(), "clip".into());
         obj.insert("architectures".into(), serde_json::json!(["CLIPModel"]));
-        for (tower, model_type) in [
-            ("text_config", "clip_text_model"),
-            ("vision_config", "clip_vision_model"),
-        ] {
+        for (tower, model_type) in
+            [("text_config", "clip_text_model"), ("vision_config", "clip_vision_model")]
+        {
             if let Some(t) = obj.get_mut(tower).and_then(|t| t.as_object_mut()) {
                 t.insert("model_type".into(), model_type.into());
                 t.insert("projection_dim".into(), self.projection_dim.into());
@@ -297,7 +287,15 @@ impl ClipConfig {
                 hidden_act: act,
                 ..VisionConfig::default()
             },
-            text_config: open_clip_text(t.vocab_size, t.width, t.layers, t.heads, t.context_length, act, t.mlp_ratio),
+            text_config: open_clip_text(
+                t.vocab_size,
+                t.width,
+                t.layers,
+                t.heads,
+                t.context_length,
+                act,
+                t.mlp_ratio,
+            ),
             projection_dim: oc.embed_dim,
             logit_scale_init_value: default_logit_scale(),
         };
@@ -309,7 +307,10 @@ impl ClipConfig {
     /// as OpenAI's `build_model` does: widths and depths are in the shapes, head counts are
     /// not (the convention is 64 channels per head), and the activation is QuickGELU as in
     /// every OpenAI checkpoint. Give an open_clip config for anything else.
-    pub fn infer_open_clip(shape: impl Fn(&str) -> Option<Vec<usize>>, names: &[String]) -> std::result::Result<Self, String> {
+    pub fn infer_open_clip(
+        shape: impl Fn(&str) -> Option<Vec<usize>>,
+        names: &[String],
+    ) -> std::result::Result<Self, String> {
         let get = |k: &str| shape(k).ok_or_else(|| format!("no '{k}' to infer the architecture from"));
         let count_layers = |prefix: &str| {
             names

@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 use hf_hub::{Cache, Repo, RepoType};
 
 use crate::config::ClipConfig;
+use crate::preprocess::ImagePreprocessor;
+use crate::tokenizer::ClipTokenizer;
 use crate::weights::{Checkpoint, OpenClipCheckpoint, SafetensorsFile, WeightSource};
 use crate::{Error, Result};
 
@@ -55,22 +57,13 @@ impl HubOptions {
             .unwrap_or_else(|| Cache::default().path().clone());
         let offline = var("HF_HUB_OFFLINE")
             .is_some_and(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on"));
-        Self {
-            cache_dir,
-            offline,
-            revision: "main".to_string(),
-            token: var("HF_TOKEN"),
-        }
+        Self { cache_dir, offline, revision: "main".to_string(), token: var("HF_TOKEN") }
     }
 }
 
 /// Files of an HF CLIP repo that wise reads; only the config and the weights are required.
-const OPTIONAL_HUB_FILES: [&str; 4] = [
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "preprocessor_config.json",
-];
+const OPTIONAL_HUB_FILES: [&str; 4] =
+    ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "preprocessor_config.json"];
 
 impl ModelSource {
     /// A local path if it exists, else a hub id (`org/name`), with hub settings from the
@@ -84,7 +77,8 @@ impl ModelSource {
         if path.exists() {
             return Self::local(path);
         }
-        let looks_like_id = spec.split('/').count() == 2 && !spec.starts_with('.') && !spec.ends_with(".safetensors");
+        let looks_like_id =
+            spec.split('/').count() == 2 && !spec.starts_with('.') && !spec.ends_with(".safetensors");
         if !looks_like_id {
             return Err(Error::Invalid(format!(
                 "model '{spec}': no such file or directory (and not a hub id like 'openai/clip-vit-base-patch32')"
@@ -114,10 +108,8 @@ impl ModelSource {
             };
         }
         let file = SafetensorsFile::open(path)?;
-        let is_hf = file
-            .names()
-            .iter()
-            .any(|n| n.starts_with("vision_model.") || n.starts_with("text_model."));
+        let is_hf =
+            file.names().iter().any(|n| n.starts_with("vision_model.") || n.starts_with("text_model."));
         let dir = path.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
         if is_hf {
             return Self::hf_dir(&dir, path.to_path_buf());
@@ -212,12 +204,18 @@ impl ModelSource {
                         match fetch(shard) {
                             Some(Ok(_)) => {}
                             Some(Err(e)) => return Err(err(format!("{shard}: {e}"))),
-                            None => return Err(err(format!("{shard} is not in the local cache{offline_hint}"))),
+                            None => {
+                                return Err(err(format!("{shard} is not in the local cache{offline_hint}")))
+                            }
                         }
                     }
                     index
                 }
-                _ => return Err(err(format!("no model.safetensors (or sharded index) available{offline_hint}"))),
+                _ => {
+                    return Err(err(format!(
+                        "no model.safetensors (or sharded index) available{offline_hint}"
+                    )))
+                }
             },
         };
         for file in OPTIONAL_HUB_FILES {
@@ -231,6 +229,26 @@ impl ModelSource {
             weights_path: weights,
             dir: Some(snapshot),
         })
+    }
+
+    /// The model's own `tokenizer.json` when it has one, else the OpenAI CLIP vocabulary;
+    /// sequences padded/truncated to the config's context length.
+    pub fn tokenizer(&self) -> Result<ClipTokenizer> {
+        let context = self.config.text_config.max_position_embeddings;
+        match &self.dir {
+            Some(dir) => ClipTokenizer::for_model_dir(dir, context),
+            None => ClipTokenizer::openai(context),
+        }
+    }
+
+    /// The model's `preprocessor_config.json` when it has one, else CLIP's defaults at the
+    /// vision tower's image size.
+    pub fn preprocessor(&self) -> Result<ImagePreprocessor> {
+        let size = self.config.vision_config.image_size;
+        match &self.dir {
+            Some(dir) => ImagePreprocessor::for_model_dir(dir, size),
+            None => Ok(ImagePreprocessor::new(size)),
+        }
     }
 
     /// The checkpoint seen through HF names.

@@ -9,6 +9,8 @@
 //! - [`config`]: HF `config.json` (and open_clip configs), presets ViT-B/32 … ViT-L/14-336.
 //! - [`model`], [`vision`], [`text`], [`nn`]: the towers and their blocks.
 //! - [`weights`], [`params`], [`hub`]: checkpoints (HF, sharded, open_clip), the HF cache.
+//! - [`tokenizer`], [`preprocess`]: text and images in, exactly as HF's CLIP processor.
+//! - [`device`]: CPU, CUDA or Metal, and the compute dtype for each.
 
 pub mod config;
 pub mod device;
@@ -17,6 +19,7 @@ pub mod hub;
 pub mod model;
 pub mod nn;
 pub mod params;
+pub mod preprocess;
 pub mod text;
 pub mod tokenizer;
 pub mod vision;
@@ -27,3 +30,5 @@ pub use device::{compute_dtype, parse_device};
 pub use error::{Error, Result};
 pub use hub::{HubOptions, Layout, ModelSource};
 pub use model::ClipModel;
+pub use preprocess::ImagePreprocessor;
+pub use tokenizer::ClipTokenizer;

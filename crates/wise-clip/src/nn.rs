@@ -79,10 +79,7 @@ impl Module for LayerNorm {
         let centered = x.broadcast_sub(&x.mean_keepdim(D::Minus1)?)?;
         let var = centered.sqr()?.mean_keepdim(D::Minus1)?;
         let normed = centered.broadcast_div(&(var + self.eps)?.sqrt()?)?;
-        normed
-            .broadcast_mul(self.weight.as_tensor())?
-            .broadcast_add(self.bias.as_tensor())?
-            .to_dtype(dtype)
+        normed.broadcast_mul(self.weight.as_tensor())?.broadcast_add(self.bias.as_tensor())?.to_dtype(dtype)
     }
 }
 

@@ -25,7 +25,7 @@ pub enum Init {
 
 enum Origin<'a> {
     Checkpoint(&'a dyn WeightSource),
-    Fresh(StdRng),
+    Fresh(Box<StdRng>),
 }
 
 pub struct ParamBuilder<'a> {
@@ -43,7 +43,7 @@ impl<'a> ParamBuilder<'a> {
 
     /// Random initialisation from a seed (reproducible across runs and machines).
     pub fn fresh(seed: u64, device: &Device) -> Self {
-        Self::new(Origin::Fresh(StdRng::seed_from_u64(seed)), device)
+        Self::new(Origin::Fresh(Box::new(StdRng::seed_from_u64(seed))), device)
     }
 
     fn new(origin: Origin<'a>, device: &Device) -> Self {
@@ -97,11 +97,9 @@ impl<'a> ParamBuilder<'a> {
             return Ok(self.params);
         }
         let mut report = String::new();
-        for (title, items) in [
-            ("missing", &self.missing),
-            ("wrong shape", &self.mismatched),
-            ("unexpected", &unexpected),
-        ] {
+        for (title, items) in
+            [("missing", &self.missing), ("wrong shape", &self.mismatched), ("unexpected", &unexpected)]
+        {
             if items.is_empty() {
                 continue;
             }
@@ -113,10 +111,7 @@ impl<'a> ParamBuilder<'a> {
                 report.push_str(&format!("    ... and {} more\n", items.len() - 20));
             }
         }
-        Err(Error::Weights {
-            source_name: source.describe(),
-            report: report.trim_end().to_string(),
-        })
+        Err(Error::Weights { source_name: source.describe(), report: report.trim_end().to_string() })
     }
 }
 

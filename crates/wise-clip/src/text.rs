@@ -85,11 +85,8 @@ impl TextEncoder {
                 "token id {bad} is outside the model's vocabulary ({vocab} ids): wrong tokenizer?"
             )));
         }
-        let tokens = self
-            .token_embedding
-            .to_dtype(dtype)?
-            .index_select(&ids.flatten_all()?, 0)?
-            .reshape((b, t, c))?;
+        let tokens =
+            self.token_embedding.to_dtype(dtype)?.index_select(&ids.flatten_all()?, 0)?.reshape((b, t, c))?;
         let positions = self.position_embedding.to_dtype(dtype)?.narrow(0, 0, t)?;
         let x = tokens.broadcast_add(&positions.unsqueeze(0)?)?;
         let mask = causal_mask(t, ids.device())?;
@@ -117,8 +114,7 @@ impl TextEncoder {
 /// Additive mask: 0 on and below the diagonal, a large negative above (HF uses the dtype's
 /// minimum rather than -inf, which keeps fully masked arithmetic finite).
 fn causal_mask(t: usize, device: &Device) -> candle_core::Result<Tensor> {
-    let mask: Vec<f32> = (0..t)
-        .flat_map(|i| (0..t).map(move |j| if j > i { f32::MIN } else { 0.0 }))
-        .collect();
+    let mask: Vec<f32> =
+        (0..t).flat_map(|i| (0..t).map(move |j| if j > i { f32::MIN } else { 0.0 })).collect();
     Tensor::from_vec(mask, (t, t), device)
 }

@@ -52,7 +52,8 @@ pub const BOS_TOKEN: &str = "<|startoftext|>";
 /// The token that closes every sequence (and, in HF's CLIP, pads it).
 pub const EOS_TOKEN: &str = "<|endoftext|>";
 /// CLIP's word-splitting regex, with the special tokens first, as in HF's `tokenizer.json`.
-const CLIP_SPLIT_REGEX: &str = r"<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+";
+const CLIP_SPLIT_REGEX: &str =
+    r"<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+";
 const WORD_SUFFIX: &str = "</w>";
 const OPENAI_SOURCE: &str = "OpenAI CLIP BPE (built in)";
 
@@ -116,10 +117,7 @@ impl ClipTokenizer {
         tokenizer.with_padding(None);
         tokenizer
             .with_truncation(None)
-            .map_err(|e| Error::Tokenizer {
-                source_name: source_name.clone(),
-                msg: e.to_string(),
-            })?;
+            .map_err(|e| Error::Tokenizer { source_name: source_name.clone(), msg: e.to_string() })?;
 
         let mut special = SpecialTokens::default();
         if let Some(dir) = path.parent() {
@@ -136,10 +134,7 @@ impl ClipTokenizer {
     /// The OpenAI CLIP vocabulary (49,408 ids), embedded in the crate, in the same pipeline an
     /// HF CLIP `tokenizer.json` describes.
     pub fn openai(context_length: usize) -> Result<Self> {
-        let err = |msg: String| Error::Tokenizer {
-            source_name: OPENAI_SOURCE.to_string(),
-            msg,
-        };
+        let err = |msg: String| Error::Tokenizer { source_name: OPENAI_SOURCE.to_string(), msg };
         let mut text = String::new();
         flate2::read::GzDecoder::new(OPENAI_BPE_GZ)
             .read_to_string(&mut text)
@@ -160,10 +155,7 @@ impl ClipTokenizer {
             })
             .collect::<Result<_>>()?;
         if merges.len() != OPENAI_MERGES {
-            return Err(err(format!(
-                "expected {OPENAI_MERGES} merges, found {}",
-                merges.len()
-            )));
+            return Err(err(format!("expected {OPENAI_MERGES} merges, found {}", merges.len())));
         }
 
         // Vocabulary order is the one the CLIP weights were trained with.
@@ -174,16 +166,9 @@ impl ClipTokenizer {
         tokens.extend(merges.iter().map(|(a, b)| format!("{a}{b}")));
         tokens.push(BOS_TOKEN.to_string());
         tokens.push(EOS_TOKEN.to_string());
-        let vocab: Vocab = tokens
-            .iter()
-            .enumerate()
-            .map(|(i, t)| (t.clone(), i as u32))
-            .collect();
+        let vocab: Vocab = tokens.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
         if vocab.len() != OPENAI_VOCAB_SIZE {
-            return Err(err(format!(
-                "built {} distinct tokens, expected {OPENAI_VOCAB_SIZE}",
-                vocab.len()
-            )));
+            return Err(err(format!("built {} distinct tokens, expected {OPENAI_VOCAB_SIZE}", vocab.len())));
         }
 
         let bpe = BPE::builder()
@@ -224,12 +209,7 @@ impl ClipTokenizer {
             AddedToken::from(EOS_TOKEN, true).normalized(true),
         ]);
 
-        Self::assemble(
-            tokenizer,
-            context_length,
-            SpecialTokens::default(),
-            OPENAI_SOURCE.to_string(),
-        )
+        Self::assemble(tokenizer, context_length, SpecialTokens::default(), OPENAI_SOURCE.to_string())
     }
 
     fn assemble(
@@ -256,27 +236,17 @@ impl ClipTokenizer {
         let bos_id = id_of("bos", special.bos, BOS_TOKEN)?;
         let eos_id = id_of("eos", special.eos, EOS_TOKEN)?;
         let pad_id = id_of("pad", special.pad, EOS_TOKEN)?;
-        Ok(Self {
-            tokenizer,
-            context_length,
-            bos_id,
-            eos_id,
-            pad_id,
-            source_name,
-        })
+        Ok(Self { tokenizer, context_length, bos_id, eos_id, pad_id, source_name })
     }
 
     /// Exactly `context_length` ids: `<|startoftext|>`, the text's tokens (cut to
     /// `context_length - 2`), `<|endoftext|>`, then pad ids — the output of HF
     /// `CLIPTokenizerFast(padding="max_length", truncation=True, max_length=context_length)`.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
-        let encoding = self
-            .tokenizer
-            .encode(text, false)
-            .map_err(|e| Error::Tokenizer {
-                source_name: self.source_name.clone(),
-                msg: format!("cannot tokenize {:?}: {e}", preview(text)),
-            })?;
+        let encoding = self.tokenizer.encode(text, false).map_err(|e| Error::Tokenizer {
+            source_name: self.source_name.clone(),
+            msg: format!("cannot tokenize {:?}: {e}", preview(text)),
+        })?;
         let body = self.context_length - 2;
         let mut ids = Vec::with_capacity(self.context_length);
         ids.push(self.bos_id);
@@ -294,13 +264,10 @@ impl ClipTokenizer {
     /// Text of a sequence of ids, special tokens dropped, `</w>` turned back into spaces (as
     /// HF's `CLIPTokenizer.decode`). Lowercased and normalized, so not always the input text.
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
-        let text = self
-            .tokenizer
-            .decode(ids, true)
-            .map_err(|e| Error::Tokenizer {
-                source_name: self.source_name.clone(),
-                msg: format!("cannot decode ids: {e}"),
-            })?;
+        let text = self.tokenizer.decode(ids, true).map_err(|e| Error::Tokenizer {
+            source_name: self.source_name.clone(),
+            msg: format!("cannot decode ids: {e}"),
+        })?;
         Ok(text.replace(WORD_SUFFIX, " ").trim().to_string())
     }
 
@@ -338,21 +305,14 @@ impl ClipTokenizer {
 /// Reads `bos_token` / `eos_token` / `pad_token` (a string or `{"content": ...}`) from an HF
 /// tokenizer config file, overriding what `special` already holds.
 fn read_special_tokens(path: &Path, special: &mut SpecialTokens) -> Result<()> {
-    let config_err = |msg: String| Error::Config {
-        path: PathBuf::from(path),
-        msg,
-    };
+    let config_err = |msg: String| Error::Config { path: PathBuf::from(path), msg };
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let json: serde_json::Value =
-        serde_json::from_slice(&bytes).map_err(|e| config_err(e.to_string()))?;
+    let json: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| config_err(e.to_string()))?;
     let Some(map) = json.as_object() else {
         return Err(config_err("expected a JSON object".to_string()));
     };
-    let fields = [
-        ("bos_token", &mut special.bos),
-        ("eos_token", &mut special.eos),
-        ("pad_token", &mut special.pad),
-    ];
+    let fields =
+        [("bos_token", &mut special.bos), ("eos_token", &mut special.eos), ("pad_token", &mut special.pad)];
     for (key, slot) in fields {
         match map.get(key) {
             None | Some(serde_json::Value::Null) => {}
@@ -362,9 +322,7 @@ fn read_special_tokens(path: &Path, special: &mut SpecialTokens) -> Result<()> {
                 _ => return Err(config_err(format!("{key} has no string \"content\""))),
             },
             Some(other) => {
-                return Err(config_err(format!(
-                    "{key} should be a string or an object, found {other}"
-                )))
+                return Err(config_err(format!("{key} should be a string or an object, found {other}")))
             }
         }
     }

@@ -66,10 +66,8 @@ impl ImageEncoder {
         let dtype = pixels.dtype();
         // A stride-p conv drops trailing pixels that do not fill a patch; so do we.
         let x = pixels.narrow(2, 0, g * p)?.narrow(3, 0, g * p)?;
-        let patches = x
-            .reshape((b, ch, g, p, g, p))?
-            .permute((0, 2, 4, 1, 3, 5))?
-            .reshape((b * g * g, ch * p * p))?;
+        let patches =
+            x.reshape((b, ch, g, p, g, p))?.permute((0, 2, 4, 1, 3, 5))?.reshape((b * g * g, ch * p * p))?;
         let w = self.patch_embedding.to_dtype(dtype)?.reshape((c, ch * p * p))?;
         let patches = patches.matmul(&w.t()?)?.reshape((b, g * g, c))?;
         let class = self.class_embedding.to_dtype(dtype)?.reshape((1, 1, c))?.repeat((b, 1, 1))?;

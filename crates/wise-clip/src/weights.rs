@@ -43,16 +43,9 @@ impl SafetensorsFile {
         // SAFETY: the map is read-only; like every mmap reader we rely on nobody
         // truncating the file while it is open.
         let mmap = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
-        let (header_len, metadata) = SafeTensors::read_metadata(&mmap).map_err(|e| Error::Safetensors {
-            path: path.to_path_buf(),
-            msg: e.to_string(),
-        })?;
-        Ok(Self {
-            path: path.to_path_buf(),
-            mmap,
-            header_len,
-            metadata,
-        })
+        let (header_len, metadata) = SafeTensors::read_metadata(&mmap)
+            .map_err(|e| Error::Safetensors { path: path.to_path_buf(), msg: e.to_string() })?;
+        Ok(Self { path: path.to_path_buf(), mmap, header_len, metadata })
     }
 
     pub fn path(&self) -> &Path {
@@ -103,10 +96,7 @@ impl SafetensorsFile {
     }
 
     fn bad(&self, name: &str, cause: impl std::fmt::Display) -> Error {
-        Error::Safetensors {
-            path: self.path.clone(),
-            msg: format!("tensor '{name}': {cause}"),
-        }
+        Error::Safetensors { path: self.path.clone(), msg: format!("tensor '{name}': {cause}") }
     }
 }
 
@@ -140,10 +130,7 @@ impl Checkpoint {
         } else {
             vec![path.to_path_buf()]
         };
-        let files = shard_paths
-            .iter()
-            .map(|p| SafetensorsFile::open(p))
-            .collect::<Result<Vec<_>>>()?;
+        let files = shard_paths.iter().map(|p| SafetensorsFile::open(p)).collect::<Result<Vec<_>>>()?;
         let mut routing = BTreeMap::new();
         for (i, f) in files.iter().enumerate() {
             for name in f.names() {
@@ -156,11 +143,7 @@ impl Checkpoint {
                 }
             }
         }
-        Ok(Self {
-            label: path.display().to_string(),
-            files,
-            routing,
-        })
+        Ok(Self { label: path.display().to_string(), files, routing })
     }
 
     pub fn file_of(&self, name: &str) -> Option<&SafetensorsFile> {
@@ -196,10 +179,7 @@ impl WeightSource for Checkpoint {
 
 fn shards_of_index(index: &Path) -> Result<Vec<PathBuf>> {
     let text = std::fs::read_to_string(index).map_err(|e| Error::io(index, e))?;
-    let bad = |msg: String| Error::Config {
-        path: index.to_path_buf(),
-        msg,
-    };
+    let bad = |msg: String| Error::Config { path: index.to_path_buf(), msg };
     let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
     let map = json
         .get("weight_map")
@@ -279,23 +259,29 @@ fn open_clip_to_hf(key: &str) -> Vec<(String, Part)> {
     };
     // Tower-level tensors.
     match (tower, rest) {
-        ("vision_model", "conv1.weight") => return same("vision_model.embeddings.patch_embedding.weight".into()),
+        ("vision_model", "conv1.weight") => {
+            return same("vision_model.embeddings.patch_embedding.weight".into())
+        }
         ("vision_model", "class_embedding") => return same("vision_model.embeddings.class_embedding".into()),
         ("vision_model", "positional_embedding") => {
             return same("vision_model.embeddings.position_embedding.weight".into())
         }
         ("vision_model", "proj") => return vec![("visual_projection.weight".into(), Part::Transposed)],
-        ("text_model", "token_embedding.weight") => return same("text_model.embeddings.token_embedding.weight".into()),
-        ("text_model", "positional_embedding") => return same("text_model.embeddings.position_embedding.weight".into()),
-        ("text_model", "text_projection") => return vec![("text_projection.weight".into(), Part::Transposed)],
+        ("text_model", "token_embedding.weight") => {
+            return same("text_model.embeddings.token_embedding.weight".into())
+        }
+        ("text_model", "positional_embedding") => {
+            return same("text_model.embeddings.position_embedding.weight".into())
+        }
+        ("text_model", "text_projection") => {
+            return vec![("text_projection.weight".into(), Part::Transposed)]
+        }
         ("text_model", "logit_scale") => return same("logit_scale".into()),
         _ => {}
     }
-    for (norm, hf_norm) in [
-        ("ln_pre.", "pre_layrnorm."),
-        ("ln_post.", "post_layernorm."),
-        ("ln_final.", "final_layer_norm."),
-    ] {
+    for (norm, hf_norm) in
+        [("ln_pre.", "pre_layrnorm."), ("ln_post.", "post_layernorm."), ("ln_final.", "final_layer_norm.")]
+    {
         if let Some(p) = rest.strip_prefix(norm) {
             return same(format!("{tower}.{hf_norm}{p}"));
         }
@@ -370,6 +356,36 @@ impl WeightSource for OpenClipCheckpoint {
     }
 }
 
+/// Tensors already in memory, under HF names: a model built from another model's weights
+/// (a classifier from a CLIP, an interpolation of two checkpoints) goes through the same
+/// name-and-shape checks as one read from disk.
+pub struct InMemory {
+    pub label: String,
+    pub tensors: BTreeMap<String, Tensor>,
+}
+
+impl WeightSource for InMemory {
+    fn describe(&self) -> String {
+        self.label.clone()
+    }
+
+    fn names(&self) -> Vec<String> {
+        self.tensors.keys().cloned().collect()
+    }
+
+    fn shape(&self, name: &str) -> Option<Vec<usize>> {
+        self.tensors.get(name).map(|t| t.dims().to_vec())
+    }
+
+    fn load_f32(&self, name: &str, device: &Device) -> Result<Tensor> {
+        match self.tensors.get(name) {
+            // A copy, so the new model's parameters never alias the source's.
+            Some(t) => Ok(t.to_device(device)?.to_dtype(DType::F32)?.copy()?),
+            None => Err(Error::Invalid(format!("{}: no tensor named '{name}'", self.label))),
+        }
+    }
+}
+
 /// Write tensors to `path` as safetensors, atomically: a temp file in the same directory,
 /// then a rename, so a crash or a kill never leaves a half-written file under `path`.
 pub fn save_safetensors_atomic(
@@ -384,16 +400,12 @@ pub fn save_safetensors_atomic(
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
     let file_name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
     let tmp = dir.join(format!(".{file_name}.{}.tmp", std::process::id()));
-    let contiguous = tensors
-        .iter()
-        .map(|(n, t)| Ok((n.clone(), t.contiguous()?)))
-        .collect::<Result<Vec<_>>>()?;
-    let result = safetensors::serialize_to_file(contiguous.iter().map(|(n, t)| (n.as_str(), t)), metadata, &tmp)
-        .map_err(|e| Error::Safetensors {
-            path: path.to_path_buf(),
-            msg: format!("writing: {e}"),
-        })
-        .and_then(|()| std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e)));
+    let contiguous =
+        tensors.iter().map(|(n, t)| Ok((n.clone(), t.contiguous()?))).collect::<Result<Vec<_>>>()?;
+    let result =
+        safetensors::serialize_to_file(contiguous.iter().map(|(n, t)| (n.as_str(), t)), metadata, &tmp)
+            .map_err(|e| Error::Safetensors { path: path.to_path_buf(), msg: format!("writing: {e}") })
+            .and_then(|()| std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e)));
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }

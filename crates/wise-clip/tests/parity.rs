@@ -3,25 +3,17 @@
 //! `scripts/make_fixtures.py` (see `tests/fixtures/README.md`).
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 use wise_clip::weights::{save_safetensors_atomic, Checkpoint, SafetensorsFile};
 use wise_clip::{ClipModel, HubOptions, Layout, ModelSource};
 
-fn fixture(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures").join(rel)
-}
+mod support;
+use support::{fake_hub_cache, fixture, max_abs_diff};
 
 fn expected(model: &str) -> HashMap<String, Tensor> {
     candle_core::safetensors::load(fixture(&format!("{model}/expected.safetensors")), &Device::Cpu)
         .expect("fixture loads")
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    assert_eq!(a.dims(), b.dims());
-    let d = (a.to_dtype(DType::F32).unwrap() - b.to_dtype(DType::F32).unwrap()).unwrap();
-    d.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
 }
 
 /// ‖a − b‖ / ‖b‖.
@@ -220,30 +212,6 @@ fn saved_model_dir_reloads_identically() {
     }
     let file = Checkpoint::open(&dir.path().join("model.safetensors")).unwrap();
     assert_eq!(file.user_metadata().unwrap()["format"], "pt");
-}
-
-/// A directory laid out like the HF hub cache: `models--org--name/{refs,snapshots,blobs}`.
-fn fake_hub_cache(id: &str) -> tempfile::TempDir {
-    let cache = tempfile::tempdir().unwrap();
-    let repo = cache.path().join(format!("models--{}", id.replace('/', "--")));
-    let commit = "0123456789abcdef0123456789abcdef01234567";
-    std::fs::create_dir_all(repo.join("refs")).unwrap();
-    std::fs::write(repo.join("refs/main"), commit).unwrap();
-    let snapshot = repo.join("snapshots").join(commit);
-    std::fs::create_dir_all(&snapshot).unwrap();
-    std::fs::create_dir_all(repo.join("blobs")).unwrap();
-    for entry in std::fs::read_dir(fixture("clip-tiny-gelu")).unwrap() {
-        let path = entry.unwrap().path();
-        let name = path.file_name().unwrap().to_str().unwrap().to_string();
-        if name == "expected.safetensors" {
-            continue;
-        }
-        // Like huggingface_hub: content in blobs/, snapshot entries are symlinks to it.
-        let blob = repo.join("blobs").join(format!("blob-{name}"));
-        std::fs::copy(&path, &blob).unwrap();
-        std::os::unix::fs::symlink(&blob, snapshot.join(&name)).unwrap();
-    }
-    cache
 }
 
 #[test]

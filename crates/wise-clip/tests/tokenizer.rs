@@ -34,27 +34,18 @@ fn openai_vocab_matches_hf_clip_tokenizer_fast() {
     let mut failures = Vec::new();
     for (text, want) in texts.iter().zip(expected) {
         let text = text.as_str().expect("text is a string");
-        let want: Vec<u32> = want
-            .as_array()
-            .expect("ids")
-            .iter()
-            .map(|v| v.as_u64().expect("id") as u32)
-            .collect();
+        let want: Vec<u32> =
+            want.as_array().expect("ids").iter().map(|v| v.as_u64().expect("id") as u32).collect();
         let got = tok.encode(text).unwrap();
         assert_eq!(got.len(), context_length);
         if let Some(i) = first_diff(&got, &want) {
-            failures.push(format!(
-                "{text:?}: first difference at {i}\n  got  {got:?}\n  want {want:?}"
-            ));
+            failures.push(format!("{text:?}: first difference at {i}\n  got  {got:?}\n  want {want:?}"));
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 
     // encode_batch is encode, in order.
-    let owned: Vec<String> = texts
-        .iter()
-        .map(|t| t.as_str().unwrap().to_string())
-        .collect();
+    let owned: Vec<String> = texts.iter().map(|t| t.as_str().unwrap().to_string()).collect();
     let batch = tok.encode_batch(&owned).unwrap();
     for (t, ids) in owned.iter().zip(&batch) {
         assert_eq!(ids, &tok.encode(t).unwrap());
@@ -66,25 +57,16 @@ fn tokenizer_json_in_model_dir_matches_hf() {
     let dir = fixtures().join("clip-tiny-quickgelu");
     let expected = dir.join("expected.safetensors");
     let tensors = candle_core::safetensors::load(&expected, &Device::Cpu).expect("expected.safetensors");
-    let ids = tensors
-        .get("input_ids")
-        .expect("input_ids in expected.safetensors");
+    let ids = tensors.get("input_ids").expect("input_ids in expected.safetensors");
     let (n, context_length) = ids.dims2().unwrap();
     let want: Vec<Vec<i64>> = ids.to_dtype(DType::I64).unwrap().to_vec2().unwrap();
 
-    let texts: Vec<String> = std::fs::read_to_string(fixtures().join("texts.txt"))
-        .unwrap()
-        .lines()
-        .map(str::to_string)
-        .collect();
+    let texts: Vec<String> =
+        std::fs::read_to_string(fixtures().join("texts.txt")).unwrap().lines().map(str::to_string).collect();
     assert_eq!(texts.len(), n);
 
     let tok = ClipTokenizer::for_model_dir(&dir, context_length).unwrap();
-    assert!(
-        tok.source_name().ends_with("tokenizer.json"),
-        "{}",
-        tok.source_name()
-    );
+    assert!(tok.source_name().ends_with("tokenizer.json"), "{}", tok.source_name());
     let got = tok.encode_batch(&texts).unwrap();
     for ((text, got), want) in texts.iter().zip(&got).zip(&want) {
         let want: Vec<u32> = want.iter().map(|&v| v as u32).collect();
@@ -97,10 +79,7 @@ fn model_dir_without_tokenizer_json_uses_openai_vocab() {
     let dir = tempfile::tempdir().unwrap();
     let tok = ClipTokenizer::for_model_dir(dir.path(), 77).unwrap();
     assert_eq!(tok.vocab_size(), 49408);
-    assert_eq!(
-        tok.encode("a photo of a dog.").unwrap()[..8],
-        [49406, 320, 1125, 539, 320, 1929, 269, 49407]
-    );
+    assert_eq!(tok.encode("a photo of a dog.").unwrap()[..8], [49406, 320, 1125, 539, 320, 1929, 269, 49407]);
 }
 
 #[test]
@@ -193,11 +172,7 @@ fn pad_token_comes_from_the_tokenizer_config() {
             "merges": ["a b</w>"]
         }
     });
-    std::fs::write(
-        dir.path().join("tokenizer.json"),
-        serde_json::to_vec(&tokenizer_json).unwrap(),
-    )
-    .unwrap();
+    std::fs::write(dir.path().join("tokenizer.json"), serde_json::to_vec(&tokenizer_json).unwrap()).unwrap();
     let tok = ClipTokenizer::for_model_dir(dir.path(), 6).unwrap();
     assert_eq!(tok.encode("AB a").unwrap(), [7, 5, 3, 8, 8, 8]);
 
@@ -211,20 +186,12 @@ fn pad_token_comes_from_the_tokenizer_config() {
     assert_eq!(tok.encode("AB a").unwrap(), [7, 5, 3, 8, 0, 0]);
 
     // special_tokens_map.json wins over tokenizer_config.json, as in transformers.
-    std::fs::write(
-        dir.path().join("special_tokens_map.json"),
-        br#"{"pad_token": "<|endoftext|>"}"#,
-    )
-    .unwrap();
+    std::fs::write(dir.path().join("special_tokens_map.json"), br#"{"pad_token": "<|endoftext|>"}"#).unwrap();
     let tok = ClipTokenizer::for_model_dir(dir.path(), 6).unwrap();
     assert_eq!(tok.pad_id(), 8);
 
     // A pad token that is not in the vocabulary is an error naming the tokenizer file.
-    std::fs::write(
-        dir.path().join("special_tokens_map.json"),
-        br#"{"pad_token": "<pad>"}"#,
-    )
-    .unwrap();
+    std::fs::write(dir.path().join("special_tokens_map.json"), br#"{"pad_token": "<pad>"}"#).unwrap();
     let err = ClipTokenizer::for_model_dir(dir.path(), 6).unwrap_err();
     assert!(err.to_string().contains("<pad>"), "{err}");
     assert!(err.to_string().contains("tokenizer.json"), "{err}");

