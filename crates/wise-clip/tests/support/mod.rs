@@ -41,3 +41,21 @@ pub fn fake_hub_cache(id: &str) -> tempfile::TempDir {
     }
     cache
 }
+
+/// `<repo>/../shared/datasets` (the offline real data), or `None` after a note when it is
+/// absent outside CI; under CI (`CI` set) missing data is a failure, never a silent pass.
+pub fn shared_datasets() -> Option<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/datasets");
+    if dir.is_dir() {
+        return Some(dir);
+    }
+    if std::env::var_os("CI").is_some() {
+        panic!("{} is missing; CI must run the real-data tests", dir.display());
+    }
+    eprintln!("skipping: no offline datasets at {}", dir.display());
+    None
+}
+
+/// The readable names of the digit classes `0`..`9`.
+pub const DIGITS: [&str; 10] =
+    ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"];

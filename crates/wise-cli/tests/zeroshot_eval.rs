@@ -1,0 +1,168 @@
+//! `wise zeroshot` then `wise eval` on real shifted digits: the classifier checkpoint every
+//! later command uses, the results line, subsets of classes, and bad input.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+#[path = "../../wise-clip/tests/support/mod.rs"]
+mod support;
+use support::{fixture, shared_datasets};
+
+fn wise(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_wise")).args(args).output().expect("wise runs")
+}
+
+fn ok(out: &Output) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "wise failed:\n{stderr}");
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+fn fails_with(out: &Output, needles: &[&str]) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "expected failure");
+    for n in needles {
+        assert!(stderr.contains(n), "'{n}' not in:\n{stderr}");
+    }
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn zeroshot_then_eval_on_usps_and_a_class_subset() {
+    let Some(data) = shared_datasets() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let usps = tmp.path().join("usps");
+    wise_data::import(wise_data::Source::Usps, &data.join("digits/usps"), &usps, false).unwrap();
+
+    let classifier = tmp.path().join("zs.safetensors");
+    let model = fixture("clip-tiny-quickgelu");
+    let classes = fixture("zeroshot/classnames.txt");
+    ok(&wise(&[
+        "zeroshot",
+        "--model",
+        s(&model),
+        "--classes",
+        s(&classes),
+        "--templates",
+        "simple",
+        "--out",
+        s(&classifier),
+    ]));
+
+    // A subset of the classes (three digit folders), matched by name through classnames.txt.
+    let subset = tmp.path().join("subset");
+    for digit in ["1", "7", "9"] {
+        let from = usps.join("test").join(digit);
+        let to = subset.join(digit);
+        std::fs::create_dir_all(&to).unwrap();
+        for entry in std::fs::read_dir(&from).unwrap().take(20) {
+            let p = entry.unwrap().path();
+            std::fs::copy(&p, to.join(p.file_name().unwrap())).unwrap();
+        }
+    }
+    std::fs::write(subset.join("classnames.txt"), "1\tone\n7\tseven\n9\tnine\n").unwrap();
+
+    let results = tmp.path().join("results.jsonl");
+    let test = usps.join("test");
+    let usps_spec = format!("USPS={}", s(&test));
+    let subset_spec = format!("Three={}", s(&subset));
+    let stdout = ok(&wise(&[
+        "eval",
+        "--model",
+        s(&classifier),
+        "--data",
+        &usps_spec,
+        "--data",
+        &subset_spec,
+        "--results",
+        s(&results),
+        "--batch-size",
+        "128",
+    ]));
+    assert!(stdout.contains("USPS") && stdout.contains("2007"), "{stdout}");
+    let line = std::fs::read_to_string(&results).unwrap();
+    let record: serde_json::Value = serde_json::from_str(line.trim()).unwrap();
+    assert_eq!(record["USPS:n"], 2007);
+    assert_eq!(record["Three:n"], 60);
+    assert!(record["alpha"].is_null());
+    assert!(record["model"].as_str().unwrap().ends_with("zs.safetensors"));
+    for key in ["USPS:top1", "USPS:top5", "Three:top1", "Three:top5", "seconds"] {
+        let v = record[key].as_f64().unwrap_or_else(|| panic!("{key} in {record}"));
+        assert!((0.0..=1.0).contains(&v) || key == "seconds", "{key} = {v}");
+    }
+    // With 3 classes, every image is within the top 5.
+    assert_eq!(record["Three:top5"], 1.0);
+    assert!(record["USPS:top5"].as_f64().unwrap() >= record["USPS:top1"].as_f64().unwrap());
+    let per_class = record["USPS:per_class"].as_object().unwrap();
+    assert_eq!(per_class.len(), 10);
+
+    // A second evaluation appends a second line.
+    ok(&wise(&["eval", "--model", s(&classifier), "--data", &subset_spec, "--results", s(&results)]));
+    assert_eq!(std::fs::read_to_string(&results).unwrap().lines().count(), 2);
+
+    // A dataset with a class the classifier does not have.
+    std::fs::write(subset.join("classnames.txt"), "1\tone\n7\tseven\n9\tninety\n").unwrap();
+    fails_with(&wise(&["eval", "--model", s(&classifier), "--data", &subset_spec]), &["Three", "ninety"]);
+}
+
+#[test]
+fn bad_zeroshot_and_eval_input_is_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = fixture("clip-tiny-quickgelu");
+    let classes = fixture("zeroshot/classnames.txt");
+    let out = tmp.path().join("zs.safetensors");
+
+    let templates = tmp.path().join("templates.txt");
+    std::fs::write(&templates, "a photo of {}\na photo of nothing\n").unwrap();
+    fails_with(
+        &wise(&[
+            "zeroshot",
+            "--model",
+            s(&model),
+            "--classes",
+            s(&classes),
+            "--templates",
+            s(&templates),
+            "--out",
+            s(&out),
+        ]),
+        &["templates.txt:2"],
+    );
+    assert!(!out.exists());
+
+    let dup = tmp.path().join("dup.txt");
+    std::fs::write(&dup, "cat\ndog\ncat\n").unwrap();
+    fails_with(
+        &wise(&["zeroshot", "--model", s(&model), "--classes", s(&dup), "--out", s(&out)]),
+        &["dup.txt"],
+    );
+
+    ok(&wise(&[
+        "zeroshot",
+        "--model",
+        s(&model),
+        "--classes",
+        s(&classes),
+        "--templates",
+        "simple",
+        "--out",
+        s(&out),
+    ]));
+    let missing = tmp.path().join("nowhere");
+    fails_with(&wise(&["eval", "--model", s(&out), "--data", &format!("X={}", s(&missing))]), &["nowhere"]);
+    fails_with(&wise(&["eval", "--model", s(&out), "--data", "no-equals-sign"]), &["NAME=PATH"]);
+
+    // A corrupt image under --on-bad-image error names the file; under skip it is counted.
+    let data = tmp.path().join("data");
+    std::fs::create_dir_all(data.join("one")).unwrap();
+    std::fs::copy(fixture("images/grey.png"), data.join("one/ok.png")).unwrap();
+    std::fs::write(data.join("one/broken.png"), b"not an image").unwrap();
+    let spec = format!("D={}", s(&data));
+    fails_with(&wise(&["eval", "--model", s(&out), "--data", &spec]), &["broken.png"]);
+    let stdout = ok(&wise(&["eval", "--model", s(&out), "--data", &spec, "--on-bad-image", "skip"]));
+    assert!(stdout.contains("D "), "{stdout}");
+}
