@@ -8,6 +8,9 @@
 #                             (scripts/requirements-fixtures.txt). Default:
 #                             .venv-fixtures/bin/python, else /root/.cache/wise-py/bin/python.
 #   BENCH_OUT=file.jsonl      also write the raw JSON lines there.
+#   WISE_BENCH_BIN=path       run this already built bench binary and skip the cargo
+#                             build (e.g. target/release/deps/vision-<hash>, as printed
+#                             by `cargo bench -p wise-clip --bench vision --no-run`).
 #
 # Builds the Rust bench first (compile time is not measured), then runs PyTorch (HF
 # transformers and open_clip) and wise one after the other on the same machine, all
@@ -28,7 +31,7 @@ while [[ $# -gt 0 ]]; do
         --warmup) WARMUP=$2; shift 2 ;;
         --iters) ITERS=$2; shift 2 ;;
         --threads) THREADS=$2; shift 2 ;;
-        -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
         *) echo "unknown argument: $1" >&2; exit 2 ;;
     esac
 done
@@ -45,8 +48,14 @@ if [[ -z "$PY" ]]; then
     fi
 fi
 
-echo "== build (not timed)"
-cargo bench -p wise-clip --bench vision --no-run 2>&1 | tail -n 3
+if [[ -n "${WISE_BENCH_BIN:-}" ]]; then
+    echo "== using prebuilt $WISE_BENCH_BIN (no build)"
+    WISE_CMD=("$WISE_BENCH_BIN")
+else
+    echo "== build (not timed)"
+    cargo bench -p wise-clip --bench vision --no-run 2>&1 | tail -n 3
+    WISE_CMD=(cargo bench -q -p wise-clip --bench vision --)
+fi
 
 TORCH_VERSION=$("$PY" -c 'import torch; print(torch.__version__)')
 echo "== machine"
@@ -66,8 +75,7 @@ echo "== PyTorch"
     2> >(grep -v "No pretrained weights loaded" >&2) | tee -a "$RESULTS"
 
 echo "== wise"
-RAYON_NUM_THREADS=$THREADS cargo bench -q -p wise-clip --bench vision -- \
-    --batch-size "$BATCH" --warmup "$WARMUP" --iters "$ITERS" | grep '^{' | tee -a "$RESULTS"
+RAYON_NUM_THREADS=$THREADS "${WISE_CMD[@]}" --batch-size "$BATCH" --warmup "$WARMUP" --iters "$ITERS" | grep '^{' | tee -a "$RESULTS"
 
 echo "uptime after: $(uptime)"
 if [[ -n "${BENCH_OUT:-}" ]]; then cp "$RESULTS" "$BENCH_OUT"; fi

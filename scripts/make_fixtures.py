@@ -750,6 +750,74 @@ def make_zeroshot():
           f"min margin top-1 {m1:.2e}, top-5 {m5:.2e}, labels {torch.bincount(labels).tolist()}")
 
 
+# --------------------------------------------------------------------------- 8. fine-tuning steps
+
+TRAIN_LABELS = [3, 1, 4, 1]
+TRAIN_RECIPE = dict(lr=1e-4, wd=0.1, label_smoothing=0.1, clip=1.0, steps=3, warmup=0)
+
+
+def wise_ft_cosine_lr(base_lr, warmup_length, steps, step):
+    """wise-ft's `cosine_lr` adjuster, for one step (numpy, float64)."""
+    if step < warmup_length:
+        return base_lr * (step + 1) / warmup_length
+    e = step - warmup_length
+    es = steps - warmup_length
+    return 0.5 * (1 + np.cos(np.pi * e / es)) * base_lr
+
+
+def make_train_steps():
+    """Three full-batch steps of wise-ft's fine-tuning recipe on the tiny classifier (tower
+    of clip-tiny-quickgelu + its openai_imagenet zero-shot head, bias 0): label-smoothed
+    cross-entropy on logits of normalised features, AdamW (decoupled decay on every
+    parameter), global-norm clipping at 1.0, the cosine schedule with no warmup. No
+    augmentation: the inputs are the model fixture's pixel_values. No randomness."""
+    from transformers import CLIPVisionModelWithProjection
+
+    tower = CLIPVisionModelWithProjection.from_pretrained(
+        str(FIX / ZS_MODEL), attn_implementation="eager").float()
+    tower.train()  # CLIP has no dropout or batch-norm: train and eval modes compute the same
+    head = torch.nn.Linear(tower.config.projection_dim, len(ZS_CLASSNAMES))
+    zs = load_file(str(FIX / "zeroshot" / "expected.safetensors"))
+    with torch.no_grad():
+        head.weight.copy_(zs["head.openai_imagenet"])
+        head.bias.zero_()
+    pixels = load_file(str(FIX / ZS_MODEL / "expected.safetensors"))["pixel_values"]
+    labels = torch.tensor(TRAIN_LABELS)
+    named = [(n, p) for n, p in tower.named_parameters()] + [
+        ("classification_head." + n, p) for n, p in head.named_parameters()]
+    params = [p for _, p in named]
+    r = TRAIN_RECIPE
+    opt = torch.optim.AdamW(params, lr=r["lr"], weight_decay=r["wd"])
+    loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=r["label_smoothing"])
+    tensors, losses, lrs, norms = {}, [], [], []
+    for step in range(r["steps"]):
+        lr = wise_ft_cosine_lr(r["lr"], r["warmup"], r["steps"], step)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        opt.zero_grad()
+        feats = tower(pixel_values=pixels).image_embeds
+        logits = head(feats / feats.norm(dim=-1, keepdim=True))
+        loss = loss_fn(logits, labels)
+        loss.backward()
+        norms.append(torch.nn.utils.clip_grad_norm_(params, r["clip"]).item())
+        opt.step()
+        losses.append(loss.item())
+        lrs.append(lr)
+    for n, p in named:
+        tensors[f"after.{n}"] = p.detach().clone()
+    tensors["labels"] = labels.to(torch.int64)
+    tensors["losses"] = torch.tensor(losses, dtype=torch.float64)
+    tensors["lrs"] = torch.tensor(lrs, dtype=torch.float64)
+    tensors["grad_norms"] = torch.tensor(norms, dtype=torch.float64)
+    # A longer schedule, to compare the formula itself: base 3e-5, 5 warmup of 20 steps.
+    tensors["schedule.3e-5.5.20"] = torch.tensor(
+        [wise_ft_cosine_lr(3e-5, 5, 20, i) for i in range(20)], dtype=torch.float64)
+    d = FIX / "train"
+    d.mkdir(parents=True)
+    save_tensors(d / "expected.safetensors", tensors)
+    print(f"train: losses {[f'{l:.5f}' for l in losses]}, grad norms {[f'{n:.4f}' for n in norms]}")
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -780,6 +848,7 @@ def main():
 
     make_open_clip_twin(*models["clip-tiny-quickgelu"])
     make_zeroshot()
+    make_train_steps()
     print("done")
 
 

@@ -34,17 +34,7 @@ pub struct EvalArgs {
 pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.batch_size > 0, "--batch-size must be at least 1");
     let device = wise_clip::parse_device(&args.device)?;
-    let datasets = args
-        .data
-        .iter()
-        .map(|spec| {
-            let (name, path) = spec
-                .split_once('=')
-                .filter(|(n, p)| !n.is_empty() && !p.is_empty())
-                .with_context(|| format!("--data '{spec}': expected NAME=PATH"))?;
-            Ok((name.to_string(), Dataset::open(path.as_ref(), None)?))
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    let datasets = parse_datasets(&args.data)?;
     let classifier =
         ImageClassifier::load(&args.model, &device)?.with_compute_dtype(wise_clip::compute_dtype(&device));
     let options = EvalOptions {
@@ -76,6 +66,20 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         eprintln!("appended results to {}", path.display());
     }
     Ok(())
+}
+
+/// `NAME=PATH` specs, each opened as a dataset.
+pub fn parse_datasets(specs: &[String]) -> anyhow::Result<Vec<(String, Dataset)>> {
+    specs
+        .iter()
+        .map(|spec| {
+            let (name, path) = spec
+                .split_once('=')
+                .filter(|(n, p)| !n.is_empty() && !p.is_empty())
+                .with_context(|| format!("'{spec}': expected NAME=PATH"))?;
+            Ok((name.to_string(), Dataset::open(path.as_ref(), None)?))
+        })
+        .collect()
 }
 
 fn print_table(evaluations: &[Evaluation]) {

@@ -9,6 +9,7 @@ mod data;
 mod embed;
 mod eval;
 mod info;
+mod train;
 mod zeroshot;
 
 #[derive(Parser)]
@@ -28,6 +29,8 @@ enum Command {
     Eval(eval::EvalArgs),
     /// A model's configuration and parameter counts.
     Info(info::InfoArgs),
+    /// Fine-tunes a classifier end to end (wise-ft's recipe), resumable.
+    Train(train::TrainArgs),
     /// Builds the zero-shot classifier (image tower + text-embedding head) for class names.
     Zeroshot(zeroshot::ZeroshotArgs),
 }
@@ -39,6 +42,7 @@ fn main() -> ExitCode {
         Command::Embed(args) => embed::run(args),
         Command::Eval(args) => eval::run(args),
         Command::Info(args) => info::run(args),
+        Command::Train(args) => train::run(args),
         Command::Zeroshot(args) => zeroshot::run(args),
     };
     match result {

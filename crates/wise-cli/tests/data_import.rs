@@ -7,6 +7,10 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+#[path = "../../wise-clip/tests/support/mod.rs"]
+mod support;
+use support::shared_datasets;
+
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
@@ -20,20 +24,6 @@ fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).to_string()
 }
 
-fn have_datasets() -> bool {
-    let dir = repo_root().join("../shared/datasets");
-    if dir.is_dir() {
-        return true;
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "{} is missing; CI must run the real-data tests",
-        dir.display()
-    );
-    eprintln!("skipping: no offline datasets at {}", dir.display());
-    false
-}
-
 fn count_files(dir: &Path, ext: &str) -> usize {
     std::fs::read_dir(dir)
         .unwrap()
@@ -44,7 +34,7 @@ fn count_files(dir: &Path, ext: &str) -> usize {
 
 #[test]
 fn usps_import_writes_splits_class_folders_and_classnames() {
-    if !have_datasets() {
+    if shared_datasets().is_none() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();

@@ -67,13 +67,16 @@ fn main() -> anyhow::Result<()> {
         encoder.forward(&pixels)?;
     }
     let mut times = Vec::with_capacity(iters);
+    let mut faults = Vec::with_capacity(iters);
     let mut out = None;
     for _ in 0..iters {
+        let f0 = minor_faults();
         let t0 = Instant::now();
         let y = encoder.forward(&pixels)?;
         // CPU ops are synchronous, but force the result anyway (no lazy work left).
         y.device().synchronize()?;
         times.push(t0.elapsed().as_secs_f64());
+        faults.push(minor_faults().zip(f0).map(|(f1, f0)| f1 - f0));
         out = Some(y);
     }
     let out = out.expect("iters > 0");
@@ -81,12 +84,15 @@ fn main() -> anyhow::Result<()> {
 
     let total: f64 = times.iter().sum();
     let iter_s: Vec<String> = times.iter().map(|t| format!("{t:.4}")).collect();
+    let faults: Vec<String> =
+        faults.iter().map(|f| f.map_or("null".to_string(), |f| f.to_string())).collect();
     println!(
         "{{\"impl\": \"wise\", \"img_per_s\": {:.3}, \"batch_size\": {batch}, \"threads\": {}, \"torch\": null, \
-         \"iters\": {iters}, \"iter_s\": [{}], \"candle\": \"0.11\", \"preset\": \"{preset}\"}}",
+         \"iters\": {iters}, \"iter_s\": [{}], \"minor_faults\": [{}], \"candle\": \"0.11\", \"preset\": \"{preset}\"}}",
         (batch * iters) as f64 / total,
         candle_core::utils::get_num_threads(),
         iter_s.join(", "),
+        faults.join(", "),
     );
 
     if breakdown {
@@ -99,6 +105,15 @@ fn main() -> anyhow::Result<()> {
         prof.report(wall, batch);
     }
     Ok(())
+}
+
+/// This process's minor page faults so far (Linux `/proc/self/stat` field 10), if readable.
+/// Every fresh page of a tensor buffer costs one, plus the kernel zeroing the page.
+fn minor_faults() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the `(comm)`, which may itself hold spaces: state is field 3.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    rest.split(' ').nth(7)?.parse().ok()
 }
 
 /// Wall time, call count and FLOPs per op class.

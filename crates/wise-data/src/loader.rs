@@ -187,6 +187,18 @@ impl Loader {
         self.start(shuffled_order(self.samples.len(), seed, epoch), Transform::Train { seed, epoch })
     }
 
+    /// A training epoch from micro-batch `first_batch` on (to resume mid-epoch), in the
+    /// epoch's shuffled order; `augment: false` keeps the order but uses the eval transform.
+    pub fn train_from(&self, seed: u64, epoch: u64, augment: bool, first_batch: usize) -> Result<Batches> {
+        let mut order = shuffled_order(self.samples.len(), seed, epoch);
+        if self.drop_last {
+            order.truncate(order.len() / self.batch_size.max(1) * self.batch_size);
+        }
+        order.drain(..(first_batch * self.batch_size).min(order.len()));
+        let transform = if augment { Transform::Train { seed, epoch } } else { Transform::Eval };
+        self.start(order, transform)
+    }
+
     fn start(&self, mut order: Vec<usize>, transform: Transform) -> Result<Batches> {
         if self.batch_size == 0 {
             return Err(Error::Config("batch size must be at least 1".to_string()));

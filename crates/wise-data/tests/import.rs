@@ -6,25 +6,14 @@
 //! small files made here.
 
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
 use wise_data::{import, Dataset, Source};
 
-/// `<repo>/../shared/datasets`, or `None` (after a note) when it is absent outside CI.
-fn datasets() -> Option<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/datasets");
-    if dir.is_dir() {
-        return Some(dir);
-    }
-    if std::env::var_os("CI").is_some() {
-        panic!("{} is missing; CI must run the real-data tests", dir.display());
-    }
-    eprintln!("skipping: no offline datasets at {}", dir.display());
-    None
-}
-
-const DIGITS: [&str; 10] = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"];
+#[path = "../../wise-clip/tests/support/mod.rs"]
+mod support;
+use support::{shared_datasets, DIGITS};
 
 fn strings(items: &[&str]) -> Vec<String> {
     items.iter().map(|s| s.to_string()).collect()
@@ -64,7 +53,7 @@ fn usps_info_counts(info: &Path, row: &str) -> Vec<usize> {
 
 #[test]
 fn usps_has_the_documented_splits_and_counts() {
-    let Some(data) = datasets() else { return };
+    let Some(data) = shared_datasets() else { return };
     let src = data.join("digits/usps");
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("usps");
@@ -89,7 +78,7 @@ fn usps_has_the_documented_splits_and_counts() {
 
 #[test]
 fn usps_from_a_single_file_imports_that_split() {
-    let Some(data) = datasets() else { return };
+    let Some(data) = shared_datasets() else { return };
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("usps-test");
     import(Source::Usps, &data.join("digits/usps/zip.test.gz"), &out, false).unwrap();
@@ -99,7 +88,7 @@ fn usps_from_a_single_file_imports_that_split() {
 
 #[test]
 fn mnist_test_is_10000_images_and_the_first_is_a_seven() {
-    let Some(data) = datasets() else { return };
+    let Some(data) = shared_datasets() else { return };
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("mnist");
     // From a folder above it, laid out like shared/datasets.
@@ -125,7 +114,7 @@ fn mnist_test_is_10000_images_and_the_first_is_a_seven() {
 
 #[test]
 fn mnist_5k_is_500_per_class_in_train() {
-    let Some(data) = datasets() else { return };
+    let Some(data) = shared_datasets() else { return };
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("mnist-5k");
     import(Source::Mnist5k, &data.join("digits/mnist/mnist_5k.csv.gz"), &out, false).unwrap();
@@ -135,7 +124,7 @@ fn mnist_5k_is_500_per_class_in_train() {
 
 #[test]
 fn semeion_is_1593_binary_images_in_the_output_folder() {
-    let Some(data) = datasets() else { return };
+    let Some(data) = shared_datasets() else { return };
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("semeion");
     let summary = import(Source::Semeion, &data.join("digits/semeion"), &out, false).unwrap();
@@ -152,7 +141,7 @@ fn semeion_is_1593_binary_images_in_the_output_folder() {
 
 #[test]
 fn optdigits_is_1797_images_scaled_from_0_16() {
-    let Some(data) = datasets() else { return };
+    let Some(data) = shared_datasets() else { return };
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("optdigits");
     import(Source::Optdigits, &data.join("digits/optdigits"), &out, false).unwrap();
@@ -168,7 +157,7 @@ fn optdigits_is_1797_images_scaled_from_0_16() {
 
 #[test]
 fn cifar10_copies_the_jpegs_byte_for_byte() {
-    let Some(data) = datasets() else { return };
+    let Some(data) = shared_datasets() else { return };
     let archive = data.join("cifar10/cifar10-jpeg.tar.gz");
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("cifar10");

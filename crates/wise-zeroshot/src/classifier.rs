@@ -59,7 +59,8 @@ impl From<&ImagePreprocessor> for Preprocessing {
 }
 
 impl ClassifierMeta {
-    fn to_metadata(&self) -> Result<HashMap<String, String>> {
+    /// The `__metadata__` entries of a classifier checkpoint.
+    pub fn to_metadata(&self) -> Result<HashMap<String, String>> {
         let mut m: HashMap<String, String> =
             self.extra.iter().map(|(k, v)| (format!("wise.{k}"), v.clone())).collect();
         m.insert("format".into(), "pt".into());
@@ -73,7 +74,8 @@ impl ClassifierMeta {
         Ok(m)
     }
 
-    fn from_metadata(path: &Path, m: Option<&HashMap<String, String>>) -> Result<Self> {
+    /// Reads them back; `path` names the file in errors.
+    pub fn from_metadata(path: &Path, m: Option<&HashMap<String, String>>) -> Result<Self> {
         let bad = |msg: String| Error::Config { path: path.to_path_buf(), msg };
         let m =
             m.ok_or_else(

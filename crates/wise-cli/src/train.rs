@@ -1,0 +1,163 @@
+//! `wise train`: fine-tune a classifier end to end with wise-ft's recipe.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use wise_data::Dataset;
+use wise_eval::Evaluation;
+use wise_train::{train, Observer, Run, StepInfo, TrainConfig};
+use wise_zeroshot::ImageClassifier;
+
+#[derive(Args)]
+#[command(args_override_self = true)]
+pub struct TrainArgs {
+    /// Classifier to start from (usually `wise zeroshot`'s output).
+    #[arg(long)]
+    model: PathBuf,
+    /// Training set: an ImageFolder or a CSV manifest with the head's classes.
+    #[arg(long)]
+    data: PathBuf,
+    /// Output folder: `epoch_N.safetensors`, `finetuned.safetensors`, `resume.safetensors`.
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long, default_value_t = 10)]
+    epochs: usize,
+    #[arg(long, default_value_t = 32)]
+    batch_size: usize,
+    /// Micro-batches per optimizer step.
+    #[arg(long, default_value_t = 1)]
+    grad_accum: usize,
+    #[arg(long, default_value_t = 3e-5)]
+    lr: f64,
+    /// Decoupled weight decay (AdamW).
+    #[arg(long, default_value_t = 0.1)]
+    wd: f64,
+    /// Linear warmup, in optimizer steps.
+    #[arg(long, default_value_t = 500)]
+    warmup: usize,
+    #[arg(long, default_value_t = 0.0)]
+    label_smoothing: f64,
+    /// Global gradient-norm cap; 0 disables clipping.
+    #[arg(long, default_value_t = 1.0)]
+    clip_grad_norm: f64,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Stop after this many optimizer steps (the schedule spans them).
+    #[arg(long)]
+    max_steps: Option<usize>,
+    /// Eval preprocessing instead of RandomResizedCrop.
+    #[arg(long)]
+    no_augment: bool,
+    /// Train only the head, on cached features of the frozen tower (a linear classifier).
+    #[arg(long)]
+    freeze_encoder: bool,
+    /// No weight decay on biases, norms and embeddings (wise-ft decays everything).
+    #[arg(long)]
+    no_decay_bias_norm: bool,
+    /// Also save resumable state every N optimizer steps.
+    #[arg(long)]
+    save_every: Option<usize>,
+    /// Evaluate after every epoch on NAME=PATH (repeatable); results in OUT/results.jsonl.
+    #[arg(long = "eval", value_name = "NAME=PATH")]
+    eval: Vec<String>,
+    /// Continue the run saved in --out (same options required).
+    #[arg(long)]
+    resume: bool,
+    /// cpu, cuda[:N] or metal.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+}
+
+impl TrainArgs {
+    fn config(&self) -> TrainConfig {
+        TrainConfig {
+            epochs: self.epochs,
+            batch_size: self.batch_size,
+            grad_accum: self.grad_accum,
+            lr: self.lr,
+            wd: self.wd,
+            warmup: self.warmup,
+            label_smoothing: self.label_smoothing,
+            clip_grad_norm: (self.clip_grad_norm != 0.0).then_some(self.clip_grad_norm),
+            seed: self.seed,
+            max_steps: self.max_steps,
+            augment: !self.no_augment,
+            freeze_encoder: self.freeze_encoder,
+            no_decay_on_bias_norm_embedding: self.no_decay_bias_norm,
+            save_every: self.save_every,
+        }
+    }
+}
+
+pub fn run(args: TrainArgs) -> anyhow::Result<()> {
+    let config = args.config();
+    config.validate()?;
+    let device = wise_clip::parse_device(&args.device)?;
+    let train_set = Dataset::open(&args.data, None)?;
+    let evals = crate::eval::parse_datasets(&args.eval)?;
+    let classifier =
+        ImageClassifier::load(&args.model, &device)?.with_compute_dtype(wise_clip::compute_dtype(&device));
+    let run = Run {
+        classifier,
+        train: &train_set,
+        evals: &evals,
+        config,
+        out_dir: args.out.clone(),
+        resume: args.resume,
+        feature_cache: wise_train::features::default_cache_dir(),
+    };
+    let mut bars = Bars { bar: None };
+    let summary = train(run, &mut bars).with_context(|| format!("training into {}", args.out.display()))?;
+    if let Some(bar) = bars.bar.take() {
+        bar.finish_and_clear();
+    }
+    println!(
+        "trained {} steps ({} epochs, {} images) in {:.1}s, last loss {:.4}: {}",
+        summary.steps,
+        summary.epochs,
+        summary.images,
+        summary.seconds,
+        summary.last_loss,
+        summary.finetuned.display()
+    );
+    Ok(())
+}
+
+/// One progress bar per epoch: loss, lr, img/s, ETA.
+struct Bars {
+    bar: Option<ProgressBar>,
+}
+
+impl Observer for Bars {
+    fn epoch_start(&mut self, epoch: usize, epochs: usize, batches: usize) {
+        let bar = ProgressBar::new(batches as u64);
+        bar.set_style(
+            ProgressStyle::with_template(&format!(
+                "epoch {}/{epochs} {{bar:25}} {{pos}}/{{len}} {{msg}} eta {{eta}}",
+                epoch + 1
+            ))
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        self.bar = Some(bar);
+    }
+
+    fn step(&mut self, s: &StepInfo) {
+        if let Some(bar) = &self.bar {
+            bar.set_position(s.batch as u64);
+            bar.set_message(format!("loss {:.4} lr {:.2e} {:.1} img/s", s.loss, s.lr, s.images_per_sec));
+        }
+    }
+
+    fn epoch_end(&mut self, epoch: usize, evaluations: &[Evaluation]) {
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
+        }
+        let accs: Vec<String> = evaluations
+            .iter()
+            .map(|e| format!("{} top1 {:.2}%", e.dataset, 100.0 * e.metrics.top1()))
+            .collect();
+        eprintln!("epoch {} done{}{}", epoch + 1, if accs.is_empty() { "" } else { ": " }, accs.join(", "));
+    }
+}

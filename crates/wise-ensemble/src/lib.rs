@@ -1,0 +1,1 @@
+//! wise-ensemble (work in progress).

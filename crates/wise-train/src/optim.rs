@@ -1,0 +1,95 @@
+//! AdamW (PyTorch's `torch.optim.AdamW`, decoupled weight decay) and global-norm gradient
+//! clipping (`clip_grad_norm_`), over the classifier's `Var`s by name.
+//!
+//! The moments live in f32 next to the f32 master weights, whatever the compute dtype, and
+//! are plain tensors keyed by parameter name so a checkpoint can save and restore them.
+
+use std::collections::BTreeMap;
+
+use candle_core::backprop::GradStore;
+use candle_core::{Tensor, Var};
+use serde::{Deserialize, Serialize};
+
+use crate::Result;
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct AdamWConfig {
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub weight_decay: f64,
+}
+
+impl Default for AdamWConfig {
+    /// PyTorch's defaults, with wise-ft's weight decay of 0.1.
+    fn default() -> Self {
+        Self { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.1 }
+    }
+}
+
+/// Per-parameter state: first and second moments.
+pub struct AdamW {
+    pub config: AdamWConfig,
+    /// Steps taken (PyTorch's per-parameter `step`, the same for all here).
+    pub step: u64,
+    pub m: BTreeMap<String, Tensor>,
+    pub v: BTreeMap<String, Tensor>,
+    /// Parameters that get no weight decay (empty: all decay, wise-ft's default).
+    pub no_decay: Vec<String>,
+}
+
+impl AdamW {
+    pub fn new(config: AdamWConfig, params: &BTreeMap<String, Var>) -> Result<Self> {
+        let zeros = |v: &Var| v.zeros_like();
+        let m = params.iter().map(|(n, v)| Ok((n.clone(), zeros(v)?))).collect::<Result<_>>()?;
+        let v = params.iter().map(|(n, v)| Ok((n.clone(), zeros(v)?))).collect::<Result<_>>()?;
+        Ok(Self { config, step: 0, m, v, no_decay: Vec::new() })
+    }
+
+    /// One update of every parameter that has a gradient, at learning rate `lr`.
+    pub fn step(&mut self, params: &BTreeMap<String, Var>, grads: &GradStore, lr: f64) -> Result<()> {
+        self.step += 1;
+        let c = self.config;
+        let t = self.step as i32;
+        let bias1 = 1.0 - c.beta1.powi(t);
+        let bias2_sqrt = (1.0 - c.beta2.powi(t)).sqrt();
+        for (name, var) in params {
+            let Some(g) = grads.get(var) else { continue };
+            let g = g.to_dtype(candle_core::DType::F32)?;
+            let m = ((&self.m[name] * c.beta1)? + (&g * (1.0 - c.beta1))?)?;
+            let v = ((&self.v[name] * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?;
+            let decay = if self.no_decay.contains(name) { 0.0 } else { c.weight_decay };
+            // PyTorch order: decay the weights, then the Adam step with bias corrections.
+            let theta = (var.as_tensor() * (1.0 - lr * decay))?;
+            let denom = ((v.sqrt()? / bias2_sqrt)? + c.eps)?;
+            let update = ((&m / denom)? * (lr / bias1))?;
+            var.set(&(theta - update)?)?;
+            self.m.insert(name.clone(), m);
+            self.v.insert(name.clone(), v);
+        }
+        Ok(())
+    }
+}
+
+/// Scales all gradients so their global L2 norm is at most `max_norm`, as
+/// `torch.nn.utils.clip_grad_norm_` (coefficient `max_norm / (norm + 1e-6)`, capped at 1).
+/// Returns the norm before clipping.
+pub fn clip_grad_norm(params: &BTreeMap<String, Var>, grads: &mut GradStore, max_norm: f64) -> Result<f64> {
+    let mut total = 0f64;
+    for var in params.values() {
+        if let Some(g) = grads.get(var) {
+            total += g.to_dtype(candle_core::DType::F32)?.sqr()?.sum_all()?.to_scalar::<f32>()? as f64;
+        }
+    }
+    let norm = total.sqrt();
+    let coef = max_norm / (norm + 1e-6);
+    if coef < 1.0 {
+        for var in params.values() {
+            if let Some(g) = grads.get(var) {
+                let scaled = (g * coef)?;
+                grads.insert(var, scaled);
+            }
+        }
+    }
+    Ok(norm)
+}

@@ -1,0 +1,316 @@
+//! The fine-tuning loop, as wise-ft's `finetune`: for each batch, the cosine schedule sets
+//! the learning rate, cross-entropy of the classifier's logits is back-propagated through
+//! the whole classifier (tower and head), gradients are clipped to a global norm, and AdamW
+//! steps. Every `save_every` steps and at each epoch end the full state is saved; a resumed
+//! run continues bit for bit (data order and augmentation are functions of seed, epoch and
+//! sample, not of a stateful generator).
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use candle_core::backprop::GradStore;
+use candle_core::{Module, Tensor, Var};
+use wise_data::{Dataset, Loader};
+use wise_eval::{evaluate, EvalOptions, Evaluation, ResultsFile};
+use wise_zeroshot::ImageClassifier;
+
+use crate::config::TrainConfig;
+use crate::features::FrozenFeatures;
+use crate::loss::cross_entropy;
+use crate::optim::{clip_grad_norm, AdamW, AdamWConfig};
+use crate::schedule::cosine_lr;
+use crate::state::{self, Progress};
+use crate::{Error, Result};
+
+/// The fine-tuned classifier written at the end of a run.
+pub const FINETUNED_FILE: &str = "finetuned.safetensors";
+pub const RESULTS_FILE: &str = "results.jsonl";
+
+/// What a run reports as it goes (the CLI draws progress bars from it).
+pub trait Observer {
+    fn epoch_start(&mut self, _epoch: usize, _epochs: usize, _batches: usize) {}
+    fn step(&mut self, _info: &StepInfo) {}
+    fn epoch_end(&mut self, _epoch: usize, _evaluations: &[Evaluation]) {}
+}
+
+/// An observer that reports nothing.
+pub struct Quiet;
+impl Observer for Quiet {}
+
+#[derive(Debug, Clone)]
+pub struct StepInfo {
+    pub epoch: usize,
+    /// Optimizer steps done, of `total_steps`.
+    pub step: usize,
+    pub total_steps: usize,
+    /// Micro-batches done in this epoch.
+    pub batch: usize,
+    pub loss: f64,
+    pub lr: f64,
+    pub grad_norm: f64,
+    pub images_per_sec: f64,
+}
+
+#[derive(Debug, Clone)]
+pub struct TrainSummary {
+    pub steps: usize,
+    pub epochs: usize,
+    pub last_loss: f64,
+    pub seconds: f64,
+    pub images: usize,
+    pub finetuned: PathBuf,
+}
+
+/// One fine-tuning run.
+pub struct Run<'a> {
+    pub classifier: ImageClassifier,
+    pub train: &'a Dataset,
+    /// Evaluated after every epoch, results appended to `out_dir/results.jsonl`.
+    pub evals: &'a [(String, Dataset)],
+    pub config: TrainConfig,
+    pub out_dir: PathBuf,
+    /// Continue from `out_dir`'s saved state instead of starting fresh.
+    pub resume: bool,
+    /// Where frozen-tower features are cached (`--freeze-encoder`).
+    pub feature_cache: PathBuf,
+}
+
+/// Names of parameters excluded from weight decay under `no_decay_on_bias_norm_embedding`.
+fn is_no_decay(name: &str) -> bool {
+    name.ends_with(".bias")
+        || name.contains("layernorm")
+        || name.contains("layer_norm")
+        || name.contains("embedding")
+}
+
+pub fn train(run: Run, observer: &mut dyn Observer) -> Result<TrainSummary> {
+    let config = run.config.clone();
+    config.validate()?;
+    check_classes(&run.classifier, run.train)?;
+    std::fs::create_dir_all(&run.out_dir).map_err(|e| Error::Io { path: run.out_dir.clone(), source: e })?;
+    let device = run.classifier.device().clone();
+
+    // The parameters this run optimises: everything, or the head over a frozen tower.
+    let trainable = |c: &ImageClassifier| -> std::collections::BTreeMap<String, Var> {
+        c.params
+            .iter()
+            .filter(|(n, _)| !config.freeze_encoder || n.starts_with("classification_head."))
+            .map(|(n, v)| (n.clone(), v.clone()))
+            .collect()
+    };
+    let adamw = AdamWConfig { weight_decay: config.wd, ..AdamWConfig::default() };
+    let mut optimizer = AdamW::new(adamw, &trainable(&run.classifier))?;
+    if config.no_decay_on_bias_norm_embedding {
+        optimizer.no_decay = optimizer.m.keys().filter(|n| is_no_decay(n)).cloned().collect();
+    }
+    let fresh =
+        Progress { step: 0, epoch: 0, batch: 0, config: config.clone(), train_images: run.train.len() };
+    let saved = run.out_dir.join(state::RESUME_FILE);
+    if !run.resume && saved.exists() {
+        return Err(Error::Config(format!(
+            "{} already holds a run ({}): continue it with --resume, or choose another output folder",
+            run.out_dir.display(),
+            state::RESUME_FILE
+        )));
+    }
+    let (classifier, mut optimizer, mut progress) = if run.resume {
+        let restored = state::load(&run.out_dir, optimizer, &device)?;
+        let diffs = config.differences(&restored.progress.config);
+        if !diffs.is_empty() {
+            return Err(Error::Config(format!(
+                "--resume {}: saved with a different configuration: {}",
+                run.out_dir.display(),
+                diffs.join(", ")
+            )));
+        }
+        if restored.progress.train_images != run.train.len() {
+            return Err(Error::Config(format!(
+                "--resume {}: saved for {} training images, this dataset has {}",
+                run.out_dir.display(),
+                restored.progress.train_images,
+                run.train.len()
+            )));
+        }
+        let classifier = restored.classifier.with_compute_dtype(run.classifier.compute_dtype);
+        (classifier, restored.optimizer, restored.progress)
+    } else {
+        (run.classifier, optimizer, fresh)
+    };
+    let params = trainable(&classifier);
+
+    let frozen = if config.freeze_encoder {
+        Some(FrozenFeatures::load_or_compute(&classifier, run.train, &run.feature_cache, config.batch_size)?)
+    } else {
+        None
+    };
+    let loader =
+        Loader::new(run.train, classifier.preprocessor(), &device).with_batch_size(config.batch_size);
+    let batches_per_epoch = loader.num_batches();
+    let steps_per_epoch = batches_per_epoch.div_ceil(config.grad_accum);
+    let total_steps = config.max_steps.unwrap_or(config.epochs * steps_per_epoch);
+    let epochs = total_steps.div_ceil(steps_per_epoch);
+
+    let start = Instant::now();
+    let mut images = 0usize;
+    let mut last_loss = f64::NAN;
+    while progress.step < total_steps {
+        let epoch = progress.epoch;
+        observer.epoch_start(epoch, epochs, batches_per_epoch);
+        let mut grads: Option<GradStore> = None;
+        let mut accumulated = 0usize;
+        let mut loss_sum = 0f64;
+        let epoch_start = Instant::now();
+        let mut epoch_images = 0usize;
+        let first_batch = progress.batch;
+        let mut batch_index = first_batch;
+
+        let mut handle_batch = |logits: Tensor, labels: &Tensor, n: usize| -> Result<bool> {
+            let loss = cross_entropy(&logits, labels, config.label_smoothing)?;
+            let value = loss.to_scalar::<f32>()? as f64;
+            if !value.is_finite() {
+                return Err(Error::NonFinite {
+                    step: progress.step,
+                    epoch,
+                    batch: batch_index,
+                    value,
+                    last_good: run.out_dir.join(state::RESUME_FILE),
+                });
+            }
+            let micro = (loss / config.grad_accum as f64)?.backward()?;
+            grads = Some(match grads.take() {
+                None => micro,
+                Some(mut acc) => {
+                    for var in params.values() {
+                        if let (Some(a), Some(g)) = (acc.get(var), micro.get(var)) {
+                            let sum = (a + g)?;
+                            acc.insert(var, sum);
+                        }
+                    }
+                    acc
+                }
+            });
+            accumulated += 1;
+            loss_sum += value;
+            batch_index += 1;
+            images += n;
+            epoch_images += n;
+            let end_of_epoch = batch_index == batches_per_epoch;
+            if accumulated < config.grad_accum && !end_of_epoch {
+                return Ok(false);
+            }
+            // One optimizer step.
+            let mut g = grads.take().expect("at least one micro-batch was accumulated");
+            let grad_norm = match config.clip_grad_norm {
+                Some(max) => clip_grad_norm(&params, &mut g, max)?,
+                None => f64::NAN,
+            };
+            let lr = cosine_lr(config.lr, config.warmup, total_steps, progress.step);
+            optimizer.step(&params, &g, lr)?;
+            progress.step += 1;
+            progress.batch = batch_index;
+            last_loss = loss_sum / accumulated as f64;
+            observer.step(&StepInfo {
+                epoch,
+                step: progress.step,
+                total_steps,
+                batch: batch_index,
+                loss: last_loss,
+                lr,
+                grad_norm,
+                images_per_sec: epoch_images as f64 / epoch_start.elapsed().as_secs_f64().max(1e-9),
+            });
+            accumulated = 0;
+            loss_sum = 0.0;
+            if config.save_every.is_some_and(|k| progress.step % k == 0) && !end_of_epoch {
+                state::save(&run.out_dir, &classifier, &optimizer, &progress)?;
+            }
+            Ok(progress.step >= total_steps)
+        };
+
+        match &frozen {
+            Some(features) => {
+                for (x, labels) in
+                    features.epoch(config.seed, epoch as u64, config.batch_size, first_batch)?
+                {
+                    let logits = classifier.head.forward(&x)?;
+                    let n = labels.dim(0)?;
+                    if handle_batch(logits, &labels, n)? {
+                        break;
+                    }
+                }
+            }
+            None => {
+                for batch in loader.train_from(config.seed, epoch as u64, config.augment, first_batch)? {
+                    let batch = batch?;
+                    let logits = classifier.logits(&batch.pixels)?;
+                    let labels = batch.labels_tensor(&device)?;
+                    if handle_batch(logits, &labels, batch.len())? {
+                        break;
+                    }
+                }
+            }
+        }
+        // Epoch (or run) done: the classifier of this epoch, then the state to resume from.
+        let finished_epoch = progress.batch >= batches_per_epoch;
+        if finished_epoch {
+            progress.epoch += 1;
+            progress.batch = 0;
+        }
+        let mut epoch_classifier = classifier.clone();
+        epoch_classifier.meta.extra.insert(
+            "train".into(),
+            serde_json::json!({ "config": config, "step": progress.step, "epoch": epoch + 1 }).to_string(),
+        );
+        epoch_classifier.save(&run.out_dir.join(format!("epoch_{}.safetensors", epoch + 1)))?;
+        state::save(&run.out_dir, &classifier, &optimizer, &progress)?;
+        let mut evaluations = Vec::new();
+        for (name, dataset) in run.evals {
+            evaluations.push(evaluate(&classifier, name, dataset, &EvalOptions::default(), |_| {})?);
+        }
+        if !evaluations.is_empty() {
+            let record = ResultsFile::record(&format!("epoch_{}", epoch + 1), None, &evaluations);
+            let results = ResultsFile::new(&run.out_dir.join(RESULTS_FILE));
+            results
+                .append(&record)
+                .map_err(|e| Error::Io { path: results.path().to_path_buf(), source: e })?;
+        }
+        observer.epoch_end(epoch, &evaluations);
+        if !finished_epoch {
+            break; // max_steps reached mid-epoch
+        }
+    }
+
+    let mut finetuned = classifier.clone();
+    finetuned.meta.extra.insert(
+        "train".into(),
+        serde_json::json!({ "config": config, "step": progress.step, "epochs": progress.epoch }).to_string(),
+    );
+    let path = run.out_dir.join(FINETUNED_FILE);
+    finetuned.save(&path)?;
+    Ok(TrainSummary {
+        steps: progress.step,
+        epochs: progress.epoch,
+        last_loss,
+        seconds: start.elapsed().as_secs_f64(),
+        images,
+        finetuned: path,
+    })
+}
+
+/// The training labels must be the head's classes, in the head's order.
+fn check_classes(classifier: &ImageClassifier, train: &Dataset) -> Result<()> {
+    let head = &classifier.meta.class_names;
+    if head == &train.class_names {
+        return Ok(());
+    }
+    let missing: Vec<&str> =
+        train.class_names.iter().filter(|c| !head.contains(c)).map(String::as_str).collect();
+    let unused: Vec<&str> =
+        head.iter().filter(|c| !train.class_names.contains(c)).map(String::as_str).collect();
+    Err(Error::Config(format!(
+        "the training data's classes do not match the classifier's head: {}{}{}",
+        if missing.is_empty() { String::new() } else { format!("not in the head: {}; ", missing.join(", ")) },
+        if unused.is_empty() { String::new() } else { format!("not in the data: {}; ", unused.join(", ")) },
+        if missing.is_empty() && unused.is_empty() { "same classes in a different order" } else { "" }
+    )))
+}
