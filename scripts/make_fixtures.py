@@ -818,6 +818,152 @@ def make_train_steps():
     print(f"train: losses {[f'{l:.5f}' for l in losses]}, grad norms {[f'{n:.4f}' for n in norms]}")
 
 
+# --------------------------------------------------------------------------- 9. ensemble (WiSE-FT merges, Fisher)
+
+
+ENS_ALPHAS = [0.0, 0.25, 0.5, 0.75, 1.0]
+ENS_NWAY_WEIGHTS = [0.2, 0.3, 0.5]
+ENS_FISHER_FLOOR = 1e-8
+# Tensors stored in half precision in every ensemble input: merges read them as f32,
+# mix in f32 and store the result back in the same dtype.
+ENS_DTYPES = {
+    "vision_model.embeddings.patch_embedding.weight": torch.float16,
+    "visual_projection.weight": torch.bfloat16,
+}
+# Tensors without a Fisher in the Fisher files: a Fisher merge interpolates them plainly.
+ENS_NO_FISHER = ["vision_model.post_layernorm.weight", "vision_model.post_layernorm.bias"]
+ENS_FISHER_LABELS = [3, 7, 0, 9]
+
+
+def wise_ft_merge(alpha, theta_0, theta_1, fishers=None, fisher_floor=ENS_FISHER_FLOOR):
+    """wise-ft's `_merge` (src/wise_ft.py): plain interpolation (1-alpha)*t0 + alpha*t1 of
+    every tensor, or with fishers (F0, F1): c_i = w_i * max(F_i, floor), then
+    (c0*t0 + c1*t1) / (c0 + c1); a tensor with no Fisher in either file uses F = 1.
+    Same expressions, same evaluation order, on f32 tensors."""
+    if fishers is None:
+        return {k: (1 - alpha) * theta_0[k] + alpha * theta_1[k] for k in theta_0}
+    f0s, f1s = fishers
+    out = {}
+    for k in theta_0:
+        assert (k in f0s) == (k in f1s), k
+        ones = torch.ones_like(theta_0[k])
+        f0 = torch.maximum(f0s.get(k, ones), fisher_floor * ones)
+        f1 = torch.maximum(f1s.get(k, ones), fisher_floor * ones)
+        c0, c1 = (1 - alpha) * f0, alpha * f1
+        out[k] = (c0 * theta_0[k] + c1 * theta_1[k]) / (c0 + c1)
+    return out
+
+
+def make_ensemble_inputs(model):
+    """Three small classifier-like checkpoints with the keys of an ImageClassifier of the
+    tiny quickgelu tower (plus an int64 buffer), two Fisher files, and the merges PyTorch
+    computes from them: WiSE-FT at each alpha (plain and Fisher) and a 3-way average."""
+    g = torch.Generator().manual_seed(4242)
+
+    def randn(*shape):
+        return torch.randn(shape, generator=g, dtype=torch.float32)
+
+    base = {f"vision_model.{n}": p.detach().clone() for n, p in model.vision_model.named_parameters()}
+    base["visual_projection.weight"] = model.visual_projection.weight.detach().clone()
+    n_classes, dim = len(ZS_CLASSNAMES), model.config.projection_dim
+    base["classification_head.weight"] = 5 * randn(n_classes, dim)
+    base["classification_head.bias"] = 0.5 * randn(n_classes)
+    thetas = [base] + [{k: v + 0.1 * randn(*v.shape) for k, v in base.items()} for _ in range(2)]
+    # A negative zero in the zero-shot model: alpha = 0 must give it back bit for bit.
+    thetas[0]["classification_head.bias"][0] = -0.0
+    for t in thetas:
+        for k, dt in ENS_DTYPES.items():
+            t[k] = t[k].to(dt)
+    float_keys = sorted(base)
+    n_pos = model.config.vision_config.image_size // model.config.vision_config.patch_size
+    position_ids = torch.arange(n_pos * n_pos + 1, dtype=torch.int64)[None]
+    for t in thetas:
+        t["vision_model.embeddings.position_ids"] = position_ids.clone()
+
+    fishers = []
+    for _ in range(2):
+        f = {}
+        for k in float_keys:
+            if k in ENS_NO_FISHER:
+                continue
+            v = randn(*base[k].shape) ** 2 * 10 ** (4 * torch.rand(base[k].shape, generator=g) - 3)
+            # Some exact zeros and values below the floor: max(F, floor) must kick in.
+            v[torch.rand(v.shape, generator=g) < 0.1] = 0.0
+            v[torch.rand(v.shape, generator=g) < 0.05] = 1e-12
+            f[k] = v
+        fishers.append(f)
+
+    expected = {}
+    as_f32 = [{k: t[k].float() for k in float_keys} for t in thetas]
+    for alpha in ENS_ALPHAS:
+        plain = wise_ft_merge(alpha, as_f32[0], as_f32[1])
+        fisher = wise_ft_merge(alpha, as_f32[0], as_f32[1], (fishers[0], fishers[1]))
+        for k in float_keys:
+            dt = ENS_DTYPES.get(k, torch.float32)
+            expected[f"plain.{alpha:.3f}.{k}"] = plain[k].to(dt)
+            expected[f"fisher.{alpha:.3f}.{k}"] = fisher[k].to(dt)
+    for k in float_keys:
+        acc = ENS_NWAY_WEIGHTS[0] * as_f32[0][k]
+        for w, t in zip(ENS_NWAY_WEIGHTS[1:], as_f32[1:]):
+            acc = acc + w * t[k]
+        expected[f"nway.{k}"] = acc.to(ENS_DTYPES.get(k, torch.float32))
+
+    d = FIX / "ensemble"
+    for i, t in enumerate(thetas):
+        save_tensors(d / f"theta_{i}.safetensors", t)
+    for i, f in enumerate(fishers):
+        save_tensors(d / f"fisher_{i}.safetensors", f)
+    save_tensors(d / "expected.safetensors", expected)
+    print(f"ensemble: {len(float_keys)} float tensors + 1 int64, {len(fishers[0])} with Fisher, "
+          f"{len(expected)} expected tensors")
+
+
+def make_fisher_expected(model):
+    """The diagonal Fisher of a classifier (the tiny quickgelu tower + a random head with a
+    bias) as wise-ft's compute_fisher computes it, but with fixed labels instead of labels
+    sampled from the model (PyTorch's and wise's random streams differ): for each image
+    alone, cross-entropy of its label, backward, grad**2; the mean over the images."""
+    g = torch.Generator().manual_seed(4343)
+    n_classes, dim = len(ZS_CLASSNAMES), model.config.projection_dim
+    head_w = (5 * torch.randn(n_classes, dim, generator=g)).requires_grad_()
+    head_b = (0.5 * torch.randn(n_classes, generator=g)).requires_grad_()
+    pixels = load_file(str(FIX / ZS_MODEL / "expected.safetensors"))["pixel_values"]
+    labels = torch.tensor(ENS_FISHER_LABELS, dtype=torch.int64)
+    params = {f"vision_model.{n}": p for n, p in model.vision_model.named_parameters()}
+    params["visual_projection.weight"] = model.visual_projection.weight
+    params["classification_head.weight"] = head_w
+    params["classification_head.bias"] = head_b
+    sums = {k: torch.zeros_like(p) for k, p in params.items()}
+    for i in range(len(labels)):
+        for p in params.values():
+            p.grad = None
+        feats = tensor_of(model.get_image_features(pixel_values=pixels[i:i + 1]))
+        # wise-ft's ClassificationHead(normalize=True): x / ||x||, then x @ W.T + b.
+        logits = (feats / feats.norm(dim=-1, keepdim=True)) @ head_w.T + head_b
+        loss = torch.nn.functional.cross_entropy(logits, labels[i:i + 1])
+        loss.backward()
+        for k, p in params.items():
+            assert p.grad is not None, f"no gradient for {k}"
+            sums[k] += p.grad.detach() ** 2
+    out = {"pixel_values": pixels, "labels": labels,
+           "head.weight": head_w.detach().clone(), "head.bias": head_b.detach().clone()}
+    for k, s in sums.items():
+        out[f"fisher.{k}"] = s / len(labels)
+    for p in params.values():
+        p.grad = None
+    save_tensors(FIX / "ensemble" / "fisher_expected.safetensors", out)
+    print(f"ensemble: Fisher of {len(params)} parameters over {len(labels)} images")
+
+
+def make_ensemble():
+    """Fixtures of `wise ensemble` / `wise fisher`. Uses its own seeded generators, after
+    every other section, so the other fixtures are unchanged by it."""
+    (FIX / "ensemble").mkdir(parents=True)
+    model = CLIPModel.from_pretrained(str(FIX / ZS_MODEL), attn_implementation="eager").float().eval()
+    make_ensemble_inputs(model)
+    make_fisher_expected(model)
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -849,6 +995,7 @@ def main():
     make_open_clip_twin(*models["clip-tiny-quickgelu"])
     make_zeroshot()
     make_train_steps()
+    make_ensemble()
     print("done")
 
 

@@ -7,8 +7,15 @@ use clap::{Parser, Subcommand};
 
 mod data;
 mod embed;
+mod ensemble;
 mod eval;
+mod fisher;
 mod info;
+mod plot;
+mod pretrain;
+mod run;
+mod shift;
+mod soup;
 mod train;
 mod zeroshot;
 
@@ -25,10 +32,26 @@ enum Command {
     Data(data::DataArgs),
     /// Image and text embeddings of a CLIP model, written to a safetensors file.
     Embed(embed::EmbedArgs),
+    /// WiSE-FT: (1−α)·zero-shot + α·fine-tuned weights per α (or N-way, Fisher-weighted),
+    /// streamed to checkpoints; with --data, the α sweep evaluated in memory.
+    Ensemble(ensemble::EnsembleArgs),
     /// Accuracy of a classifier on datasets (reference and shifted), appended to a results file.
     Eval(eval::EvalArgs),
+    /// Diagonal Fisher information of a classifier on a dataset, for `ensemble --fisher`.
+    Fisher(fisher::FisherArgs),
     /// A model's configuration and parameter counts.
     Info(info::InfoArgs),
+    /// The WiSE-FT figure (reference vs. shifted top-1, logit axes, α curve) from a results file,
+    /// and optionally a Markdown table.
+    Plot(plot::PlotArgs),
+    /// Trains a CLIP from scratch on captioned images (contrastive), as an HF model folder.
+    Pretrain(pretrain::PretrainArgs),
+    /// A whole experiment from a TOML file: pretrain, zero-shot, fine-tune, α sweep, report.
+    Run(run::RunArgs),
+    /// Shifted copies of a test set: CIFAR-10-C / ImageNet-C corruptions at severities 1..5.
+    Shift(shift::ShiftArgs),
+    /// Model soups: the uniform or greedy (held-out) average of several fine-tuned classifiers.
+    Soup(soup::SoupArgs),
     /// Fine-tunes a classifier end to end (wise-ft's recipe), resumable.
     Train(train::TrainArgs),
     /// Builds the zero-shot classifier (image tower + text-embedding head) for class names.
@@ -40,8 +63,15 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Data(args) => data::run(args),
         Command::Embed(args) => embed::run(args),
+        Command::Ensemble(args) => ensemble::run(args),
         Command::Eval(args) => eval::run(args),
+        Command::Fisher(args) => fisher::run(args),
         Command::Info(args) => info::run(args),
+        Command::Plot(args) => plot::run(args),
+        Command::Pretrain(args) => pretrain::run(args),
+        Command::Run(args) => run::run(args),
+        Command::Shift(args) => shift::run(args),
+        Command::Soup(args) => soup::run(args),
         Command::Train(args) => train::run(args),
         Command::Zeroshot(args) => zeroshot::run(args),
     };

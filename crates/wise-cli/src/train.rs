@@ -108,11 +108,9 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         resume: args.resume,
         feature_cache: wise_train::features::default_cache_dir(),
     };
-    let mut bars = Bars { bar: None };
+    let mut bars = Bars::default();
     let summary = train(run, &mut bars).with_context(|| format!("training into {}", args.out.display()))?;
-    if let Some(bar) = bars.bar.take() {
-        bar.finish_and_clear();
-    }
+    bars.finish();
     println!(
         "trained {} steps ({} epochs, {} images) in {:.1}s, last loss {:.4}: {}",
         summary.steps,
@@ -126,8 +124,17 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
 }
 
 /// One progress bar per epoch: loss, lr, img/s, ETA.
-struct Bars {
+#[derive(Default)]
+pub struct Bars {
     bar: Option<ProgressBar>,
+}
+
+impl Bars {
+    pub fn finish(&mut self) {
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
+        }
+    }
 }
 
 impl Observer for Bars {

@@ -1,11 +1,11 @@
 //! `wise zeroshot`: a CLIP and class names in, the zero-shot image classifier out.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Args;
 use wise_clip::ModelSource;
-use wise_data::{ClassNames, Dataset};
+use wise_data::Dataset;
 use wise_zeroshot::{zeroshot_classifier, Templates};
 
 #[derive(Args)]
@@ -31,7 +31,7 @@ pub struct ZeroshotArgs {
 
 pub fn run(args: ZeroshotArgs) -> anyhow::Result<()> {
     let device = wise_clip::parse_device(&args.device)?;
-    let class_names = read_class_names(&args.classes)?;
+    let class_names = Dataset::class_names_of(&args.classes)?;
     let templates = Templates::resolve(&args.templates)?;
     let source =
         ModelSource::resolve(&args.model).with_context(|| format!("loading model '{}'", args.model))?;
@@ -47,12 +47,4 @@ pub fn run(args: ZeroshotArgs) -> anyhow::Result<()> {
         source.config.projection_dim
     );
     Ok(())
-}
-
-fn read_class_names(path: &Path) -> anyhow::Result<Vec<String>> {
-    if path.is_dir() {
-        return Ok(Dataset::open(path, None)?.class_names);
-    }
-    let names = ClassNames::read(path)?;
-    Ok(names.classes().1)
 }

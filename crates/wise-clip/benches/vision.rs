@@ -116,10 +116,10 @@ fn minor_faults() -> Option<u64> {
     rest.split(' ').nth(7)?.parse().ok()
 }
 
-/// Wall time, call count and FLOPs per op class.
+/// Wall time, call count, FLOPs and minor page faults per op class.
 #[derive(Default)]
 struct Prof {
-    rows: BTreeMap<&'static str, (f64, usize, f64)>,
+    rows: BTreeMap<&'static str, (f64, usize, f64, u64)>,
 }
 
 impl Prof {
@@ -129,12 +129,15 @@ impl Prof {
         flops: f64,
         f: impl FnOnce() -> candle_core::Result<T>,
     ) -> candle_core::Result<T> {
+        let f0 = minor_faults().unwrap_or(0);
         let t0 = Instant::now();
         let y = f()?;
+        let dt = t0.elapsed().as_secs_f64();
         let e = self.rows.entry(name).or_default();
-        e.0 += t0.elapsed().as_secs_f64();
+        e.0 += dt;
         e.1 += 1;
         e.2 += flops;
+        e.3 += minor_faults().unwrap_or(0).saturating_sub(f0);
         Ok(y)
     }
 
@@ -143,10 +146,13 @@ impl Prof {
         rows.sort_by(|a, b| b.1 .0.total_cmp(&a.1 .0));
         let total: f64 = rows.iter().map(|r| r.1 .0).sum();
         eprintln!("breakdown of one forward, batch {batch}: {wall:.3} s wall, {total:.3} s in timed ops");
-        eprintln!("{:<34} {:>8} {:>6} {:>6} {:>8}", "op class", "s", "%", "calls", "GFLOP/s");
-        for (name, (t, n, flops)) in rows {
+        eprintln!(
+            "{:<34} {:>8} {:>6} {:>6} {:>8} {:>9}",
+            "op class", "s", "%", "calls", "GFLOP/s", "pagefault"
+        );
+        for (name, (t, n, flops, faults)) in rows {
             let gf = if *flops > 0.0 { format!("{:.1}", flops / t / 1e9) } else { "-".into() };
-            eprintln!("{name:<34} {t:>8.3} {:>5.1}% {n:>6} {gf:>8}", 100.0 * t / wall);
+            eprintln!("{name:<34} {t:>8.3} {:>5.1}% {n:>6} {gf:>8} {faults:>9}", 100.0 * t / wall);
         }
     }
 }

@@ -14,7 +14,10 @@ use crate::config::Activation;
 use crate::params::{Init, ParamBuilder};
 use crate::Result;
 
-/// HF's initialiser scale for CLIP weights (`initializer_range`).
+/// HF's `initializer_range` for CLIP: the scale of patch, token and position embeddings.
+/// The other fresh weights follow `CLIPPreTrainedModel._init_weights`, scaled by width and
+/// depth (see [`Linear::new`]'s callers): with 0.02 everywhere, a narrow model starts
+/// with residual branches so small that its features barely depend on the input.
 pub(crate) const INIT_STD: f64 = 0.02;
 
 /// `y = x Wᵀ + b`, weight `[out, in]` as in PyTorch.
@@ -25,9 +28,16 @@ pub struct Linear {
 }
 
 impl Linear {
-    pub fn new(pb: &mut ParamBuilder, name: &str, dims: (usize, usize), bias: bool) -> Result<Self> {
+    /// `dims` = (in, out); `init_std` is used only when the model is freshly initialised.
+    pub fn new(
+        pb: &mut ParamBuilder,
+        name: &str,
+        dims: (usize, usize),
+        bias: bool,
+        init_std: f64,
+    ) -> Result<Self> {
         let (in_dim, out_dim) = dims;
-        let weight = pb.get(&format!("{name}.weight"), &[out_dim, in_dim], Init::Normal(INIT_STD))?;
+        let weight = pb.get(&format!("{name}.weight"), &[out_dim, in_dim], Init::Normal(init_std))?;
         let bias = match bias {
             true => Some(pb.get(&format!("{name}.bias"), &[out_dim], Init::Const(0.0))?),
             false => None,
@@ -101,6 +111,13 @@ impl Activation {
     }
 }
 
+/// HF's fresh-initialisation scales for a block of width `dim` in a `layers`-deep encoder:
+/// `(dim^-½ · (2·layers)^-½, dim^-½)` for the input and output projections.
+fn attention_init(dim: usize, layers: usize) -> (f64, f64) {
+    let d = (dim as f64).powf(-0.5);
+    (d * ((2 * layers.max(1)) as f64).powf(-0.5), d)
+}
+
 /// Multi-head self-attention with separate q/k/v projections (HF layout).
 #[derive(Debug, Clone)]
 pub struct Attention {
@@ -112,13 +129,17 @@ pub struct Attention {
 }
 
 impl Attention {
-    pub fn new(pb: &mut ParamBuilder, name: &str, dim: usize, heads: usize) -> Result<Self> {
-        let proj = |pb: &mut ParamBuilder, p: &str| Linear::new(pb, &format!("{name}.{p}"), (dim, dim), true);
+    /// `layers`: the encoder's depth, which scales the fresh initialisation as HF's.
+    pub fn new(pb: &mut ParamBuilder, name: &str, dim: usize, heads: usize, layers: usize) -> Result<Self> {
+        let (in_std, out_std) = attention_init(dim, layers);
+        let proj = |pb: &mut ParamBuilder, p: &str, std| {
+            Linear::new(pb, &format!("{name}.{p}"), (dim, dim), true, std)
+        };
         Ok(Self {
-            q_proj: proj(pb, "q_proj")?,
-            k_proj: proj(pb, "k_proj")?,
-            v_proj: proj(pb, "v_proj")?,
-            out_proj: proj(pb, "out_proj")?,
+            q_proj: proj(pb, "q_proj", in_std)?,
+            k_proj: proj(pb, "k_proj", in_std)?,
+            v_proj: proj(pb, "v_proj", in_std)?,
+            out_proj: proj(pb, "out_proj", out_std)?,
             heads,
         })
     }
@@ -174,12 +195,14 @@ pub struct EncoderShape {
 
 impl EncoderLayer {
     pub fn new(pb: &mut ParamBuilder, name: &str, s: &EncoderShape) -> Result<Self> {
+        let (in_std, _) = attention_init(s.hidden, s.layers);
+        let fc_std = ((2 * s.hidden) as f64).powf(-0.5);
         Ok(Self {
-            self_attn: Attention::new(pb, &format!("{name}.self_attn"), s.hidden, s.heads)?,
+            self_attn: Attention::new(pb, &format!("{name}.self_attn"), s.hidden, s.heads, s.layers)?,
             layer_norm1: LayerNorm::new(pb, &format!("{name}.layer_norm1"), s.hidden, s.eps)?,
             mlp: Mlp {
-                fc1: Linear::new(pb, &format!("{name}.mlp.fc1"), (s.hidden, s.intermediate), true)?,
-                fc2: Linear::new(pb, &format!("{name}.mlp.fc2"), (s.intermediate, s.hidden), true)?,
+                fc1: Linear::new(pb, &format!("{name}.mlp.fc1"), (s.hidden, s.intermediate), true, fc_std)?,
+                fc2: Linear::new(pb, &format!("{name}.mlp.fc2"), (s.intermediate, s.hidden), true, in_std)?,
                 act: s.act,
             },
             layer_norm2: LayerNorm::new(pb, &format!("{name}.layer_norm2"), s.hidden, s.eps)?,

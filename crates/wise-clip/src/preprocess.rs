@@ -75,6 +75,27 @@ impl ImagePreprocessor {
         Self { image_size, mean: CLIP_MEAN, std: CLIP_STD }
     }
 
+    /// Writes `preprocessor_config.json` (transformers' `CLIPImageProcessor` format).
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        let s = self.image_size;
+        let config = serde_json::json!({
+            "image_processor_type": "CLIPImageProcessor",
+            "do_resize": true,
+            "size": { "shortest_edge": s },
+            "resample": 3,
+            "do_center_crop": true,
+            "crop_size": { "height": s, "width": s },
+            "do_rescale": true,
+            "rescale_factor": 1.0 / 255.0,
+            "do_normalize": true,
+            "image_mean": self.mean,
+            "image_std": self.std,
+            "do_convert_rgb": true,
+        });
+        let path = dir.join("preprocessor_config.json");
+        std::fs::write(&path, format!("{config:#}\n")).map_err(|e| Error::io(&path, e))
+    }
+
     /// Settings from `preprocessor_config.json` in `dir` (`crop_size` / `size.shortest_edge`,
     /// `image_mean`, `image_std`), else from the `preprocess_cfg` of an open_clip
     /// `open_clip_config.json`, else [`new(image_size)`](Self::new).

@@ -8,7 +8,7 @@
 use candle_core::{DType, Device, Module, Tensor, Var};
 
 use crate::config::TextConfig;
-use crate::nn::{Encoder, EncoderShape, LayerNorm, Linear};
+use crate::nn::{Encoder, EncoderShape, LayerNorm, Linear, INIT_STD};
 use crate::params::{Init, ParamBuilder};
 use crate::{Error, Result};
 
@@ -38,16 +38,22 @@ impl TextEncoder {
             token_embedding: pb.get(
                 "text_model.embeddings.token_embedding.weight",
                 &[config.vocab_size, c],
-                Init::Normal(0.02),
+                Init::Normal(INIT_STD),
             )?,
             position_embedding: pb.get(
                 "text_model.embeddings.position_embedding.weight",
                 &[config.max_position_embeddings, c],
-                Init::Normal(0.01),
+                Init::Normal(INIT_STD),
             )?,
             encoder: Encoder::new(pb, "text_model.encoder", &shape)?,
             final_layer_norm: LayerNorm::new(pb, "text_model.final_layer_norm", c, config.layer_norm_eps)?,
-            text_projection: Linear::new(pb, "text_projection", (c, projection_dim), false)?,
+            text_projection: Linear::new(
+                pb,
+                "text_projection",
+                (c, projection_dim),
+                false,
+                (c as f64).powf(-0.5),
+            )?,
         })
     }
 

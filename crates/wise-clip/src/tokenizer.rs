@@ -272,6 +272,28 @@ impl ClipTokenizer {
     }
 
     /// Length of every sequence [`encode`](Self::encode) returns.
+    /// Writes `tokenizer.json` and `tokenizer_config.json` into `dir`, as transformers
+    /// saves a CLIP tokenizer, so the directory loads with `CLIPTokenizer.from_pretrained`.
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        let json = dir.join("tokenizer.json");
+        self.tokenizer.save(&json, false).map_err(|e| Error::Tokenizer {
+            source_name: json.display().to_string(),
+            msg: format!("writing: {e}"),
+        })?;
+        let token = |id: u32| self.tokenizer.id_to_token(id).unwrap_or_default();
+        let config = serde_json::json!({
+            "tokenizer_class": "CLIPTokenizer",
+            "bos_token": token(self.bos_id),
+            "eos_token": token(self.eos_id),
+            "pad_token": token(self.pad_id),
+            "unk_token": token(self.eos_id),
+            "model_max_length": self.context_length,
+        });
+        let path = dir.join("tokenizer_config.json");
+        std::fs::write(&path, format!("{config:#}\n")).map_err(|e| Error::io(&path, e))
+    }
+
     pub fn context_length(&self) -> usize {
         self.context_length
     }

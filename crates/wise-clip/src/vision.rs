@@ -46,7 +46,11 @@ impl ImageEncoder {
                 &[c, config.num_channels, p, p],
                 Init::Normal(INIT_STD),
             )?,
-            class_embedding: pb.get(&format!("{emb}.class_embedding"), &[c], Init::Normal(INIT_STD))?,
+            class_embedding: pb.get(
+                &format!("{emb}.class_embedding"),
+                &[c],
+                Init::Normal((c as f64).powf(-0.5)),
+            )?,
             position_embedding: pb.get(
                 &format!("{emb}.position_embedding.weight"),
                 &[config.num_positions(), c],
@@ -55,7 +59,13 @@ impl ImageEncoder {
             pre_layrnorm: LayerNorm::new(pb, "vision_model.pre_layrnorm", c, config.layer_norm_eps)?,
             encoder: Encoder::new(pb, "vision_model.encoder", &shape)?,
             post_layernorm: LayerNorm::new(pb, "vision_model.post_layernorm", c, config.layer_norm_eps)?,
-            visual_projection: Linear::new(pb, "visual_projection", (c, projection_dim), false)?,
+            visual_projection: Linear::new(
+                pb,
+                "visual_projection",
+                (c, projection_dim),
+                false,
+                (c as f64).powf(-0.5),
+            )?,
         })
     }
 

@@ -139,49 +139,7 @@ impl Dataset {
     /// when all are integers (so `10` comes after `9`), else as text; then a label is its
     /// own class key.
     pub fn csv(manifest: &Path, classnames: Option<&Path>) -> Result<Self> {
-        let base = manifest.parent().unwrap_or(Path::new("."));
-        let mut reader = csv::ReaderBuilder::new()
-            .has_headers(true)
-            .trim(csv::Trim::All)
-            .from_path(manifest)
-            .map_err(|e| csv_error(manifest, e))?;
-        let header = reader.headers().map_err(|e| csv_error(manifest, e))?.clone();
-        let column = |name: &str| header.iter().position(|h| h.eq_ignore_ascii_case(name));
-        let (Some(path_col), Some(label_col)) = (column("path"), column("label")) else {
-            let found: Vec<String> = header.iter().map(str::to_string).collect();
-            return Err(Error::line(
-                manifest,
-                1,
-                format!("the header must name the columns 'path' and 'label' (found: {})", found.join(", ")),
-            ));
-        };
-
-        // (line, path, label text), checked before any label is resolved.
-        let mut rows: Vec<(usize, PathBuf, String)> = Vec::new();
-        for record in reader.records() {
-            let record = record.map_err(|e| csv_error(manifest, e))?;
-            let line = record.position().map_or(0, |p| p.line() as usize);
-            let rel = record.get(path_col).unwrap_or_default();
-            let label = record.get(label_col).unwrap_or_default();
-            if rel.is_empty() {
-                return Err(Error::line(manifest, line, "empty path"));
-            }
-            if label.is_empty() {
-                return Err(Error::line(manifest, line, "empty label"));
-            }
-            let path = base.join(rel);
-            if !path.is_file() {
-                return Err(Error::line(manifest, line, format!("no such file: {}", path.display())));
-            }
-            rows.push((line, path, label.to_string()));
-        }
-        if rows.is_empty() {
-            return Err(Error::invalid(
-                manifest,
-                "no samples (expected a header line, then one `path,label` row per image)",
-            ));
-        }
-
+        let rows = manifest_rows(manifest, "label")?;
         let (classes, class_names) = match classnames {
             Some(file) => ClassNames::read(file)?.classes(),
             None => {
@@ -215,6 +173,46 @@ impl Dataset {
             })
             .collect::<Result<_>>()?;
         Ok(Self { classes, class_names, samples })
+    }
+
+    /// A `path,caption` manifest (header required, paths relative to it) for contrastive
+    /// pretraining: the images as a one-class dataset, and their captions in order.
+    pub fn caption_manifest(manifest: &Path) -> Result<(Self, Vec<String>)> {
+        let rows = manifest_rows(manifest, "caption")?;
+        let samples = rows.iter().map(|(_, path, _)| Sample { path: path.clone(), label: 0 }).collect();
+        let captions = rows.into_iter().map(|(_, _, c)| c).collect();
+        let one = vec!["image".to_string()];
+        Ok((Self { classes: one.clone(), class_names: one, samples }, captions))
+    }
+
+    /// Several datasets as one; classes are matched by readable name (the union, in order
+    /// of first appearance), as when pretraining on several digit sources at once.
+    pub fn concat(parts: &[Dataset]) -> Self {
+        let mut class_names: Vec<String> = Vec::new();
+        let mut samples = Vec::new();
+        for part in parts {
+            for s in &part.samples {
+                let name = &part.class_names[s.label];
+                let label = match class_names.iter().position(|c| c == name) {
+                    Some(i) => i,
+                    None => {
+                        class_names.push(name.clone());
+                        class_names.len() - 1
+                    }
+                };
+                samples.push(Sample { path: s.path.clone(), label });
+            }
+        }
+        Self { classes: class_names.clone(), class_names, samples }
+    }
+
+    /// Readable class names from a class-names file, or from a dataset folder / manifest.
+    pub fn class_names_of(path: &Path) -> Result<Vec<String>> {
+        let is_csv = path.extension().and_then(|e| e.to_str()).is_some_and(|e| e.eq_ignore_ascii_case("csv"));
+        if path.is_dir() || is_csv {
+            return Ok(Self::open(path, None)?.class_names);
+        }
+        Ok(ClassNames::read(path)?.classes().1)
     }
 
     /// Number of samples.
@@ -302,4 +300,50 @@ fn collect_images(dir: &Path, found: &mut Vec<PathBuf>) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// `(line, path, value)` rows of a manifest with a header naming `path` and `column`;
+/// every path (relative to the manifest) must exist.
+fn manifest_rows(manifest: &Path, column: &str) -> Result<Vec<(usize, PathBuf, String)>> {
+    let base = manifest.parent().unwrap_or(Path::new("."));
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(true)
+        .trim(csv::Trim::All)
+        .from_path(manifest)
+        .map_err(|e| csv_error(manifest, e))?;
+    let header = reader.headers().map_err(|e| csv_error(manifest, e))?.clone();
+    let position = |name: &str| header.iter().position(|h| h.eq_ignore_ascii_case(name));
+    let (Some(path_col), Some(value_col)) = (position("path"), position(column)) else {
+        let found: Vec<String> = header.iter().map(str::to_string).collect();
+        return Err(Error::line(
+            manifest,
+            1,
+            format!("the header must name the columns 'path' and '{column}' (found: {})", found.join(", ")),
+        ));
+    };
+    let mut rows = Vec::new();
+    for record in reader.records() {
+        let record = record.map_err(|e| csv_error(manifest, e))?;
+        let line = record.position().map_or(0, |p| p.line() as usize);
+        let rel = record.get(path_col).unwrap_or_default();
+        let value = record.get(value_col).unwrap_or_default();
+        if rel.is_empty() {
+            return Err(Error::line(manifest, line, "empty path"));
+        }
+        if value.is_empty() {
+            return Err(Error::line(manifest, line, format!("empty {column}")));
+        }
+        let path = base.join(rel);
+        if !path.is_file() {
+            return Err(Error::line(manifest, line, format!("no such file: {}", path.display())));
+        }
+        rows.push((line, path, value.to_string()));
+    }
+    if rows.is_empty() {
+        return Err(Error::invalid(
+            manifest,
+            format!("no samples (expected a header line, then one `path,{column}` row per image)"),
+        ));
+    }
+    Ok(rows)
 }

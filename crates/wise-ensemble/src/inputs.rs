@@ -7,6 +7,7 @@
 //! two 1.7 GB checkpoints grows to 3.4 GB even though the data is in the page cache
 //! anyway. With it, the resident set stays a few chunks wide whatever the model size.
 
+use std::cell::Cell;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::File;
 use std::ops::Range;
@@ -34,6 +35,9 @@ pub const CLASSIFIER_KEYS: [&str; 8] = [
     "wise.preprocessing",
 ];
 
+/// How far ahead of the merge each input is asked to be read ([`Input::read_ahead`]).
+const READ_AHEAD: usize = 64 << 20;
+
 /// One memory-mapped safetensors file with its validated header.
 pub struct Input {
     path: PathBuf,
@@ -41,6 +45,8 @@ pub struct Input {
     /// Where tensor data starts: 8 (header length) + the header.
     data_start: usize,
     metadata: Metadata,
+    /// The file offset up to which reading ahead has been requested.
+    read_ahead_to: Cell<usize>,
 }
 
 impl Input {
@@ -51,12 +57,20 @@ impl Input {
         // SAFETY: the map is read-only; like every mmap reader we rely on nobody
         // truncating the file while it is open.
         let mmap = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
-        let (header_len, metadata) = SafeTensors::read_metadata(&mmap)
-            .map_err(|e| Error::File { path: path.to_path_buf(), msg: format!("invalid safetensors: {e}") })?;
+        let (header_len, metadata) = SafeTensors::read_metadata(&mmap).map_err(|e| Error::File {
+            path: path.to_path_buf(),
+            msg: format!("invalid safetensors: {e}"),
+        })?;
         // Sequential access: the kernel reads ahead further on page faults.
         #[cfg(unix)]
         let _ = mmap.advise(memmap2::Advice::Sequential);
-        Ok(Self { path: path.to_path_buf(), mmap, data_start: 8 + header_len, metadata })
+        Ok(Self {
+            path: path.to_path_buf(),
+            mmap,
+            data_start: 8 + header_len,
+            metadata,
+            read_ahead_to: Cell::new(0),
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -108,6 +122,32 @@ impl Input {
         let _ = (name, range);
     }
 
+    /// Asks the kernel to start reading the next [`READ_AHEAD`] bytes after byte `upto` of
+    /// tensor `name`, without waiting (`MADV_WILLNEED`). With a cold page cache this keeps
+    /// the disk busy while the current chunk is being mixed, instead of stalling on a page
+    /// fault at the start of every readahead window. Requests go out in half-window steps.
+    pub fn read_ahead(&self, name: &str, upto: usize) {
+        #[cfg(unix)]
+        if let Ok(abs) = self.absolute(name, 0..upto) {
+            let here = abs.end;
+            let mut to = self.read_ahead_to.get();
+            if to < here || to > here + 2 * READ_AHEAD {
+                // First call, or the merge jumped (an input laid out in another order).
+                to = here;
+            }
+            if to - here < READ_AHEAD / 2 {
+                let end = (here + READ_AHEAD).min(self.mmap.len());
+                if end > to {
+                    let _ = self.mmap.advise_range(memmap2::Advice::WillNeed, to, end - to);
+                }
+                to = end;
+            }
+            self.read_ahead_to.set(to);
+        }
+        #[cfg(not(unix))]
+        let _ = (name, upto);
+    }
+
     fn absolute(&self, name: &str, range: Range<usize>) -> Result<Range<usize>> {
         let info = self.info(name).ok_or_else(|| self.bad(format!("no tensor named '{name}'")))?;
         let (start, end) = info.data_offsets;
@@ -127,8 +167,10 @@ impl Input {
         if m.get("wise.kind").map(String::as_str) != Some(CLASSIFIER_KIND) {
             return Ok(None);
         }
-        let raw = m.get("wise.class_names").ok_or_else(|| self.bad("metadata has no 'wise.class_names'".into()))?;
-        let names = serde_json::from_str(raw).map_err(|e| self.bad(format!("metadata 'wise.class_names': {e}")))?;
+        let raw =
+            m.get("wise.class_names").ok_or_else(|| self.bad("metadata has no 'wise.class_names'".into()))?;
+        let names =
+            serde_json::from_str(raw).map_err(|e| self.bad(format!("metadata 'wise.class_names': {e}")))?;
         Ok(Some(names))
     }
 }
@@ -196,10 +238,8 @@ pub fn check_compatible(inputs: &[Input]) -> Result<Layout> {
     if !problems.is_empty() {
         return Err(Error::Incompatible { report: problems.join("\n") });
     }
-    let tensors = names
-        .iter()
-        .filter_map(|n| first.info(n).map(|i| (n.clone(), i.dtype, i.shape.clone())))
-        .collect();
+    let tensors =
+        names.iter().filter_map(|n| first.info(n).map(|i| (n.clone(), i.dtype, i.shape.clone()))).collect();
     Ok(Layout { tensors, class_names: first_classes })
 }
 
@@ -275,7 +315,11 @@ pub fn check_fishers(fishers: &[Input], inputs: &[Input], layout: &Layout) -> Re
             }
         }
         let p = f.path().display();
-        list(&mut problems, &format!("{p}: tensors that {} does not have", model.path().display()), unknown.iter());
+        list(
+            &mut problems,
+            &format!("{p}: tensors that {} does not have", model.path().display()),
+            unknown.iter(),
+        );
         list(&mut problems, &format!("{p}: tensors that do not fit the model"), wrong.iter());
         match &covered {
             None => covered = Some(names),

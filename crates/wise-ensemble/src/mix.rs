@@ -36,22 +36,35 @@ pub fn one_hot(weights: &[f64]) -> Option<usize> {
     }
 }
 
-fn le<const N: usize>(bytes: &[u8]) -> impl Iterator<Item = [u8; N]> + '_ {
-    bytes.chunks_exact(N).map(|c| {
-        let mut a = [0u8; N];
-        a.copy_from_slice(c);
-        a
-    })
-}
-
 /// Decodes little-endian `bytes` of a mixable `dtype` into `out` (replacing its content).
 pub fn decode(dtype: Dtype, bytes: &[u8], out: &mut Vec<f32>) {
+    // Resize-then-zip loops over fixed-size chunks compile to straight vector code.
     out.clear();
     match dtype {
-        Dtype::F32 => out.extend(le::<4>(bytes).map(f32::from_le_bytes)),
-        Dtype::F16 => out.extend(le::<2>(bytes).map(|b| half::f16::from_le_bytes(b).to_f32())),
-        Dtype::BF16 => out.extend(le::<2>(bytes).map(|b| half::bf16::from_le_bytes(b).to_f32())),
-        Dtype::F64 => out.extend(le::<8>(bytes).map(|b| f64::from_le_bytes(b) as f32)),
+        Dtype::F32 => {
+            out.resize(bytes.len() / 4, 0.0);
+            for (o, b) in out.iter_mut().zip(bytes.chunks_exact(4)) {
+                *o = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+            }
+        }
+        Dtype::F16 => {
+            out.resize(bytes.len() / 2, 0.0);
+            for (o, b) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+                *o = half::f16::from_le_bytes([b[0], b[1]]).to_f32();
+            }
+        }
+        Dtype::BF16 => {
+            out.resize(bytes.len() / 2, 0.0);
+            for (o, b) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+                *o = half::bf16::from_le_bytes([b[0], b[1]]).to_f32();
+            }
+        }
+        Dtype::F64 => {
+            out.resize(bytes.len() / 8, 0.0);
+            for (o, b) in out.iter_mut().zip(bytes.chunks_exact(8)) {
+                *o = f64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]) as f32;
+            }
+        }
         _ => {}
     }
 }
@@ -59,12 +72,29 @@ pub fn decode(dtype: Dtype, bytes: &[u8], out: &mut Vec<f32>) {
 /// Encodes `values` as little-endian `dtype` into `out` (replacing its content).
 pub fn encode(dtype: Dtype, values: &[f32], out: &mut Vec<u8>) {
     out.clear();
+    out.resize(values.len() * element_bytes(dtype), 0);
     match dtype {
-        Dtype::F32 => out.extend(values.iter().flat_map(|v| v.to_le_bytes())),
-        Dtype::F16 => out.extend(values.iter().flat_map(|&v| half::f16::from_f32(v).to_le_bytes())),
-        Dtype::BF16 => out.extend(values.iter().flat_map(|&v| half::bf16::from_f32(v).to_le_bytes())),
-        Dtype::F64 => out.extend(values.iter().flat_map(|&v| (v as f64).to_le_bytes())),
-        _ => {}
+        Dtype::F32 => {
+            for (b, v) in out.chunks_exact_mut(4).zip(values) {
+                b.copy_from_slice(&v.to_le_bytes());
+            }
+        }
+        Dtype::F16 => {
+            for (b, &v) in out.chunks_exact_mut(2).zip(values) {
+                b.copy_from_slice(&half::f16::from_f32(v).to_le_bytes());
+            }
+        }
+        Dtype::BF16 => {
+            for (b, &v) in out.chunks_exact_mut(2).zip(values) {
+                b.copy_from_slice(&half::bf16::from_f32(v).to_le_bytes());
+            }
+        }
+        Dtype::F64 => {
+            for (b, &v) in out.chunks_exact_mut(8).zip(values) {
+                b.copy_from_slice(&(v as f64).to_le_bytes());
+            }
+        }
+        _ => out.clear(),
     }
 }
 

@@ -75,23 +75,31 @@ pub struct StreamingWriter {
 impl StreamingWriter {
     /// Starts `path` (through a temporary file in its folder, created if missing) with the
     /// header for `tensors` and `metadata`.
-    pub fn create(path: &Path, tensors: Vec<TensorSpec>, metadata: &BTreeMap<String, String>) -> Result<Self> {
+    pub fn create(
+        path: &Path,
+        tensors: Vec<TensorSpec>,
+        metadata: &BTreeMap<String, String>,
+    ) -> Result<Self> {
         let dir = match path.parent() {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
             _ => PathBuf::from("."),
         };
         std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
         let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
-        let tmp = tempfile::Builder::new()
-            .prefix(&format!(".{name}."))
-            .suffix(".tmp")
-            .tempfile_in(&dir)
-            .map_err(|e| Error::io(&dir, e))?;
+        let prefix = format!(".{name}.");
+        let mut builder = tempfile::Builder::new();
+        builder.prefix(&prefix).suffix(".tmp");
+        // Temporary files are private (0600) by default; the checkpoint gets the usual
+        // mode of a new file (0666 less the umask), as `File::create` would give it.
+        #[cfg(unix)]
+        builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666));
+        let tmp = builder.tempfile_in(&dir).map_err(|e| Error::io(&dir, e))?;
         let file = tmp.as_file().try_clone().map_err(|e| Error::io(tmp.path(), e))?;
         let (header, data_len) = header_bytes(&tensors, metadata)?;
         let mut writer = Self {
             path: path.to_path_buf(),
-            out: BufWriter::with_capacity(4 << 20, file),
+            // Chunks of 1 MB and more go straight to `write`; smaller pieces are gathered.
+            out: BufWriter::with_capacity(1 << 20, file),
             tmp,
             tensors,
             header_len: header.len(),
@@ -194,16 +202,22 @@ mod tests {
         let (_, m) = SafeTensors::read_metadata(&bytes).unwrap();
         assert_eq!(m.metadata().as_ref().unwrap()["k"], "abcd");
         assert_eq!(m.offset_keys(), ["b", "a", "s"]);
-        // Only the destination is left in the folder.
+        // Only the destination is left in the folder, with an ordinary file's mode.
         assert_eq!(std::fs::read_dir(path.parent().unwrap()).unwrap().count(), 1);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o644, 0o644, "{mode:o}");
+        }
     }
 
     #[test]
     fn short_data_is_an_error_and_leaves_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("x.safetensors");
-        let mut w =
-            StreamingWriter::create(&path, vec![("a".into(), Dtype::F32, vec![4])], &BTreeMap::new()).unwrap();
+        let mut w = StreamingWriter::create(&path, vec![("a".into(), Dtype::F32, vec![4])], &BTreeMap::new())
+            .unwrap();
         w.write(&[0; 8]).unwrap();
         let err = w.finish(None).unwrap_err().to_string();
         assert!(err.contains("8 of 16") && err.contains("x.safetensors"), "{err}");

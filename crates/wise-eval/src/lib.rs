@@ -64,28 +64,55 @@ pub fn evaluate(
     name: &str,
     dataset: &Dataset,
     options: &EvalOptions,
-    mut progress: impl FnMut(usize),
+    progress: impl FnMut(usize),
 ) -> Result<Evaluation> {
+    let mut all = evaluate_many(&[classifier], name, dataset, options, progress)?;
+    Ok(all.remove(0))
+}
+
+/// Evaluates several classifiers with the same preprocessing (e.g. the models of an α
+/// sweep) on `dataset`, decoding each image once for all of them.
+pub fn evaluate_many(
+    classifiers: &[&ImageClassifier],
+    name: &str,
+    dataset: &Dataset,
+    options: &EvalOptions,
+    mut progress: impl FnMut(usize),
+) -> Result<Vec<Evaluation>> {
+    let Some(first) = classifiers.first() else { return Ok(Vec::new()) };
+    if let Some(other) = classifiers.iter().find(|c| c.meta.preprocessing != first.meta.preprocessing) {
+        return Err(Error::Invalid(format!(
+            "classifiers from {} and {} preprocess images differently: evaluate them separately",
+            first.meta.source_model, other.meta.source_model
+        )));
+    }
     let start = Instant::now();
-    let map = ClassMap::new(&classifier.meta.class_names, &dataset.class_names)
-        .map_err(|e| Error::Invalid(format!("dataset '{name}': {e}")))?;
-    let mut metrics = Metrics::new(&map);
-    let loader = Loader::new(dataset, classifier.preprocessor(), classifier.device())
+    let mut metrics = classifiers
+        .iter()
+        .map(|c| {
+            ClassMap::new(&c.meta.class_names, &dataset.class_names)
+                .map(|map| Metrics::new(&map))
+                .map_err(|e| Error::Invalid(format!("dataset '{name}': {e}")))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let loader = Loader::new(dataset, first.preprocessor(), first.device())
         .with_batch_size(options.batch_size)
         .with_on_bad_image(options.on_bad_image);
     let mut batches = loader.eval()?;
     let mut done = 0;
     for batch in batches.by_ref() {
         let batch = batch?;
-        let logits = classifier.logits(&batch.pixels)?;
-        metrics.update(&logits, &batch.labels)?;
+        for (classifier, m) in classifiers.iter().zip(metrics.iter_mut()) {
+            m.update(&classifier.logits(&batch.pixels)?, &batch.labels)?;
+        }
         done += batch.len();
         progress(done);
     }
-    Ok(Evaluation {
-        dataset: name.to_string(),
-        metrics,
-        seconds: start.elapsed().as_secs_f64(),
-        skipped: batches.skipped().count,
-    })
+    // The shared decode time is split evenly between the models.
+    let seconds = start.elapsed().as_secs_f64() / classifiers.len() as f64;
+    let skipped = batches.skipped().count;
+    Ok(metrics
+        .into_iter()
+        .map(|metrics| Evaluation { dataset: name.to_string(), metrics, seconds, skipped })
+        .collect())
 }

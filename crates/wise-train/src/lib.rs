@@ -16,6 +16,7 @@ pub mod config;
 pub mod features;
 pub mod loss;
 pub mod optim;
+pub mod pretrain;
 pub mod schedule;
 pub mod state;
 pub mod trainer;

@@ -133,8 +133,13 @@ impl ImageClassifier {
     pub fn from_weights(meta: ClassifierMeta, weights: &dyn WeightSource, device: &Device) -> Result<Self> {
         let mut pb = ParamBuilder::from_checkpoint(weights, device);
         let encoder = ImageEncoder::new(&mut pb, &meta.vision_config, meta.projection_dim)?;
-        let head =
-            Linear::new(&mut pb, "classification_head", (meta.projection_dim, meta.class_names.len()), true)?;
+        let head = Linear::new(
+            &mut pb,
+            "classification_head",
+            (meta.projection_dim, meta.class_names.len()),
+            true,
+            0.0,
+        )?;
         let params = pb.finish()?;
         Ok(Self { encoder, head, meta, params, compute_dtype: DType::F32 })
     }

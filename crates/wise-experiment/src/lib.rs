@@ -1,0 +1,310 @@
+//! wise-experiment: a whole WiSE-FT experiment from one TOML file (`wise run`).
+//!
+//! The stages are the paper's method end to end: import data → (pretrain a CLIP) →
+//! zero-shot classifier → fine-tune → evaluate the weight-space interpolations
+//! θ(α) = (1−α)·θ_zero-shot + α·θ_fine-tuned for every α on the reference and shifted test
+//! sets → plot and report. Finished stages are skipped on a re-run (see [`stages`]), so an
+//! interrupted run continues where it stopped.
+
+pub mod config;
+pub mod stages;
+
+use std::path::{Path, PathBuf};
+
+use candle_core::Device;
+use serde_json::json;
+use wise_clip::ModelSource;
+use wise_data::{Dataset, Source};
+use wise_eval::{evaluate_many, EvalOptions, ResultsFile};
+use wise_train::pretrain::{load_captioned, pretrain, PretrainConfig};
+use wise_train::{train, Observer, Run};
+use wise_zeroshot::{zeroshot_classifier, ImageClassifier, Templates};
+
+pub use config::Experiment;
+pub use stages::Stage;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}: {msg}", path.display())]
+    Config { path: PathBuf, msg: String },
+    #[error("stage '{stage}': {source}")]
+    Stage {
+        stage: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+fn stage_err<E: std::error::Error + Send + Sync + 'static>(stage: &str) -> impl FnOnce(E) -> Error + '_ {
+    move |e| Error::Stage { stage: stage.to_string(), source: Box::new(e) }
+}
+
+/// Where each stage writes.
+pub struct Layout {
+    pub model: PathBuf,
+    pub zeroshot: PathBuf,
+    pub finetune: PathBuf,
+    pub results: PathBuf,
+    pub plot: PathBuf,
+    pub report: PathBuf,
+}
+
+impl Layout {
+    pub fn new(out: &Path) -> Self {
+        Self {
+            model: out.join("model"),
+            zeroshot: out.join("zeroshot.safetensors"),
+            finetune: out.join("finetune"),
+            results: out.join("results.jsonl"),
+            plot: out.join("plot.png"),
+            report: out.join("report.md"),
+        }
+    }
+}
+
+/// The stages of `exp`, in order, with their keys.
+pub fn plan(exp: &Experiment) -> Vec<Stage> {
+    let out = exp.out();
+    let layout = Layout::new(&out);
+    let mut stages = Vec::new();
+    let mut data_keys = Vec::new();
+    for imp in &exp.import {
+        let key = stages::stage_key(&json!(imp), &[]);
+        data_keys.push(key.clone());
+        stages.push(Stage {
+            name: format!("import:{}", imp.to),
+            description: format!(
+                "import {} from {} into {}",
+                imp.source,
+                imp.from,
+                exp.path(&imp.to).display()
+            ),
+            outputs: vec![exp.path(&imp.to)],
+            key,
+        });
+    }
+    let data: Vec<&str> = data_keys.iter().map(String::as_str).collect();
+    let model_key = match &exp.model.pretrain {
+        Some(p) => {
+            let key = stages::stage_key(&json!(p), &data);
+            stages.push(Stage {
+                name: "pretrain".into(),
+                description: format!(
+                    "pretrain a CLIP on {} into {}",
+                    p.data.join(", "),
+                    layout.model.display()
+                ),
+                outputs: vec![layout.model.join("model.safetensors")],
+                key: key.clone(),
+            });
+            key
+        }
+        None => stages::stage_key(&json!(exp.model.path), &[]),
+    };
+    let mut upstream = data.clone();
+    upstream.push(&model_key);
+    let zs_key = stages::stage_key(&json!(exp.zeroshot), &upstream);
+    stages.push(Stage {
+        name: "zeroshot".into(),
+        description: format!(
+            "zero-shot classifier ({} templates) → {}",
+            exp.zeroshot.templates,
+            layout.zeroshot.display()
+        ),
+        outputs: vec![layout.zeroshot.clone()],
+        key: zs_key.clone(),
+    });
+    let ft_key = stages::stage_key(&json!({ "train": exp.train, "data": exp.data.train }), &[&zs_key]);
+    stages.push(Stage {
+        name: "finetune".into(),
+        description: format!("fine-tune on {} → {}", exp.data.train, layout.finetune.display()),
+        outputs: vec![layout.finetune.join(wise_train::FINETUNED_FILE)],
+        key: ft_key.clone(),
+    });
+    let sweep_key = stages::stage_key(
+        &json!({ "alphas": exp.ensemble.alphas, "eval": exp.data.eval }),
+        &[&zs_key, &ft_key],
+    );
+    stages.push(Stage {
+        name: "sweep".into(),
+        description: format!(
+            "evaluate θ(α) for α in {:?} on {} → {}",
+            exp.ensemble.alphas,
+            exp.data.eval.keys().cloned().collect::<Vec<_>>().join(", "),
+            layout.results.display()
+        ),
+        outputs: vec![layout.results.clone()],
+        key: sweep_key.clone(),
+    });
+    stages.push(Stage {
+        name: "report".into(),
+        description: format!("plot and report → {}, {}", layout.plot.display(), layout.report.display()),
+        outputs: vec![layout.plot.clone(), layout.report.clone()],
+        key: stages::stage_key(&json!({ "reference": exp.data.reference }), &[&sweep_key]),
+    });
+    stages
+}
+
+/// What happened to a stage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Skipped,
+    Ran,
+}
+
+/// Runs the experiment: every stage that is not already done (or is forced).
+/// `force` names stages (`import`, `pretrain`, `zeroshot`, `finetune`, `sweep`, `report`).
+pub fn run(
+    exp: &Experiment,
+    force: &[String],
+    device: &Device,
+    observer: &mut dyn Observer,
+    log: &mut dyn FnMut(&str),
+) -> Result<Vec<(String, Outcome)>> {
+    let out = exp.out();
+    let layout = Layout::new(&out);
+    let known = ["import", "pretrain", "zeroshot", "finetune", "sweep", "report"];
+    if let Some(bad) = force.iter().find(|f| !known.contains(&f.as_str())) {
+        return Err(Error::Invalid(format!("--force {bad}: stages are {}", known.join(", "))));
+    }
+    let mut outcomes = Vec::new();
+    for stage in plan(exp) {
+        let family = stage.name.split(':').next().unwrap_or_default().to_string();
+        if force.contains(&family) {
+            stage.forget(&out);
+        }
+        if stage.is_done(&out) {
+            log(&format!("skip  {} (done)", stage.name));
+            outcomes.push((stage.name.clone(), Outcome::Skipped));
+            continue;
+        }
+        log(&format!("run   {}: {}", stage.name, stage.description));
+        let resume = stage.was_started(&out);
+        stage.mark_started(&out)?;
+        match family.as_str() {
+            "import" => {
+                let imp =
+                    exp.import.iter().find(|i| stage.name == format!("import:{}", i.to)).expect("planned");
+                let source: Source = imp.source.parse().map_err(stage_err(&stage.name))?;
+                wise_data::import(source, &exp.path(&imp.from), &exp.path(&imp.to), true)
+                    .map_err(stage_err(&stage.name))?;
+            }
+            "pretrain" => {
+                let p = exp.model.pretrain.as_ref().expect("planned");
+                let paths: Vec<PathBuf> = p.data.iter().map(|d| exp.path(d)).collect();
+                let (data, captions) = load_captioned(&paths, &p.captions).map_err(stage_err("pretrain"))?;
+                let config = PretrainConfig {
+                    architecture: p.arch.to_config(),
+                    epochs: p.epochs,
+                    batch_size: p.batch_size,
+                    lr: p.lr,
+                    wd: p.wd,
+                    warmup: p.warmup,
+                    seed: p.seed,
+                    augment: p.augment,
+                };
+                stages::clear(&layout.model)?;
+                pretrain(&config, &data, &captions, &layout.model, device, observer)
+                    .map_err(stage_err("pretrain"))?;
+            }
+            "zeroshot" => {
+                let spec = match &exp.model.path {
+                    Some(p) => exp.path(p).display().to_string(),
+                    None => layout.model.display().to_string(),
+                };
+                let source = ModelSource::resolve(&spec).map_err(stage_err("zeroshot"))?;
+                let classes = Dataset::class_names_of(&exp.path(&exp.zeroshot.classes))
+                    .map_err(stage_err("zeroshot"))?;
+                let templates = Templates::resolve(&exp.path(&exp.zeroshot.templates).display().to_string())
+                    .map_err(stage_err("zeroshot"))?;
+                let classifier = zeroshot_classifier(&source, &classes, &templates, device)
+                    .map_err(stage_err("zeroshot"))?;
+                classifier.save(&layout.zeroshot).map_err(stage_err("zeroshot"))?;
+            }
+            "finetune" => {
+                let resume = resume && layout.finetune.join(wise_train::state::RESUME_FILE).exists();
+                if resume {
+                    log("      resuming the interrupted fine-tuning run");
+                } else {
+                    stages::clear(&layout.finetune)?;
+                }
+                let classifier = load_classifier(&layout.zeroshot, device, "finetune")?;
+                let train_set =
+                    Dataset::open(&exp.path(&exp.data.train), None).map_err(stage_err("finetune"))?;
+                let run = Run {
+                    classifier,
+                    train: &train_set,
+                    evals: &[],
+                    config: exp.train.clone(),
+                    out_dir: layout.finetune.clone(),
+                    resume,
+                    feature_cache: wise_train::features::default_cache_dir(),
+                };
+                train(run, observer).map_err(stage_err("finetune"))?;
+            }
+            "sweep" => sweep(exp, &layout, device, log)?,
+            "report" => {
+                let results = wise_report::read_results(&layout.results).map_err(stage_err("report"))?;
+                wise_report::plot(&results, &exp.data.reference, None, &layout.plot)
+                    .map_err(stage_err("report"))?;
+                let md = wise_report::report_markdown(&results, &exp.data.reference, None)
+                    .map_err(stage_err("report"))?;
+                wise_report::write_atomic(&layout.report, md.as_bytes()).map_err(stage_err("report"))?;
+            }
+            other => return Err(Error::Invalid(format!("unknown stage {other}"))),
+        }
+        stage.mark_done(&out)?;
+        outcomes.push((stage.name.clone(), Outcome::Ran));
+    }
+    Ok(outcomes)
+}
+
+fn load_classifier(path: &Path, device: &Device, stage: &str) -> Result<ImageClassifier> {
+    Ok(ImageClassifier::load(path, device)
+        .map_err(stage_err(stage))?
+        .with_compute_dtype(wise_clip::compute_dtype(device)))
+}
+
+/// Every α of the sweep, evaluated on every test set without writing a checkpoint;
+/// one results line per α (written to a temp file, then renamed).
+fn sweep(exp: &Experiment, layout: &Layout, device: &Device, log: &mut dyn FnMut(&str)) -> Result<()> {
+    let zs = load_classifier(&layout.zeroshot, device, "sweep")?;
+    let ft = load_classifier(&layout.finetune.join(wise_train::FINETUNED_FILE), device, "sweep")?;
+    let models = exp
+        .ensemble
+        .alphas
+        .iter()
+        .map(|&a| {
+            wise_ensemble::interpolate_in_memory(&[&zs, &ft], &[1.0 - a, a]).map_err(stage_err("sweep"))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let refs: Vec<&ImageClassifier> = models.iter().collect();
+    let options = EvalOptions { batch_size: exp.eval.batch_size, ..EvalOptions::default() };
+    let mut per_model: Vec<Vec<wise_eval::Evaluation>> = vec![Vec::new(); models.len()];
+    for (name, path) in &exp.data.eval {
+        let dataset = Dataset::open(&exp.path(path), None).map_err(stage_err("sweep"))?;
+        let evals = evaluate_many(&refs, name, &dataset, &options, |_| {}).map_err(stage_err("sweep"))?;
+        for (slot, e) in per_model.iter_mut().zip(evals) {
+            slot.push(e);
+        }
+        log(&format!("      evaluated {} α values on {name} ({} images)", models.len(), dataset.len()));
+    }
+    let tmp = layout.results.with_extension("jsonl.tmp");
+    stages::clear(&tmp)?;
+    let file = ResultsFile::new(&tmp);
+    for (&alpha, evals) in exp.ensemble.alphas.iter().zip(&per_model) {
+        let record = ResultsFile::record(&format!("wise_ft_alpha={alpha:.3}"), Some(alpha), evals);
+        file.append(&record).map_err(|e| Error::Io { path: tmp.clone(), source: e })?;
+    }
+    std::fs::rename(&tmp, &layout.results).map_err(|e| Error::Io { path: layout.results.clone(), source: e })
+}
