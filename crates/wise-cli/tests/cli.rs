@@ -10,6 +10,8 @@ use candle_core::{DType, Device, Tensor};
 #[path = "../../wise-clip/tests/support/mod.rs"]
 mod support;
 use support::{fake_hub_cache, fixture, max_abs_diff};
+mod common;
+use common::{s, stderr};
 
 fn wise(args: &[&str]) -> Output {
     wise_env(args, &[])
@@ -24,16 +26,8 @@ fn wise_env(args: &[&str], env: &[(&str, &str)]) -> Output {
     cmd.output().expect("wise runs")
 }
 
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).to_string()
-}
-
 fn load(path: &Path) -> HashMap<String, Tensor> {
     candle_core::safetensors::load(path, &Device::Cpu).unwrap()
-}
-
-fn path_str(p: &Path) -> &str {
-    p.to_str().unwrap()
 }
 
 /// The four images the fixture's `pixel_values` were made from, in that order.
@@ -41,9 +35,9 @@ const REFERENCE_IMAGES: [&str; 4] = ["rgb.jpg", "wide.png", "tall.png", "grey.pn
 
 fn embed_reference(model: &str, out: &Path, env: &[(&str, &str)]) -> Output {
     let images: Vec<String> =
-        REFERENCE_IMAGES.iter().map(|f| path_str(&fixture(&format!("images/{f}"))).to_string()).collect();
+        REFERENCE_IMAGES.iter().map(|f| s(&fixture(&format!("images/{f}"))).to_string()).collect();
     let texts = fixture("texts.txt");
-    let mut args = vec!["embed", "--model", model, "--texts", path_str(&texts), "--out", path_str(out)];
+    let mut args = vec!["embed", "--model", model, "--texts", s(&texts), "--out", s(out)];
     args.push("--save-pixels");
     args.push("--batch-size");
     args.push("3");
@@ -83,7 +77,7 @@ fn embed_matches_transformers_from_a_model_dir() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("embeds.safetensors");
     let model = fixture("clip-tiny-quickgelu");
-    let result = embed_reference(path_str(&model), &out, &[]);
+    let result = embed_reference(s(&model), &out, &[]);
     assert!(result.status.success(), "{}", stderr(&result));
     check_against_reference(&out, "clip-tiny-quickgelu");
 }
@@ -93,7 +87,7 @@ fn embed_resolves_a_hub_id_from_the_cache_offline() {
     let cache = fake_hub_cache("wise-test/tiny");
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("embeds.safetensors");
-    let env = [("HF_HUB_OFFLINE", "1"), ("HF_HUB_CACHE", path_str(cache.path()))];
+    let env = [("HF_HUB_OFFLINE", "1"), ("HF_HUB_CACHE", s(cache.path()))];
     let result = embed_reference("wise-test/tiny", &out, &env);
     assert!(result.status.success(), "{}", stderr(&result));
     check_against_reference(&out, "clip-tiny-gelu");
@@ -109,8 +103,7 @@ fn embed_expands_folders_in_sorted_order() {
     let out = dir.path().join("embeds.safetensors");
     let model = fixture("clip-tiny-gelu");
     let images = fixture("images");
-    let result =
-        wise(&["embed", "--model", path_str(&model), "--images", path_str(&images), "--out", path_str(&out)]);
+    let result = wise(&["embed", "--model", s(&model), "--images", s(&images), "--out", s(&out)]);
     assert!(result.status.success(), "{}", stderr(&result));
     let got = load(&out);
     assert_eq!(got["image_embeds"].dims(), &[9, 8]);
@@ -127,7 +120,7 @@ fn embed_expands_folders_in_sorted_order() {
 #[test]
 fn info_reports_parameter_counts() {
     let model = fixture("clip-tiny-gelu");
-    let result = wise(&["info", "--model", path_str(&model)]);
+    let result = wise(&["info", "--model", s(&model)]);
     assert!(result.status.success(), "{}", stderr(&result));
     let stdout = String::from_utf8_lossy(&result.stdout);
     // Count the reference model's parameters from its gradients (one per parameter).
@@ -154,15 +147,7 @@ fn bad_inputs_fail_with_the_file_and_the_cause() {
     // A corrupt image.
     let corrupt = dir.path().join("corrupt.png");
     std::fs::write(&corrupt, b"\x89PNG\r\n\x1a\n definitely not a png").unwrap();
-    let r = wise(&[
-        "embed",
-        "--model",
-        path_str(&model),
-        "--images",
-        path_str(&corrupt),
-        "--out",
-        path_str(&out),
-    ]);
+    let r = wise(&["embed", "--model", s(&model), "--images", s(&corrupt), "--out", s(&out)]);
     assert!(!r.status.success());
     assert!(stderr(&r).contains("corrupt.png"), "{}", stderr(&r));
     assert!(!out.exists(), "no output on failure");
@@ -173,14 +158,14 @@ fn bad_inputs_fail_with_the_file_and_the_cause() {
     std::fs::copy(model.join("config.json"), broken.join("config.json")).unwrap();
     let bytes = std::fs::read(model.join("model.safetensors")).unwrap();
     std::fs::write(broken.join("model.safetensors"), &bytes[..bytes.len() / 2]).unwrap();
-    let r = wise(&["info", "--model", path_str(&broken)]);
+    let r = wise(&["info", "--model", s(&broken)]);
     assert!(!r.status.success());
     assert!(stderr(&r).contains("model.safetensors"), "{}", stderr(&r));
 
     // An unknown activation in config.json.
     let config = std::fs::read_to_string(model.join("config.json")).unwrap();
     std::fs::write(broken.join("config.json"), config.replacen("quick_gelu", "swishy", 1)).unwrap();
-    let r = wise(&["info", "--model", path_str(&broken)]);
+    let r = wise(&["info", "--model", s(&broken)]);
     assert!(!r.status.success());
     assert!(stderr(&r).contains("swishy") && stderr(&r).contains("config.json"), "{}", stderr(&r));
 

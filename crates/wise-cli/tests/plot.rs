@@ -1,20 +1,9 @@
 //! `wise plot` end to end on a results file written here: the figure and the report are
 //! written, bad input is reported with the file (and line) and writes nothing.
 
-use std::path::Path;
-use std::process::{Command, Output};
 
-fn wise(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_wise")).args(args).output().expect("wise runs")
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).to_string()
-}
-
-fn path_str(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
+mod common;
+use common::{s, stderr, wise};
 
 /// Width and height from a PNG's IHDR chunk.
 fn png_size(bytes: &[u8]) -> (u32, u32) {
@@ -49,15 +38,15 @@ fn writes_figure_and_report() {
     let report = dir.path().join("out/report.md");
     let out = wise(&[
         "plot",
-        path_str(&results),
+        s(&results),
         "--reference",
         "IN",
         "--shifts",
         "IN-A,IN-R",
         "--out",
-        path_str(&png),
+        s(&png),
         "--report",
-        path_str(&report),
+        s(&report),
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
     let err = stderr(&out);
@@ -73,7 +62,7 @@ fn writes_figure_and_report() {
 
     // The default shifts are every other dataset; SVG by extension.
     let svg = dir.path().join("wiseft.svg");
-    let out = wise(&["plot", path_str(&results), "--reference", "IN", "--out", path_str(&svg)]);
+    let out = wise(&["plot", s(&results), "--reference", "IN", "--out", s(&svg)]);
     assert!(out.status.success(), "{}", stderr(&out));
     let text = std::fs::read_to_string(&svg).unwrap();
     assert!(text.contains("mean of IN-A, IN-R top-1 (%)") && text.contains("α=0.5"));
@@ -86,7 +75,7 @@ fn bad_input_names_the_file_and_writes_nothing() {
     std::fs::write(&results, results_text()).unwrap();
     let png = dir.path().join("x.png");
 
-    let out = wise(&["plot", path_str(&results), "--reference", "ImageNet", "--out", path_str(&png)]);
+    let out = wise(&["plot", s(&results), "--reference", "ImageNet", "--out", s(&png)]);
     assert!(!out.status.success());
     let expected = format!(
         "error: {} has no results for the reference dataset 'ImageNet'; datasets present: IN, IN-A, IN-R",
@@ -94,19 +83,11 @@ fn bad_input_names_the_file_and_writes_nothing() {
     );
     assert!(stderr(&out).contains(&expected), "{}", stderr(&out));
 
-    let out =
-        wise(&["plot", path_str(&results), "--reference", "IN", "--shifts", "IN-B", "--out", path_str(&png)]);
+    let out = wise(&["plot", s(&results), "--reference", "IN", "--shifts", "IN-B", "--out", s(&png)]);
     assert!(!out.status.success());
     assert!(stderr(&out).contains("no results for the shifted dataset 'IN-B'"), "{}", stderr(&out));
 
-    let out = wise(&[
-        "plot",
-        path_str(&results),
-        "--reference",
-        "IN",
-        "--out",
-        path_str(&dir.path().join("x.jpg")),
-    ]);
+    let out = wise(&["plot", s(&results), "--reference", "IN", "--out", s(&dir.path().join("x.jpg"))]);
     assert!(!out.status.success());
     assert!(
         stderr(&out).contains("x.jpg: unsupported figure format; use a .png or .svg"),
@@ -116,7 +97,7 @@ fn bad_input_names_the_file_and_writes_nothing() {
 
     let broken = dir.path().join("broken.jsonl");
     std::fs::write(&broken, results_text() + "{\"model\": \"m\", \"IN:top1\": \n").unwrap();
-    let out = wise(&["plot", path_str(&broken), "--reference", "IN", "--out", path_str(&png)]);
+    let out = wise(&["plot", s(&broken), "--reference", "IN", "--out", s(&png)]);
     assert!(!out.status.success());
     assert!(
         stderr(&out).contains(&format!("error: {}:6: not valid JSON", broken.display())),

@@ -1,19 +1,12 @@
 //! `wise shift` end to end: the trees it writes and the refusals a user can run into.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 #[path = "../../wise-clip/tests/support/mod.rs"]
 mod support;
 use support::fixture;
-
-fn wise(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_wise")).args(args).output().expect("wise runs")
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).to_string()
-}
+mod common;
+use common::{stderr, wise};
 
 /// `cat/a.png`, `dog/b.png` (32×32) and `classnames.txt`.
 fn dataset(root: &Path) -> PathBuf {

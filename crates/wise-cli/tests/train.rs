@@ -13,10 +13,8 @@ use wise_clip::weights::SafetensorsFile;
 #[path = "../../wise-clip/tests/support/mod.rs"]
 mod support;
 use support::{fixture, shared_datasets};
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
+mod common;
+use common::{fails_with, ok, s};
 
 fn wise(args: &[String], cache: &Path) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_wise"));
@@ -26,20 +24,6 @@ fn wise(args: &[String], cache: &Path) -> Command {
 
 fn run(args: &[String], cache: &Path) -> Output {
     wise(args, cache).output().unwrap()
-}
-
-fn ok(out: &Output) -> String {
-    assert!(out.status.success(), "wise failed:\n{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).to_string()
-}
-
-fn fails_with(out: &Output, needles: &[&str]) {
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "expected failure");
-    for n in needles {
-        assert!(stderr.contains(n), "'{n}' not in:\n{stderr}");
-    }
-    assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
 /// A zero-shot classifier of the tiny CLIP and a small USPS training set (6 per class).

@@ -1,35 +1,12 @@
 //! `wise zeroshot` then `wise eval` on real shifted digits: the classifier checkpoint every
 //! later command uses, the results line, subsets of classes, and bad input.
 
-use std::path::Path;
-use std::process::{Command, Output};
 
 #[path = "../../wise-clip/tests/support/mod.rs"]
 mod support;
 use support::{fixture, shared_datasets};
-
-fn wise(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_wise")).args(args).output().expect("wise runs")
-}
-
-fn ok(out: &Output) -> String {
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "wise failed:\n{stderr}");
-    String::from_utf8_lossy(&out.stdout).to_string()
-}
-
-fn fails_with(out: &Output, needles: &[&str]) {
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "expected failure");
-    for n in needles {
-        assert!(stderr.contains(n), "'{n}' not in:\n{stderr}");
-    }
-    assert!(!stderr.contains("panicked"), "{stderr}");
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
+mod common;
+use common::{fails_with, ok, s, wise};
 
 #[test]
 fn zeroshot_then_eval_on_usps_and_a_class_subset() {

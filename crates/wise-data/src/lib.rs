@@ -22,6 +22,7 @@ pub mod dataset;
 pub mod error;
 pub mod import;
 pub mod loader;
+pub mod output;
 
 pub use classnames::{write_classnames, ClassNames, CLASSNAMES_FILE};
 pub use dataset::{Dataset, Sample, IMAGE_EXTENSIONS};

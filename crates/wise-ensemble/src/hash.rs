@@ -45,10 +45,14 @@ pub fn sha256_file_unless(path: &Path, stop: &AtomicBool) -> Result<Option<Strin
         }
         let end = (start + CHUNK).min(map.len());
         hasher.update(&map[start..end]);
+        // Released from a little before the chunk, as the merge does (see `Input::release`).
         // SAFETY: read-only, file-backed map: dropping the pages only unmaps them, a later
         // access would fault the same bytes back in.
         #[cfg(unix)]
-        let _ = unsafe { map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, end - start) };
+        let _ = unsafe {
+            let from = start.saturating_sub(crate::inputs::RELEASE_BEHIND);
+            map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, from, end - from)
+        };
     }
     Ok(Some(hex(&hasher.finalize())))
 }

@@ -274,7 +274,7 @@ fn stream(
         for start in (0..len).step_by(step) {
             let range = start..(start + step).min(len);
             for input in inputs {
-                if std::env::var_os("WISE_NO_RA").is_none() { input.read_ahead(name, range.end); }
+                input.read_ahead(name, range.end);
             }
             if any_mix {
                 for (x, input) in xs.iter_mut().zip(inputs) {

@@ -134,3 +134,18 @@ fn a_stage_pointing_at_a_missing_dataset_names_it() {
     let text = chain.join(": ");
     assert!(text.contains("import") && text.contains("/nowhere"), "{text}");
 }
+
+#[test]
+fn every_shipped_config_parses() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs");
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let exp = Experiment::from_file(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            assert!(!plan(&exp).is_empty());
+            n += 1;
+        }
+    }
+    assert!(n >= 4, "{n} configs");
+}

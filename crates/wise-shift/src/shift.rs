@@ -25,6 +25,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::path::{Component, Path, PathBuf};
 
 use rayon::prelude::*;
+use wise_data::output::{check_out, install, staging_dir};
 use wise_data::{Dataset, CLASSNAMES_FILE};
 
 use crate::rng::SeededNoise;
@@ -115,15 +116,7 @@ pub fn shift_dataset(
     let pairs: Vec<(Corruption, Severity)> =
         opts.corruptions.iter().flat_map(|&c| opts.severities.iter().map(move |&s| (c, s))).collect();
 
-    let parent = match out.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    std::fs::create_dir_all(&parent).map_err(|e| Error::io(&parent, e))?;
-    let staging = tempfile::Builder::new()
-        .prefix(".wise-shift-")
-        .tempdir_in(&parent)
-        .map_err(|e| Error::io(&parent, e))?;
+    let staging = staging_dir(out, "wise-shift")?;
     let root = staging.path();
 
     // Folders first (sequentially), so the parallel part only writes files.
@@ -200,20 +193,6 @@ fn write_manifest(root: &Path, data: &Path, opts: &ShiftOptions, nested: bool, i
     std::fs::write(&path, text).map_err(|e| Error::io(&path, e))
 }
 
-fn check_out(out: &Path, overwrite: bool) -> Result<()> {
-    if !out.exists() {
-        return Ok(());
-    }
-    if !out.is_dir() {
-        return Err(Error::invalid(out, "exists and is not a folder"));
-    }
-    let empty = std::fs::read_dir(out).map_err(|e| Error::io(out, e))?.next().is_none();
-    if !empty && !overwrite {
-        return Err(Error::invalid(out, "is not empty; refusing to write into it (--overwrite replaces it)"));
-    }
-    Ok(())
-}
-
 /// `out` must neither hold the dataset (replacing it would delete the source) nor sit inside
 /// it (the trees would become classes of the source).
 fn refuse_overlap(data: &Path, out: &Path) -> Result<()> {
@@ -250,35 +229,4 @@ fn absolute(path: &Path) -> PathBuf {
             _ => return std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf()),
         }
     }
-}
-
-/// Moves the finished staging tree to `out`, replacing an existing `out` (empty, or with
-/// `overwrite`) only now that the new tree is complete.
-fn install(staging: tempfile::TempDir, out: &Path, overwrite: bool) -> Result<()> {
-    check_out(out, overwrite)?; // again: it may have changed while we worked
-    let staged = staging.keep();
-    let result = replace_dir(&staged, out);
-    if result.is_err() {
-        let _ = std::fs::remove_dir_all(&staged);
-    }
-    result
-}
-
-fn replace_dir(staged: &Path, out: &Path) -> Result<()> {
-    if !out.exists() {
-        return std::fs::rename(staged, out).map_err(|e| Error::io(out, e));
-    }
-    let parent = staged.parent().unwrap_or(Path::new("."));
-    let old = tempfile::Builder::new()
-        .prefix(".wise-replaced-")
-        .tempdir_in(parent)
-        .map_err(|e| Error::io(parent, e))?;
-    let old_path = old.path().join("old");
-    std::fs::rename(out, &old_path).map_err(|e| Error::io(out, e))?;
-    if let Err(e) = std::fs::rename(staged, out) {
-        let _ = std::fs::rename(&old_path, out); // put the previous tree back
-        return Err(Error::io(out, e));
-    }
-    drop(old); // deletes the previous tree
-    Ok(())
 }

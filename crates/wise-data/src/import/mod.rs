@@ -39,6 +39,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use crate::classnames::{write_classnames, CLASSNAMES_FILE};
+use crate::output::{check_out, install, staging_dir};
 use crate::{Error, Result};
 
 /// A dataset the importer knows.
@@ -156,15 +157,7 @@ impl fmt::Display for ImportSummary {
 pub fn import(source: Source, from: &Path, out: &Path, overwrite: bool) -> Result<ImportSummary> {
     check_out(out, overwrite)?;
     refuse_out_around_source(from, out)?;
-    let parent = match out.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    std::fs::create_dir_all(&parent).map_err(|e| Error::io(&parent, e))?;
-    let staging = tempfile::Builder::new()
-        .prefix(".wise-import-")
-        .tempdir_in(&parent)
-        .map_err(|e| Error::io(&parent, e))?;
+    let staging = staging_dir(out, "wise-import")?;
 
     let written = match source {
         Source::Cifar10 => cifar::import(&locate(source, from, &["cifar10-jpeg.tar.gz"])?, staging.path())?,
@@ -196,20 +189,6 @@ struct Written {
     splits: Vec<SplitSummary>,
 }
 
-fn check_out(out: &Path, overwrite: bool) -> Result<()> {
-    if !out.exists() {
-        return Ok(());
-    }
-    if !out.is_dir() {
-        return Err(Error::invalid(out, "exists and is not a folder"));
-    }
-    let empty = std::fs::read_dir(out).map_err(|e| Error::io(out, e))?.next().is_none();
-    if !empty && !overwrite {
-        return Err(Error::invalid(out, "is not empty; refusing to write into it (--overwrite replaces it)"));
-    }
-    Ok(())
-}
-
 /// Replacing `out` deletes it, so it must not hold the raw data being read.
 fn refuse_out_around_source(from: &Path, out: &Path) -> Result<()> {
     let (Ok(from), Ok(out_abs)) = (from.canonicalize(), out.canonicalize()) else {
@@ -221,37 +200,6 @@ fn refuse_out_around_source(from: &Path, out: &Path) -> Result<()> {
             format!("contains the source {}; choose another output folder", from.display()),
         ));
     }
-    Ok(())
-}
-
-/// Moves the finished staging tree to `out`, replacing an existing `out` (empty, or with
-/// `overwrite`) only after the new tree is complete.
-fn install(staging: tempfile::TempDir, out: &Path, overwrite: bool) -> Result<()> {
-    check_out(out, overwrite)?; // again: it may have changed while we worked
-    let staged = staging.keep();
-    let result = replace_dir(&staged, out);
-    if result.is_err() {
-        let _ = std::fs::remove_dir_all(&staged);
-    }
-    result
-}
-
-fn replace_dir(staged: &Path, out: &Path) -> Result<()> {
-    if !out.exists() {
-        return std::fs::rename(staged, out).map_err(|e| Error::io(out, e));
-    }
-    let parent = staged.parent().unwrap_or(Path::new("."));
-    let old = tempfile::Builder::new()
-        .prefix(".wise-replaced-")
-        .tempdir_in(parent)
-        .map_err(|e| Error::io(parent, e))?;
-    let old_path = old.path().join("old");
-    std::fs::rename(out, &old_path).map_err(|e| Error::io(out, e))?;
-    if let Err(e) = std::fs::rename(staged, out) {
-        let _ = std::fs::rename(&old_path, out); // put the previous tree back
-        return Err(Error::io(out, e));
-    }
-    drop(old); // deletes the previous tree
     Ok(())
 }
 
