@@ -20,6 +20,27 @@
 //!
 //! The reference is wise-ft's `_merge` (and `compute_fisher`); `tests/formula.rs` checks the
 //! merge against it, run by PyTorch on fixtures made by `scripts/make_fixtures.py`.
+//!
+//! ```no_run
+//! use std::collections::BTreeMap;
+//! use wise_ensemble::{alpha_file_name, merge, wise_ft_weights, MergeSpec, Output};
+//! # fn main() -> wise_ensemble::Result<()> {
+//! // WiSE-FT at α = 0.25 and 0.5, in one pass over the two checkpoints.
+//! let outputs = [0.25, 0.5]
+//!     .iter()
+//!     .map(|&alpha| {
+//!         Ok(Output {
+//!             path: format!("wise/{}", alpha_file_name(alpha)).into(),
+//!             weights: wise_ft_weights(alpha, false)?,
+//!             metadata: BTreeMap::from([("wise.alpha".to_string(), alpha.to_string())]),
+//!         })
+//!     })
+//!     .collect::<wise_ensemble::Result<Vec<_>>>()?;
+//! let inputs = vec!["zeroshot.safetensors".into(), "finetuned.safetensors".into()];
+//! let report = merge(&MergeSpec::new(inputs, "wise-ft", outputs), |_done, _total| {})?;
+//! println!("inputs {:?} merged in {:.1} s", report.input_sha256, report.seconds);
+//! # Ok(()) }
+//! ```
 
 pub mod alphas;
 pub mod fisher;
