@@ -1,7 +1,6 @@
 //! `wise plot` end to end on a results file written here: the figure and the report are
 //! written, bad input is reported with the file (and line) and writes nothing.
 
-
 mod common;
 use common::{s, stderr, wise};
 

@@ -1,7 +1,6 @@
 //! `wise zeroshot` then `wise eval` on real shifted digits: the classifier checkpoint every
 //! later command uses, the results line, subsets of classes, and bad input.
 
-
 #[path = "../../wise-clip/tests/support/mod.rs"]
 mod support;
 use support::{fixture, shared_datasets};
