@@ -9,6 +9,8 @@
 #   warm  both inputs were just read, so both commands find them in the page cache;
 #
 # `cat A B > /dev/null` and `wise ensemble --zeroshot A --finetuned B --alpha 0.5` are timed
+# (and, for reference, `cat A & cat B`: the merge reads both inputs at once, which a disk
+# may serve faster than one after the other)
 # with /usr/bin/time -v (wall time, peak RSS). Throughput is input bytes / wall time for
 # both. The merge also hashes both inputs (sha256) and writes a 1.71 GB output; the output
 # is deleted (and synced) before the next run so that runs do not queue behind each other's
@@ -61,6 +63,8 @@ for state in cold warm; do
         if [[ $state == cold ]]; then evict "$A" "$B"; else warm "$A" "$B"; fi
         timed "$state-cat" cat "$A" "$B"
         if [[ $state == cold ]]; then evict "$A" "$B"; else warm "$A" "$B"; fi
+        timed "$state-pcat" bash -c 'cat "$1" > /dev/null & cat "$2" > /dev/null & wait' _ "$A" "$B"
+        if [[ $state == cold ]]; then evict "$A" "$B"; else warm "$A" "$B"; fi
         timed "$state-merge" "$WISE" ensemble --zeroshot "$A" --finetuned "$B" --alpha 0.5 --out-dir "$OUT"
     done
 done
@@ -69,14 +73,15 @@ median() { sort -n | awk '{v[NR] = $1} END {print (NR % 2) ? v[(NR + 1) / 2] : (
 echo
 echo "inputs: 2 x $PRESET f32, $((BYTES / 2)) bytes each; $REPEAT runs per cell, medians; $(nproc) cores"
 echo
-echo "| state | cat s | cat MB/s | merge s | merge MB/s | merge / cat | merge peak RSS |"
-echo "|---|---|---|---|---|---|---|"
+echo "| state | cat A B s | cat MB/s | cat A & cat B s | merge s | merge MB/s | merge / cat | merge peak RSS |"
+echo "|---|---|---|---|---|---|---|---|"
 for state in cold warm; do
     cat_s=$(awk -v l="$state-cat" '$1 == l {print $2}' "$DIR/times" | median)
+    pcat_s=$(awk -v l="$state-pcat" '$1 == l {print $2}' "$DIR/times" | median)
     merge_s=$(awk -v l="$state-merge" '$1 == l {print $2}' "$DIR/times" | median)
     rss_kb=$(awk -v l="$state-merge" '$1 == l {print $3}' "$DIR/times" | sort -n | tail -1)
-    awk -v st="$state" -v b="$BYTES" -v c="$cat_s" -v m="$merge_s" -v r="$rss_kb" 'BEGIN {
-        printf "| %s | %.2f | %.0f | %.2f | %.0f | %.0f%% | %.0f MB |\n", st, c, b / c / 1e6, m, b / m / 1e6, 100 * c / m, r / 1024 }'
+    awk -v st="$state" -v b="$BYTES" -v c="$cat_s" -v p="$pcat_s" -v m="$merge_s" -v r="$rss_kb" 'BEGIN {
+        printf "| %s | %.2f | %.0f | %.2f | %.2f | %.0f | %.0f%% | %.0f MB |\n", st, c, b / c / 1e6, p, m, b / m / 1e6, 100 * c / m, r / 1024 }'
 done
 echo
 echo "all runs (label, wall s, max RSS KB):"

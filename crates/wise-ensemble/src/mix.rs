@@ -38,8 +38,9 @@ pub fn one_hot(weights: &[f64]) -> Option<usize> {
 
 /// Decodes little-endian `bytes` of a mixable `dtype` into `out` (replacing its content).
 pub fn decode(dtype: Dtype, bytes: &[u8], out: &mut Vec<f32>) {
-    // Resize-then-zip loops over fixed-size chunks compile to straight vector code.
-    out.clear();
+    // Resize-then-zip loops over fixed-size chunks compile to straight vector code. Every
+    // element is overwritten, so `resize` without `clear` (no zero-filling of a buffer
+    // that is reused chunk after chunk).
     match dtype {
         Dtype::F32 => {
             out.resize(bytes.len() / 4, 0.0);
@@ -65,13 +66,13 @@ pub fn decode(dtype: Dtype, bytes: &[u8], out: &mut Vec<f32>) {
                 *o = f64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]) as f32;
             }
         }
-        _ => {}
+        _ => out.clear(),
     }
 }
 
 /// Encodes `values` as little-endian `dtype` into `out` (replacing its content).
 pub fn encode(dtype: Dtype, values: &[f32], out: &mut Vec<u8>) {
-    out.clear();
+    // As in `decode`: every byte is overwritten.
     out.resize(values.len() * element_bytes(dtype), 0);
     match dtype {
         Dtype::F32 => {
