@@ -13,8 +13,20 @@ use wise_zeroshot::ImageClassifier;
 #[derive(Args)]
 pub struct EvalArgs {
     /// Classifier checkpoint (from `wise zeroshot`, `wise train` or `wise ensemble`).
+    #[arg(long, required_unless_present = "zeroshot", conflicts_with_all = ["zeroshot", "finetuned", "alphas"])]
+    model: Option<PathBuf>,
+    /// α sweep without writing checkpoints: the zero-shot endpoint (with --finetuned, --alphas).
+    #[arg(long, requires_all = ["finetuned", "alphas"])]
+    zeroshot: Option<PathBuf>,
+    /// α sweep: the fine-tuned endpoint.
+    #[arg(long, requires = "zeroshot")]
+    finetuned: Option<PathBuf>,
+    /// α sweep: values as `0,0.5,1` or `START:END:STEP` (e.g. `0:1:0.1`).
+    #[arg(long, requires = "zeroshot")]
+    alphas: Option<String>,
+    /// Allow α outside [0, 1] in the sweep.
     #[arg(long)]
-    model: PathBuf,
+    extrapolate: bool,
     /// A dataset to evaluate on, as NAME=PATH (ImageFolder or CSV); repeat for shifted sets.
     #[arg(long = "data", value_name = "NAME=PATH", required = true)]
     data: Vec<String>,
@@ -35,12 +47,25 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.batch_size > 0, "--batch-size must be at least 1");
     let device = wise_clip::parse_device(&args.device)?;
     let datasets = parse_datasets(&args.data)?;
-    let classifier =
-        ImageClassifier::load(&args.model, &device)?.with_compute_dtype(wise_clip::compute_dtype(&device));
     let options = EvalOptions {
         batch_size: args.batch_size,
         on_bad_image: if args.on_bad_image == "skip" { OnBadImage::Skip } else { OnBadImage::Error },
     };
+    if let (Some(zs), Some(ft), Some(alphas)) = (&args.zeroshot, &args.finetuned, &args.alphas) {
+        return crate::ensemble::sweep(
+            zs,
+            ft,
+            alphas,
+            args.extrapolate,
+            &datasets,
+            &options,
+            args.results.as_deref(),
+            &device,
+        );
+    }
+    let model = args.model.clone().context("--model (or --zeroshot/--finetuned/--alphas) is required")?;
+    let classifier =
+        ImageClassifier::load(&model, &device)?.with_compute_dtype(wise_clip::compute_dtype(&device));
     let mut evaluations = Vec::new();
     for (name, dataset) in &datasets {
         let bar = ProgressBar::new(dataset.samples.len() as u64);
@@ -61,7 +86,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     print_table(&evaluations);
     if let Some(path) = &args.results {
         let alpha = classifier.meta.extra.get("alpha").and_then(|a| a.parse::<f64>().ok());
-        let record = ResultsFile::record(&args.model.display().to_string(), alpha, &evaluations);
+        let record = ResultsFile::record(&model.display().to_string(), alpha, &evaluations);
         ResultsFile::new(path).append(&record).with_context(|| format!("appending to {}", path.display()))?;
         eprintln!("appended results to {}", path.display());
     }

@@ -142,3 +142,58 @@ fn bad_zeroshot_and_eval_input_is_named() {
     let stdout = ok(&wise(&["eval", "--model", s(&out), "--data", &spec, "--on-bad-image", "skip"]));
     assert!(stdout.contains("D "), "{stdout}");
 }
+
+#[test]
+fn eval_sweeps_alpha_in_memory_between_two_classifiers() {
+    let Some(data) = shared_datasets() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let semeion = tmp.path().join("semeion");
+    wise_data::import(wise_data::Source::Semeion, &data.join("digits/semeion"), &semeion, false).unwrap();
+    let model = fixture("clip-tiny-quickgelu");
+    let classes = fixture("zeroshot/classnames.txt");
+    let (a, b) = (tmp.path().join("a.safetensors"), tmp.path().join("b.safetensors"));
+    for (templates, out) in [("simple", &a), ("openai_imagenet", &b)] {
+        ok(&wise(&[
+            "zeroshot",
+            "--model",
+            s(&model),
+            "--classes",
+            s(&classes),
+            "--templates",
+            templates,
+            "--out",
+            s(out),
+        ]));
+    }
+    let spec = format!("Semeion={}", s(&semeion));
+    let results = tmp.path().join("sweep.jsonl");
+    ok(&wise(&[
+        "eval",
+        "--zeroshot",
+        s(&a),
+        "--finetuned",
+        s(&b),
+        "--alphas",
+        "0:1:0.5",
+        "--data",
+        &spec,
+        "--results",
+        s(&results),
+    ]));
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&results)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.iter().map(|l| l["alpha"].as_f64().unwrap()).collect::<Vec<_>>(), [0.0, 0.5, 1.0]);
+    // The endpoints are the two classifiers themselves.
+    for (line, endpoint) in [(&lines[0], &a), (&lines[2], &b)] {
+        let single = tmp.path().join("single.jsonl");
+        let _ = std::fs::remove_file(&single);
+        ok(&wise(&["eval", "--model", s(endpoint), "--data", &spec, "--results", s(&single)]));
+        let one: serde_json::Value =
+            serde_json::from_str(std::fs::read_to_string(&single).unwrap().trim()).unwrap();
+        assert_eq!(line["Semeion:top1"], one["Semeion:top1"]);
+    }
+    fails_with(&wise(&["eval", "--zeroshot", s(&a), "--data", &spec]), &["--finetuned"]);
+}
