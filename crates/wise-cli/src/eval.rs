@@ -22,10 +22,10 @@ pub struct EvalArgs {
     #[arg(long, requires = "zeroshot")]
     finetuned: Option<PathBuf>,
     /// α sweep: values as `0,0.5,1` or `START:END:STEP` (e.g. `0:1:0.1`).
-    #[arg(long, requires = "zeroshot")]
+    #[arg(long, requires = "zeroshot", allow_hyphen_values = true)]
     alphas: Option<String>,
     /// Allow α outside [0, 1] in the sweep.
-    #[arg(long)]
+    #[arg(long, requires = "zeroshot")]
     extrapolate: bool,
     /// A dataset to evaluate on, as NAME=PATH (ImageFolder or CSV); repeat for shifted sets.
     #[arg(long = "data", value_name = "NAME=PATH", required = true)]

@@ -231,6 +231,23 @@ fn merged_classifiers_load_in_eval_and_the_sweep_matches_them() {
         before.len() + 1,
         "only the results file is new"
     );
+    // `wise eval` runs the same sweep.
+    let via_eval = tmp.path().join("via_eval.jsonl");
+    let alphas =
+        ["--finetuned", s(&fts[0]), "--alphas", "0:1:0.5", "--data", &spec, "--results", s(&via_eval)];
+    ok(&wise(&[&["eval", "--zeroshot", s(&zs)], &alphas[..]].concat()));
+    let again: Vec<serde_json::Value> = std::fs::read_to_string(&via_eval)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(again.len(), 3);
+    for (a, b) in lines.iter().zip(&again) {
+        assert_eq!(
+            (&a["alpha"], &a["Small:top1"], &a["model"]),
+            (&b["alpha"], &b["Small:top1"], &b["model"])
+        );
+    }
     fails_with(
         &wise(&[
             "ensemble",
