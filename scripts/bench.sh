@@ -15,8 +15,10 @@
 # Builds the Rust bench first (compile time is not measured), then runs PyTorch (HF
 # transformers and open_clip) and wise one after the other on the same machine, all
 # random weights, fp32, CPU. Prints the machine, the JSON lines, a table and the ratio
-# wise / PyTorch (img/s) for each PyTorch implementation. `--threads` sets torch's threads
-# and RAYON_NUM_THREADS for wise; the default is the number of cores (nproc).
+# wise / PyTorch (img/s) for each PyTorch implementation, from the mean over the timed
+# iterations and from the fastest one ("best": robust to other load on a shared machine).
+# `--threads` sets torch's threads and RAYON_NUM_THREADS for wise; the default is the
+# number of cores (nproc). Check `uptime` first: other jobs on the box skew everything.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -31,7 +33,7 @@ while [[ $# -gt 0 ]]; do
         --warmup) WARMUP=$2; shift 2 ;;
         --iters) ITERS=$2; shift 2 ;;
         --threads) THREADS=$2; shift 2 ;;
-        -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
         *) echo "unknown argument: $1" >&2; exit 2 ;;
     esac
 done
@@ -85,13 +87,14 @@ echo "== summary"
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
 by = {r["impl"]: r for r in rows}
-print(f"{'impl':<10} {'img/s':>8} {'s/batch':>8} {'batch':>5} {'threads':>7}")
+print(f"{'impl':<10} {'img/s':>8} {'best':>8} {'s/batch':>8} {'batch':>5} {'threads':>7}")
 for r in rows:
-    print(f"{r['impl']:<10} {r['img_per_s']:>8.2f} {r['batch_size'] / r['img_per_s']:>8.3f} "
-          f"{r['batch_size']:>5} {r['threads']:>7}")
+    print(f"{r['impl']:<10} {r['img_per_s']:>8.2f} {r['img_per_s_best']:>8.2f} "
+          f"{r['batch_size'] / r['img_per_s']:>8.3f} {r['batch_size']:>5} {r['threads']:>7}")
 wise = by.get("wise")
 if wise:
     for name in ("hf", "open_clip"):
         if name in by:
-            print(f"ratio wise/{name}: {wise['img_per_s'] / by[name]['img_per_s']:.2f}")
+            print(f"ratio wise/{name}: {wise['img_per_s'] / by[name]['img_per_s']:.2f} (mean), "
+                  f"{wise['img_per_s_best'] / by[name]['img_per_s_best']:.2f} (best iteration)")
 PY

@@ -87,9 +87,10 @@ fn main() -> anyhow::Result<()> {
     let faults: Vec<String> =
         faults.iter().map(|f| f.map_or("null".to_string(), |f| f.to_string())).collect();
     println!(
-        "{{\"impl\": \"wise\", \"img_per_s\": {:.3}, \"batch_size\": {batch}, \"threads\": {}, \"torch\": null, \
+        "{{\"impl\": \"wise\", \"img_per_s\": {:.3}, \"img_per_s_best\": {:.3}, \"batch_size\": {batch}, \"threads\": {}, \"torch\": null, \
          \"iters\": {iters}, \"iter_s\": [{}], \"minor_faults\": [{}], \"candle\": \"0.11\", \"preset\": \"{preset}\"}}",
         (batch * iters) as f64 / total,
+        batch as f64 / times.iter().copied().fold(f64::INFINITY, f64::min),
         candle_core::utils::get_num_threads(),
         iter_s.join(", "),
         faults.join(", "),
