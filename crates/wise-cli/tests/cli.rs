@@ -1,15 +1,14 @@
 //! The `wise` binary end to end on the fixture models: outputs against the HF reference,
 //! hub resolution from the environment, and bad input reported with the file and cause.
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::process::{Command, Output};
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::DType;
 
 #[path = "../../wise-clip/tests/support/mod.rs"]
 mod support;
-use support::{fake_hub_cache, fixture, max_abs_diff};
+use support::{fake_hub_cache, fixture, load, max_abs_diff};
 mod common;
 use common::{s, stderr};
 
@@ -24,10 +23,6 @@ fn wise_env(args: &[&str], env: &[(&str, &str)]) -> Output {
         cmd.env(k, v);
     }
     cmd.output().expect("wise runs")
-}
-
-fn load(path: &Path) -> HashMap<String, Tensor> {
-    candle_core::safetensors::load(path, &Device::Cpu).unwrap()
 }
 
 /// The four images the fixture's `pixel_values` were made from, in that order.

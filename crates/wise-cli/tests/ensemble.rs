@@ -14,7 +14,7 @@ use wise_zeroshot::ImageClassifier;
 
 #[path = "../../wise-clip/tests/support/mod.rs"]
 mod support;
-use support::{fixture, max_abs_diff};
+use support::{fixture, load, max_abs_diff, raw};
 
 fn wise(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_wise")).args(args).output().expect("wise runs")
@@ -41,16 +41,6 @@ fn s(p: &Path) -> &str {
 
 fn ens(name: &str) -> String {
     fixture(&format!("ensemble/{name}")).to_str().unwrap().to_string()
-}
-
-fn load(path: &Path) -> HashMap<String, Tensor> {
-    candle_core::safetensors::load(path, &Device::Cpu).unwrap()
-}
-
-fn raw(path: &Path) -> BTreeMap<String, Vec<u8>> {
-    let bytes = std::fs::read(path).unwrap();
-    let st = SafeTensors::deserialize(&bytes).unwrap();
-    st.tensors().into_iter().map(|(n, v)| (n, v.data().to_vec())).collect()
 }
 
 fn metadata(path: &Path) -> HashMap<String, String> {

@@ -1,14 +1,11 @@
 //! The CLIP tokenizer against Hugging Face's `CLIPTokenizerFast` (reference ids generated in
 //! Python into `tests/fixtures`), plus truncation, context length and error behaviour.
 
-use std::path::{Path, PathBuf};
-
 use candle_core::{DType, Device};
 use wise_clip::tokenizer::ClipTokenizer;
 
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
-}
+mod support;
+use support::fixture;
 
 /// The first position where two id sequences differ, for readable failures.
 fn first_diff(a: &[u32], b: &[u32]) -> Option<usize> {
@@ -17,7 +14,7 @@ fn first_diff(a: &[u32], b: &[u32]) -> Option<usize> {
 
 #[test]
 fn openai_vocab_matches_hf_clip_tokenizer_fast() {
-    let path = fixtures().join("tokenizer/cases.json");
+    let path = fixture("tokenizer/cases.json");
     let json: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&path).expect("cases.json")).expect("valid JSON");
     let context_length = json["context_length"].as_u64().expect("context_length") as usize;
@@ -54,7 +51,7 @@ fn openai_vocab_matches_hf_clip_tokenizer_fast() {
 
 #[test]
 fn tokenizer_json_in_model_dir_matches_hf() {
-    let dir = fixtures().join("clip-tiny-quickgelu");
+    let dir = fixture("clip-tiny-quickgelu");
     let expected = dir.join("expected.safetensors");
     let tensors = candle_core::safetensors::load(&expected, &Device::Cpu).expect("expected.safetensors");
     let ids = tensors.get("input_ids").expect("input_ids in expected.safetensors");
@@ -62,7 +59,7 @@ fn tokenizer_json_in_model_dir_matches_hf() {
     let want: Vec<Vec<i64>> = ids.to_dtype(DType::I64).unwrap().to_vec2().unwrap();
 
     let texts: Vec<String> =
-        std::fs::read_to_string(fixtures().join("texts.txt")).unwrap().lines().map(str::to_string).collect();
+        std::fs::read_to_string(fixture("texts.txt")).unwrap().lines().map(str::to_string).collect();
     assert_eq!(texts.len(), n);
 
     let tok = ClipTokenizer::for_model_dir(&dir, context_length).unwrap();

@@ -13,7 +13,7 @@ use wise_ensemble::{alpha_file_name, merge, MergeSpec, Output};
 
 #[path = "../../wise-clip/tests/support/mod.rs"]
 mod support;
-use support::{fixture, max_abs_diff};
+use support::{fixture, load, max_abs_diff, raw};
 
 const ALPHAS: [f64; 5] = [0.0, 0.25, 0.5, 0.75, 1.0];
 
@@ -23,17 +23,6 @@ fn theta(i: usize) -> PathBuf {
 
 fn fisher(i: usize) -> PathBuf {
     fixture(&format!("ensemble/fisher_{i}.safetensors"))
-}
-
-fn load(path: &Path) -> HashMap<String, Tensor> {
-    candle_core::safetensors::load(path, &Device::Cpu).unwrap()
-}
-
-/// Each tensor's raw bytes.
-fn raw(path: &Path) -> BTreeMap<String, Vec<u8>> {
-    let bytes = std::fs::read(path).unwrap();
-    let st = SafeTensors::deserialize(&bytes).unwrap();
-    st.tensors().into_iter().map(|(n, v)| (n, v.data().to_vec())).collect()
 }
 
 fn wise_ft_outputs(dir: &Path, alphas: &[f64]) -> Vec<Output> {

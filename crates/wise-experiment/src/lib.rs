@@ -200,7 +200,11 @@ pub fn run(
                     .map_err(stage_err(&stage.name))?;
             }
             "pretrain" => {
-                let p = exp.model.pretrain.as_ref().expect("planned");
+                let p = exp
+                    .model
+                    .pretrain
+                    .as_ref()
+                    .ok_or_else(|| Error::Invalid("no [model.pretrain]".into()))?;
                 let paths: Vec<PathBuf> = p.data.iter().map(|d| exp.path(d)).collect();
                 let (data, captions) = load_captioned(&paths, &p.captions).map_err(stage_err("pretrain"))?;
                 let config = PretrainConfig {

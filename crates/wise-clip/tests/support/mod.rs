@@ -2,9 +2,10 @@
 //! with `#[path]`): fixture paths, tensor comparison, a fake HF hub cache.
 #![allow(dead_code)]
 
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
-use candle_core::{DType, Tensor};
+use candle_core::{DType, Device, Tensor};
 
 /// A file or folder under the repository's `tests/fixtures`.
 pub fn fixture(rel: &str) -> PathBuf {
@@ -59,3 +60,14 @@ pub fn shared_datasets() -> Option<PathBuf> {
 /// The readable names of the digit classes `0`..`9`.
 pub const DIGITS: [&str; 10] =
     ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"];
+
+/// Every tensor of a safetensors file, on the CPU.
+pub fn load(path: &Path) -> HashMap<String, Tensor> {
+    candle_core::safetensors::load(path, &Device::Cpu).unwrap()
+}
+
+/// Each tensor's raw bytes, for bit-for-bit comparisons.
+pub fn raw(path: &Path) -> BTreeMap<String, Vec<u8>> {
+    let file = wise_clip::weights::SafetensorsFile::open(path).unwrap();
+    file.names().into_iter().map(|n| (n.clone(), file.view(&n).unwrap().data().to_vec())).collect()
+}
