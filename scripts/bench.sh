@@ -1,19 +1,21 @@
 #!/usr/bin/env bash
-# Side-by-side CPU inference benchmark of the ViT-B/32 image tower: PyTorch vs wise.
+# Side-by-side CPU benchmark of a ViT-B/32 classifier: PyTorch (HF, open_clip) vs wise.
 #
 # Usage:
-#   scripts/bench.sh [--batch-size 32] [--warmup 1] [--iters 5] [--threads T]
+#   scripts/bench.sh [--mode infer|train] [--batch-size N] [--warmup 1] [--iters 5] [--threads T]
+#
+#   --mode infer    the image tower forward, fp32, batch 32 by default
+#   --mode train    one fine-tuning step (tower + head, cross-entropy, backward, clipping,
+#                   AdamW), fp32, batch 16 by default
 #
 #   WISE_PY=/path/to/python   Python with torch + transformers + open_clip
 #                             (scripts/requirements-fixtures.txt). Default:
 #                             .venv-fixtures/bin/python, else /root/.cache/wise-py/bin/python.
 #   BENCH_OUT=file.jsonl      also write the raw JSON lines there.
-#   WISE_BENCH_BIN=path       run this already built bench binary and skip the cargo
-#                             build (e.g. target/release/deps/vision-<hash>, as printed
-#                             by `cargo bench -p wise-clip --bench vision --no-run`).
+#   WISE_BIN=path             run this already built `wise` and skip the cargo build.
 #
-# Builds the Rust bench first (compile time is not measured), then runs PyTorch (HF
-# transformers and open_clip) and wise one after the other on the same machine, all
+# Builds `wise` in release first (compile time is not measured), then runs PyTorch
+# (scripts/bench_torch.py) and `wise bench` one after the other on the same machine, all
 # random weights, fp32, CPU. Prints the machine, the JSON lines, a table and the ratio
 # wise / PyTorch (img/s) for each PyTorch implementation, from the mean over the timed
 # iterations and from the fastest one ("best": robust to other load on a shared machine).
@@ -23,21 +25,27 @@ set -euo pipefail
 
 cd "$(dirname "$0")/.."
 
-BATCH=32
+MODE=infer
+BATCH=
 WARMUP=1
 ITERS=5
 THREADS=$(nproc)
 while [[ $# -gt 0 ]]; do
     case "$1" in
+        --mode) MODE=$2; shift 2 ;;
         --batch-size) BATCH=$2; shift 2 ;;
         --warmup) WARMUP=$2; shift 2 ;;
         --iters) ITERS=$2; shift 2 ;;
         --threads) THREADS=$2; shift 2 ;;
-        -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
         *) echo "unknown argument: $1" >&2; exit 2 ;;
     esac
 done
-
+case "$MODE" in
+    infer) BATCH=${BATCH:-32} ;;
+    train) BATCH=${BATCH:-16} ;;
+    *) echo "--mode must be infer or train, not $MODE" >&2; exit 2 ;;
+esac
 PY=${WISE_PY:-}
 if [[ -z "$PY" ]]; then
     if [[ -x .venv-fixtures/bin/python ]]; then
@@ -50,13 +58,12 @@ if [[ -z "$PY" ]]; then
     fi
 fi
 
-if [[ -n "${WISE_BENCH_BIN:-}" ]]; then
-    echo "== using prebuilt $WISE_BENCH_BIN (no build)"
-    WISE_CMD=("$WISE_BENCH_BIN")
+if [[ -n "${WISE_BIN:-}" ]]; then
+    echo "== using prebuilt $WISE_BIN (no build)"
 else
     echo "== build (not timed)"
-    cargo bench -p wise-clip --bench vision --no-run 2>&1 | tail -n 3
-    WISE_CMD=(cargo bench -q -p wise-clip --bench vision --)
+    cargo build --release -q -p wise-cli
+    WISE_BIN=${CARGO_TARGET_DIR:-target}/release/wise
 fi
 
 TORCH_VERSION=$("$PY" -c 'import torch; print(torch.__version__)')
@@ -67,17 +74,18 @@ echo "cpu:        $(lscpu | sed -n 's/^Model name:[[:space:]]*//p' | head -n 1)"
 echo "uptime:     $(uptime)"
 echo "torch:      $TORCH_VERSION ($PY)"
 echo "rustc:      $(rustc --version)"
-echo "threads:    $THREADS   batch: $BATCH   warmup: $WARMUP   iters: $ITERS"
+echo "mode:       $MODE   threads: $THREADS   batch: $BATCH   warmup: $WARMUP   iters: $ITERS"
 
 RESULTS=$(mktemp)
 trap 'rm -f "$RESULTS"' EXIT
 
 echo "== PyTorch"
-"$PY" scripts/bench_torch.py --batch-size "$BATCH" --warmup "$WARMUP" --iters "$ITERS" --threads "$THREADS" \
+"$PY" scripts/bench_torch.py --mode "$MODE" --batch-size "$BATCH" --warmup "$WARMUP" --iters "$ITERS" --threads "$THREADS" \
     2> >(grep -v "No pretrained weights loaded" >&2) | tee -a "$RESULTS"
 
 echo "== wise"
-RAYON_NUM_THREADS=$THREADS "${WISE_CMD[@]}" --batch-size "$BATCH" --warmup "$WARMUP" --iters "$ITERS" | grep '^{' | tee -a "$RESULTS"
+RAYON_NUM_THREADS=$THREADS "$WISE_BIN" bench --mode "$MODE" --batch-size "$BATCH" --warmup "$WARMUP" --iters "$ITERS" \
+    | tee -a "$RESULTS"
 
 echo "uptime after: $(uptime)"
 if [[ -n "${BENCH_OUT:-}" ]]; then cp "$RESULTS" "$BENCH_OUT"; fi

@@ -1,20 +1,32 @@
 #!/usr/bin/env python3
-"""PyTorch CPU inference benchmark of the ViT-B/32 image tower (the baseline for wise).
+"""PyTorch benchmark of a CLIP image classifier (the baseline for `wise bench`).
 
-Two implementations, both random weights, fp32, eval mode, ``torch.inference_mode()``:
+Two implementations, both random weights:
 
-- ``hf``: transformers ``CLIPVisionModelWithProjection`` from a ViT-B/32
-  ``CLIPVisionConfig`` (hidden 768, 12 layers, 12 heads, mlp 3072, 224px, patch 32,
-  projection 512, quick_gelu) -> ``image_embeds`` [B, 512].
-- ``open_clip``: ``open_clip.create_model("ViT-B-32", pretrained=None).visual``.
+- ``hf``: transformers ``CLIPVisionModelWithProjection`` from a ``CLIPVisionConfig`` of the
+  preset's shape (ViT-B/32: hidden 768, 12 layers, 12 heads, mlp 3072, 224px, patch 32,
+  projection 512, quick_gelu; ViT-B/16 the same with patch 16), its default attention
+  (SDPA) -> ``image_embeds`` [B, 512].
+- ``open_clip``: ``open_clip.create_model(<preset>, pretrained=None).visual`` (skipped with a
+  note on stderr where open_clip is not installed).
 
-Prints one JSON line per implementation::
+Modes (the same work as ``wise bench --mode``):
 
-    {"impl": "hf", "img_per_s": 13.6, "batch_size": 32, "threads": 2, "torch": "2.15.0", ...}
+- ``infer``: the tower forward under ``torch.inference_mode()``, eval mode.
+- ``train``: one wise-ft step of tower + head (``Linear(512, classes)`` on the L2-normalised
+  features): cross-entropy, backward, ``clip_grad_norm_(1.0)``, ``AdamW(lr=3e-5, wd=0.1)``,
+  train mode.
+
+``--device cuda --amp bf16`` runs under ``torch.autocast("cuda", torch.bfloat16)`` with fp32
+master weights (PyTorch AMP, the counterpart of wise's bf16 compute on GPUs), synchronising
+before each clock read. Prints one JSON line per implementation::
+
+    {"impl": "hf", "mode": "train", "img_per_s": 3.9, "batch_size": 16, "threads": 2, ...}
 
 Usage (any venv with the pins of scripts/requirements-fixtures.txt)::
 
-    python scripts/bench_torch.py --batch-size 32 --warmup 1 --iters 5 [--threads T] [--impl hf open_clip]
+    python scripts/bench_torch.py --mode infer --batch-size 32 --warmup 1 --iters 5 [--threads T]
+        [--impl hf open_clip] [--preset ViT-B/32] [--device cpu|cuda] [--amp none|bf16]
 
 ``img_per_s`` is batch_size * iters / (total time of the timed iterations);
 ``img_per_s_best`` is from the fastest iteration (robust to other load on a shared
@@ -22,14 +34,18 @@ machine); the per-iteration times are in ``iter_s``.
 """
 
 import argparse
+import contextlib
 import json
 import os
+import sys
 import time
 
 import torch
 
+PRESETS = {"ViT-B/32": 32, "ViT-B/16": 16}
 
-def build_hf():
+
+def build_hf(preset):
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
     config = CLIPVisionConfig(
@@ -39,73 +55,109 @@ def build_hf():
         num_attention_heads=12,
         num_channels=3,
         image_size=224,
-        patch_size=32,
+        patch_size=PRESETS[preset],
         projection_dim=512,
         hidden_act="quick_gelu",
         layer_norm_eps=1e-5,
     )
-    model = CLIPVisionModelWithProjection(config).eval()
-
-    def run(pixels):
-        return model(pixel_values=pixels).image_embeds
-
-    return model, run
+    model = CLIPVisionModelWithProjection(config)
+    return model, lambda pixels: model(pixel_values=pixels).image_embeds
 
 
-def build_open_clip():
+def build_open_clip(preset):
     import open_clip
 
-    model = open_clip.create_model("ViT-B-32", pretrained=None).visual.eval()
-
-    def run(pixels):
-        return model(pixels)
-
-    return model, run
+    model = open_clip.create_model(preset.replace("/", "-"), pretrained=None).visual
+    return model, model
 
 
 BUILDERS = {"hf": build_hf, "open_clip": build_open_clip}
 
 
-def bench(name, batch_size, warmup, iters, seed):
-    torch.manual_seed(seed)
-    model, run = BUILDERS[name]()
-    model = model.float()
-    pixels = torch.randn(batch_size, 3, 224, 224, dtype=torch.float32)
-    times = []
-    with torch.inference_mode():
-        for _ in range(warmup):
-            out = run(pixels)
-        for _ in range(iters):
-            t0 = time.perf_counter()
-            out = run(pixels)
-            times.append(time.perf_counter() - t0)
-    assert tuple(out.shape) == (batch_size, 512), out.shape
+def bench(name, args):
+    torch.manual_seed(args.seed)
+    device = torch.device(args.device)
+    tower, embed = BUILDERS[name](args.preset)
+    tower = tower.float().to(device)
+    head = torch.nn.Linear(512, args.classes).to(device)
+    pixels = torch.randn(args.batch_size, 3, 224, 224, dtype=torch.float32, device=device)
+    labels = (torch.arange(args.batch_size, device=device) * 7919) % args.classes
+    autocast = (
+        torch.autocast(device.type, dtype=torch.bfloat16) if args.amp == "bf16" else contextlib.nullcontext()
+    )
+    if args.mode == "infer":
+        tower.eval()
+
+        def step():
+            with torch.inference_mode(), autocast:
+                out = embed(pixels)
+            assert tuple(out.shape) == (args.batch_size, 512), out.shape
+
+    else:
+        tower.train()
+        params = list(tower.parameters()) + list(head.parameters())
+        optimizer = torch.optim.AdamW(params, lr=3e-5, weight_decay=0.1)
+
+        def step():
+            with autocast:
+                features = embed(pixels)
+                features = features / features.norm(dim=-1, keepdim=True)
+                loss = torch.nn.functional.cross_entropy(head(features), labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            optimizer.step()
+
+    def timed():
+        t0 = time.perf_counter()
+        step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - t0
+
+    for _ in range(args.warmup):
+        timed()
+    times = [timed() for _ in range(args.iters)]
     total = sum(times)
     return {
         "impl": name,
-        "img_per_s": round(batch_size * iters / total, 3),
-        "img_per_s_best": round(batch_size / min(times), 3),
-        "batch_size": batch_size,
+        "mode": args.mode,
+        "preset": args.preset,
+        "device": device.type,
+        "dtype": "bf16" if args.amp == "bf16" else "f32",
+        "img_per_s": round(args.batch_size * args.iters / total, 3),
+        "img_per_s_best": round(args.batch_size / min(times), 3),
+        "batch_size": args.batch_size,
         "threads": torch.get_num_threads(),
         "torch": torch.__version__.split("+")[0],
-        "iters": iters,
+        "iters": args.iters,
         "iter_s": [round(t, 4) for t in times],
     }
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--mode", choices=["infer", "train"], default="infer")
+    ap.add_argument("--preset", choices=sorted(PRESETS), default="ViT-B/32")
     ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--classes", type=int, default=1000, help="head classes in train mode")
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--iters", type=int, default=5)
     ap.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads (default: number of cores)")
     ap.add_argument("--impl", nargs="+", choices=sorted(BUILDERS), default=["hf", "open_clip"])
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--amp", choices=["none", "bf16"], default="none")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
 
     torch.set_num_threads(args.threads)
     for name in args.impl:
-        print(json.dumps(bench(name, args.batch_size, args.warmup, args.iters, args.seed)), flush=True)
+        try:
+            row = bench(name, args)
+        except ImportError as e:
+            print(f"skipping {name}: {e}", file=sys.stderr)
+            continue
+        print(json.dumps(row), flush=True)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod bench;
 mod data;
 mod embed;
 mod ensemble;
@@ -28,6 +29,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Throughput of this machine: image-tower inference or fine-tuning steps, random weights.
+    Bench(bench::BenchArgs),
     /// Datasets: import public raw datasets as ImageFolder trees, inspect a dataset.
     Data(data::DataArgs),
     /// Image and text embeddings of a CLIP model, written to a safetensors file.
@@ -61,6 +64,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Bench(args) => bench::run(args),
         Command::Data(args) => data::run(args),
         Command::Embed(args) => embed::run(args),
         Command::Ensemble(args) => ensemble::run(args),

@@ -1,40 +1,31 @@
-//! CPU inference benchmark of the ViT-B/32 image tower (random weights, fp32).
+//! Where the time of one ViT image-tower forward goes, op class by op class (CPU, fp32,
+//! random weights): the profile behind BENCHMARKS.md's notes for the speed work.
+//! Throughput itself is `wise bench` (and `scripts/bench.sh` against PyTorch).
 //!
 //! ```text
-//! cargo bench -p wise-clip --bench vision -- --batch-size 32 --warmup 1 --iters 3 [--seed 0] [--preset ViT-B/32]
+//! cargo bench -p wise-clip --bench vision -- [--batch-size 32] [--warmup 1] [--seed 0] [--preset ViT-B/32]
 //! ```
 //!
-//! Env vars `WISE_BENCH_BATCH`, `WISE_BENCH_WARMUP`, `WISE_BENCH_ITERS` set the defaults.
-//! Prints one JSON line, the same shape as `scripts/bench_torch.py`:
-//! `{"impl": "wise", "img_per_s": ..., "batch_size": ..., "threads": ..., "torch": null, ...}`.
-//! `threads` is the size of candle's CPU thread pool (`RAYON_NUM_THREADS` sets it).
-//!
-//! `--breakdown` adds a profile: one more timed forward through a mirror of
+//! After the warm-up forwards, one timed forward runs through a mirror of
 //! `ImageEncoder::forward` built from the same public sub-modules (the model code is not
 //! touched), timing each op class (gemm per projection, bias add, layernorm, softmax,
-//! head split/merge copies, ...). The mirror's output is checked against `forward`'s.
-//! The table goes to stderr, so the JSON line on stdout stays the only stdout line.
+//! head split/merge copies, ...) with its minor page faults. The mirror's output is
+//! checked against `forward`'s. The table goes to stderr.
 
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use candle_core::{DType, Device, Module, Tensor, D};
+use candle_core::{Device, Module, Tensor, D};
 use wise_clip::nn::{softmax_last_dim, Linear};
 use wise_clip::params::ParamBuilder;
 use wise_clip::vision::ImageEncoder;
 use wise_clip::ClipConfig;
 
-fn env_or(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
 fn main() -> anyhow::Result<()> {
-    let mut batch = env_or("WISE_BENCH_BATCH", 32);
-    let mut warmup = env_or("WISE_BENCH_WARMUP", 1);
-    let mut iters = env_or("WISE_BENCH_ITERS", 3);
+    let mut batch = 32;
+    let mut warmup = 1;
     let mut seed = 0u64;
     let mut preset = "ViT-B/32".to_string();
-    let mut breakdown = false;
 
     // `cargo bench` appends `--bench`; ignore flags we do not know.
     let mut args = std::env::args().skip(1);
@@ -43,68 +34,34 @@ fn main() -> anyhow::Result<()> {
         match arg.as_str() {
             "--batch-size" => batch = value(&arg)?.parse()?,
             "--warmup" => warmup = value(&arg)?.parse()?,
-            "--iters" => iters = value(&arg)?.parse()?,
             "--seed" => seed = value(&arg)?.parse()?,
             "--preset" => preset = value(&arg)?,
-            "--breakdown" => breakdown = true,
             "-h" | "--help" => {
-                eprintln!("usage: vision [--batch-size 32] [--warmup 1] [--iters 3] [--seed 0] [--preset ViT-B/32] [--breakdown]");
+                eprintln!("usage: vision [--batch-size 32] [--warmup 1] [--seed 0] [--preset ViT-B/32]");
                 return Ok(());
             }
             _ => {}
         }
     }
-    anyhow::ensure!(iters > 0 && batch > 0, "--iters and --batch-size must be positive");
+    anyhow::ensure!(batch > 0, "--batch-size must be positive");
 
     let device = Device::Cpu;
     let config = ClipConfig::preset(&preset).ok_or_else(|| anyhow::anyhow!("unknown preset {preset}"))?;
     let vc = &config.vision_config;
     let encoder = ImageEncoder::new(&mut ParamBuilder::fresh(seed, &device), vc, config.projection_dim)?;
     let pixels = Tensor::randn(0f32, 1f32, (batch, vc.num_channels, vc.image_size, vc.image_size), &device)?;
-    assert_eq!(pixels.dtype(), DType::F32);
-
-    for _ in 0..warmup {
-        encoder.forward(&pixels)?;
+    let mut out = encoder.forward(&pixels)?;
+    for _ in 1..warmup {
+        out = encoder.forward(&pixels)?;
     }
-    let mut times = Vec::with_capacity(iters);
-    let mut faults = Vec::with_capacity(iters);
-    let mut out = None;
-    for _ in 0..iters {
-        let f0 = minor_faults();
-        let t0 = Instant::now();
-        let y = encoder.forward(&pixels)?;
-        // CPU ops are synchronous, but force the result anyway (no lazy work left).
-        y.device().synchronize()?;
-        times.push(t0.elapsed().as_secs_f64());
-        faults.push(minor_faults().zip(f0).map(|(f1, f0)| f1 - f0));
-        out = Some(y);
-    }
-    let out = out.expect("iters > 0");
-    anyhow::ensure!(out.dims() == [batch, config.projection_dim], "output shape {:?}", out.dims());
 
-    let total: f64 = times.iter().sum();
-    let iter_s: Vec<String> = times.iter().map(|t| format!("{t:.4}")).collect();
-    let faults: Vec<String> =
-        faults.iter().map(|f| f.map_or("null".to_string(), |f| f.to_string())).collect();
-    println!(
-        "{{\"impl\": \"wise\", \"img_per_s\": {:.3}, \"img_per_s_best\": {:.3}, \"batch_size\": {batch}, \"threads\": {}, \"torch\": null, \
-         \"iters\": {iters}, \"iter_s\": [{}], \"minor_faults\": [{}], \"candle\": \"0.11\", \"preset\": \"{preset}\"}}",
-        (batch * iters) as f64 / total,
-        batch as f64 / times.iter().copied().fold(f64::INFINITY, f64::min),
-        candle_core::utils::get_num_threads(),
-        iter_s.join(", "),
-        faults.join(", "),
-    );
-
-    if breakdown {
-        let mut prof = Prof::default();
-        let t0 = Instant::now();
-        let mirrored = mirrored_forward(&encoder, &config, &pixels, &mut prof)?;
-        let wall = t0.elapsed().as_secs_f64();
-        let diff = (&mirrored - &out)?.abs()?.max_all()?.to_scalar::<f32>()?;
-        anyhow::ensure!(diff == 0.0, "mirrored forward differs from ImageEncoder::forward by {diff}");
-        prof.report(wall, batch);
-    }
+    let mut prof = Prof::default();
+    let t0 = Instant::now();
+    let mirrored = mirrored_forward(&encoder, &config, &pixels, &mut prof)?;
+    let wall = t0.elapsed().as_secs_f64();
+    let diff = (&mirrored - &out)?.abs()?.max_all()?.to_scalar::<f32>()?;
+    anyhow::ensure!(diff == 0.0, "mirrored forward differs from ImageEncoder::forward by {diff}");
+    prof.report(wall, batch);
     Ok(())
 }
 

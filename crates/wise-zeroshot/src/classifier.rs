@@ -131,14 +131,23 @@ pub struct ImageClassifier {
 impl ImageClassifier {
     /// Builds the classifier from tensors under checkpoint names, checking every name and shape.
     pub fn from_weights(meta: ClassifierMeta, weights: &dyn WeightSource, device: &Device) -> Result<Self> {
-        let mut pb = ParamBuilder::from_checkpoint(weights, device);
+        Self::build(meta, ParamBuilder::from_checkpoint(weights, device))
+    }
+
+    /// A randomly initialised classifier (seeded): CLIP's fresh-init tower and a head with
+    /// std `D^-½`. For benchmarks and tests that need the shapes, not the weights.
+    pub fn fresh(meta: ClassifierMeta, seed: u64, device: &Device) -> Result<Self> {
+        Self::build(meta, ParamBuilder::fresh(seed, device))
+    }
+
+    fn build(meta: ClassifierMeta, mut pb: ParamBuilder) -> Result<Self> {
         let encoder = ImageEncoder::new(&mut pb, &meta.vision_config, meta.projection_dim)?;
         let head = Linear::new(
             &mut pb,
             "classification_head",
             (meta.projection_dim, meta.class_names.len()),
             true,
-            0.0,
+            (meta.projection_dim as f64).powf(-0.5),
         )?;
         let params = pb.finish()?;
         Ok(Self { encoder, head, meta, params, compute_dtype: DType::F32 })

@@ -1,0 +1,191 @@
+//! `wise bench`: how fast this machine runs a CLIP-shaped classifier, for inference or for
+//! fine-tuning steps, on random weights and inputs.
+//!
+//! It times exactly what `wise eval` and `wise train` run: the image tower (HF's
+//! `image_embeds`) in the compute dtype of the device, one training step of wise-ft's
+//! recipe (forward, cross-entropy, backward, global-norm clipping, AdamW), the whole of
+//! `wise eval` on a real dataset (decode, resize, model), or the data path alone (decode,
+//! resize, normalise, no model). One JSON line goes to stdout in the shape of
+//! `scripts/bench_torch.py`'s, so `scripts/bench.sh` and `scripts/gpu-check.sh` can put the
+//! two side by side.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::Context;
+use candle_core::{Device, Tensor};
+use clap::{Args, ValueEnum};
+use wise_clip::{compute_dtype, parse_device, ClipConfig, ImagePreprocessor};
+use wise_data::{Dataset, Loader};
+use wise_eval::{evaluate, EvalOptions};
+use wise_train::loss::cross_entropy;
+use wise_train::optim::{clip_grad_norm, AdamW, AdamWConfig};
+use wise_zeroshot::{ClassifierMeta, ImageClassifier};
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Mode {
+    /// The image tower forward (image embeddings).
+    Infer,
+    /// One optimizer step of the whole classifier (tower + head).
+    Train,
+    /// `wise eval` of a random classifier over `--data` (loader and model together).
+    Eval,
+    /// The eval data path alone over `--data`: decode, resize, crop, normalise.
+    Preprocess,
+}
+
+#[derive(Args)]
+pub struct BenchArgs {
+    #[arg(long, value_enum, default_value_t = Mode::Infer)]
+    mode: Mode,
+    /// Model shape: ViT-B/32, ViT-B/16, ViT-L/14 or ViT-L/14-336.
+    #[arg(long, default_value = "ViT-B/32")]
+    preset: String,
+    #[arg(long, default_value_t = 32)]
+    batch_size: usize,
+    /// Classes of the head (train mode); ImageNet's 1000 by default.
+    #[arg(long, default_value_t = 1000)]
+    classes: usize,
+    /// Untimed iterations first (allocations, kernel compilation, caches).
+    #[arg(long, default_value_t = 1)]
+    warmup: usize,
+    #[arg(long, default_value_t = 5)]
+    iters: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// cpu, cuda[:N] or metal. The compute dtype is the device's (`WISE_COMPUTE_DTYPE` overrides).
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Dataset for `eval` and `preprocess`: an ImageFolder or CSV manifest.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Use this many images of `--data`, evenly spread over it (0: all).
+    #[arg(long, default_value_t = 0)]
+    limit: usize,
+}
+
+pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(args.batch_size > 0 && args.iters > 0, "--batch-size and --iters must be at least 1");
+    anyhow::ensure!(args.classes > 0, "--classes must be at least 1");
+    let config = ClipConfig::preset(&args.preset).with_context(|| {
+        format!("unknown --preset {}: expected ViT-B/32, ViT-B/16, ViT-L/14 or ViT-L/14-336", args.preset)
+    })?;
+    let device = parse_device(&args.device)?;
+    let dtype = compute_dtype(&device);
+    let vc = &config.vision_config;
+    let dataset = match (&args.data, args.mode) {
+        (Some(path), Mode::Eval | Mode::Preprocess) => Some(subset(Dataset::open(path, None)?, args.limit)),
+        (None, Mode::Eval | Mode::Preprocess) => anyhow::bail!("--mode eval and preprocess need --data"),
+        (Some(_), _) => anyhow::bail!("--data is for --mode eval and preprocess"),
+        (None, _) => None,
+    };
+    let class_names = match &dataset {
+        Some(d) => d.class_names.clone(),
+        None => (0..args.classes).map(|c| format!("class {c}")).collect(),
+    };
+    let meta = ClassifierMeta {
+        class_names,
+        templates: Vec::new(),
+        source_model: format!("random {}", args.preset),
+        vision_config: vc.clone(),
+        projection_dim: config.projection_dim,
+        preprocessing: (&ImagePreprocessor::new(vc.image_size)).into(),
+        extra: Default::default(),
+    };
+    let classifier = ImageClassifier::fresh(meta, args.seed, &device)?.with_compute_dtype(dtype);
+    let size = vc.image_size;
+    let pixels = Tensor::randn(0f32, 1f32, (args.batch_size, vc.num_channels, size, size), &device)?;
+    let labels: Vec<u32> = (0..args.batch_size).map(|i| (i * 7919 % args.classes) as u32).collect();
+    let labels = Tensor::new(labels, &device)?;
+
+    let params = classifier.params.clone();
+    // Only train mode needs the optimizer's moments (2 × the parameters).
+    let mut optimizer =
+        if args.mode == Mode::Train { Some(AdamW::new(AdamWConfig::default(), &params)?) } else { None };
+    let mut step = || -> anyhow::Result<()> {
+        match args.mode {
+            Mode::Eval => {
+                let dataset = dataset.as_ref().expect("checked above");
+                let options = EvalOptions { batch_size: args.batch_size, ..EvalOptions::default() };
+                let result = evaluate(&classifier, "bench", dataset, &options, |_| {})?;
+                anyhow::ensure!(result.metrics.n == dataset.len(), "evaluated {} images", result.metrics.n);
+            }
+            Mode::Preprocess => {
+                let dataset = dataset.as_ref().expect("checked above");
+                let loader =
+                    Loader::new(dataset, classifier.preprocessor(), &device).with_batch_size(args.batch_size);
+                let mut images = 0;
+                for batch in loader.eval()? {
+                    images += batch?.len();
+                }
+                anyhow::ensure!(images == dataset.len(), "prepared {images} images");
+            }
+            Mode::Infer => {
+                let features = classifier.encoder.forward(&pixels.to_dtype(dtype)?)?;
+                anyhow::ensure!(features.dims() == [args.batch_size, config.projection_dim]);
+            }
+            Mode::Train => {
+                let loss = cross_entropy(&classifier.logits(&pixels)?, &labels, 0.0)?;
+                let mut grads = loss.backward()?;
+                clip_grad_norm(&params, &mut grads, 1.0)?;
+                optimizer.as_mut().expect("train mode").step(&params, &grads, 3e-5)?;
+                let loss = loss.to_scalar::<f32>()?;
+                anyhow::ensure!(loss.is_finite(), "the loss is {loss}");
+            }
+        }
+        // Accelerators queue work: wait for it, or the clock stops early.
+        device.synchronize()?;
+        Ok(())
+    };
+    for _ in 0..args.warmup {
+        step()?;
+    }
+    let mut times = Vec::with_capacity(args.iters);
+    for _ in 0..args.iters {
+        let t0 = Instant::now();
+        step()?;
+        times.push(t0.elapsed().as_secs_f64());
+    }
+
+    // Images per timed iteration: the batch, or the whole (limited) dataset.
+    let images = dataset.as_ref().map_or(args.batch_size, |d| d.len());
+    let total: f64 = times.iter().sum();
+    let best = times.iter().copied().fold(f64::INFINITY, f64::min);
+    let line = serde_json::json!({
+        "impl": "wise",
+        "mode": args.mode.to_possible_value().expect("no skipped variants").get_name(),
+        "preset": args.preset,
+        "device": device_name(&device),
+        "dtype": format!("{dtype:?}").to_lowercase(),
+        "img_per_s": round3((images * args.iters) as f64 / total),
+        "img_per_s_best": round3(images as f64 / best),
+        "images": images,
+        "batch_size": args.batch_size,
+        "threads": candle_core::utils::get_num_threads(),
+        "iters": args.iters,
+        "iter_s": times.iter().map(|t| (t * 1e4).round() / 1e4).collect::<Vec<_>>(),
+    });
+    println!("{line}");
+    Ok(())
+}
+
+/// `limit` samples spread evenly over the dataset (so every class is represented), or all.
+fn subset(mut dataset: Dataset, limit: usize) -> Dataset {
+    if limit > 0 && limit < dataset.samples.len() {
+        let n = dataset.samples.len();
+        dataset.samples = (0..limit).map(|i| dataset.samples[i * n / limit].clone()).collect();
+    }
+    dataset
+}
+
+fn device_name(device: &Device) -> &'static str {
+    match device {
+        Device::Cpu => "cpu",
+        Device::Cuda(_) => "cuda",
+        Device::Metal(_) => "metal",
+    }
+}
+
+fn round3(x: f64) -> f64 {
+    (x * 1e3).round() / 1e3
+}

@@ -1,0 +1,38 @@
+//! `wise bench`: the JSON line it prints, and its argument checks. (Timings themselves are
+//! benchmarks, not tests: see BENCHMARKS.md.)
+
+#[path = "../../wise-clip/tests/support/mod.rs"]
+mod support;
+use support::fixture;
+mod common;
+use common::{fails_with, ok, s, wise};
+
+#[test]
+fn preprocess_mode_reports_every_image_of_the_dataset() {
+    let dir = tempfile::tempdir().unwrap();
+    let images = fixture("images");
+    let names = ["rgb.jpg", "wide.png", "tall.png", "grey.png", "palette.png"];
+    for (i, name) in names.iter().enumerate() {
+        let class = dir.path().join(if i % 2 == 0 { "even" } else { "odd" });
+        std::fs::create_dir_all(&class).unwrap();
+        std::fs::copy(images.join(name), class.join(name)).unwrap();
+    }
+    let out = ok(&wise(&[
+        "bench", "--mode", "preprocess", "--data", s(dir.path()), "--limit", "4", "--iters", "2", "--warmup", "0",
+    ]));
+    let line: serde_json::Value = serde_json::from_str(out.trim()).expect("one JSON line");
+    assert_eq!(line["mode"], "preprocess");
+    assert_eq!(line["impl"], "wise");
+    assert_eq!(line["images"], 4, "--limit 4 of 5");
+    assert_eq!(line["iter_s"].as_array().unwrap().len(), 2);
+    assert!(line["img_per_s"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
+fn bad_arguments_are_named() {
+    fails_with(&wise(&["bench", "--preset", "ViT-X/99"]), &["unknown --preset ViT-X/99", "ViT-B/32"]);
+    fails_with(&wise(&["bench", "--mode", "eval"]), &["need --data"]);
+    fails_with(&wise(&["bench", "--mode", "train", "--data", "x"]), &["--data is for"]);
+    fails_with(&wise(&["bench", "--batch-size", "0"]), &["--batch-size"]);
+    fails_with(&wise(&["bench", "--device", "tpu"]), &["tpu"]);
+}

@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# Is the data path ever the bottleneck? Side-by-side CPU benchmark on real JPEGs.
+#
+# Usage:
+#   scripts/bench_eval.sh [--data DIR] [--limit 320] [--batch-size 32] [--decode-limit 2000]
+#
+#   --data DIR   an ImageFolder of JPEGs; default: CIFAR-10 test, unpacked from
+#                ../shared/datasets/cifar10/cifar10-jpeg.tar.gz into a temp folder.
+#   WISE_PY, WISE_BIN as for scripts/bench.sh.
+#
+# 1. `wise bench --mode eval`: the whole of `wise eval` (decode, resize to 224, model) with
+#    a random ViT-B/32 classifier over --limit images, against `wise bench --mode infer`,
+#    the bare model on random pixels at the same batch size. The ratio is what the loader
+#    costs the model (issue target: >= 0.9).
+# 2. Decode + resize + normalise on one core: `RAYON_NUM_THREADS=1 wise bench --mode
+#    preprocess` against scripts/bench_decode.py (Pillow + numpy, and transformers'
+#    CLIPImageProcessor), over --decode-limit images.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DATA=
+LIMIT=320
+BATCH=32
+DECODE_LIMIT=2000
+while [[ $# -gt 0 ]]; do
+    case "$1" in
+        --data) DATA=$2; shift 2 ;;
+        --limit) LIMIT=$2; shift 2 ;;
+        --batch-size) BATCH=$2; shift 2 ;;
+        --decode-limit) DECODE_LIMIT=$2; shift 2 ;;
+        -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
+        *) echo "unknown argument: $1" >&2; exit 2 ;;
+    esac
+done
+
+PY=${WISE_PY:-}
+if [[ -z "$PY" ]]; then
+    for candidate in .venv-fixtures/bin/python /root/.cache/wise-py/bin/python; do
+        [[ -x $candidate ]] && PY=$candidate && break
+    done
+fi
+[[ -n "$PY" ]] || { echo "no Python venv: set WISE_PY (needs scripts/requirements-fixtures.txt)" >&2; exit 1; }
+
+TMP=$(mktemp -d)
+trap 'rm -rf "$TMP"' EXIT
+if [[ -z "$DATA" ]]; then
+    ARCHIVE=../shared/datasets/cifar10/cifar10-jpeg.tar.gz
+    [[ -f $ARCHIVE ]] || { echo "no --data and no $ARCHIVE" >&2; exit 1; }
+    tar xzf "$ARCHIVE" -C "$TMP" test
+    DATA=$TMP/test
+fi
+if [[ -z "${WISE_BIN:-}" ]]; then
+    echo "== build (not timed)"
+    cargo build --release -q -p wise-cli
+    WISE_BIN=${CARGO_TARGET_DIR:-target}/release/wise
+fi
+
+echo "== machine"
+echo "date:   $(date -u +%Y-%m-%dT%H:%M:%SZ)   nproc: $(nproc)   uptime: $(uptime)"
+echo "cpu:    $(lscpu | sed -n 's/^Model name:[[:space:]]*//p' | head -n 1)"
+echo "data:   $DATA ($(find "$DATA" -type f | wc -l) files)"
+
+RESULTS=$TMP/results.jsonl
+echo "== 1. wise eval pipeline vs bare model (ViT-B/32, fp32, batch $BATCH, all cores)"
+"$WISE_BIN" bench --mode infer --batch-size "$BATCH" --warmup 1 --iters 5 | tee -a "$RESULTS"
+"$WISE_BIN" bench --mode eval --data "$DATA" --limit "$LIMIT" --batch-size "$BATCH" --warmup 0 --iters 1 \
+    | tee -a "$RESULTS"
+echo "== 2. decode + resize + normalise, one core"
+RAYON_NUM_THREADS=1 "$WISE_BIN" bench --mode preprocess --data "$DATA" --limit "$DECODE_LIMIT" --warmup 1 \
+    --iters 3 | tee -a "$RESULTS"
+OMP_NUM_THREADS=1 "$PY" scripts/bench_decode.py --data "$DATA" --limit "$DECODE_LIMIT" --iters 3 \
+    | tee -a "$RESULTS"
+echo "uptime after: $(uptime)"
+
+echo "== summary"
+"$PY" - "$RESULTS" <<'PY'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
+by = {(r["impl"], r["mode"]): r for r in rows}
+infer, ev = by[("wise", "infer")], by[("wise", "eval")]
+print(f"bare model {infer['img_per_s']:.2f} img/s, wise eval on JPEGs {ev['img_per_s']:.2f} img/s "
+      f"({ev['images']} images): ratio {ev['img_per_s'] / infer['img_per_s']:.2f}")
+wise = by[("wise", "preprocess")]
+for name in ("pil", "hf-processor"):
+    if (name, "preprocess") in by:
+        r = by[(name, "preprocess")]
+        print(f"decode+resize one core: wise {wise['img_per_s']:.0f} img/s, {name} {r['img_per_s']:.0f} img/s: "
+              f"{wise['img_per_s'] / r['img_per_s']:.2f}x")
+PY

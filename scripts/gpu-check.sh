@@ -1,0 +1,244 @@
+#!/usr/bin/env bash
+# GPU check of wise: build with CUDA on a CPU-only machine, then on a GPU machine check
+# CPU-vs-GPU parity on the test fixtures and benchmark against PyTorch AMP bf16.
+#
+# Usage:
+#   scripts/gpu-check.sh build            # here, no GPU needed: writes .gpu/wise.gz
+#   scripts/gpu-check.sh device [OUTDIR]  # on the GPU machine, from the repo root, with .gpu/
+#                                         # (OUTDIR: $OUT if set, else gpu-results/)
+#
+# build: installs NVIDIA's CUDA 13.0 compiler and libraries from PyPI into a venv
+#   (WISE_CUDA_VENV, default ~/.cache/wise-cuda-py; nvvm pinned to 13.0.88, whose PTX a
+#   CUDA 13.0 driver accepts), makes a folder of `lib*.so` links to those wheels plus a stub
+#   `libcuda.so` (soname libcuda.so.1; the real one comes with the GPU driver) because
+#   candle links the CUDA libraries at build time, and builds `wise` with `--features cuda`
+#   for compute capability 9.0 (CUDA_COMPUTE_CAP to change) into CARGO_TARGET_DIR (default
+#   ~/.cache/wise-cuda-target). The stripped binary is gzipped to .gpu/wise.gz.
+#
+# device: LD_LIBRARY_PATH points at the CUDA libraries of the machine's PyTorch (its
+#   nvidia/cu13/lib); the driver provides libcuda. Then
+#   (a) parity: `wise embed` of the fixture CLIP (tests/fixtures) on CPU and on CUDA in f32
+#       and bf16, and 3 `wise train` steps of a fixture classifier on a tiny ImageFolder made
+#       from tests/fixtures/images, CPU vs CUDA; max differences printed and checked;
+#   (b) throughput, `wise bench` against scripts/bench_torch.py (HF transformers, AMP bf16
+#       via torch.autocast) in the same run, ViT-B/32 and ViT-B/16, inference and training
+#       steps, with the ratio and MFU (model FLOPs / H100 SXM dense bf16 peak, 989 TFLOP/s).
+#   Everything lands in OUTDIR: gpu-check.log, parity.jsonl, bench.jsonl, summary.md.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+build() {
+    local venv=${WISE_CUDA_VENV:-$HOME/.cache/wise-cuda-py}
+    local libs=${WISE_CUDA_LIBS:-$HOME/.cache/wise-cuda-libs}
+    export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/wise-cuda-target}
+    if [[ ! -x "$venv/bin/python" ]]; then
+        python3 -m venv "$venv"
+    fi
+    "$venv/bin/python" -m pip install -q nvidia-cuda-nvcc==13.0.88 nvidia-nvvm==13.0.88 \
+        nvidia-cuda-crt==13.0.88 "nvidia-cuda-runtime==13.0.*" "nvidia-cuda-cccl==13.0.*" \
+        "nvidia-cublas==13.0.*" "nvidia-cuda-nvrtc==13.0.*" nvidia-curand
+    local cu
+    cu=$("$venv/bin/python" -c 'import nvidia, os; print(os.path.join(list(nvidia.__path__)[0], "cu13"))')
+    export PATH="$cu/bin:$cu/nvvm/bin:$PATH" CUDA_ROOT="$cu" CUDA_PATH="$cu"
+    export CUDA_COMPUTE_CAP=${CUDA_COMPUTE_CAP:-90}
+
+    mkdir -p "$libs"
+    for f in "$cu"/lib/lib*.so.*; do
+        local name
+        name=$(basename "$f")
+        ln -sf "$f" "$libs/${name%%.so.*}.so"
+    done
+    export RUSTFLAGS="${RUSTFLAGS:-} -L $libs"
+
+    # libcuda comes with the driver, which a build machine may lack. candle links it, so
+    # give the linker a stub with the driver symbols the cudarc crate uses (empty bodies:
+    # never called, the driver's library replaces it at run time via its soname).
+    if [[ ! -e "$libs/libcuda.so" ]]; then
+        echo "== libcuda stub: building the cudarc crate to list the driver symbols it needs"
+        cargo build --release -p wise-cli --features cuda || true
+        local rlib
+        rlib=$(ls -t "$CARGO_TARGET_DIR"/release/deps/libcudarc-*.rlib | head -n 1)
+        nm -u "$rlib" 2>/dev/null | awk '$1 == "U" && $2 ~ /^cu[A-Z]/ { print $2 }' | sort -u \
+            | awk '{ print "void " $1 "(void) {}" }' > "$libs/libcuda-stub.c"
+        echo "   $(wc -l < "$libs/libcuda-stub.c") symbols"
+        cc -shared -fPIC -Wl,-soname,libcuda.so.1 -o "$libs/libcuda.so" "$libs/libcuda-stub.c"
+    fi
+
+    echo "== cargo build --release -p wise-cli --features cuda (CUDA_COMPUTE_CAP=$CUDA_COMPUTE_CAP)"
+    cargo build --release -p wise-cli --features cuda
+    # Stripped and gzipped: the embedded PTX of candle's kernels makes the binary ~70 MB,
+    # ~20 MB compressed (the device tool carries at most 64 MiB).
+    mkdir -p .gpu
+    strip -o .gpu/wise "$CARGO_TARGET_DIR/release/wise"
+    gzip -9f .gpu/wise
+    {
+        echo "built: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+        echo "commit: $(git rev-parse --short HEAD)$(git diff --quiet || echo '+dirty')"
+        echo "nvcc: $(nvcc --version | tail -n 1)"
+        echo "rustc: $(rustc --version)"
+    } > .gpu/BUILD_INFO
+    ls -la .gpu
+    echo "next, on the GPU machine from the repo root (carry .gpu): scripts/gpu-check.sh device"
+}
+
+device() {
+    local out=${1:-${OUT:-gpu-results}}
+    mkdir -p "$out"
+    local work
+    work=$(mktemp -d)
+    exec > >(tee "$out/gpu-check.log") 2>&1
+    local py=${WISE_PY:-python3}
+    # GPU_DEVICE=cpu, small *_BATCH and ITERS try the script out on a machine without a GPU.
+    export GPU_DEVICE=${GPU_DEVICE:-cuda}
+    local wise=${WISE_BIN:-}
+    if [[ -z "$wise" ]]; then
+        wise="$work/wise"
+        gunzip -c .gpu/wise.gz > "$wise"
+        chmod +x "$wise"
+    fi
+    # The CUDA libraries of PyTorch's nvidia-* wheels (nvidia/cu13/lib, and any other
+    # nvidia/*/lib); the driver provides libcuda.so.1.
+    local cu
+    cu=$("$py" -c 'import glob, nvidia, os; print(":".join(sorted(glob.glob(os.path.join(list(nvidia.__path__)[0], "*", "lib")))))' || true)
+    export LD_LIBRARY_PATH="$cu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+
+    echo "== machine"
+    cat .gpu/BUILD_INFO 2>/dev/null || true
+    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
+    echo "torch: $("$py" -c 'import torch; print(torch.__version__, torch.cuda.is_available() and torch.cuda.get_device_name())')"
+    echo "cpu cores: $(nproc)"
+    "$wise" --version
+    ldd "$wise" | grep "not found" && echo "MISSING LIBRARIES above (LD_LIBRARY_PATH=$LD_LIBRARY_PATH)"
+
+    parity "$wise" "$py" "$work" "$out" || echo "PARITY FAILED (see above); benchmarks follow"
+    benchmarks "$wise" "$py" "$out"
+    rm -rf "$work"
+}
+
+# CPU vs CUDA on the fixtures: features, and 3 training steps.
+parity() {
+    local wise=$1 py=$2 work=$3 out=$4
+    echo "== parity: wise embed, CPU vs CUDA"
+    local model=tests/fixtures/clip-tiny-quickgelu
+    local embed=(embed --model "$model" --images tests/fixtures/images --texts tests/fixtures/texts.txt)
+    "$wise" "${embed[@]}" --device cpu --out "$work/embed-cpu.safetensors"
+    WISE_COMPUTE_DTYPE=f32 "$wise" "${embed[@]}" --device "$GPU_DEVICE" --out "$work/embed-cuda-f32.safetensors"
+    WISE_COMPUTE_DTYPE=bf16 "$wise" "${embed[@]}" --device "$GPU_DEVICE" --out "$work/embed-cuda-bf16.safetensors"
+
+    echo "== parity: 3 wise train steps, CPU vs CUDA"
+    mkdir -p "$work/tiny/a" "$work/tiny/b"
+    local i=0
+    for f in tests/fixtures/images/*.{png,jpg}; do
+        cp "$f" "$work/tiny/$([[ $((i % 2)) == 0 ]] && echo a || echo b)/"
+        i=$((i + 1))
+    done
+    printf 'a\nb\n' > "$work/classes.txt"
+    "$wise" zeroshot --model "$model" --classes "$work/classes.txt" --templates simple \
+        --out "$work/zeroshot.safetensors"
+    local train=(train --model "$work/zeroshot.safetensors" --data "$work/tiny" --max-steps 3 --warmup 0
+        --lr 1e-3 --batch-size 16 --no-augment)
+    "$wise" "${train[@]}" --device cpu --out "$work/train-cpu"
+    WISE_COMPUTE_DTYPE=f32 "$wise" "${train[@]}" --device "$GPU_DEVICE" --out "$work/train-cuda-f32"
+    WISE_COMPUTE_DTYPE=bf16 "$wise" "${train[@]}" --device "$GPU_DEVICE" --out "$work/train-cuda-bf16"
+
+    "$py" - "$work" "$out/parity.jsonl" <<'PY'
+import json, sys
+import torch
+from safetensors.torch import load_file
+work, out = sys.argv[1], sys.argv[2]
+
+def embed_diff(ref, cand):
+    """Worst tensor's max |a-b| / max |a|."""
+    a, b = load_file(f"{work}/{ref}"), load_file(f"{work}/{cand}")
+    worst = max((((a[k].double() - b[k].double()).abs().max() / a[k].double().abs().max()).item(), k)
+                for k in a if a[k].is_floating_point())
+    return {"max_rel_diff": worst[0], "worst_tensor": worst[1]}
+
+def update_diff(ref, cand):
+    """Training moves the weights by d = theta - theta0: |d_cand - d_ref| / |d_ref| over all
+    tensors, and the cosine of the two updates. (Per tensor would be meaningless: Adam's
+    first steps are +-lr wherever a gradient is nonzero, even rounding noise.)"""
+    t0 = load_file(f"{work}/zeroshot.safetensors")
+    a, b = load_file(f"{work}/{ref}"), load_file(f"{work}/{cand}")
+    da = torch.cat([(a[k].double() - t0[k].double()).flatten() for k in sorted(t0)])
+    db = torch.cat([(b[k].double() - t0[k].double()).flatten() for k in sorted(t0)])
+    return {"update_rel_diff": ((da - db).norm() / da.norm()).item(),
+            "update_cosine": (da @ db / (da.norm() * db.norm())).item()}
+
+# f32 on the GPU must agree with the CPU to rounding: features to 1e-4. Training updates
+# get 1e-2: Adam's first steps move every weight by about lr * g/|g|, so gradients at the
+# level of rounding noise (k_proj.bias's is zero in exact math) come out as full-size
+# steps of either sign; an H100 gave 4.0e-3 with cosine 0.99999 (2026-11-27). bf16 keeps
+# ~3 significant digits per op, so it gets loose bounds.
+checks = [
+    ("embed-cpu.safetensors", "embed-cuda-f32.safetensors", embed_diff, "max_rel_diff", 1e-4),
+    ("embed-cpu.safetensors", "embed-cuda-bf16.safetensors", embed_diff, "max_rel_diff", 5e-2),
+    ("train-cpu/finetuned.safetensors", "train-cuda-f32/finetuned.safetensors", update_diff,
+     "update_rel_diff", 1e-2),
+    ("train-cpu/finetuned.safetensors", "train-cuda-bf16/finetuned.safetensors", update_diff,
+     "update_rel_diff", 0.3),
+]
+failed = 0
+with open(out, "w") as f:
+    for ref, cand, measure, key, tol in checks:
+        row = {"reference": ref, "candidate": cand, **measure(ref, cand), "tolerance": tol}
+        row["ok"] = row[key] <= tol
+        failed += not row["ok"]
+        f.write(json.dumps(row) + "\n")
+        print(("ok  " if row["ok"] else "FAIL"), json.dumps(row))
+sys.exit(1 if failed else 0)
+PY
+
+}
+
+# wise bench against PyTorch AMP bf16, one after the other on the same GPU.
+benchmarks() {
+    local wise=$1 py=$2 out=$3
+    echo "== throughput: wise bench vs PyTorch AMP bf16 (HF transformers), same run"
+    : > "$out/bench.jsonl"
+    local preset mode batch
+    for preset in ViT-B/32 ViT-B/16; do
+        for mode in infer train; do
+            batch=$([[ $mode == infer ]] && echo "${INFER_BATCH:-256}" || echo "${TRAIN_BATCH:-128}")
+            "$py" scripts/bench_torch.py --impl hf --device "$GPU_DEVICE" --amp bf16 --mode "$mode" \
+                --preset "$preset" --batch-size "$batch" --warmup 3 --iters "${ITERS:-10}" \
+                2> >(grep -v "No pretrained" >&2) | tee -a "$out/bench.jsonl" || echo "PyTorch $preset $mode failed"
+            "$wise" bench --device "$GPU_DEVICE" --mode "$mode" --preset "$preset" --batch-size "$batch" \
+                --warmup 3 --iters "${ITERS:-10}" | tee -a "$out/bench.jsonl" || echo "wise $preset $mode failed"
+        done
+    done
+
+    "$py" - "$out/bench.jsonl" "$out/summary.md" <<'PY'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
+PEAK = 989e12  # H100 SXM dense bf16
+
+def forward_flops(patch, width=768, layers=12, mlp=3072, image=224, proj=512):
+    grid = image // patch
+    t = grid * grid + 1
+    per_layer = 2 * t * (4 * width * width + 2 * width * mlp) + 4 * t * t * width
+    return 2 * grid * grid * 3 * patch * patch * width + layers * per_layer + 2 * width * proj
+
+lines = ["| model | mode | batch | PyTorch img/s | wise img/s | wise / PyTorch | wise MFU | PyTorch MFU |",
+         "|---|---|---|---|---|---|---|---|"]
+for preset in ("ViT-B/32", "ViT-B/16"):
+    for mode in ("infer", "train"):
+        got = {r["impl"]: r for r in rows if r["preset"] == preset and r["mode"] == mode}
+        if "wise" not in got or "hf" not in got:
+            continue
+        w, t = got["wise"], got["hf"]
+        flops = forward_flops(int(preset[-2:])) * (3 if mode == "train" else 1)
+        mfu = lambda r: f"{100 * r['img_per_s'] * flops / PEAK:.1f}%"
+        lines.append(f"| {preset} | {mode} | {w['batch_size']} | {t['img_per_s']:.1f} | {w['img_per_s']:.1f} "
+                     f"| {w['img_per_s'] / t['img_per_s']:.2f}x | {mfu(w)} | {mfu(t)} |")
+text = "\n".join(lines)
+print(text)
+open(sys.argv[2], "w").write(text + "\n")
+PY
+}
+
+case "${1:-}" in
+    build) build ;;
+    device) shift; device "$@" ;;
+    *) sed -n '2,28p' "$0"; exit 2 ;;
+esac
