@@ -655,13 +655,13 @@ def read_idx(path, magic, n):
     return data.reshape(dims)[:n]
 
 
-def zeroshot_head(model, tok, templates):
+def zeroshot_head(model, tok, templates, classnames=ZS_CLASSNAMES):
     """wise-ft's get_zeroshot_classifier: per class, the mean of the L2-normalised text
     embeddings over all templates, re-normalised; rows stacked [C, P], times exp(logit_scale).
     Each class goes through the text tower as its own batch, as in wise-ft."""
     rows = []
     with torch.no_grad():
-        for c in ZS_CLASSNAMES:
+        for c in classnames:
             texts = [t(c) if callable(t) else t.format(c) for t in templates]
             ids = torch.tensor(hf_encode(tok, texts), dtype=torch.int64)
             e = tensor_of(model.get_text_features(input_ids=ids))
@@ -964,6 +964,79 @@ def make_ensemble():
     make_fisher_expected(model)
 
 
+# --------------------------------------------------------------------------- 10. contrastive fine-tuning (FLYP)
+
+# (class, pattern seed) of each training image; "one" twice: a duplicate class in the batch
+# is a negative, as in FLYP's reference implementation (labels are arange(batch)).
+FLYP_IMAGES = [("three", 21), ("one", 22), ("four", 23), ("one", 24), ("seven", 25)]
+FLYP_RECIPE = dict(lr=1e-4, wd=0.1, clip=1.0, steps=3, warmup=0)
+
+
+def make_flyp_steps():
+    """Three full-batch steps of FLYP (contrastive fine-tuning of the whole CLIP) on
+    clip-tiny-quickgelu, then the head rebuilt from the fine-tuned text tower.
+
+    The data is an ImageFolder of 32x32 PNGs (the model's input size, so preprocessing is
+    exact: no resize, no crop, just /255 and normalise). Each image's caption is the one
+    simple template filled with its class name, so which template a seeded generator
+    draws does not matter. Per step: the cosine schedule (no warmup) sets the lr, HF
+    CLIPModel's symmetric contrastive loss (return_loss=True: cross-entropy over rows and
+    columns of exp(logit_scale) * cos, labels arange(batch)), backward, global-norm
+    clipping at 1.0 over every parameter, AdamW with decoupled decay on every parameter,
+    then logit_scale clamped to [0, ln 100] as CLIP / open_clip. No randomness."""
+    d = FIX / "flyp"
+    data = d / "data"
+    size = TINY_MODELS[ZS_MODEL]["vision"]["image_size"]
+    for i, (cls, seed) in enumerate(FLYP_IMAGES):
+        (data / cls).mkdir(parents=True, exist_ok=True)
+        pattern(size, size, seed).save(data / cls / f"{i}.png")
+    # ImageFolder order: classes sorted by folder name, then files sorted by path.
+    classnames = sorted({c for c, _ in FLYP_IMAGES})
+    files = [(data / c / f"{i}.png", classnames.index(c))
+             for c in classnames for i, (c2, _) in enumerate(FLYP_IMAGES) if c2 == c]
+    pixels = torch.stack([preprocess(load_reference(f), size)[0] for f, _ in files])
+    for (f, _), pix in zip(files, pixels):
+        a = np.array(Image.open(f).convert("RGB"))
+        x = (a.astype(np.float64) * (1 / 255)).astype(np.float32)
+        x = (x - np.array(CLIP_MEAN, np.float32)) / np.array(CLIP_STD, np.float32)
+        assert torch.equal(pix, torch.from_numpy(x.transpose(2, 0, 1))), f"{f}: resized or cropped"
+    labels = torch.tensor([label for _, label in files], dtype=torch.int64)
+    captions = [ZS_SIMPLE_TEMPLATES[0].format(classnames[label]) for label in labels]
+
+    model = CLIPModel.from_pretrained(str(FIX / ZS_MODEL), attn_implementation="eager").float()
+    model.train()  # CLIP has no dropout or batch-norm: train and eval modes compute the same
+    tok = CLIPTokenizerFast.from_pretrained(str(FIX / ZS_MODEL))
+    ids = torch.tensor(hf_encode(tok, captions), dtype=torch.int64)
+    named = list(model.named_parameters())
+    params = [p for _, p in named]
+    r = FLYP_RECIPE
+    opt = torch.optim.AdamW(params, lr=r["lr"], weight_decay=r["wd"])
+    losses, lrs, norms = [], [], []
+    for step in range(r["steps"]):
+        lr = wise_ft_cosine_lr(r["lr"], r["warmup"], r["steps"], step)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        opt.zero_grad()
+        loss = model(input_ids=ids, pixel_values=pixels, return_loss=True).loss
+        loss.backward()
+        norms.append(torch.nn.utils.clip_grad_norm_(params, r["clip"]).item())
+        opt.step()
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, np.log(100))
+        losses.append(loss.item())
+        lrs.append(lr)
+    model.eval()
+    tensors = {f"after.{n}": p.detach().clone() for n, p in named}
+    tensors["head"] = zeroshot_head(model, tok, ZS_SIMPLE_TEMPLATES, classnames)
+    tensors["labels"] = labels
+    tensors["losses"] = torch.tensor(losses, dtype=torch.float64)
+    tensors["lrs"] = torch.tensor(lrs, dtype=torch.float64)
+    tensors["grad_norms"] = torch.tensor(norms, dtype=torch.float64)
+    save_tensors(d / "expected.safetensors", tensors)
+    print(f"flyp: {len(files)} images of {classnames}, losses {[f'{l:.5f}' for l in losses]}, "
+          f"grad norms {[f'{n:.4f}' for n in norms]}")
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -996,6 +1069,7 @@ def main():
     make_zeroshot()
     make_train_steps()
     make_ensemble()
+    make_flyp_steps()
     print("done")
 
 

@@ -102,7 +102,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     // Only train mode needs the optimizer's moments (2 × the parameters).
     let mut optimizer =
         if args.mode == Mode::Train { Some(AdamW::new(AdamWConfig::default(), &params)?) } else { None };
-    let mut step = || -> anyhow::Result<()> {
+    let mut step = |phases: &mut [f64; 4]| -> anyhow::Result<()> {
         match args.mode {
             Mode::Eval => {
                 let dataset = dataset.as_ref().expect("checked above");
@@ -125,12 +125,23 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
                 anyhow::ensure!(features.dims() == [args.batch_size, config.projection_dim]);
             }
             Mode::Train => {
+                // Phase times (forward, backward, clipping, optimizer), exact on CPU; on an
+                // accelerator they only say where work was queued.
+                let mut clock = Instant::now();
+                let mut lap = |i: usize| {
+                    phases[i] += clock.elapsed().as_secs_f64();
+                    clock = Instant::now();
+                };
                 let loss = cross_entropy(&classifier.logits(&pixels)?, &labels, 0.0)?;
+                let value = loss.to_scalar::<f32>()?;
+                anyhow::ensure!(value.is_finite(), "the loss is {value}");
+                lap(0);
                 let mut grads = loss.backward()?;
+                lap(1);
                 clip_grad_norm(&params, &mut grads, 1.0)?;
+                lap(2);
                 optimizer.as_mut().expect("train mode").step(&params, &grads, 3e-5)?;
-                let loss = loss.to_scalar::<f32>()?;
-                anyhow::ensure!(loss.is_finite(), "the loss is {loss}");
+                lap(3);
             }
         }
         // Accelerators queue work: wait for it, or the clock stops early.
@@ -138,12 +149,12 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         Ok(())
     };
     for _ in 0..args.warmup {
-        step()?;
+        step(&mut [0.0; 4])?;
     }
-    let mut times = Vec::with_capacity(args.iters);
+    let (mut times, mut phases) = (Vec::with_capacity(args.iters), [0f64; 4]);
     for _ in 0..args.iters {
         let t0 = Instant::now();
-        step()?;
+        step(&mut phases)?;
         times.push(t0.elapsed().as_secs_f64());
     }
 
@@ -151,7 +162,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let images = dataset.as_ref().map_or(args.batch_size, |d| d.len());
     let total: f64 = times.iter().sum();
     let best = times.iter().copied().fold(f64::INFINITY, f64::min);
-    let line = serde_json::json!({
+    let mut line = serde_json::json!({
         "impl": "wise",
         "mode": args.mode.to_possible_value().expect("no skipped variants").get_name(),
         "preset": args.preset,
@@ -164,7 +175,16 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         "threads": candle_core::utils::get_num_threads(),
         "iters": args.iters,
         "iter_s": times.iter().map(|t| (t * 1e4).round() / 1e4).collect::<Vec<_>>(),
+        "blas": wise_clip::matmul::blas_name(),
     });
+    if args.mode == Mode::Train {
+        line["phase_s"] = serde_json::json!({
+            "forward": round3(phases[0] / args.iters as f64),
+            "backward": round3(phases[1] / args.iters as f64),
+            "clip_grad_norm": round3(phases[2] / args.iters as f64),
+            "optimizer": round3(phases[3] / args.iters as f64),
+        });
+    }
     println!("{line}");
     Ok(())
 }

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{Args, Subcommand};
+use wise_data::import::ImportOptions;
 use wise_data::{Dataset, Source};
 
 #[derive(Args)]
@@ -38,6 +39,10 @@ struct ImportArgs {
     /// Replace a non-empty --out (only once the new tree is complete).
     #[arg(long)]
     overwrite: bool,
+    /// Keep only the first N images of each class in every split (by file name, i.e. by
+    /// position in the source): a smaller, balanced subset.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    limit_per_class: Option<u64>,
 }
 
 #[derive(Args)]
@@ -57,7 +62,11 @@ pub fn run(args: DataArgs) -> anyhow::Result<()> {
 }
 
 fn import(args: ImportArgs) -> anyhow::Result<()> {
-    let summary = wise_data::import(args.dataset, &args.from, &args.out, args.overwrite)
+    let opts = ImportOptions {
+        overwrite: args.overwrite,
+        limit_per_class: args.limit_per_class.map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
+    };
+    let summary = wise_data::import::import_with(args.dataset, &args.from, &args.out, &opts)
         .with_context(|| format!("importing {} from {}", args.dataset, args.from.display()))?;
     eprintln!("{summary}");
     Ok(())

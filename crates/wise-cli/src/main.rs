@@ -62,6 +62,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    keep_freed_memory();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Bench(args) => bench::run(args),
@@ -87,6 +88,29 @@ fn main() -> ExitCode {
                 eprintln!("  caused by: {cause}");
             }
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// Keeps freed tensor buffers in the process instead of handing them back to the kernel.
+///
+/// glibc serves the model's large activations (tens of MB each) with fresh `mmap`s and
+/// unmaps them on free, so the next forward page-faults every byte in again, zeroed by the
+/// kernel: on CPU that cost 15–25 % of a forward (BENCHMARKS.md). Serving blocks up to
+/// glibc's maximum of 32 MiB from the heap and never trimming it makes the steady state
+/// fault-free; memory stays at the peak of one step, which it reaches anyway.
+fn keep_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        const M_TRIM_THRESHOLD: std::ffi::c_int = -1;
+        const M_MMAP_THRESHOLD: std::ffi::c_int = -3;
+        extern "C" {
+            fn mallopt(param: std::ffi::c_int, value: std::ffi::c_int) -> std::ffi::c_int;
+        }
+        // SAFETY: mallopt only sets glibc malloc parameters; called before any threads.
+        unsafe {
+            mallopt(M_MMAP_THRESHOLD, 32 << 20);
+            mallopt(M_TRIM_THRESHOLD, i32::MAX);
         }
     }
 }

@@ -13,8 +13,8 @@ pub struct RunArgs {
     /// Print the stages and whether each is done, then stop.
     #[arg(long)]
     dry_run: bool,
-    /// Redo a stage (and, through its outputs, what follows): import, pretrain, zeroshot,
-    /// finetune, sweep, report. Repeatable.
+    /// Redo a stage (and, through its outputs, what follows): import, shift, pretrain,
+    /// zeroshot, finetune, sweep, report. Repeatable.
     #[arg(long)]
     force: Vec<String>,
     /// cpu, cuda[:N] or metal.

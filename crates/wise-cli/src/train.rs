@@ -1,4 +1,5 @@
-//! `wise train`: fine-tune a classifier end to end with wise-ft's recipe.
+//! `wise train`: fine-tune a classifier end to end with wise-ft's recipe, on cross-entropy
+//! or (`--loss contrastive`) on CLIP's contrastive loss with both towers (FLYP).
 
 use std::path::PathBuf;
 
@@ -7,7 +8,7 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use wise_data::Dataset;
 use wise_eval::Evaluation;
-use wise_train::{train, Observer, Run, StepInfo, TrainConfig};
+use wise_train::{train_with_clip, Loss, Observer, Run, StepInfo, TrainConfig};
 use wise_zeroshot::ImageClassifier;
 
 #[derive(Args)]
@@ -22,6 +23,15 @@ pub struct TrainArgs {
     /// Output folder: `epoch_N.safetensors`, `finetuned.safetensors`, `resume.safetensors`.
     #[arg(long)]
     out: PathBuf,
+    /// cross_entropy (wise-ft: the classifier's logits) or contrastive (FLYP: CLIP's loss
+    /// between images and captions made from the classifier's templates, both towers
+    /// trained, the head rebuilt from the text tower after every epoch).
+    #[arg(long, default_value = "cross_entropy", value_name = "cross_entropy|contrastive")]
+    loss: Loss,
+    /// With --loss contrastive: the CLIP whose text tower is trained (model folder,
+    /// open_clip file or hub id), instead of the classifier's source model.
+    #[arg(long, value_name = "DIR|FILE|HUB_ID")]
+    clip: Option<String>,
     #[arg(long, default_value_t = 10)]
     epochs: usize,
     #[arg(long, default_value_t = 32)]
@@ -87,6 +97,7 @@ impl TrainArgs {
             freeze_encoder: self.freeze_encoder,
             no_decay_on_bias_norm_embedding: self.no_decay_bias_norm,
             save_every: self.save_every,
+            loss: self.loss,
         }
     }
 }
@@ -94,6 +105,9 @@ impl TrainArgs {
 pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     let config = args.config();
     config.validate()?;
+    if args.clip.is_some() && config.loss != Loss::Contrastive {
+        anyhow::bail!("--clip names the text tower of --loss contrastive; cross-entropy training has none");
+    }
     let device = wise_clip::parse_device(&args.device)?;
     let train_set = Dataset::open(&args.data, None)?;
     let evals = crate::eval::parse_datasets(&args.eval)?;
@@ -109,7 +123,8 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         feature_cache: wise_train::features::default_cache_dir(),
     };
     let mut bars = Bars::default();
-    let summary = train(run, &mut bars).with_context(|| format!("training into {}", args.out.display()))?;
+    let summary = train_with_clip(run, args.clip.as_deref(), &mut bars)
+        .with_context(|| format!("training {} into {}", args.model.display(), args.out.display()))?;
     bars.finish();
     println!(
         "trained {} steps ({} epochs, {} images) in {:.1}s, last loss {:.4}: {}",

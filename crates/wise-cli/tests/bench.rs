@@ -18,7 +18,17 @@ fn preprocess_mode_reports_every_image_of_the_dataset() {
         std::fs::copy(images.join(name), class.join(name)).unwrap();
     }
     let out = ok(&wise(&[
-        "bench", "--mode", "preprocess", "--data", s(dir.path()), "--limit", "4", "--iters", "2", "--warmup", "0",
+        "bench",
+        "--mode",
+        "preprocess",
+        "--data",
+        s(dir.path()),
+        "--limit",
+        "4",
+        "--iters",
+        "2",
+        "--warmup",
+        "0",
     ]));
     let line: serde_json::Value = serde_json::from_str(out.trim()).expect("one JSON line");
     assert_eq!(line["mode"], "preprocess");

@@ -1,7 +1,8 @@
 //! `wise train` end to end on real digits with the tiny fixture CLIP: a run killed with
 //! SIGKILL mid-epoch and resumed ends bit-identical to an uninterrupted one; non-finite
 //! losses, mismatched classes and configs are refused with the cause; the frozen-tower
-//! mode trains only the head, from cached features.
+//! mode trains only the head, from cached features; `--loss contrastive` (FLYP) writes a
+//! classifier that `wise eval` reads and interpolates, and refuses what it cannot do.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -220,4 +221,118 @@ fn bad_training_input_is_refused_with_the_cause() {
     let data = args.iter().position(|a| a == "--data").unwrap();
     args[data + 1] = s(&other).to_string();
     fails_with(&run(&args, &cache), &["not in the head: cat"]);
+}
+
+#[test]
+fn contrastive_training_writes_a_classifier_that_eval_reads() {
+    let Some(setup) = setup() else { return };
+    let cache = setup.root.join("cache");
+    let out = setup.root.join("flyp");
+    let args = train_args(&setup, &out, &["--loss", "contrastive", "--max-steps", "3", "--no-augment"]);
+    let said = ok(&run(&args, &cache));
+    assert!(said.contains("trained 3 steps"), "{said}");
+
+    // Both towers trained: the image tower moved, the head was rebuilt from the moved text
+    // tower (bias 0), and the text tower is kept in the resume state.
+    let before = wise_zeroshot::ImageClassifier::load(&setup.classifier, &Device::Cpu).unwrap();
+    let after =
+        wise_zeroshot::ImageClassifier::load(&out.join("finetuned.safetensors"), &Device::Cpu).unwrap();
+    let moved = |name: &str| {
+        let d = (before.params[name].as_tensor() - after.params[name].as_tensor()).unwrap().abs().unwrap();
+        d.max_all().unwrap().to_scalar::<f32>().unwrap()
+    };
+    assert!(moved("vision_model.encoder.layers.0.mlp.fc1.weight") > 1e-5);
+    assert!(moved("classification_head.weight") > 1e-5);
+    assert_eq!(moved("classification_head.bias"), 0.0);
+    assert!(after.meta.extra["train"].contains("\"loss\":\"contrastive\""));
+    let state = SafetensorsFile::open(&out.join("resume.safetensors")).unwrap();
+    assert!(state.names().contains(&"text_model.final_layer_norm.weight".to_string()));
+    assert!(state.names().contains(&"logit_scale".to_string()));
+
+    // wise eval reads it, alone and interpolated with the zero-shot classifier (WiSE-FT).
+    let data = format!("Train={}", s(&setup.train));
+    let results = setup.root.join("results.jsonl");
+    let ft = out.join("finetuned.safetensors");
+    ok(&run(&s_args(&["eval", "--model", s(&ft), "--data", &data, "--results", s(&results)]), &cache));
+    let sweep = [
+        "eval",
+        "--zeroshot",
+        s(&setup.classifier),
+        "--finetuned",
+        s(&ft),
+        "--alphas",
+        "0:1:0.5",
+        "--data",
+        &data,
+        "--results",
+        s(&results),
+    ];
+    ok(&run(&s_args(&sweep), &cache));
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&results)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 4, "{lines:?}");
+    assert!(lines.iter().all(|l| l["Train:top1"].as_f64().is_some()), "{lines:?}");
+    // The sweep's α = 1 end is the fine-tuned classifier.
+    assert_eq!(lines[0]["Train:top1"], lines[3]["Train:top1"]);
+}
+
+#[test]
+fn contrastive_training_refuses_what_it_cannot_do() {
+    let Some(setup) = setup() else { return };
+    let cache = setup.root.join("cache");
+    let x = setup.root.join("x");
+    let flyp = |extra: &[&str]| {
+        let mut e = vec!["--loss", "contrastive"];
+        e.extend_from_slice(extra);
+        train_args(&setup, &x, &e)
+    };
+    fails_with(&run(&flyp(&["--freeze-encoder"]), &cache), &["freeze-encoder", "contrastive"]);
+    fails_with(&run(&flyp(&["--label-smoothing", "0.1"]), &cache), &["label smoothing"]);
+    fails_with(&run(&train_args(&setup, &x, &["--loss", "mse"]), &cache), &["unknown loss 'mse'"]);
+    fails_with(&run(&train_args(&setup, &x, &["--clip", "somewhere"]), &cache), &["--clip", "contrastive"]);
+
+    // A classifier whose source model has gone: named, with the way out.
+    let gone = setup.root.join("gone-clip");
+    std::fs::create_dir_all(&gone).unwrap();
+    for f in std::fs::read_dir(fixture("clip-tiny-quickgelu")).unwrap() {
+        let f = f.unwrap().path();
+        std::fs::copy(&f, gone.join(f.file_name().unwrap())).unwrap();
+    }
+    let orphan = setup.root.join("orphan.safetensors");
+    let made = run(
+        &s_args(&[
+            "zeroshot",
+            "--model",
+            s(&gone),
+            "--classes",
+            s(&fixture("zeroshot/classnames.txt")),
+            "--templates",
+            "simple",
+            "--out",
+            s(&orphan),
+        ]),
+        &cache,
+    );
+    ok(&made);
+    std::fs::remove_dir_all(&gone).unwrap();
+    let mut args = flyp(&["--max-steps", "1"]);
+    let model = args.iter().position(|a| a == "--model").unwrap();
+    args[model + 1] = s(&orphan).to_string();
+    fails_with(&run(&args, &cache), &[s(&gone), "source_model", "--clip", s(&orphan)]);
+    assert!(!x.join("finetuned.safetensors").exists());
+    // --clip points at it; an image tower of other shapes is refused.
+    let gelu = fixture("clip-tiny-gelu");
+    let mut wrong = args.clone();
+    wrong.extend(["--clip".to_string(), s(&gelu).to_string()]);
+    fails_with(&run(&wrong, &cache), &["does not match", "clip-tiny-gelu"]);
+    args.extend(["--clip".to_string(), s(&fixture("clip-tiny-quickgelu")).to_string()]);
+    ok(&run(&args, &cache));
+    assert!(x.join("finetuned.safetensors").exists());
+}
+
+fn s_args(args: &[&str]) -> Vec<String> {
+    args.iter().map(|a| a.to_string()).collect()
 }

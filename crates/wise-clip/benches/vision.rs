@@ -16,6 +16,8 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use candle_core::{Device, Module, Tensor, D};
+use wise_clip::attention::attention;
+use wise_clip::matmul::{matmul, on_blas};
 use wise_clip::nn::{softmax_last_dim, Linear};
 use wise_clip::params::ParamBuilder;
 use wise_clip::vision::ImageEncoder;
@@ -115,19 +117,21 @@ impl Prof {
     }
 }
 
-/// `Linear::forward`, split into the gemm and the bias add.
+/// `Linear::forward`: one gemm with the bias in its accumulator on the BLAS; else the gemm
+/// and the bias add, timed apart.
 fn linear(l: &Linear, x: &Tensor, gemm: &'static str, prof: &mut Prof) -> candle_core::Result<Tensor> {
-    let w = l.weight.to_dtype(x.dtype())?;
-    let (dims, last) = (x.dims().to_vec(), x.dim(D::Minus1)?);
+    let (last, out_dim) = (x.dim(D::Minus1)?, l.weight.dim(0)?);
     let rows = x.elem_count() / last;
-    let out_dim = w.dim(0)?;
     let flops = 2.0 * (rows * last * out_dim) as f64;
-    let y = prof.time(gemm, flops, || x.reshape((rows, last))?.matmul(&w.t()?))?;
+    if on_blas(&[x]) {
+        return prof.time(gemm, flops, || l.forward(x));
+    }
+    let y = prof.time(gemm, flops, || matmul(&x.reshape((rows, last))?, &l.weight.t()?))?;
     let y = match &l.bias {
-        Some(b) => prof.time("linear bias add", 0.0, || y.broadcast_add(&b.to_dtype(x.dtype())?))?,
+        Some(b) => prof.time("linear bias add", 0.0, || y.broadcast_add(b))?,
         None => y,
     };
-    let mut out_dims = dims;
+    let mut out_dims = x.dims().to_vec();
     *out_dims.last_mut().expect("x has a last dim") = out_dim;
     y.reshape(out_dims)
 }
@@ -157,7 +161,8 @@ fn mirrored_forward(
     })?;
     let w = enc.patch_embedding.reshape((c, ch * p * p))?;
     let flops = 2.0 * (b * g * g * ch * p * p * c) as f64;
-    let patches = prof.time("gemm patch_embed", flops, || patches.matmul(&w.t()?)?.reshape((b, g * g, c)))?;
+    let patches =
+        prof.time("gemm patch_embed", flops, || matmul(&patches, &w.t()?)?.reshape((b, g * g, c)))?;
     let x = prof.time("embed cat + pos add", 0.0, || {
         let class = enc.class_embedding.reshape((1, 1, c))?.repeat((b, 1, 1))?;
         Tensor::cat(&[&class, &patches], 1)?.broadcast_add(&enc.position_embedding.unsqueeze(0)?)
@@ -169,22 +174,26 @@ fn mirrored_forward(
     for layer in &enc.encoder.layers {
         let a = &layer.self_attn;
         let h = prof.time("layernorm", 0.0, || layer.layer_norm1.forward(&x))?;
-        let q = linear(&a.q_proj, &h, "gemm q/k/v proj", prof)?;
-        let q = prof.time("attn q * scale", 0.0, || q * (head_dim as f64).powf(-0.5))?;
-        let k = linear(&a.k_proj, &h, "gemm q/k/v proj", prof)?;
-        let v = linear(&a.v_proj, &h, "gemm q/k/v proj", prof)?;
-        let (q, k, v) =
-            prof.time("attn head split (contiguous)", 0.0, || Ok((split(q)?, split(k)?, split(v)?)))?;
-        let scores = prof.time("attn matmul q·kᵀ", attn_flops, || q.matmul(&k.t()?))?;
-        let probs = prof.time("softmax", 0.0, || softmax_last_dim(&scores))?;
-        let y = prof.time("attn matmul p·v", attn_flops, || probs.matmul(&v))?;
-        let y = prof.time("attn head merge (copy)", 0.0, || y.transpose(1, 2)?.reshape((b, t, c)))?;
-        let y = linear(&a.out_proj, &y, "gemm out_proj", prof)?;
+        let q = linear(&a.q_proj, &h, "gemm q/k/v proj (+bias)", prof)?;
+        let k = linear(&a.k_proj, &h, "gemm q/k/v proj (+bias)", prof)?;
+        let v = linear(&a.v_proj, &h, "gemm q/k/v proj (+bias)", prof)?;
+        let y = if on_blas(&[&h]) {
+            prof.time("attention (fused)", 2.0 * attn_flops, || attention(&q, &k, &v, heads, None))?
+        } else {
+            let q = prof.time("attn q * scale", 0.0, || q * (head_dim as f64).powf(-0.5))?;
+            let (q, k, v) =
+                prof.time("attn head split (contiguous)", 0.0, || Ok((split(q)?, split(k)?, split(v)?)))?;
+            let scores = prof.time("attn matmul q·kᵀ", attn_flops, || matmul(&q, &k.t()?))?;
+            let probs = prof.time("softmax", 0.0, || softmax_last_dim(&scores))?;
+            let y = prof.time("attn matmul p·v", attn_flops, || matmul(&probs, &v))?;
+            prof.time("attn head merge (copy)", 0.0, || y.transpose(1, 2)?.reshape((b, t, c)))?
+        };
+        let y = linear(&a.out_proj, &y, "gemm out_proj (+bias)", prof)?;
         x = prof.time("residual add", 0.0, || &x + &y)?;
         let h = prof.time("layernorm", 0.0, || layer.layer_norm2.forward(&x))?;
-        let h = linear(&layer.mlp.fc1, &h, "gemm mlp fc1", prof)?;
+        let h = linear(&layer.mlp.fc1, &h, "gemm mlp fc1 (+bias)", prof)?;
         let h = prof.time("quick_gelu", 0.0, || vc.hidden_act.apply(&h))?;
-        let h = linear(&layer.mlp.fc2, &h, "gemm mlp fc2", prof)?;
+        let h = linear(&layer.mlp.fc2, &h, "gemm mlp fc2 (+bias)", prof)?;
         x = prof.time("residual add", 0.0, || &x + &h)?;
     }
     let pooled =

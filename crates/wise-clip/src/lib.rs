@@ -11,11 +11,16 @@
 //! - [`weights`], [`params`], [`hub`]: checkpoints (HF, sharded, open_clip), the HF cache.
 //! - [`tokenizer`], [`preprocess`]: text and images in, exactly as HF's CLIP processor.
 //! - [`device`]: CPU, CUDA or Metal, and the compute dtype for each.
+//! - [`matmul`], [`fused`], [`attention`]: matrix products through the system BLAS, and
+//!   fused QuickGELU, LayerNorm, softmax and attention kernels with their backwards, on CPU.
 
+pub mod attention;
 pub mod config;
 pub mod device;
 pub mod error;
+pub mod fused;
 pub mod hub;
+pub mod matmul;
 pub mod model;
 pub mod nn;
 pub mod params;

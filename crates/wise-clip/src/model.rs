@@ -107,11 +107,53 @@ impl ClipModel {
     pub fn contrastive_loss(&self, ids: &Tensor, pixels: &Tensor) -> Result<Tensor> {
         let img = l2_normalize(&self.image_features(pixels)?)?;
         let txt = l2_normalize(&self.text_features(ids)?)?;
-        let logits = txt.matmul(&img.t()?)?.broadcast_mul(&self.logit_scale.exp()?)?;
+        let logits = crate::matmul::matmul(&txt, &img.t()?)?.broadcast_mul(&self.logit_scale.exp()?)?;
         let targets = Tensor::arange(0u32, logits.dim(0)? as u32, &self.device)?;
         let rows = candle_nn::loss::cross_entropy(&logits, &targets)?;
         let cols = candle_nn::loss::cross_entropy(&logits.t()?, &targets)?;
         Ok(((rows + cols)? / 2.0)?)
+    }
+
+    /// This CLIP with `vision` as its image tower, *sharing* its parameters: `vision_params`
+    /// are that tower's `Var`s by HF name (e.g. an image classifier's fine-tuned tower,
+    /// which then trains through this model). Each must have the name and shape of one of
+    /// this model's image-tower parameters and none may be missing; otherwise the error
+    /// lists every difference.
+    pub fn with_vision(
+        mut self,
+        vision: ImageEncoder,
+        vision_params: &BTreeMap<String, Var>,
+    ) -> Result<Self> {
+        let is_vision = |n: &str| n.starts_with("vision_model.") || n.starts_with("visual_projection.");
+        let mut problems = Vec::new();
+        for (name, own) in self.params.iter().filter(|(n, _)| is_vision(n)) {
+            match vision_params.get(name) {
+                None => problems.push(format!("missing {name} {:?}", own.dims())),
+                Some(v) if v.dims() != own.dims() => {
+                    problems.push(format!("{name}: the CLIP has {:?}, the tower {:?}", own.dims(), v.dims()))
+                }
+                Some(_) => {}
+            }
+        }
+        for (name, v) in vision_params {
+            if !is_vision(name) || !self.params.contains_key(name) {
+                problems.push(format!("unexpected {name} {:?}", v.dims()));
+            }
+        }
+        if !problems.is_empty() {
+            let more = problems.len().saturating_sub(20);
+            return Err(crate::Error::Invalid(format!(
+                "the image tower does not fit this CLIP ({} difference{}):\n  {}{}",
+                problems.len(),
+                if problems.len() == 1 { "" } else { "s" },
+                problems[..problems.len() - more].join("\n  "),
+                if more > 0 { format!("\n  ... and {more} more") } else { String::new() }
+            )));
+        }
+        self.params.extend(vision_params.iter().map(|(n, v)| (n.clone(), v.clone())));
+        self.config.vision_config = vision.config.clone();
+        self.vision = vision;
+        Ok(self)
     }
 
     /// Parameter counts per tower: (vision incl. projection, text incl. projection, other).

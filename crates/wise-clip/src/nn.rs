@@ -5,12 +5,19 @@
 //! both are written from differentiable tensor ops, and the parity tests check the
 //! gradient of every parameter against PyTorch.
 //!
+//! On CPU in f32 the three run as fused kernels with hand-written backwards
+//! ([`crate::fused`]), matrix products go through the system BLAS when there is one
+//! ([`crate::matmul`]) and so does all of attention ([`crate::attention`]); elsewhere the
+//! op-by-op versions below run.
+//!
 //! Weights are f32 master copies ([`Var`]); each layer casts them to the activations'
 //! dtype, so the same model runs f32 on CPU and bf16 compute on CUDA.
 
 use candle_core::{DType, Module, Tensor, Var, D};
 
 use crate::config::Activation;
+use crate::fused;
+use crate::matmul::{linear, matmul, on_blas};
 use crate::params::{Init, ParamBuilder};
 use crate::Result;
 
@@ -48,18 +55,10 @@ impl Linear {
 
 impl Module for Linear {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        // Flatten leading dims so one 2-D gemm reads the transposed weight in place.
+        // One gemm over all leading dims, reading the transposed weight in place.
         let w = self.weight.to_dtype(x.dtype())?;
-        let (dims, last) = (x.dims(), x.dim(D::Minus1)?);
-        let rows = x.elem_count() / last;
-        let y = x.reshape((rows, last))?.matmul(&w.t()?)?;
-        let y = match &self.bias {
-            Some(b) => y.broadcast_add(&b.to_dtype(x.dtype())?)?,
-            None => y,
-        };
-        let mut out_dims = dims.to_vec();
-        *out_dims.last_mut().expect("x has a last dim") = y.dim(1)?;
-        y.reshape(out_dims)
+        let b = self.bias.as_ref().map(|b| b.to_dtype(x.dtype())).transpose()?;
+        linear(x, &w, b.as_ref())
     }
 }
 
@@ -84,6 +83,9 @@ impl LayerNorm {
 
 impl Module for LayerNorm {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        if fused::applies(x) {
+            return fused::layer_norm(x, &self.weight, &self.bias, self.eps);
+        }
         let dtype = x.dtype();
         let x = x.to_dtype(DType::F32)?;
         let centered = x.broadcast_sub(&x.mean_keepdim(D::Minus1)?)?;
@@ -96,6 +98,9 @@ impl Module for LayerNorm {
 /// Softmax over the last dim with a backward pass. Subtracting the (detached) row max
 /// changes nothing mathematically and keeps `exp` finite.
 pub fn softmax_last_dim(x: &Tensor) -> candle_core::Result<Tensor> {
+    if fused::applies(x) {
+        return fused::softmax_last_dim(x);
+    }
     let max = x.max_keepdim(D::Minus1)?.detach();
     let e = x.broadcast_sub(&max)?.exp()?;
     e.broadcast_div(&e.sum_keepdim(D::Minus1)?)
@@ -104,6 +109,7 @@ pub fn softmax_last_dim(x: &Tensor) -> candle_core::Result<Tensor> {
 impl Activation {
     pub fn apply(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         match self {
+            Activation::QuickGelu if fused::applies(x) => fused::quick_gelu(x),
             Activation::QuickGelu => x * candle_nn::ops::sigmoid(&(x * 1.702)?)?,
             Activation::Gelu => x.gelu_erf(),
             Activation::GeluTanh => x.gelu(),
@@ -146,6 +152,10 @@ impl Attention {
 
     /// `x`: [B, T, C]; `mask`: additive [T, T] (the text tower's causal mask) or none.
     pub fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> candle_core::Result<Tensor> {
+        if on_blas(&[x]) {
+            let (q, k, v) = (self.q_proj.forward(x)?, self.k_proj.forward(x)?, self.v_proj.forward(x)?);
+            return self.out_proj.forward(&crate::attention::attention(&q, &k, &v, self.heads, mask)?);
+        }
         let (b, t, c) = x.dims3()?;
         let head_dim = c / self.heads;
         let split_heads = |y: Tensor| -> candle_core::Result<Tensor> {
@@ -155,13 +165,13 @@ impl Attention {
         let q = split_heads((self.q_proj.forward(x)? * scale)?)?;
         let k = split_heads(self.k_proj.forward(x)?)?;
         let v = split_heads(self.v_proj.forward(x)?)?;
-        let scores = q.matmul(&k.t()?)?;
+        let scores = matmul(&q, &k.t()?)?;
         let scores = match mask {
             Some(m) => scores.broadcast_add(&m.to_dtype(scores.dtype())?)?,
             None => scores,
         };
         let probs = softmax_last_dim(&scores)?;
-        let y = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, t, c))?;
+        let y = matmul(&probs, &v)?.transpose(1, 2)?.reshape((b, t, c))?;
         self.out_proj.forward(&y)
     }
 }

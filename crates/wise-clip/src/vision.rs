@@ -79,7 +79,7 @@ impl ImageEncoder {
         let patches =
             x.reshape((b, ch, g, p, g, p))?.permute((0, 2, 4, 1, 3, 5))?.reshape((b * g * g, ch * p * p))?;
         let w = self.patch_embedding.to_dtype(dtype)?.reshape((c, ch * p * p))?;
-        let patches = patches.matmul(&w.t()?)?.reshape((b, g * g, c))?;
+        let patches = crate::matmul::matmul(&patches, &w.t()?)?.reshape((b, g * g, c))?;
         let class = self.class_embedding.to_dtype(dtype)?.reshape((1, 1, c))?.repeat((b, 1, 1))?;
         let tokens = Tensor::cat(&[&class, &patches], 1)?;
         tokens.broadcast_add(&self.position_embedding.to_dtype(dtype)?.unsqueeze(0)?)

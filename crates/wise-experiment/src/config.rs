@@ -22,6 +22,9 @@ pub struct Experiment {
     /// Raw public datasets to turn into ImageFolders first (`wise data import`).
     #[serde(default)]
     pub import: Vec<Import>,
+    /// Corrupted copies of test sets (`wise shift`), made after the imports.
+    #[serde(default)]
+    pub shift: Vec<Shift>,
     pub model: Model,
     pub zeroshot: Zeroshot,
     pub data: Data,
@@ -48,6 +51,64 @@ pub struct Import {
     pub from: String,
     /// Destination folder.
     pub to: String,
+    /// Keep only the first N images of each class in every split (a smaller, balanced subset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit_per_class: Option<usize>,
+}
+
+/// A `wise shift` stage: CIFAR-10-C / ImageNet-C corruptions of an ImageFolder. With one
+/// corruption and one severity `to` is the corrupted ImageFolder; otherwise each pair is
+/// `to/<corruption>/<severity>/`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Shift {
+    /// The ImageFolder to corrupt (usually the reference test set).
+    pub data: String,
+    /// `"all"`, a name, a comma-separated list of names, or a list of names.
+    pub corruptions: Names,
+    /// 1..5: `3`, `[1, 3, 5]`, `"2..4"` or `"all"`.
+    pub severity: Levels,
+    /// Seeds every image's random draws (with the corruption and the image's path).
+    #[serde(default)]
+    pub seed: u64,
+    /// Destination folder.
+    pub to: String,
+}
+
+/// One string (`"all"`, `"fog, snow"`) or a list of strings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged, expecting = "a corruption name, \"all\", or a list of names")]
+pub enum Names {
+    One(String),
+    Many(Vec<String>),
+}
+
+/// One level, a list of levels, or a string (`"1..5"`, `"all"`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged, expecting = "a severity 1..5, a list of them, or a string such as \"1..5\" or \"all\"")]
+pub enum Levels {
+    One(i64),
+    Many(Vec<i64>),
+    Text(String),
+}
+
+impl Shift {
+    pub fn corruption_list(&self) -> std::result::Result<Vec<wise_shift::Corruption>, String> {
+        let text = match &self.corruptions {
+            Names::One(s) => s.clone(),
+            Names::Many(v) => v.join(","),
+        };
+        wise_shift::Corruption::parse_list(&text).map_err(|e| format!("[[shift]] to = \"{}\": {e}", self.to))
+    }
+
+    pub fn severity_list(&self) -> std::result::Result<Vec<wise_shift::Severity>, String> {
+        let text = match &self.severity {
+            Levels::One(n) => n.to_string(),
+            Levels::Many(v) => v.iter().map(i64::to_string).collect::<Vec<_>>().join(","),
+            Levels::Text(s) => s.clone(),
+        };
+        wise_shift::Severity::parse_list(&text).map_err(|e| format!("[[shift]] to = \"{}\": {e}", self.to))
+    }
 }
 
 /// Where the CLIP comes from: an existing model, or pretrained here.
@@ -177,6 +238,19 @@ impl Experiment {
             return Err(format!("[ensemble]: alpha {a} is outside [0, 1]"));
         }
         self.train.validate().map_err(|e| format!("[train]: {e}"))?;
+        if let Some(imp) = self.import.iter().find(|i| i.limit_per_class == Some(0)) {
+            return Err(format!("[[import]] to = \"{}\": limit_per_class must be at least 1", imp.to));
+        }
+        for shift in &self.shift {
+            shift.corruption_list()?;
+            shift.severity_list()?;
+        }
+        let mut targets: Vec<&str> = self.import.iter().map(|i| i.to.as_str()).collect();
+        targets.extend(self.shift.iter().map(|s| s.to.as_str()));
+        targets.sort_unstable();
+        if let Some(w) = targets.windows(2).find(|w| w[0] == w[1]) {
+            return Err(format!("two [[import]]/[[shift]] stages write to \"{}\"", w[0]));
+        }
         Ok(())
     }
 

@@ -1,6 +1,7 @@
 //! wise-experiment: a whole WiSE-FT experiment from one TOML file (`wise run`).
 //!
-//! The stages are the paper's method end to end: import data → (pretrain a CLIP) →
+//! The stages are the paper's method end to end: import data → (corrupt test sets with
+//! wise-shift, for synthetic shifts) → (pretrain a CLIP) →
 //! zero-shot classifier → fine-tune → evaluate the weight-space interpolations
 //! θ(α) = (1−α)·θ_zero-shot + α·θ_fine-tuned for every α on the reference and shifted test
 //! sets → plot and report. Finished stages are skipped on a re-run (see [`stages`]), so an
@@ -14,8 +15,10 @@ use std::path::{Path, PathBuf};
 use candle_core::Device;
 use serde_json::json;
 use wise_clip::ModelSource;
+use wise_data::import::ImportOptions;
 use wise_data::{Dataset, Source};
 use wise_eval::{evaluate_many, EvalOptions, ResultsFile};
+use wise_shift::{shift_dataset, ShiftOptions};
 use wise_train::pretrain::{load_captioned, pretrain, PretrainConfig};
 use wise_train::{train, Observer, Run};
 use wise_zeroshot::{zeroshot_classifier, ImageClassifier, Templates};
@@ -76,15 +79,19 @@ impl Layout {
 pub fn plan(exp: &Experiment) -> Vec<Stage> {
     let out = exp.out();
     let layout = Layout::new(&out);
+    let key_of = |settings: &serde_json::Value, upstream: &[String]| {
+        stages::stage_key(settings, &upstream.iter().map(String::as_str).collect::<Vec<_>>())
+    };
     let mut stages = Vec::new();
-    let mut data_keys = Vec::new();
+    let mut data_keys: Vec<String> = Vec::new();
     for imp in &exp.import {
-        let key = stages::stage_key(&json!(imp), &[]);
+        let key = key_of(&json!(imp), &[]);
         data_keys.push(key.clone());
+        let limit = imp.limit_per_class.map(|n| format!(" (first {n} per class)")).unwrap_or_default();
         stages.push(Stage {
             name: format!("import:{}", imp.to),
             description: format!(
-                "import {} from {} into {}",
+                "import {} from {} into {}{limit}",
                 imp.source,
                 imp.from,
                 exp.path(&imp.to).display()
@@ -93,10 +100,36 @@ pub fn plan(exp: &Experiment) -> Vec<Stage> {
             key,
         });
     }
-    let data: Vec<&str> = data_keys.iter().map(String::as_str).collect();
+    // Shifted sets read the imports (and an earlier shift whose folder holds their data).
+    // The stages after them depend on the shifts whose folders hold what they read, so
+    // shifting a test set anew redoes the sweep, not the pretraining.
+    let mut shifts: Vec<(PathBuf, String)> = Vec::new();
+    let reading = |shifts: &[(PathBuf, String)], base: &[String], paths: &[PathBuf]| -> Vec<String> {
+        let deps = shifts.iter().filter(|(to, _)| paths.iter().any(|p| p.starts_with(to)));
+        base.iter().cloned().chain(deps.map(|(_, key)| key.clone())).collect()
+    };
+    for sh in &exp.shift {
+        let key = key_of(&json!(sh), &reading(&shifts, &data_keys, &[exp.path(&sh.data)]));
+        let to = exp.path(&sh.to);
+        let count = sh.corruption_list().map(|c| c.len()).unwrap_or_default();
+        let severities = sh.severity_list().unwrap_or_default();
+        stages.push(Stage {
+            name: format!("shift:{}", sh.to),
+            description: format!(
+                "corrupt {} ({count} corruption(s), severity {}) into {}",
+                exp.path(&sh.data).display(),
+                severities.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(","),
+                to.display()
+            ),
+            outputs: vec![to.join(wise_shift::SHIFT_MANIFEST)],
+            key: key.clone(),
+        });
+        shifts.push((to, key));
+    }
     let model_key = match &exp.model.pretrain {
         Some(p) => {
-            let key = stages::stage_key(&json!(p), &data);
+            let paths: Vec<PathBuf> = p.data.iter().map(|d| exp.path(d)).collect();
+            let key = key_of(&json!(p), &reading(&shifts, &data_keys, &paths));
             stages.push(Stage {
                 name: "pretrain".into(),
                 description: format!(
@@ -109,11 +142,12 @@ pub fn plan(exp: &Experiment) -> Vec<Stage> {
             });
             key
         }
-        None => stages::stage_key(&json!(exp.model.path), &[]),
+        None => key_of(&json!(exp.model.path), &[]),
     };
-    let mut upstream = data.clone();
-    upstream.push(&model_key);
-    let zs_key = stages::stage_key(&json!(exp.zeroshot), &upstream);
+    let mut upstream = data_keys.clone();
+    upstream.push(model_key);
+    let zs_key =
+        key_of(&json!(exp.zeroshot), &reading(&shifts, &upstream, &[exp.path(&exp.zeroshot.classes)]));
     stages.push(Stage {
         name: "zeroshot".into(),
         description: format!(
@@ -124,16 +158,20 @@ pub fn plan(exp: &Experiment) -> Vec<Stage> {
         outputs: vec![layout.zeroshot.clone()],
         key: zs_key.clone(),
     });
-    let ft_key = stages::stage_key(&json!({ "train": exp.train, "data": exp.data.train }), &[&zs_key]);
+    let ft_key = key_of(
+        &json!({ "train": exp.train, "data": exp.data.train }),
+        &reading(&shifts, std::slice::from_ref(&zs_key), &[exp.path(&exp.data.train)]),
+    );
     stages.push(Stage {
         name: "finetune".into(),
         description: format!("fine-tune on {} → {}", exp.data.train, layout.finetune.display()),
         outputs: vec![layout.finetune.join(wise_train::FINETUNED_FILE)],
         key: ft_key.clone(),
     });
-    let sweep_key = stages::stage_key(
+    let eval_paths: Vec<PathBuf> = exp.data.eval.values().map(|p| exp.path(p)).collect();
+    let sweep_key = key_of(
         &json!({ "alphas": exp.ensemble.alphas, "eval": exp.data.eval }),
-        &[&zs_key, &ft_key],
+        &reading(&shifts, &[zs_key, ft_key], &eval_paths),
     );
     stages.push(Stage {
         name: "sweep".into(),
@@ -150,7 +188,7 @@ pub fn plan(exp: &Experiment) -> Vec<Stage> {
         name: "report".into(),
         description: format!("plot and report → {}, {}", layout.plot.display(), layout.report.display()),
         outputs: vec![layout.plot.clone(), layout.report.clone()],
-        key: stages::stage_key(&json!({ "reference": exp.data.reference }), &[&sweep_key]),
+        key: key_of(&json!({ "reference": exp.data.reference }), &[sweep_key]),
     });
     stages
 }
@@ -163,7 +201,8 @@ pub enum Outcome {
 }
 
 /// Runs the experiment: every stage that is not already done (or is forced).
-/// `force` names stages (`import`, `pretrain`, `zeroshot`, `finetune`, `sweep`, `report`).
+/// `force` names stages (`import`, `shift`, `pretrain`, `zeroshot`, `finetune`, `sweep`,
+/// `report`).
 pub fn run(
     exp: &Experiment,
     force: &[String],
@@ -173,7 +212,7 @@ pub fn run(
 ) -> Result<Vec<(String, Outcome)>> {
     let out = exp.out();
     let layout = Layout::new(&out);
-    let known = ["import", "pretrain", "zeroshot", "finetune", "sweep", "report"];
+    let known = ["import", "shift", "pretrain", "zeroshot", "finetune", "sweep", "report"];
     if let Some(bad) = force.iter().find(|f| !known.contains(&f.as_str())) {
         return Err(Error::Invalid(format!("--force {bad}: stages are {}", known.join(", "))));
     }
@@ -196,8 +235,29 @@ pub fn run(
                 let imp =
                     exp.import.iter().find(|i| stage.name == format!("import:{}", i.to)).expect("planned");
                 let source: Source = imp.source.parse().map_err(stage_err(&stage.name))?;
-                wise_data::import(source, &exp.path(&imp.from), &exp.path(&imp.to), true)
+                let opts = ImportOptions { overwrite: true, limit_per_class: imp.limit_per_class };
+                wise_data::import::import_with(source, &exp.path(&imp.from), &exp.path(&imp.to), &opts)
                     .map_err(stage_err(&stage.name))?;
+            }
+            "shift" => {
+                let sh =
+                    exp.shift.iter().find(|s| stage.name == format!("shift:{}", s.to)).ok_or_else(|| {
+                        Error::Invalid(format!("no [[shift]] entry for stage {}", stage.name))
+                    })?;
+                let opts = ShiftOptions {
+                    corruptions: sh.corruption_list().map_err(Error::Invalid)?,
+                    severities: sh.severity_list().map_err(Error::Invalid)?,
+                    seed: sh.seed,
+                    overwrite: true,
+                };
+                let summary = shift_dataset(&exp.path(&sh.data), &exp.path(&sh.to), &opts, &|_| {})
+                    .map_err(stage_err(&stage.name))?;
+                log(&format!(
+                    "      {} images × {} corrupted set(s) → {}",
+                    summary.images,
+                    summary.sets.len(),
+                    summary.out.display()
+                ));
             }
             "pretrain" => {
                 let p = exp

@@ -149,3 +149,198 @@ fn every_shipped_config_parses() {
     }
     assert!(n >= 4, "{n} configs");
 }
+
+/// A three-class ImageFolder of the fixture images, two per class.
+fn small_image_folder(root: &Path) {
+    let classes = [
+        ("zero", ["rgb.jpg", "grey.png"]),
+        ("one", ["palette.png", "rgba.png"]),
+        ("two", ["tall.png", "wide.png"]),
+    ];
+    for (class, files) in classes {
+        std::fs::create_dir_all(root.join(class)).unwrap();
+        for f in files {
+            std::fs::copy(fixture("images").join(f), root.join(class).join(f)).unwrap();
+        }
+    }
+}
+
+fn shift_config(out: &Path, data: &Path, seed: u64) -> String {
+    format!(
+        r#"
+[output]
+dir = "{out}"
+
+[[shift]]
+data = "{data}"
+corruptions = ["fog", "pixelate"]
+severity = 3
+seed = {seed}
+to = "{{out}}/shifted"
+
+[[shift]]
+data = "{data}"
+corruptions = "gaussian_noise"
+severity = "2"
+to = "{{out}}/noisy"
+
+[model]
+path = "{model}"
+
+[zeroshot]
+classes = "{data}"
+templates = "simple"
+
+[data]
+train = "{data}"
+reference = "clean"
+
+[data.eval]
+clean = "{data}"
+fog = "{{out}}/shifted/fog/3"
+pixelate = "{{out}}/shifted/pixelate/3"
+noise = "{{out}}/noisy"
+
+[train]
+batch_size = 3
+max_steps = 2
+lr = 1e-4
+warmup = 1
+
+[ensemble]
+alphas = [0.0, 1.0]
+"#,
+        out = out.display(),
+        data = data.display(),
+        model = fixture("clip-tiny-quickgelu").display(),
+    )
+}
+
+/// Every file below `root` (relative path → bytes).
+fn tree(root: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    let mut files = std::collections::BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.file_name().unwrap() != wise_shift::SHIFT_MANIFEST {
+                let rel = path.strip_prefix(root).unwrap().display().to_string();
+                files.insert(rel, std::fs::read(&path).unwrap());
+            }
+        }
+    }
+    files
+}
+
+#[test]
+fn shift_stages_make_the_corrupted_sets_and_rerun_only_what_reads_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("images");
+    small_image_folder(&data);
+    let out = tmp.path().join("run");
+    let file = tmp.path().join("exp.toml");
+    std::fs::write(&file, shift_config(&out, &data, 1)).unwrap();
+    let exp = Experiment::from_file(&file).unwrap();
+    let stages = plan(&exp);
+    let names: Vec<&str> = stages.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names[..2], ["shift:{out}/shifted", "shift:{out}/noisy"]);
+    assert!(stages[0].description.contains("2 corruption(s), severity 3"), "{}", stages[0].description);
+    assert!(!stages[0].is_done(&out));
+
+    let first = outcomes(&exp);
+    assert_eq!(
+        ran(&first),
+        ["shift:{out}/shifted", "shift:{out}/noisy", "zeroshot", "finetune", "sweep", "report"]
+    );
+    assert!(plan(&exp).iter().all(|s| s.is_done(&out)));
+
+    // The sets are wise-shift's, image for image: several pairs nest as <corruption>/<severity>,
+    // a single pair is the folder itself.
+    let opts = wise_shift::ShiftOptions {
+        corruptions: vec![wise_shift::Corruption::Fog, wise_shift::Corruption::Pixelate],
+        severities: vec![wise_shift::Severity::new(3).unwrap()],
+        seed: 1,
+        overwrite: false,
+    };
+    let direct = tmp.path().join("direct");
+    wise_shift::shift_dataset(&data, &direct, &opts, &|_| {}).unwrap();
+    assert_eq!(tree(&out.join("shifted")), tree(&direct));
+    assert!(out.join("noisy/one/palette.png").is_file());
+    let results = std::fs::read_to_string(out.join("results.jsonl")).unwrap();
+    let line: serde_json::Value = serde_json::from_str(results.lines().next().unwrap()).unwrap();
+    for set in ["clean", "fog", "pixelate", "noise"] {
+        assert_eq!(line[format!("{set}:n")], 6, "{set}");
+    }
+
+    // Nothing changed: nothing runs.
+    assert!(ran(&outcomes(&exp)).is_empty());
+
+    // A new seed redoes that shift and the sweep that reads it, not the model stages.
+    std::fs::write(&file, shift_config(&out, &data, 2)).unwrap();
+    let exp = Experiment::from_file(&file).unwrap();
+    assert_eq!(ran(&outcomes(&exp)), ["shift:{out}/shifted", "sweep", "report"]);
+
+    // --force shift redoes both; the same images come out, so nothing after them reruns.
+    let forced = run(&exp, &["shift".into()], &Device::Cpu, &mut Quiet, &mut |_| {}).unwrap();
+    assert_eq!(ran(&forced), ["shift:{out}/shifted", "shift:{out}/noisy"]);
+}
+
+#[test]
+fn shift_settings_are_checked_when_the_file_is_read() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("exp.toml");
+    let base = shift_config(&tmp.path().join("o"), &tmp.path().join("d"), 0);
+    let error = |text: String| {
+        std::fs::write(&file, text).unwrap();
+        Experiment::from_file(&file).unwrap_err().to_string()
+    };
+    let err = error(base.replace("severity = 3", "severities = 3"));
+    assert!(err.contains("severities") && err.contains("line 8"), "{err}");
+    let err = error(base.replace("\"pixelate\"]", "\"rain\"]"));
+    assert!(err.contains("unknown corruption 'rain'") && err.contains("{out}/shifted"), "{err}");
+    let err = error(base.replace("severity = 3", "severity = 6"));
+    assert!(err.contains("severity 6 is outside 1..5"), "{err}");
+    let err = error(base.replace("severity = 3", "severity = 3.5"));
+    assert!(err.contains("severity 1..5"), "{err}");
+    let err = error(base.replace("to = \"{out}/noisy\"", "to = \"{out}/shifted\""));
+    assert!(err.contains("two [[import]]/[[shift]] stages write to \"{out}/shifted\""), "{err}");
+    // "all" and ranges are accepted.
+    std::fs::write(
+        &file,
+        base.replace("[\"fog\", \"pixelate\"]", "\"all\"").replace("severity = 3", "severity = \"1..5\""),
+    )
+    .unwrap();
+    let exp = Experiment::from_file(&file).unwrap();
+    assert_eq!(exp.shift[0].corruption_list().unwrap().len(), 15);
+    assert_eq!(exp.shift[0].severity_list().unwrap().len(), 5);
+}
+
+#[test]
+fn import_limit_per_class_subsets_every_split_and_feeds_a_shift() {
+    let Some(datasets) = shared_datasets() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    let file = tmp.path().join("exp.toml");
+    let text = config(&out, &datasets, "1e-4")
+        .replace("to = \"{out}/data/usps\"", "to = \"{out}/data/usps\"\nlimit_per_class = 5")
+        .replace(
+            "[model]",
+            "[[shift]]\ndata = \"{out}/data/usps/test\"\ncorruptions = \"contrast\"\nseverity = 5\nto = \"{out}/data/usps-c\"\n\n[model]",
+        )
+        .replace("USPS-train = \"{out}/data/usps/train\"", "USPS-C = \"{out}/data/usps-c\"");
+    std::fs::write(&file, text).unwrap();
+    let exp = Experiment::from_file(&file).unwrap();
+    assert!(plan(&exp)[0].description.ends_with("(first 5 per class)"), "{}", plan(&exp)[0].description);
+    let done = outcomes(&exp);
+    assert_eq!(ran(&done)[..2], ["import:{out}/data/usps", "shift:{out}/data/usps-c"]);
+    for split in ["train", "test"] {
+        let ds = wise_data::Dataset::open(&out.join("data/usps").join(split), None).unwrap();
+        assert_eq!(ds.class_counts(), [5; 10], "{split}");
+    }
+    let results = std::fs::read_to_string(out.join("results.jsonl")).unwrap();
+    let line: serde_json::Value = serde_json::from_str(results.lines().next().unwrap()).unwrap();
+    assert_eq!(line["USPS:n"], 50);
+    assert_eq!(line["USPS-C:n"], 50);
+}

@@ -30,6 +30,49 @@ pub struct TrainConfig {
     pub no_decay_on_bias_norm_embedding: bool,
     /// Also save resumable state every this many optimizer steps (besides each epoch end).
     pub save_every: Option<usize>,
+    /// The training objective: wise-ft's cross-entropy on the head, or FLYP's contrastive
+    /// loss on both towers (see [`crate::flyp`]). Left out of the serialised config when it
+    /// is the default, so cross-entropy configs (and the stage keys of `wise run`) read as
+    /// they did before the option existed.
+    #[serde(skip_serializing_if = "Loss::is_cross_entropy")]
+    pub loss: Loss,
+}
+
+/// What a fine-tuning run minimises.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Loss {
+    /// Cross-entropy of the classifier's logits (optionally label-smoothed): wise-ft.
+    #[default]
+    CrossEntropy,
+    /// CLIP's symmetric contrastive loss between images and class-prompt captions, both
+    /// towers trained, the head rebuilt from the text tower: FLYP (Goyal et al., 2022).
+    Contrastive,
+}
+
+impl Loss {
+    pub fn is_cross_entropy(&self) -> bool {
+        *self == Loss::CrossEntropy
+    }
+
+    /// The name used in configs and on the command line.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Loss::CrossEntropy => "cross_entropy",
+            Loss::Contrastive => "contrastive",
+        }
+    }
+}
+
+impl std::str::FromStr for Loss {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s.replace('-', "_").as_str() {
+            "cross_entropy" => Ok(Loss::CrossEntropy),
+            "contrastive" => Ok(Loss::Contrastive),
+            _ => Err(format!("unknown loss '{s}': cross_entropy or contrastive")),
+        }
+    }
 }
 
 impl Default for TrainConfig {
@@ -50,6 +93,7 @@ impl Default for TrainConfig {
             freeze_encoder: false,
             no_decay_on_bias_norm_embedding: false,
             save_every: None,
+            loss: Loss::CrossEntropy,
         }
     }
 }
@@ -83,12 +127,40 @@ impl TrainConfig {
         if self.max_steps == Some(0) || self.save_every == Some(0) {
             return bad("max-steps and save-every must be at least 1".into());
         }
+        if self.loss == Loss::Contrastive {
+            if self.freeze_encoder {
+                return bad(
+                    "the contrastive loss trains both towers: it cannot be combined with freeze-encoder \
+                     (a linear probe is a cross-entropy run)"
+                        .into(),
+                );
+            }
+            if self.label_smoothing != 0.0 {
+                return bad(
+                    "label smoothing applies to the cross-entropy loss only, not to the contrastive loss"
+                        .into(),
+                );
+            }
+            if self.batch_size < 2 {
+                return bad("the contrastive loss needs a batch size of at least 2 (the other images of a \
+                     batch are the negatives)"
+                    .into());
+            }
+        }
         Ok(())
     }
 
     /// The keys whose values differ from `other`'s, for a resume that does not match.
     pub fn differences(&self, other: &TrainConfig) -> Vec<String> {
-        let (a, b) = (serde_json::to_value(self), serde_json::to_value(other));
+        // Every key, the ones skipped when at their default included.
+        let full = |c: &TrainConfig| {
+            let mut v = serde_json::to_value(c);
+            if let Ok(serde_json::Value::Object(m)) = &mut v {
+                m.insert("loss".into(), c.loss.name().into());
+            }
+            v
+        };
+        let (a, b) = (full(self), full(other));
         let (Ok(serde_json::Value::Object(a)), Ok(serde_json::Value::Object(b))) = (a, b) else {
             return vec!["<unreadable config>".into()];
         };
@@ -96,5 +168,41 @@ impl TrainConfig {
             .filter(|(k, v)| b.get(*k) != Some(v))
             .map(|(k, v)| format!("{k}: {} (saved: {})", v, b[k]))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loss_defaults_to_cross_entropy_and_is_named_in_differences() {
+        let ce: TrainConfig = serde_json::from_str(r#"{"epochs": 2}"#).unwrap();
+        assert_eq!(ce.loss, Loss::CrossEntropy);
+        // A cross-entropy config serialises as before the option existed.
+        assert!(serde_json::to_value(&ce).unwrap().get("loss").is_none());
+        let flyp: TrainConfig = serde_json::from_str(r#"{"epochs": 2, "loss": "contrastive"}"#).unwrap();
+        assert_eq!(flyp.loss, Loss::Contrastive);
+        assert_eq!(serde_json::to_value(&flyp).unwrap()["loss"], "contrastive");
+        assert_eq!(ce.differences(&flyp), [r#"loss: "cross_entropy" (saved: "contrastive")"#]);
+        assert_eq!(flyp.differences(&ce), [r#"loss: "contrastive" (saved: "cross_entropy")"#]);
+        assert!(serde_json::from_str::<TrainConfig>(r#"{"loss": "flyp"}"#).is_err());
+        assert_eq!("contrastive".parse::<Loss>(), Ok(Loss::Contrastive));
+        assert_eq!("cross-entropy".parse::<Loss>(), Ok(Loss::CrossEntropy));
+        assert!("mse".parse::<Loss>().unwrap_err().contains("cross_entropy or contrastive"));
+    }
+
+    #[test]
+    fn contrastive_refuses_what_it_cannot_do() {
+        let flyp = TrainConfig { loss: Loss::Contrastive, ..TrainConfig::default() };
+        assert!(flyp.validate().is_ok());
+        for (bad, want) in [
+            (TrainConfig { freeze_encoder: true, ..flyp.clone() }, "freeze-encoder"),
+            (TrainConfig { label_smoothing: 0.1, ..flyp.clone() }, "label smoothing"),
+            (TrainConfig { batch_size: 1, ..flyp.clone() }, "at least 2"),
+        ] {
+            let err = bad.validate().unwrap_err().to_string();
+            assert!(err.contains(want), "{err}");
+        }
     }
 }

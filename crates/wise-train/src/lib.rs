@@ -11,9 +11,15 @@
 //! - [`schedule`], [`optim`], [`loss`]: the pieces of the recipe.
 //! - [`trainer`]: the loop ([`train`]); [`state`]: its checkpoint; [`features`]: the
 //!   frozen-tower (linear classifier) mode.
+//! - [`flyp`]: contrastive fine-tuning of both towers (FLYP, `loss = contrastive`), the
+//!   head rebuilt from the text tower; [`contrastive`]: CLIP's objective, shared with
+//!   [`pretrain`] (contrastive training from scratch).
 
+pub mod adamw_cpu;
 pub mod config;
+pub mod contrastive;
 pub mod features;
+pub mod flyp;
 pub mod loss;
 pub mod optim;
 pub mod pretrain;
@@ -23,8 +29,10 @@ pub mod trainer;
 
 use std::path::PathBuf;
 
-pub use config::TrainConfig;
-pub use trainer::{train, Observer, Quiet, Run, StepInfo, TrainSummary, FINETUNED_FILE, RESULTS_FILE};
+pub use config::{Loss, TrainConfig};
+pub use trainer::{
+    train, train_with_clip, Observer, Quiet, Run, StepInfo, TrainSummary, FINETUNED_FILE, RESULTS_FILE,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

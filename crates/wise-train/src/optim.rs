@@ -10,7 +10,7 @@ use candle_core::backprop::GradStore;
 use candle_core::{Tensor, Var};
 use serde::{Deserialize, Serialize};
 
-use crate::Result;
+use crate::{adamw_cpu, Result};
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct AdamWConfig {
@@ -56,9 +56,22 @@ impl AdamW {
         for (name, var) in params {
             let Some(g) = grads.get(var) else { continue };
             let g = g.to_dtype(candle_core::DType::F32)?;
-            let m = ((&self.m[name] * c.beta1)? + (&g * (1.0 - c.beta1))?)?;
-            let v = ((&self.v[name] * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?;
             let decay = if self.no_decay.contains(name) { 0.0 } else { c.weight_decay };
+            let (m, v) = (&self.m[name], &self.v[name]);
+            if adamw_cpu::applies(&[var.as_tensor(), &g, m, v]) {
+                let u = adamw_cpu::Update {
+                    beta1: c.beta1,
+                    beta2: c.beta2,
+                    eps: c.eps,
+                    decay: 1.0 - lr * decay,
+                    step_size: lr / bias1,
+                    bias2_sqrt,
+                };
+                adamw_cpu::update(var.as_tensor(), m, v, &g, u)?;
+                continue;
+            }
+            let m = ((m * c.beta1)? + (&g * (1.0 - c.beta1))?)?;
+            let v = ((v * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?;
             // PyTorch order: decay the weights, then the Adam step with bias corrections.
             let theta = (var.as_tensor() * (1.0 - lr * decay))?;
             let denom = ((v.sqrt()? / bias2_sqrt)? + c.eps)?;
@@ -69,6 +82,13 @@ impl AdamW {
         }
         Ok(())
     }
+}
+
+/// Parameters CLIP trains without weight decay: biases, norm gains (HF names them
+/// `layer_norm*`, `*layernorm` and `pre_layrnorm`), embeddings and the temperature. wise-ft
+/// decays everything; `no_decay_on_bias_norm_embedding` and `wise pretrain` use this.
+pub fn is_no_decay(name: &str) -> bool {
+    name.ends_with(".bias") || name.contains("norm") || name.contains("embedding") || name == "logit_scale"
 }
 
 /// Scales all gradients so their global L2 norm is at most `max_norm`, as

@@ -11,23 +11,15 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use candle_core::Device;
-use rand::Rng;
 use wise_clip::{ClipConfig, ClipModel, ClipTokenizer, ImagePreprocessor};
-use wise_data::{sample_rng, Dataset, Loader};
+use wise_data::{Dataset, Loader};
 
-use crate::optim::{clip_grad_norm, AdamW, AdamWConfig};
+pub use crate::contrastive::Captions;
+use crate::contrastive::{batch_loss, caption, clamp_logit_scale};
+use crate::optim::{clip_grad_norm, is_no_decay, AdamW, AdamWConfig};
 use crate::schedule::cosine_lr;
 use crate::trainer::{Observer, StepInfo};
 use crate::{Error, Result};
-
-/// Where captions come from.
-#[derive(Debug, Clone)]
-pub enum Captions {
-    /// Each image's class name filled into a template drawn per (seed, epoch, image).
-    Templates(Vec<String>),
-    /// One caption per sample (a `path,caption` manifest).
-    PerSample(Vec<String>),
-}
 
 /// A small CLIP's shape, in the few numbers that matter; the defaults make a model that
 /// pretrains on a few thousand digits in minutes on a laptop CPU.
@@ -103,20 +95,6 @@ pub struct PretrainSummary {
     pub out: PathBuf,
 }
 
-/// The caption of sample `index` in `epoch`.
-fn caption(captions: &Captions, data: &Dataset, seed: u64, epoch: u64, index: usize) -> String {
-    match captions {
-        Captions::PerSample(all) => all[index].clone(),
-        Captions::Templates(templates) => {
-            // A stream of its own (not the augmentation's) so changing augmentation does
-            // not change the captions.
-            let mut rng = sample_rng(seed ^ 0x6361_7074_696f_6e73, epoch, index);
-            let t = &templates[rng.random_range(0..templates.len())];
-            t.replacen("{}", &data.class_names[data.samples[index].label], 1)
-        }
-    }
-}
-
 pub fn pretrain(
     config: &PretrainConfig,
     data: &Dataset,
@@ -165,15 +143,7 @@ pub fn pretrain(
     let adamw = AdamWConfig { weight_decay: config.wd, ..AdamWConfig::default() };
     let mut optimizer = AdamW::new(adamw, &model.params)?;
     // No decay on gains, biases, embeddings and the temperature, as CLIP trains.
-    optimizer.no_decay = model
-        .params
-        .keys()
-        .filter(|n| {
-            n.ends_with(".bias") || n.contains("norm") || n.contains("embedding") || *n == "logit_scale"
-        })
-        .cloned()
-        .collect();
-    let max_logit_scale = 100f64.ln();
+    optimizer.no_decay = model.params.keys().filter(|n| is_no_decay(n)).cloned().collect();
     let start = Instant::now();
     let mut step = 0;
     let mut last_loss = f64::NAN;
@@ -188,8 +158,7 @@ pub fn pretrain(
                 .iter()
                 .map(|&i| caption(captions, data, config.seed, epoch as u64, i))
                 .collect();
-            let ids = model.ids_tensor(&tokenizer.encode_batch(&texts)?)?;
-            let loss = model.contrastive_loss(&ids, &batch.pixels)?;
+            let loss = batch_loss(&model, &tokenizer, &texts, &batch.pixels)?;
             let value = loss.to_scalar::<f32>()? as f64;
             if !value.is_finite() {
                 return Err(Error::NonFinite {
@@ -204,9 +173,7 @@ pub fn pretrain(
             let grad_norm = clip_grad_norm(&model.params, &mut grads, 1.0)?;
             let lr = cosine_lr(config.lr, config.warmup, total, step);
             optimizer.step(&model.params, &grads, lr)?;
-            // CLIP clamps the temperature so logits never exceed 100·cos.
-            let clamped = model.logit_scale.as_tensor().clamp(0.0, max_logit_scale)?;
-            model.logit_scale.set(&clamped)?;
+            clamp_logit_scale(&model)?;
             step += 1;
             seen += batch.len();
             last_loss = value;

@@ -4,6 +4,10 @@
 //! steps. Every `save_every` steps and at each epoch end the full state is saved; a resumed
 //! run continues bit for bit (data order and augmentation are functions of seed, epoch and
 //! sample, not of a stateful generator).
+//!
+//! With `loss = contrastive` the same loop runs FLYP ([`crate::flyp`]): the loss is CLIP's
+//! contrastive loss of images and class-prompt captions, both towers and the temperature
+//! train, and the head is rebuilt from the text tower at every epoch end.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -14,10 +18,11 @@ use wise_data::{Dataset, Loader};
 use wise_eval::{evaluate, EvalOptions, Evaluation, ResultsFile};
 use wise_zeroshot::ImageClassifier;
 
-use crate::config::TrainConfig;
+use crate::config::{Loss, TrainConfig};
 use crate::features::FrozenFeatures;
+use crate::flyp::Flyp;
 use crate::loss::cross_entropy;
-use crate::optim::{clip_grad_norm, AdamW, AdamWConfig};
+use crate::optim::{clip_grad_norm, is_no_decay, AdamW, AdamWConfig};
 use crate::schedule::cosine_lr;
 use crate::state::{self, Progress};
 use crate::{Error, Result};
@@ -75,36 +80,24 @@ pub struct Run<'a> {
     pub feature_cache: PathBuf,
 }
 
-/// Names of parameters excluded from weight decay under `no_decay_on_bias_norm_embedding`.
-fn is_no_decay(name: &str) -> bool {
-    name.ends_with(".bias")
-        || name.contains("layernorm")
-        || name.contains("layer_norm")
-        || name.contains("embedding")
+/// Runs `run` to its end (see the module docs). A contrastive run trains the text tower
+/// of the classifier's `source_model`; [`train_with_clip`] names another CLIP.
+pub fn train(run: Run, observer: &mut dyn Observer) -> Result<TrainSummary> {
+    train_with_clip(run, None, observer)
 }
 
-pub fn train(run: Run, observer: &mut dyn Observer) -> Result<TrainSummary> {
+/// [`train`], with the CLIP whose text tower a contrastive run trains given as `clip` (a
+/// model folder, open_clip file or hub id) instead of the classifier's `source_model`,
+/// e.g. when that folder has moved. Resuming without it uses the CLIP the run started
+/// with. Cross-entropy runs ignore it.
+pub fn train_with_clip(run: Run, clip: Option<&str>, observer: &mut dyn Observer) -> Result<TrainSummary> {
     let config = run.config.clone();
     config.validate()?;
     check_classes(&run.classifier, run.train)?;
     std::fs::create_dir_all(&run.out_dir).map_err(|e| Error::Io { path: run.out_dir.clone(), source: e })?;
     let device = run.classifier.device().clone();
+    let contrastive = config.loss == Loss::Contrastive;
 
-    // The parameters this run optimises: everything, or the head over a frozen tower.
-    let trainable = |c: &ImageClassifier| -> std::collections::BTreeMap<String, Var> {
-        c.params
-            .iter()
-            .filter(|(n, _)| !config.freeze_encoder || n.starts_with("classification_head."))
-            .map(|(n, v)| (n.clone(), v.clone()))
-            .collect()
-    };
-    let adamw = AdamWConfig { weight_decay: config.wd, ..AdamWConfig::default() };
-    let mut optimizer = AdamW::new(adamw, &trainable(&run.classifier))?;
-    if config.no_decay_on_bias_norm_embedding {
-        optimizer.no_decay = optimizer.m.keys().filter(|n| is_no_decay(n)).cloned().collect();
-    }
-    let fresh =
-        Progress { step: 0, epoch: 0, batch: 0, config: config.clone(), train_images: run.train.len() };
     let saved = run.out_dir.join(state::RESUME_FILE);
     if !run.resume && saved.exists() {
         return Err(Error::Config(format!(
@@ -113,8 +106,8 @@ pub fn train(run: Run, observer: &mut dyn Observer) -> Result<TrainSummary> {
             state::RESUME_FILE
         )));
     }
-    let (classifier, mut optimizer, mut progress) = if run.resume {
-        let restored = state::load(&run.out_dir, optimizer, &device)?;
+    let restored = if run.resume {
+        let restored = state::load(&run.out_dir, &device)?;
         let diffs = config.differences(&restored.progress.config);
         if !diffs.is_empty() {
             return Err(Error::Config(format!(
@@ -131,21 +124,87 @@ pub fn train(run: Run, observer: &mut dyn Observer) -> Result<TrainSummary> {
                 run.train.len()
             )));
         }
-        let classifier = restored.classifier.with_compute_dtype(run.classifier.compute_dtype);
-        (classifier, restored.optimizer, restored.progress)
+        Some(restored)
     } else {
-        (run.classifier, optimizer, fresh)
+        None
     };
-    let params = trainable(&classifier);
+    let classifier = match &restored {
+        Some(r) => r.classifier.clone().with_compute_dtype(run.classifier.compute_dtype),
+        None => run.classifier,
+    };
+
+    // Contrastive: the classifier's image tower joined to a CLIP's text tower (restored
+    // from the saved state when resuming).
+    let flyp = if contrastive {
+        let clip =
+            clip.map(str::to_string).or_else(|| restored.as_ref().and_then(|r| r.progress.clip.clone()));
+        let flyp = Flyp::new(&classifier, clip.as_deref())?;
+        if let Some(r) = &restored {
+            for (name, var) in flyp.text_params() {
+                var.set(&r.tensor(&name, &device)?)?;
+            }
+        }
+        Some(flyp)
+    } else {
+        None
+    };
+    // Saved beside the classifier: the text tower and temperature of a contrastive run.
+    let extra = flyp.as_ref().map(Flyp::text_params).unwrap_or_default();
+
+    // The parameters this run optimises: the whole classifier, the head over a frozen
+    // tower, or (contrastive) both towers and the temperature; the head is then rebuilt,
+    // not trained.
+    let params: std::collections::BTreeMap<String, Var> = match &flyp {
+        Some(f) => f.params().clone(),
+        None => classifier
+            .params
+            .iter()
+            .filter(|(n, _)| !config.freeze_encoder || n.starts_with("classification_head."))
+            .map(|(n, v)| (n.clone(), v.clone()))
+            .collect(),
+    };
+    let adamw = AdamWConfig { weight_decay: config.wd, ..AdamWConfig::default() };
+    let mut optimizer = AdamW::new(adamw, &params)?;
+    if config.no_decay_on_bias_norm_embedding {
+        optimizer.no_decay = optimizer.m.keys().filter(|n| is_no_decay(n)).cloned().collect();
+    }
+    let mut progress = match restored {
+        Some(r) => {
+            optimizer = r.optimizer(optimizer, &device)?;
+            r.progress
+        }
+        None => Progress {
+            step: 0,
+            epoch: 0,
+            batch: 0,
+            config: config.clone(),
+            train_images: run.train.len(),
+            clip: None,
+        },
+    };
+    // The CLIP this (possibly resumed) run takes its text tower from, for the next resume.
+    if let Some(f) = &flyp {
+        progress.clip = Some(f.source.clone());
+    }
 
     let frozen = if config.freeze_encoder {
         Some(FrozenFeatures::load_or_compute(&classifier, run.train, &run.feature_cache, config.batch_size)?)
     } else {
         None
     };
-    let loader =
-        Loader::new(run.train, classifier.preprocessor(), &device).with_batch_size(config.batch_size);
+    // Contrastive batches are full batches only: a tiny last batch has too few negatives.
+    let loader = Loader::new(run.train, classifier.preprocessor(), &device)
+        .with_batch_size(config.batch_size)
+        .with_drop_last(contrastive);
     let batches_per_epoch = loader.num_batches();
+    if batches_per_epoch == 0 {
+        return Err(Error::Config(format!(
+            "{} training images are less than one batch of {}{}",
+            run.train.len(),
+            config.batch_size,
+            if contrastive { " (the contrastive loss uses full batches only)" } else { "" }
+        )));
+    }
     let steps_per_epoch = batches_per_epoch.div_ceil(config.grad_accum);
     let total_steps = config.max_steps.unwrap_or(config.epochs * steps_per_epoch);
     let epochs = total_steps.div_ceil(steps_per_epoch);
@@ -164,8 +223,7 @@ pub fn train(run: Run, observer: &mut dyn Observer) -> Result<TrainSummary> {
         let first_batch = progress.batch;
         let mut batch_index = first_batch;
 
-        let mut handle_batch = |logits: Tensor, labels: &Tensor, n: usize| -> Result<bool> {
-            let loss = cross_entropy(&logits, labels, config.label_smoothing)?;
+        let mut handle_batch = |loss: Tensor, n: usize| -> Result<bool> {
             let value = loss.to_scalar::<f32>()? as f64;
             if !value.is_finite() {
                 return Err(Error::NonFinite {
@@ -206,6 +264,9 @@ pub fn train(run: Run, observer: &mut dyn Observer) -> Result<TrainSummary> {
             };
             let lr = cosine_lr(config.lr, config.warmup, total_steps, progress.step);
             optimizer.step(&params, &g, lr)?;
+            if let Some(f) = &flyp {
+                f.clamp_logit_scale()?;
+            }
             progress.step += 1;
             progress.batch = batch_index;
             last_loss = loss_sum / accumulated as f64;
@@ -222,29 +283,40 @@ pub fn train(run: Run, observer: &mut dyn Observer) -> Result<TrainSummary> {
             accumulated = 0;
             loss_sum = 0.0;
             if config.save_every.is_some_and(|k| progress.step % k == 0) && !end_of_epoch {
-                state::save(&run.out_dir, &classifier, &optimizer, &progress)?;
+                state::save(&run.out_dir, &classifier, &extra, &optimizer, &progress)?;
             }
             Ok(progress.step >= total_steps)
         };
 
-        match &frozen {
-            Some(features) => {
+        match (&frozen, &flyp) {
+            (Some(features), _) => {
                 for (x, labels) in
                     features.epoch(config.seed, epoch as u64, config.batch_size, first_batch)?
                 {
                     let logits = classifier.head.forward(&x)?;
-                    let n = labels.dim(0)?;
-                    if handle_batch(logits, &labels, n)? {
+                    let loss = cross_entropy(&logits, &labels, config.label_smoothing)?;
+                    if handle_batch(loss, labels.dim(0)?)? {
                         break;
                     }
                 }
             }
-            None => {
+            (None, Some(flyp)) => {
+                for batch in loader.train_from(config.seed, epoch as u64, config.augment, first_batch)? {
+                    let batch = batch?;
+                    let captions = flyp.captions(run.train, config.seed, epoch as u64, &batch.indices);
+                    let loss = flyp.loss(&captions, &batch.pixels)?;
+                    if handle_batch(loss, batch.len())? {
+                        break;
+                    }
+                }
+            }
+            (None, None) => {
                 for batch in loader.train_from(config.seed, epoch as u64, config.augment, first_batch)? {
                     let batch = batch?;
                     let logits = classifier.logits(&batch.pixels)?;
                     let labels = batch.labels_tensor(&device)?;
-                    if handle_batch(logits, &labels, batch.len())? {
+                    let loss = cross_entropy(&logits, &labels, config.label_smoothing)?;
+                    if handle_batch(loss, batch.len())? {
                         break;
                     }
                 }
@@ -256,13 +328,16 @@ pub fn train(run: Run, observer: &mut dyn Observer) -> Result<TrainSummary> {
             progress.epoch += 1;
             progress.batch = 0;
         }
+        if let Some(f) = &flyp {
+            f.rebuild_head(&classifier)?;
+        }
         let mut epoch_classifier = classifier.clone();
         epoch_classifier.meta.extra.insert(
             "train".into(),
-            serde_json::json!({ "config": config, "step": progress.step, "epoch": epoch + 1 }).to_string(),
+            train_record(&config, &progress, serde_json::json!({ "epoch": epoch + 1 })),
         );
         epoch_classifier.save(&run.out_dir.join(format!("epoch_{}.safetensors", epoch + 1)))?;
-        state::save(&run.out_dir, &classifier, &optimizer, &progress)?;
+        state::save(&run.out_dir, &classifier, &extra, &optimizer, &progress)?;
         let mut evaluations = Vec::new();
         for (name, dataset) in run.evals {
             evaluations.push(evaluate(&classifier, name, dataset, &EvalOptions::default(), |_| {})?);
@@ -283,7 +358,7 @@ pub fn train(run: Run, observer: &mut dyn Observer) -> Result<TrainSummary> {
     let mut finetuned = classifier.clone();
     finetuned.meta.extra.insert(
         "train".into(),
-        serde_json::json!({ "config": config, "step": progress.step, "epochs": progress.epoch }).to_string(),
+        train_record(&config, &progress, serde_json::json!({ "epochs": progress.epoch })),
     );
     let path = run.out_dir.join(FINETUNED_FILE);
     finetuned.save(&path)?;
@@ -295,6 +370,19 @@ pub fn train(run: Run, observer: &mut dyn Observer) -> Result<TrainSummary> {
         images,
         finetuned: path,
     })
+}
+
+/// The `wise.train` metadata of a checkpoint: the config, the step, `epoch_info`, and for
+/// a contrastive run the CLIP whose text tower gave the head.
+fn train_record(config: &TrainConfig, progress: &Progress, epoch_info: serde_json::Value) -> String {
+    let mut record = serde_json::json!({ "config": config, "step": progress.step });
+    if let (Some(m), serde_json::Value::Object(info)) = (record.as_object_mut(), epoch_info) {
+        m.extend(info);
+        if let Some(clip) = &progress.clip {
+            m.insert("clip".into(), clip.clone().into());
+        }
+    }
+    record.to_string()
 }
 
 /// The training labels must be the head's classes, in the head's order.

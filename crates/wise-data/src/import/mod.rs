@@ -25,6 +25,10 @@
 //! `classnames.txt` is written to the output folder and to every split folder, so each
 //! split is a complete ImageFolder on its own.
 //!
+//! [`ImportOptions::limit_per_class`] keeps only the first N images of each class in each
+//! split (by file name, i.e. by position in the source): a balanced, reproducible subset
+//! for experiments sized to a small machine.
+//!
 //! Output goes to a hidden temporary folder beside `out` and is renamed into place at the
 //! end: an import that fails or is interrupted leaves no half tree behind (only, after a
 //! kill, a `.wise-import-*` folder to delete). `--from` may be the dataset's folder, a
@@ -151,18 +155,41 @@ impl fmt::Display for ImportSummary {
     }
 }
 
+/// How to import, beyond the source and the folders.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ImportOptions {
+    /// Replace a non-empty `out` (only once the new tree is complete).
+    pub overwrite: bool,
+    /// Keep at most this many images per class in every split: the first ones by file name,
+    /// i.e. by position in the source (`00000.png`, … for the digits; CIFAR-10's own file
+    /// numbers). A smaller, deterministic, class-balanced subset for quick experiments.
+    pub limit_per_class: Option<usize>,
+}
+
 /// Imports `source` from `from` (its folder, a folder above it, or the raw file) into an
 /// ImageFolder tree at `out`. A non-empty `out` is refused unless `overwrite`, in which case
 /// it is replaced only once the new tree is complete.
 pub fn import(source: Source, from: &Path, out: &Path, overwrite: bool) -> Result<ImportSummary> {
+    import_with(source, from, out, &ImportOptions { overwrite, ..ImportOptions::default() })
+}
+
+/// [`import`] with every option (see [`ImportOptions`]).
+pub fn import_with(source: Source, from: &Path, out: &Path, opts: &ImportOptions) -> Result<ImportSummary> {
+    let overwrite = opts.overwrite;
+    if opts.limit_per_class == Some(0) {
+        return Err(Error::Config("limit_per_class must be at least 1".to_string()));
+    }
     check_out(out, overwrite)?;
     refuse_out_around_source(from, out)?;
     let staging = staging_dir(out, "wise-import")?;
 
-    let written = match source {
+    let mut written = match source {
         Source::Cifar10 => cifar::import(&locate(source, from, &["cifar10-jpeg.tar.gz"])?, staging.path())?,
         digit_source => digits::import(digit_source, from, staging.path())?,
     };
+    if let Some(limit) = opts.limit_per_class {
+        keep_first(staging.path(), &mut written, limit)?;
+    }
 
     write_classnames(&staging.path().join(CLASSNAMES_FILE), &written.classes, &written.class_names)?;
     for split in written.splits.iter().filter_map(|s| s.split.as_ref()) {
@@ -187,6 +214,29 @@ struct Written {
     classes: Vec<String>,
     class_names: Vec<String>,
     splits: Vec<SplitSummary>,
+}
+
+/// Deletes all but the first `limit` files (by name) of every class folder of every split
+/// written into `root`, and updates the counts.
+fn keep_first(root: &Path, written: &mut Written, limit: usize) -> Result<()> {
+    for split in &mut written.splits {
+        let split_root = match &split.split {
+            Some(name) => root.join(name),
+            None => root.to_path_buf(),
+        };
+        for (class, count) in written.classes.iter().zip(&mut split.counts) {
+            let dir = split_root.join(class);
+            let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+                .and_then(|entries| entries.map(|e| e.map(|e| e.path())).collect())
+                .map_err(|e| Error::io(&dir, e))?;
+            files.sort();
+            for file in files.iter().skip(limit) {
+                std::fs::remove_file(file).map_err(|e| Error::io(file, e))?;
+            }
+            *count = files.len().min(limit);
+        }
+    }
+    Ok(())
 }
 
 /// Replacing `out` deletes it, so it must not hold the raw data being read.
@@ -247,4 +297,36 @@ fn read_maybe_gz(path: &Path) -> Result<Vec<u8>> {
         .read_to_end(&mut out)
         .map_err(|e| Error::invalid(path, format!("corrupt gzip data: {e}")))?;
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limit_per_class_keeps_the_first_images_of_each_class() {
+        let tmp = tempfile::tempdir().unwrap();
+        // A USPS-format test split: 3 rows per class, row i has label i % 10.
+        let src = tmp.path().join("zip.test");
+        let text: String = (0..30).map(|i| format!("{}.0000{}\n", i % 10, " -1".repeat(256))).collect();
+        std::fs::write(&src, text).unwrap();
+        let out = tmp.path().join("out");
+        let opts = ImportOptions { limit_per_class: Some(2), ..ImportOptions::default() };
+        let summary = import_with(Source::Usps, &src, &out, &opts).unwrap();
+        assert_eq!(summary.splits[0].counts, vec![2; 10]);
+        let mut kept: Vec<String> = std::fs::read_dir(out.join("test/3"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        kept.sort();
+        assert_eq!(kept, ["00003.png", "00013.png"]);
+        assert_eq!(crate::Dataset::open(&out.join("test"), None).unwrap().len(), 20);
+
+        // A limit above the class sizes keeps everything; zero is refused.
+        let all = ImportOptions { limit_per_class: Some(100), overwrite: true };
+        assert_eq!(import_with(Source::Usps, &src, &out, &all).unwrap().splits[0].total(), 30);
+        let zero = ImportOptions { limit_per_class: Some(0), overwrite: true };
+        let err = import_with(Source::Usps, &src, &out, &zero).unwrap_err().to_string();
+        assert!(err.contains("at least 1"), "{err}");
+    }
 }

@@ -1,0 +1,373 @@
+//! Fused CPU kernels, each with its backward pass: QuickGELU, LayerNorm, softmax.
+//!
+//! Written from candle's elementwise ops, a LayerNorm is 9 passes over the activations
+//! with a temporary each (forward alone), QuickGELU 3 passes through libm's scalar `expf`,
+//! softmax 5: together more time than the matrix products around them once those run on a
+//! BLAS (BENCHMARKS.md). Here each is one pass forward and one backward, over rows in
+//! parallel (rayon), with an `exp` LLVM can vectorise. They are candle custom ops, so
+//! autograd sees them as single nodes with the gradients below; f32 on CPU only — other
+//! devices and dtypes take the differentiable op-by-op versions in `nn.rs`.
+//!
+//! Gradients (`y` the output, `g` the incoming gradient):
+//! - QuickGELU `y = x·σ(1.702x)`: `dx = g·(σ + 1.702·x·σ·(1−σ))`.
+//! - LayerNorm `y = x̂·w + b`, `x̂ = (x−μ)·r`, `r = (var+ε)^-½`:
+//!   `dx = r·(gw − mean(gw) − x̂·mean(gw·x̂))`, `dw = Σ_rows g·x̂`, `db = Σ_rows g`.
+//! - softmax: `dx = y·(g − Σ g·y)`.
+
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Device, Layout, Shape, Tensor};
+use rayon::prelude::*;
+
+/// Whether `x` can take the fused kernels (f32 on CPU).
+pub fn applies(x: &Tensor) -> bool {
+    matches!(x.device(), Device::Cpu) && x.dtype() == DType::F32
+}
+
+/// `x · σ(1.702 x)`, fused (f32 CPU).
+pub fn quick_gelu(x: &Tensor) -> candle_core::Result<Tensor> {
+    x.contiguous()?.apply_op1(QuickGelu)
+}
+
+/// LayerNorm over the last dim with weight and bias, fused (f32 CPU).
+pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> candle_core::Result<Tensor> {
+    x.contiguous()?.apply_op3(weight, bias, LayerNormOp { eps: eps as f32 })
+}
+
+/// Softmax over the last dim, fused (f32 CPU).
+pub fn softmax_last_dim(x: &Tensor) -> candle_core::Result<Tensor> {
+    x.contiguous()?.apply_op1(Softmax)
+}
+
+/// Rows per rayon task: enough work to amortise the task, several tasks per thread.
+fn rows_per_task(rows: usize, width: usize) -> usize {
+    (16_384 / width.max(1)).clamp(1, rows.max(1))
+}
+
+/// `eˣ` to ~1 ulp (Cephes' `expf` polynomial), branch-free so loops over it vectorise.
+#[inline(always)]
+pub(crate) fn exp(x: f32) -> f32 {
+    let x = x.clamp(-87.3, 88.7);
+    // n = round(x / ln 2), by the 1.5·2²³ trick (vectorises, unlike `round`).
+    let n = (x * std::f32::consts::LOG2_E + 12_582_912.0) - 12_582_912.0;
+    let r = x - n * 0.693_359_4 - n * -2.121_944_4e-4;
+    let mut p = 1.987_569_1e-4f32;
+    p = p * r + 1.398_199_9e-3;
+    p = p * r + 8.333_452e-3;
+    p = p * r + 4.166_579_6e-2;
+    p = p * r + 0.166_666_65;
+    p = p * r + 0.5;
+    let e = p * r * r + r + 1.0;
+    e * f32::from_bits(((n as i32 + 127) << 23) as u32)
+}
+
+#[inline(always)]
+fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + exp(-x))
+}
+
+fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
+    let CpuStorage::F32(v) = s else { candle_core::bail!("{what}: f32 expected") };
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&v[a..b]),
+        None => candle_core::bail!("{what}: contiguous input expected"),
+    }
+}
+
+struct QuickGelu;
+
+impl CustomOp1 for QuickGelu {
+    fn name(&self) -> &'static str {
+        "quick-gelu"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = f32_slice(s, l, self.name())?;
+        let mut y = vec![0f32; x.len()];
+        y.par_chunks_mut(16_384).zip(x.par_chunks(16_384)).for_each(|(y, x)| {
+            for (y, &x) in y.iter_mut().zip(x) {
+                *y = x * sigmoid(1.702 * x);
+            }
+        });
+        Ok((CpuStorage::F32(y), l.shape().clone()))
+    }
+
+    fn bwd(&self, x: &Tensor, _y: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        Ok(Some(x.apply_op2(&grad.contiguous()?, QuickGeluGrad)?))
+    }
+}
+
+struct QuickGeluGrad;
+
+impl CustomOp2 for QuickGeluGrad {
+    fn name(&self) -> &'static str {
+        "quick-gelu-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (x, g) = (f32_slice(s1, l1, self.name())?, f32_slice(s2, l2, self.name())?);
+        let mut dx = vec![0f32; x.len()];
+        dx.par_chunks_mut(16_384).zip(x.par_chunks(16_384).zip(g.par_chunks(16_384))).for_each(
+            |(dx, (x, g))| {
+                for ((dx, &x), &g) in dx.iter_mut().zip(x).zip(g) {
+                    let s = sigmoid(1.702 * x);
+                    *dx = g * (s + 1.702 * x * s * (1.0 - s));
+                }
+            },
+        );
+        Ok((CpuStorage::F32(dx), l1.shape().clone()))
+    }
+}
+
+struct LayerNormOp {
+    eps: f32,
+}
+
+/// Mean and `(var + eps)^-½` of one row (two passes: exact for large means too).
+#[inline]
+fn row_stats(x: &[f32], eps: f32) -> (f32, f32) {
+    let n = x.len() as f32;
+    let mean = x.iter().sum::<f32>() / n;
+    let var = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;
+    (mean, 1.0 / (var + eps).sqrt())
+}
+
+impl CustomOp3 for LayerNormOp {
+    fn name(&self) -> &'static str {
+        "layer-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = f32_slice(s1, l1, self.name())?;
+        let (w, b) = (f32_slice(s2, l2, self.name())?, f32_slice(s3, l3, self.name())?);
+        let d = w.len();
+        if d == 0 || x.len() % d != 0 || b.len() != d {
+            candle_core::bail!("layer-norm: input {:?} with weight [{d}] and bias [{}]", l1.dims(), b.len());
+        }
+        let mut y = vec![0f32; x.len()];
+        let chunk = rows_per_task(x.len() / d, d) * d;
+        y.par_chunks_mut(chunk).zip(x.par_chunks(chunk)).for_each(|(y, x)| {
+            for (y, x) in y.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
+                let (mean, r) = row_stats(x, self.eps);
+                for (((y, &x), &w), &b) in y.iter_mut().zip(x).zip(w).zip(b) {
+                    *y = (x - mean) * r * w + b;
+                }
+            }
+        });
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _b: &Tensor,
+        _y: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        // One kernel computes all three: rows of dx, then dw, then db, as one tensor.
+        let d = w.dim(0)?;
+        let rows = x.elem_count() / d;
+        let all = x.apply_op3(w, &grad.contiguous()?, LayerNormGrad { eps: self.eps })?;
+        let dx = all.narrow(0, 0, rows)?.reshape(x.shape())?;
+        Ok((Some(dx), Some(all.get(rows)?), Some(all.get(rows + 1)?)))
+    }
+}
+
+struct LayerNormGrad {
+    eps: f32,
+}
+
+impl CustomOp3 for LayerNormGrad {
+    fn name(&self) -> &'static str {
+        "layer-norm-grad"
+    }
+
+    /// `(x, w, g)` → `[rows + 2, d]`: dx's rows, then dw, then db.
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = f32_slice(s1, l1, self.name())?;
+        let (w, g) = (f32_slice(s2, l2, self.name())?, f32_slice(s3, l3, self.name())?);
+        let d = w.len();
+        let rows = x.len() / d;
+        let mut out = vec![0f32; (rows + 2) * d];
+        let (dx, dwdb) = out.split_at_mut(rows * d);
+        let chunk = rows_per_task(rows, d) * d;
+        // Each task writes its rows of dx and returns its partial sums of dw and db.
+        let partials: Vec<Vec<f32>> = dx
+            .par_chunks_mut(chunk)
+            .zip(x.par_chunks(chunk).zip(g.par_chunks(chunk)))
+            .map(|(dx, (x, g))| {
+                let mut acc = vec![0f32; 2 * d];
+                let (dw, db) = acc.split_at_mut(d);
+                for ((dx, x), g) in dx.chunks_exact_mut(d).zip(x.chunks_exact(d)).zip(g.chunks_exact(d)) {
+                    let (mean, r) = row_stats(x, self.eps);
+                    let (mut sum_gw, mut sum_gw_xhat) = (0f32, 0f32);
+                    for j in 0..d {
+                        let xhat = (x[j] - mean) * r;
+                        let gw = g[j] * w[j];
+                        sum_gw += gw;
+                        sum_gw_xhat += gw * xhat;
+                        dw[j] += g[j] * xhat;
+                        db[j] += g[j];
+                    }
+                    let (m1, m2) = (sum_gw / d as f32, sum_gw_xhat / d as f32);
+                    for j in 0..d {
+                        let xhat = (x[j] - mean) * r;
+                        dx[j] = r * (g[j] * w[j] - m1 - xhat * m2);
+                    }
+                }
+                acc
+            })
+            .collect();
+        for p in partials {
+            for (a, b) in dwdb.iter_mut().zip(&p) {
+                *a += b;
+            }
+        }
+        Ok((CpuStorage::F32(out), Shape::from((rows + 2, d))))
+    }
+}
+
+struct Softmax;
+
+impl CustomOp1 for Softmax {
+    fn name(&self) -> &'static str {
+        "softmax"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = f32_slice(s, l, self.name())?;
+        let d = l.dims().last().copied().unwrap_or(1).max(1);
+        let mut y = vec![0f32; x.len()];
+        let chunk = rows_per_task(x.len() / d, d) * d;
+        y.par_chunks_mut(chunk).zip(x.par_chunks(chunk)).for_each(|(y, x)| {
+            for (y, x) in y.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
+                let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                for (y, &x) in y.iter_mut().zip(x) {
+                    *y = exp(x - max);
+                }
+                let inv = 1.0 / y.iter().sum::<f32>();
+                y.iter_mut().for_each(|y| *y *= inv);
+            }
+        });
+        Ok((CpuStorage::F32(y), l.shape().clone()))
+    }
+
+    fn bwd(&self, _x: &Tensor, y: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        Ok(Some(y.apply_op2(&grad.contiguous()?, SoftmaxGrad)?))
+    }
+}
+
+struct SoftmaxGrad;
+
+impl CustomOp2 for SoftmaxGrad {
+    fn name(&self) -> &'static str {
+        "softmax-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (y, g) = (f32_slice(s1, l1, self.name())?, f32_slice(s2, l2, self.name())?);
+        let d = l1.dims().last().copied().unwrap_or(1).max(1);
+        let mut dx = vec![0f32; y.len()];
+        let chunk = rows_per_task(y.len() / d, d) * d;
+        dx.par_chunks_mut(chunk).zip(y.par_chunks(chunk).zip(g.par_chunks(chunk))).for_each(
+            |(dx, (y, g))| {
+                for ((dx, y), g) in dx.chunks_exact_mut(d).zip(y.chunks_exact(d)).zip(g.chunks_exact(d)) {
+                    let dot: f32 = y.iter().zip(g).map(|(y, g)| y * g).sum();
+                    for ((dx, &y), &g) in dx.iter_mut().zip(y).zip(g) {
+                        *dx = y * (g - dot);
+                    }
+                }
+            },
+        );
+        Ok((CpuStorage::F32(dx), l1.shape().clone()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Var, D};
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap()
+    }
+
+    #[test]
+    fn exp_is_accurate_over_the_range() {
+        for i in -870..=880 {
+            let x = i as f32 / 10.0 + 0.037;
+            let (ours, libm) = (exp(x), x.exp());
+            assert!(((ours - libm) / libm).abs() < 3e-7, "exp({x}) = {ours}, libm {libm}");
+        }
+        assert_eq!(exp(-1000.0), (-87.3f32).exp());
+    }
+
+    /// Each fused op's forward and gradients equal those of the op-by-op version (which
+    /// the parity tests check against PyTorch).
+    #[test]
+    fn fused_ops_match_the_op_by_op_versions() -> candle_core::Result<()> {
+        let dev = Device::Cpu;
+        let x = Var::randn(0f32, 2., (3, 7, 40), &dev)?;
+        let w = Var::randn(1f32, 0.5, 40, &dev)?;
+        let b = Var::randn(0f32, 0.5, 40, &dev)?;
+        let probe = Tensor::randn(0f32, 1., (3, 7, 40), &dev)?;
+        let reference: [&dyn Fn() -> candle_core::Result<Tensor>; 3] = [
+            &|| x.as_tensor() * candle_nn::ops::sigmoid(&(x.as_tensor() * 1.702)?)?,
+            &|| {
+                let c = x.broadcast_sub(&x.mean_keepdim(D::Minus1)?)?;
+                let v = c.sqr()?.mean_keepdim(D::Minus1)?;
+                c.broadcast_div(&(v + 1e-5)?.sqrt()?)?.broadcast_mul(&w)?.broadcast_add(&b)
+            },
+            &|| {
+                let e = x.broadcast_sub(&x.max_keepdim(D::Minus1)?.detach())?.exp()?;
+                e.broadcast_div(&e.sum_keepdim(D::Minus1)?)
+            },
+        ];
+        let fused: [&dyn Fn() -> candle_core::Result<Tensor>; 3] =
+            [&|| quick_gelu(&x), &|| layer_norm(&x, &w, &b, 1e-5), &|| softmax_last_dim(&x)];
+        for (i, (r, f)) in reference.iter().zip(fused).enumerate() {
+            let (yr, yf) = (r()?, f()?);
+            assert!(max_diff(&yr, &yf) < 2e-6, "op {i}: forward differs by {}", max_diff(&yr, &yf));
+            let gr = (yr * &probe)?.sum_all()?.backward()?;
+            let gf = (yf * &probe)?.sum_all()?.backward()?;
+            for (v, name) in [(&x, "x"), (&w, "w"), (&b, "b")] {
+                match (gr.get(v), gf.get(v)) {
+                    (Some(a), Some(c)) => {
+                        let tol = 1e-5 * (1.0 + a.abs()?.max_all()?.to_scalar::<f32>()?);
+                        assert!(max_diff(a, c) < tol, "op {i}: d{name} differs by {}", max_diff(a, c));
+                    }
+                    (None, None) => {}
+                    _ => panic!("op {i}: d{name} present in one version only"),
+                }
+            }
+        }
+        Ok(())
+    }
+}
