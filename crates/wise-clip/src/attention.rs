@@ -19,7 +19,7 @@ use std::sync::Arc;
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use crate::fused::exp;
+use crate::fused::{exp, f32_slice};
 use crate::matmul::sgemm;
 
 /// `softmax(QKᵀ/√d + mask)·V` per head for `q`, `k`, `v` `[B, T, C]` (C = heads·d) and an
@@ -74,13 +74,6 @@ impl Attention {
     }
 }
 
-fn contiguous<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
-    match (s, l.contiguous_offsets()) {
-        (CpuStorage::F32(v), Some((a, b))) => Ok(&v[a..b]),
-        _ => candle_core::bail!("{what}: contiguous f32 expected"),
-    }
-}
-
 impl CustomOp3 for Attention {
     fn name(&self) -> &'static str {
         "attention"
@@ -96,9 +89,9 @@ impl CustomOp3 for Attention {
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (q, k, v) = (
-            contiguous(s1, l1, "attention")?,
-            contiguous(s2, l2, "attention")?,
-            contiguous(s3, l3, "attention")?,
+            f32_slice(s1, l1, "attention")?,
+            f32_slice(s2, l2, "attention")?,
+            f32_slice(s3, l3, "attention")?,
         );
         let (_, t, c) = l1.shape().dims3()?;
         if l2.dims() != l1.dims() || l3.dims() != l1.dims() {
@@ -149,7 +142,7 @@ impl CustomOp2 for AttentionGrad {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (qkv, dy) = (contiguous(s1, l1, self.name())?, contiguous(s2, l2, self.name())?);
+        let (qkv, dy) = (f32_slice(s1, l1, self.name())?, f32_slice(s2, l2, self.name())?);
         let (b, t, c) = l2.shape().dims3()?;
         if l1.dims() != [3 * b, t, c] {
             candle_core::bail!("attention-grad: qkv {:?} for dy {:?}", l1.dims(), l2.dims());

@@ -64,7 +64,9 @@ fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + exp(-x))
 }
 
-fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
+/// The data of a contiguous f32 CPU operand of a custom op (`what` names the op in the
+/// error otherwise). Shared by the CPU kernels of wise-clip and wise-train.
+pub fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
     let CpuStorage::F32(v) = s else { candle_core::bail!("{what}: f32 expected") };
     match l.contiguous_offsets() {
         Some((a, b)) => Ok(&v[a..b]),

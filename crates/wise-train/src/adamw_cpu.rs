@@ -10,6 +10,7 @@
 
 use candle_core::{CpuStorage, DType, Device, InplaceOp2, InplaceOp3, Layout, Tensor};
 use rayon::prelude::*;
+use wise_clip::fused::f32_slice;
 
 /// Whether the in-place CPU update applies: f32, contiguous, on the CPU.
 pub fn applies(ts: &[&Tensor]) -> bool {
@@ -39,13 +40,6 @@ pub fn update(theta: &Tensor, m: &Tensor, v: &Tensor, g: &Tensor, u: Update) -> 
 
 const CHUNK: usize = 1 << 15;
 
-fn slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
-    match (s, l.contiguous_offsets()) {
-        (CpuStorage::F32(v), Some((a, b))) => Ok(&v[a..b]),
-        _ => candle_core::bail!("{what}: contiguous f32 expected"),
-    }
-}
-
 fn slice_mut<'a>(s: &'a mut CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a mut [f32]> {
     match (s, l.contiguous_offsets()) {
         (CpuStorage::F32(v), Some((a, b))) => Ok(&mut v[a..b]),
@@ -72,7 +66,7 @@ impl InplaceOp2 for Moment {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<()> {
-        let g = slice(s2, l2, self.name())?;
+        let g = f32_slice(s2, l2, self.name())?;
         let m = slice_mut(s1, l1, self.name())?;
         if m.len() != g.len() {
             candle_core::bail!("adamw-moment: {} moments for {} gradients", m.len(), g.len());
@@ -105,7 +99,7 @@ impl InplaceOp3 for Step {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle_core::Result<()> {
-        let (m, v) = (slice(s2, l2, self.name())?, slice(s3, l3, self.name())?);
+        let (m, v) = (f32_slice(s2, l2, self.name())?, f32_slice(s3, l3, self.name())?);
         let theta = slice_mut(s1, l1, self.name())?;
         if theta.len() != m.len() || theta.len() != v.len() {
             candle_core::bail!("adamw-step: {} weights, {} and {} moments", theta.len(), m.len(), v.len());
