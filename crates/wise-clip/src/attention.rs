@@ -19,7 +19,7 @@ use std::sync::Arc;
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use crate::fused::{exp, f32_slice};
+use crate::fused::{f32_slice, softmax_grad_row, softmax_row};
 use crate::matmul::sgemm;
 
 /// `softmax(QKᵀ/√d + mask)·V` per head for `q`, `k`, `v` `[B, T, C]` (C = heads·d) and an
@@ -66,10 +66,7 @@ impl Attention {
             if let Some(mask) = &self.mask {
                 row.iter_mut().zip(&mask[i * t..(i + 1) * t]).for_each(|(s, m)| *s += m);
             }
-            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            row.iter_mut().for_each(|s| *s = exp(*s - max));
-            let inv = 1.0 / row.iter().sum::<f32>();
-            row.iter_mut().for_each(|s| *s *= inv);
+            softmax_row(row);
         }
     }
 }
@@ -162,10 +159,7 @@ impl CustomOp2 for AttentionGrad {
                 att.probs(q, k, h, (t, c), &mut p);
                 sgemm((true, false), (t, d, t), 1.0, (&p, t), (&dy[o..], c), 0.0, (&mut dv[o..], c));
                 sgemm((false, true), (t, t, d), 1.0, (&dy[o..], c), (&v[o..], c), 0.0, (&mut ds, t));
-                for (ds, p) in ds.chunks_exact_mut(t).zip(p.chunks_exact(t)) {
-                    let dot: f32 = ds.iter().zip(p).map(|(a, b)| a * b).sum();
-                    ds.iter_mut().zip(p).for_each(|(g, p)| *g = p * (*g - dot));
-                }
+                ds.chunks_exact_mut(t).zip(p.chunks_exact(t)).for_each(|(g, p)| softmax_grad_row(g, p));
                 sgemm((false, false), (t, d, t), att.scale, (&ds, t), (&k[o..], c), 0.0, (&mut dq[o..], c));
                 sgemm((true, false), (t, d, t), att.scale, (&ds, t), (&q[o..], c), 0.0, (&mut dk[o..], c));
             }

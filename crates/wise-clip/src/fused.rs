@@ -250,6 +250,20 @@ impl CustomOp3 for LayerNormGrad {
     }
 }
 
+/// Softmax of one row, in place (max-subtracted, so `exp` stays finite).
+pub(crate) fn softmax_row(row: &mut [f32]) {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    row.iter_mut().for_each(|s| *s = exp(*s - max));
+    let inv = 1.0 / row.iter().sum::<f32>();
+    row.iter_mut().for_each(|s| *s *= inv);
+}
+
+/// The softmax backward for one row, in place: `g ← y·(g − Σ g·y)`.
+pub(crate) fn softmax_grad_row(g: &mut [f32], y: &[f32]) {
+    let dot: f32 = g.iter().zip(y).map(|(g, y)| g * y).sum();
+    g.iter_mut().zip(y).for_each(|(g, y)| *g = y * (*g - dot));
+}
+
 struct Softmax;
 
 impl CustomOp1 for Softmax {
@@ -263,14 +277,8 @@ impl CustomOp1 for Softmax {
         let mut y = vec![0f32; x.len()];
         let chunk = rows_per_task(x.len() / d, d) * d;
         y.par_chunks_mut(chunk).zip(x.par_chunks(chunk)).for_each(|(y, x)| {
-            for (y, x) in y.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
-                let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                for (y, &x) in y.iter_mut().zip(x) {
-                    *y = exp(x - max);
-                }
-                let inv = 1.0 / y.iter().sum::<f32>();
-                y.iter_mut().for_each(|y| *y *= inv);
-            }
+            y.copy_from_slice(x);
+            y.chunks_exact_mut(d).for_each(softmax_row);
         });
         Ok((CpuStorage::F32(y), l.shape().clone()))
     }
@@ -300,12 +308,8 @@ impl CustomOp2 for SoftmaxGrad {
         let chunk = rows_per_task(y.len() / d, d) * d;
         dx.par_chunks_mut(chunk).zip(y.par_chunks(chunk).zip(g.par_chunks(chunk))).for_each(
             |(dx, (y, g))| {
-                for ((dx, y), g) in dx.chunks_exact_mut(d).zip(y.chunks_exact(d)).zip(g.chunks_exact(d)) {
-                    let dot: f32 = y.iter().zip(g).map(|(y, g)| y * g).sum();
-                    for ((dx, &y), &g) in dx.iter_mut().zip(y).zip(g) {
-                        *dx = y * (g - dot);
-                    }
-                }
+                dx.copy_from_slice(g);
+                dx.chunks_exact_mut(d).zip(y.chunks_exact(d)).for_each(|(g, y)| softmax_grad_row(g, y));
             },
         );
         Ok((CpuStorage::F32(dx), l1.shape().clone()))
