@@ -14,8 +14,11 @@
 //!   `dx = r·(gw − mean(gw) − x̂·mean(gw·x̂))`, `dw = Σ_rows g·x̂`, `db = Σ_rows g`.
 //! - softmax: `dx = y·(g − Σ g·y)`.
 
+use candle_core::cpu::erf::erf_f32;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Device, Layout, Shape, Tensor};
 use rayon::prelude::*;
+
+use crate::config::Activation;
 
 /// Whether `x` can take the fused kernels (f32 on CPU).
 pub fn applies(x: &Tensor) -> bool {
@@ -84,11 +87,7 @@ impl CustomOp1 for QuickGelu {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let x = f32_slice(s, l, self.name())?;
         let mut y = vec![0f32; x.len()];
-        y.par_chunks_mut(16_384).zip(x.par_chunks(16_384)).for_each(|(y, x)| {
-            for (y, &x) in y.iter_mut().zip(x) {
-                *y = x * sigmoid(1.702 * x);
-            }
-        });
+        activation_rows(Activation::QuickGelu, x, &mut y);
         Ok((CpuStorage::F32(y), l.shape().clone()))
     }
 
@@ -112,15 +111,8 @@ impl CustomOp2 for QuickGeluGrad {
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (x, g) = (f32_slice(s1, l1, self.name())?, f32_slice(s2, l2, self.name())?);
-        let mut dx = vec![0f32; x.len()];
-        dx.par_chunks_mut(16_384).zip(x.par_chunks(16_384).zip(g.par_chunks(16_384))).for_each(
-            |(dx, (x, g))| {
-                for ((dx, &x), &g) in dx.iter_mut().zip(x).zip(g) {
-                    let s = sigmoid(1.702 * x);
-                    *dx = g * (s + 1.702 * x * s * (1.0 - s));
-                }
-            },
-        );
+        let mut dx = g.to_vec();
+        activation_grad_rows(Activation::QuickGelu, x, &mut dx);
         Ok((CpuStorage::F32(dx), l1.shape().clone()))
     }
 }
@@ -136,6 +128,118 @@ fn row_stats(x: &[f32], eps: f32) -> (f32, f32) {
     let mean = x.iter().sum::<f32>() / n;
     let var = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;
     (mean, 1.0 / (var + eps).sqrt())
+}
+
+/// LayerNorm of every `d`-wide row of `x` into `y` (`d` = the weight's length), rows in
+/// parallel.
+pub(crate) fn layer_norm_rows(x: &[f32], (w, b): (&[f32], &[f32]), eps: f32, y: &mut [f32]) {
+    let d = w.len();
+    let chunk = rows_per_task(x.len() / d, d) * d;
+    y.par_chunks_mut(chunk).zip(x.par_chunks(chunk)).for_each(|(y, x)| {
+        for (y, x) in y.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
+            let (mean, r) = row_stats(x, eps);
+            for (((y, &x), &w), &b) in y.iter_mut().zip(x).zip(w).zip(b) {
+                *y = (x - mean) * r * w + b;
+            }
+        }
+    });
+}
+
+/// LayerNorm's backward over rows, in one pass: `dx` written (or added to, when the flag
+/// is set: a residual stream's gradient), `dw` and `db` overwritten.
+pub(crate) fn layer_norm_grad_rows(
+    x: &[f32],
+    w: &[f32],
+    g: &[f32],
+    eps: f32,
+    (dx, accumulate): (&mut [f32], bool),
+    (dw, db): (&mut [f32], &mut [f32]),
+) {
+    let d = w.len();
+    let chunk = rows_per_task(x.len() / d, d) * d;
+    // Each task writes its rows of dx and returns its partial sums of dw and db.
+    let partials: Vec<Vec<f32>> = dx
+        .par_chunks_mut(chunk)
+        .zip(x.par_chunks(chunk).zip(g.par_chunks(chunk)))
+        .map(|(dx, (x, g))| {
+            let mut acc = vec![0f32; 2 * d];
+            let (dw, db) = acc.split_at_mut(d);
+            for ((dx, x), g) in dx.chunks_exact_mut(d).zip(x.chunks_exact(d)).zip(g.chunks_exact(d)) {
+                let (mean, r) = row_stats(x, eps);
+                let (mut sum_gw, mut sum_gw_xhat) = (0f32, 0f32);
+                for j in 0..d {
+                    let xhat = (x[j] - mean) * r;
+                    let gw = g[j] * w[j];
+                    sum_gw += gw;
+                    sum_gw_xhat += gw * xhat;
+                    dw[j] += g[j] * xhat;
+                    db[j] += g[j];
+                }
+                let (m1, m2) = (sum_gw / d as f32, sum_gw_xhat / d as f32);
+                for j in 0..d {
+                    let xhat = (x[j] - mean) * r;
+                    let v = r * (g[j] * w[j] - m1 - xhat * m2);
+                    dx[j] = if accumulate { dx[j] + v } else { v };
+                }
+            }
+            acc
+        })
+        .collect();
+    dw.fill(0.0);
+    db.fill(0.0);
+    for p in partials {
+        dw.iter_mut().zip(&p[..d]).for_each(|(a, b)| *a += b);
+        db.iter_mut().zip(&p[d..]).for_each(|(a, b)| *a += b);
+    }
+}
+
+impl Activation {
+    /// The activation of one value.
+    #[inline(always)]
+    fn value(self, x: f32) -> f32 {
+        match self {
+            Activation::QuickGelu => x * sigmoid(1.702 * x),
+            Activation::Gelu => 0.5 * x * (1.0 + erf_f32(x * std::f32::consts::FRAC_1_SQRT_2)),
+            Activation::GeluTanh => 0.5 * x * (1.0 + (GELU_TANH_C * (x + 0.044_715 * x * x * x)).tanh()),
+        }
+    }
+
+    /// Its derivative at `x`.
+    #[inline(always)]
+    fn derivative(self, x: f32) -> f32 {
+        match self {
+            Activation::QuickGelu => {
+                let s = sigmoid(1.702 * x);
+                s + 1.702 * x * s * (1.0 - s)
+            }
+            // Φ(x) + x·φ(x).
+            Activation::Gelu => {
+                let cdf = 0.5 * (1.0 + erf_f32(x * std::f32::consts::FRAC_1_SQRT_2));
+                cdf + x * exp(-0.5 * x * x) * 0.398_942_3
+            }
+            Activation::GeluTanh => {
+                let t = (GELU_TANH_C * (x + 0.044_715 * x * x * x)).tanh();
+                0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * GELU_TANH_C * (1.0 + 3.0 * 0.044_715 * x * x)
+            }
+        }
+    }
+}
+
+/// √(2/π), GELU's tanh approximation.
+const GELU_TANH_C: f32 = 0.797_884_6;
+
+/// `y = act(x)` elementwise, in parallel.
+pub(crate) fn activation_rows(act: Activation, x: &[f32], y: &mut [f32]) {
+    y.par_chunks_mut(16_384).zip(x.par_chunks(16_384)).for_each(|(y, x)| {
+        y.iter_mut().zip(x).for_each(|(y, &x)| *y = act.value(x));
+    });
+}
+
+/// `g ← g·act'(x)` elementwise, in parallel: the activation's backward, in place.
+pub(crate) fn activation_grad_rows(act: Activation, x: &[f32], g: &mut [f32]) {
+    g.par_chunks_mut(16_384).zip(x.par_chunks(16_384)).for_each(|(g, x)| {
+        g.iter_mut().zip(x).for_each(|(g, &x)| *g *= act.derivative(x));
+    });
 }
 
 impl CustomOp3 for LayerNormOp {
@@ -159,15 +263,7 @@ impl CustomOp3 for LayerNormOp {
             candle_core::bail!("layer-norm: input {:?} with weight [{d}] and bias [{}]", l1.dims(), b.len());
         }
         let mut y = vec![0f32; x.len()];
-        let chunk = rows_per_task(x.len() / d, d) * d;
-        y.par_chunks_mut(chunk).zip(x.par_chunks(chunk)).for_each(|(y, x)| {
-            for (y, x) in y.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
-                let (mean, r) = row_stats(x, self.eps);
-                for (((y, &x), &w), &b) in y.iter_mut().zip(x).zip(w).zip(b) {
-                    *y = (x - mean) * r * w + b;
-                }
-            }
-        });
+        layer_norm_rows(x, (w, b), self.eps, &mut y);
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
@@ -213,39 +309,8 @@ impl CustomOp3 for LayerNormGrad {
         let rows = x.len() / d;
         let mut out = vec![0f32; (rows + 2) * d];
         let (dx, dwdb) = out.split_at_mut(rows * d);
-        let chunk = rows_per_task(rows, d) * d;
-        // Each task writes its rows of dx and returns its partial sums of dw and db.
-        let partials: Vec<Vec<f32>> = dx
-            .par_chunks_mut(chunk)
-            .zip(x.par_chunks(chunk).zip(g.par_chunks(chunk)))
-            .map(|(dx, (x, g))| {
-                let mut acc = vec![0f32; 2 * d];
-                let (dw, db) = acc.split_at_mut(d);
-                for ((dx, x), g) in dx.chunks_exact_mut(d).zip(x.chunks_exact(d)).zip(g.chunks_exact(d)) {
-                    let (mean, r) = row_stats(x, self.eps);
-                    let (mut sum_gw, mut sum_gw_xhat) = (0f32, 0f32);
-                    for j in 0..d {
-                        let xhat = (x[j] - mean) * r;
-                        let gw = g[j] * w[j];
-                        sum_gw += gw;
-                        sum_gw_xhat += gw * xhat;
-                        dw[j] += g[j] * xhat;
-                        db[j] += g[j];
-                    }
-                    let (m1, m2) = (sum_gw / d as f32, sum_gw_xhat / d as f32);
-                    for j in 0..d {
-                        let xhat = (x[j] - mean) * r;
-                        dx[j] = r * (g[j] * w[j] - m1 - xhat * m2);
-                    }
-                }
-                acc
-            })
-            .collect();
-        for p in partials {
-            for (a, b) in dwdb.iter_mut().zip(&p) {
-                *a += b;
-            }
-        }
+        let (dw, db) = dwdb.split_at_mut(d);
+        layer_norm_grad_rows(x, w, g, self.eps, (dx, false), (dw, db));
         Ok((CpuStorage::F32(out), Shape::from((rows + 2, d))))
     }
 }

@@ -11,10 +11,12 @@
 //! - [`weights`], [`params`], [`hub`]: checkpoints (HF, sharded, open_clip), the HF cache.
 //! - [`tokenizer`], [`preprocess`]: text and images in, exactly as HF's CLIP processor.
 //! - [`device`]: CPU, CUDA or Metal, and the compute dtype for each.
-//! - [`matmul`], [`fused`], [`attention`]: matrix products through the system BLAS, and
-//!   fused QuickGELU, LayerNorm, softmax and attention kernels with their backwards, on CPU.
+//! - [`matmul`], [`fused`]: matrix products through the system BLAS, and fused
+//!   activation, LayerNorm and softmax kernels with their backwards, on CPU; each
+//!   transformer block is one op there (`block.rs`), trained through [`backward`].
 
-pub mod attention;
+mod attention;
+mod block;
 pub mod config;
 pub mod device;
 pub mod error;
@@ -30,6 +32,7 @@ pub mod tokenizer;
 pub mod vision;
 pub mod weights;
 
+pub use block::backward;
 pub use config::{Activation, ClipConfig, TextConfig, VisionConfig};
 pub use device::{compute_dtype, parse_device};
 pub use error::{Error, Result};

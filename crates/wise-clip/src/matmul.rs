@@ -274,8 +274,7 @@ fn gemm_layout(dims: &[usize], stride: &[usize]) -> Option<GemmLayout> {
 
 /// `A·B (+ bias on every row)` for operands laid out as `la`, `lb`: a new contiguous
 /// `[batch, m, cols]` buffer. Work is split over rayon's threads: whole matrices when the
-/// batch covers the threads, else blocks of rows; each block is one single-threaded sgemm.
-#[allow(clippy::too_many_arguments)]
+/// batch covers the threads, else blocks of rows ([`par_sgemm`]).
 fn gemm(
     a: &[f32],
     la: &GemmLayout,
@@ -284,54 +283,56 @@ fn gemm(
     (m, k, cols): (usize, usize, usize),
     bias: Option<&[f32]>,
 ) -> Vec<f32> {
-    let blas = blas().expect("the ops are only built when a BLAS is loaded");
     let batch = la.batch();
     let mut out = vec![0f32; batch * m * cols];
     if m * cols == 0 {
         return out;
     }
-    let threads = rayon::current_num_threads().max(1);
-    let rows_per_task = if batch >= threads { m } else { m.div_ceil(threads).max(16) };
-    let mut tasks: Vec<(usize, usize, &mut [f32])> = Vec::new();
-    for (i, c) in out.chunks_mut(m * cols).enumerate() {
-        for (j, rows) in c.chunks_mut(rows_per_task * cols).enumerate() {
-            tasks.push((i, j * rows_per_task, rows));
+    let beta = match bias {
+        Some(bias) => {
+            out.chunks_exact_mut(cols).for_each(|row| row.copy_from_slice(bias));
+            1.0
         }
+        None => 0.0,
+    };
+    let one = |i: usize, c: &mut [f32], split: bool| {
+        let a = (&a[la.offset(i)..], la.ld);
+        let b = (&b[lb.offset(i)..], lb.ld);
+        let f = if split { par_sgemm } else { sgemm };
+        f((la.trans, lb.trans), (m, cols, k), 1.0, a, b, beta, (c, cols));
+    };
+    if batch >= rayon::current_num_threads() {
+        out.par_chunks_mut(m * cols).enumerate().for_each(|(i, c)| one(i, c, false));
+    } else {
+        out.chunks_mut(m * cols).enumerate().for_each(|(i, c)| one(i, c, true));
     }
-    tasks.into_par_iter().for_each(|(i, row0, c)| {
-        let rows = c.len() / cols;
-        let beta = match bias {
-            Some(bias) => {
-                c.chunks_exact_mut(cols).for_each(|row| row.copy_from_slice(bias));
-                1.0
-            }
-            None => 0.0,
-        };
-        // Row `row0` of op(A): row-major → `row0 * ld`; transposed → column `row0`.
-        let a_off = la.offset(i) + if la.trans { row0 } else { row0 * la.ld };
-        let b_off = lb.offset(i);
-        // SAFETY: the layouts address only elements of the operands' storage (checked by
-        // the callers against the shapes); `c` is this task's own rows of the output.
-        unsafe {
-            (blas.sgemm)(
-                ROW_MAJOR,
-                if la.trans { TRANS } else { NO_TRANS },
-                if lb.trans { TRANS } else { NO_TRANS },
-                rows as c_int,
-                cols as c_int,
-                k as c_int,
-                1.0,
-                a[a_off..].as_ptr(),
-                la.ld as c_int,
-                b[b_off..].as_ptr(),
-                lb.ld as c_int,
-                beta,
-                c.as_mut_ptr(),
-                cols as c_int,
-            )
-        }
-    });
     out
+}
+
+/// [`sgemm`] with the rows of `C` split over rayon's threads, one single-threaded sgemm
+/// per block of rows.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn par_sgemm(
+    (trans_a, trans_b): (bool, bool),
+    (m, n, k): (usize, usize, usize),
+    alpha: f32,
+    (a, lda): (&[f32], usize),
+    b: (&[f32], usize),
+    beta: f32,
+    (c, ldc): (&mut [f32], usize),
+) {
+    if m * n == 0 {
+        return;
+    }
+    let rows_per_task = m.div_ceil(rayon::current_num_threads().max(1)).max(16);
+    let c = &mut c[..(m - 1) * ldc + n];
+    c.par_chunks_mut(rows_per_task * ldc).enumerate().for_each(|(j, c)| {
+        let row0 = j * rows_per_task;
+        let rows = rows_per_task.min(m - row0);
+        // Row `row0` of op(A): row-major → `row0 * lda`; transposed → column `row0`.
+        let a_off = if trans_a { row0 } else { row0 * lda };
+        sgemm((trans_a, trans_b), (rows, n, k), alpha, (&a[a_off..], lda), b, beta, (c, ldc));
+    });
 }
 
 /// The f32 data of a custom op's operand and its gemm layout.

@@ -68,7 +68,7 @@ impl Module for Linear {
 pub struct LayerNorm {
     pub weight: Var,
     pub bias: Var,
-    eps: f64,
+    pub(crate) eps: f64,
 }
 
 impl LayerNorm {
@@ -131,7 +131,7 @@ pub struct Attention {
     pub k_proj: Linear,
     pub v_proj: Linear,
     pub out_proj: Linear,
-    heads: usize,
+    pub(crate) heads: usize,
 }
 
 impl Attention {
@@ -152,10 +152,6 @@ impl Attention {
 
     /// `x`: [B, T, C]; `mask`: additive [T, T] (the text tower's causal mask) or none.
     pub fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> candle_core::Result<Tensor> {
-        if on_blas(&[x]) {
-            let (q, k, v) = (self.q_proj.forward(x)?, self.k_proj.forward(x)?, self.v_proj.forward(x)?);
-            return self.out_proj.forward(&crate::attention::attention(&q, &k, &v, self.heads, mask)?);
-        }
         let (b, t, c) = x.dims3()?;
         let head_dim = c / self.heads;
         let split_heads = |y: Tensor| -> candle_core::Result<Tensor> {
@@ -180,7 +176,7 @@ impl Attention {
 pub struct Mlp {
     pub fc1: Linear,
     pub fc2: Linear,
-    act: Activation,
+    pub(crate) act: Activation,
 }
 
 /// One pre-norm transformer block: `x + attn(ln1(x))`, then `x + mlp(ln2(x))`.
@@ -219,7 +215,19 @@ impl EncoderLayer {
         })
     }
 
+    /// On CPU in f32 with a BLAS, one fused op ([`crate::block`]: train it through
+    /// [`crate::backward`]); op by op elsewhere.
     pub fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> candle_core::Result<Tensor> {
+        if on_blas(&[x]) {
+            if let Some(y) = crate::block::forward(self, x, mask)? {
+                return Ok(y);
+            }
+        }
+        self.forward_op_by_op(x, mask)
+    }
+
+    /// The block from differentiable tensor ops (any device and dtype).
+    pub fn forward_op_by_op(&self, x: &Tensor, mask: Option<&Tensor>) -> candle_core::Result<Tensor> {
         let x = (x + self.self_attn.forward(&self.layer_norm1.forward(x)?, mask)?)?;
         let h = self.mlp.fc1.forward(&self.layer_norm2.forward(&x)?)?;
         x + self.mlp.fc2.forward(&self.mlp.act.apply(&h)?)?

@@ -109,7 +109,7 @@ impl FisherAccumulator {
         let shifted = logits.broadcast_sub(&max)?;
         let log_sum_exp = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
         let loss = shifted.broadcast_sub(&log_sum_exp)?.i((0, label))?.neg()?;
-        let grads = loss.backward()?;
+        let grads = wise_clip::backward(&loss)?;
         for (name, var) in &classifier.params {
             let Some(g) = grads.get(var.as_tensor()) else { continue };
             let g2 = g.to_dtype(DType::F32)?.sqr()?;

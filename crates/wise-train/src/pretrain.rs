@@ -169,7 +169,7 @@ pub fn pretrain(
                     last_good: out_dir.to_path_buf(),
                 });
             }
-            let mut grads = loss.backward()?;
+            let mut grads = wise_clip::backward(&loss)?;
             let grad_norm = clip_grad_norm(&model.params, &mut grads, 1.0)?;
             let lr = cosine_lr(config.lr, config.warmup, total, step);
             optimizer.step(&model.params, &grads, lr)?;

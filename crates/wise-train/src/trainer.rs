@@ -234,7 +234,7 @@ pub fn train_with_clip(run: Run, clip: Option<&str>, observer: &mut dyn Observer
                     last_good: run.out_dir.join(state::RESUME_FILE),
                 });
             }
-            let micro = (loss / config.grad_accum as f64)?.backward()?;
+            let micro = wise_clip::backward(&(loss / config.grad_accum as f64)?)?;
             grads = Some(match grads.take() {
                 None => micro,
                 Some(mut acc) => {

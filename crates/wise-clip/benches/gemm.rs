@@ -1,0 +1,46 @@
+//! sgemm rate (GFLOP/s) on each matrix-product shape of a ViT-B/32 training step, through
+//! the same `wise_clip::matmul` entry points the model uses.
+//!
+//! ```text
+//! cargo bench -p wise-clip --bench gemm -- [--tokens 800] [--reps 5]
+//! ```
+use std::time::Instant;
+
+use candle_core::{Device, Tensor};
+use wise_clip::matmul::{linear, matmul};
+
+fn main() -> anyhow::Result<()> {
+    let mut tokens = 800usize;
+    let mut reps = 5usize;
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--tokens" => tokens = args.next().unwrap_or_default().parse()?,
+            "--reps" => reps = args.next().unwrap_or_default().parse()?,
+            _ => {}
+        }
+    }
+    let dev = Device::Cpu;
+    let r = |s: &[usize]| Tensor::randn(0f32, 1.0, s, &dev);
+    let time = |name: &str, flop: f64, f: &dyn Fn() -> candle_core::Result<Tensor>| -> anyhow::Result<()> {
+        f()?;
+        let t = Instant::now();
+        for _ in 0..reps {
+            f()?;
+        }
+        let s = t.elapsed().as_secs_f64() / reps as f64;
+        eprintln!("{name:<40} {:>8.1} GFLOP/s  {:>7.2} ms", flop / s / 1e9, s * 1e3);
+        Ok(())
+    };
+    for (inp, out) in [(768, 768), (768, 2304), (768, 3072), (3072, 768)] {
+        let x = r(&[tokens, inp])?;
+        let w = r(&[out, inp])?;
+        let b = r(&[out])?;
+        let g = r(&[tokens, out])?;
+        let flop = 2.0 * (tokens * inp * out) as f64;
+        time(&format!("fwd  x·Wᵀ+b   {tokens}x{inp} -> {out}"), flop, &|| linear(&x, &w, Some(&b)))?;
+        time(&format!("bwd  dY·W     {tokens}x{out} -> {inp}"), flop, &|| matmul(&g, &w))?;
+        time(&format!("bwd  dYᵀ·X    {out}x{tokens} · {tokens}x{inp}"), flop, &|| matmul(&g.t()?, &x))?;
+    }
+    Ok(())
+}

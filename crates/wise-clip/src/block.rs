@@ -1,0 +1,395 @@
+//! One pre-norm transformer block as a single CPU op, forward and backward written out.
+//!
+//! ```text
+//! x ─ LN1 ─ [Q|K|V] = ·Wqkvᵀ+b ─ attention ─ ·Woᵀ+b ─(+x)─ x_mid ─ LN2 ─ ·W1ᵀ+b ─ act ─ ·W2ᵀ+b ─(+x_mid)─ y
+//! ```
+//!
+//! Op by op, a block is ~20 autograd nodes, and candle's backward pays every one of them
+//! a zero-filled gradient buffer and an add (candle issue #1241): ~10 % of a training step
+//! once the products run on a BLAS. As one op, its backward is the products and four
+//! one-pass kernels: the residual stream's gradient is updated in place, the three input
+//! projections are one product of width 3C forwards and backwards (the q/k/v weights
+//! are packed per forward; their gradients are slices of one product), and each residual
+//! add is the starting accumulator of the product before it.
+//!
+//! A candle custom op returns gradients for its inputs only, and a block has 16
+//! parameters: its backward hands theirs over on a side channel that [`backward`]
+//! collects. Train with [`backward`], not `Tensor::backward`, or these parameters get no
+//! gradient (the parity tests check every parameter's gradient through [`backward`]).
+//!
+//! f32 on CPU with a BLAS only (`nn::EncoderLayer` keeps the op-by-op block elsewhere).
+
+use std::cell::RefCell;
+use std::sync::Mutex;
+
+use candle_core::backprop::GradStore;
+use candle_core::{CpuStorage, CustomOp1, Device, Layout, Shape, Storage, Tensor};
+use rayon::prelude::*;
+
+use crate::attention::Heads;
+use crate::config::Activation;
+use crate::fused::{activation_grad_rows, activation_rows, f32_slice, layer_norm_grad_rows, layer_norm_rows};
+use crate::matmul::par_sgemm;
+use crate::nn::EncoderLayer;
+
+thread_local! {
+    /// Parameter gradients from the blocks' backward passes run on this thread.
+    static PARAM_GRADS: RefCell<Vec<(Tensor, Tensor)>> = const { RefCell::new(Vec::new()) };
+}
+
+/// `loss.backward()`, plus the parameter gradients of the fused blocks: use it for every
+/// backward pass through a model of this crate.
+pub fn backward(loss: &Tensor) -> candle_core::Result<GradStore> {
+    PARAM_GRADS.with_borrow_mut(Vec::clear);
+    let mut grads = loss.backward()?;
+    for (param, grad) in PARAM_GRADS.with_borrow_mut(std::mem::take) {
+        let sum = match grads.remove(&param) {
+            Some(g) => (g + grad)?,
+            None => grad,
+        };
+        grads.insert(&param, sum);
+    }
+    Ok(grads)
+}
+
+// The block's parameters, in this order.
+const LN1_W: usize = 0;
+const LN1_B: usize = 1;
+const Q_W: usize = 2;
+const K_W: usize = 4;
+const V_W: usize = 6;
+const OUT_W: usize = 8;
+const OUT_B: usize = 9;
+const LN2_W: usize = 10;
+const LN2_B: usize = 11;
+const FC1_W: usize = 12;
+const FC1_B: usize = 13;
+const FC2_W: usize = 14;
+const FC2_B: usize = 15;
+
+/// `layer(x)` for `x` `[B, T, C]` as one op, or `None` when the layer lacks a bias (not
+/// a CLIP block: the caller runs it op by op).
+pub(crate) fn forward(
+    layer: &EncoderLayer,
+    x: &Tensor,
+    mask: Option<&Tensor>,
+) -> candle_core::Result<Option<Tensor>> {
+    let (_, t, c) = x.dims3()?;
+    let attn = &layer.self_attn;
+    let mut params =
+        vec![layer.layer_norm1.weight.as_tensor().clone(), layer.layer_norm1.bias.as_tensor().clone()];
+    for linear in [&attn.q_proj, &attn.k_proj, &attn.v_proj, &attn.out_proj] {
+        let Some(bias) = &linear.bias else { return Ok(None) };
+        params.extend([linear.weight.as_tensor().clone(), bias.as_tensor().clone()]);
+    }
+    params.extend([layer.layer_norm2.weight.as_tensor().clone(), layer.layer_norm2.bias.as_tensor().clone()]);
+    for linear in [&layer.mlp.fc1, &layer.mlp.fc2] {
+        let Some(bias) = &linear.bias else { return Ok(None) };
+        params.extend([linear.weight.as_tensor().clone(), bias.as_tensor().clone()]);
+    }
+    if attn.heads == 0 || c % attn.heads != 0 {
+        candle_core::bail!("attention: width {c} is not a multiple of {} heads", attn.heads);
+    }
+    let mask = match mask {
+        Some(m) => {
+            let m = m.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+            if m.len() != t * t {
+                candle_core::bail!("attention: mask of {} values for {t} tokens", m.len());
+            }
+            Some(m)
+        }
+        None => None,
+    };
+    let op = Block {
+        params,
+        heads: attn.heads,
+        eps: (layer.layer_norm1.eps as f32, layer.layer_norm2.eps as f32),
+        act: layer.mlp.act,
+        mask,
+        saved: Mutex::new(None),
+    };
+    Ok(Some(x.contiguous()?.apply_op1(op)?))
+}
+
+struct Block {
+    params: Vec<Tensor>,
+    heads: usize,
+    eps: (f32, f32),
+    act: Activation,
+    mask: Option<Vec<f32>>,
+    /// The forward's activations, for the backward.
+    saved: Mutex<Option<Saved>>,
+}
+
+struct Saved {
+    /// `[Wq; Wk; Wv]`, `[3C, C]`.
+    wqkv: Vec<f32>,
+    ln1: Vec<f32>,
+    qkv: Vec<f32>,
+    attn: Vec<f32>,
+    x_mid: Vec<f32>,
+    ln2: Vec<f32>,
+    /// fc1's output before and after the activation.
+    h: Vec<f32>,
+    act: Vec<f32>,
+}
+
+/// Runs `f` on the f32 data of CPU tensors (contiguous).
+fn with_slices<R>(
+    ts: &[&Tensor],
+    f: impl FnOnce(&[&[f32]]) -> candle_core::Result<R>,
+) -> candle_core::Result<R> {
+    let guards: Vec<_> = ts.iter().map(|t| t.storage_and_layout()).collect();
+    let slices = guards
+        .iter()
+        .map(|(s, l)| match &**s {
+            Storage::Cpu(s) => f32_slice(s, l, "block"),
+            _ => candle_core::bail!("block: CPU tensors expected"),
+        })
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    f(&slices)
+}
+
+/// `rows` copies of `bias`, plus `residual` when given: the starting accumulator of a
+/// product (`C = start + A·Bᵀ`).
+fn start(rows: usize, bias: &[f32], residual: Option<&[f32]>) -> Vec<f32> {
+    let mut out = vec![0f32; rows * bias.len()];
+    out.par_chunks_mut(bias.len()).enumerate().for_each(|(i, row)| match residual {
+        Some(r) => row.iter_mut().zip(&r[i * bias.len()..]).zip(bias).for_each(|((o, r), b)| *o = r + b),
+        None => row.copy_from_slice(bias),
+    });
+    out
+}
+
+/// Sums of the columns of `rows × cols` `g` (a bias's gradient).
+fn col_sums(g: &[f32], cols: usize) -> Vec<f32> {
+    let rows = g.len() / cols;
+    let per_task = rows.div_ceil(rayon::current_num_threads().max(1)).max(1);
+    g.par_chunks(per_task * cols)
+        .map(|g| {
+            let mut acc = vec![0f32; cols];
+            g.chunks_exact(cols).for_each(|r| acc.iter_mut().zip(r).for_each(|(a, v)| *a += v));
+            acc
+        })
+        .reduce(
+            || vec![0f32; cols],
+            |mut a, b| {
+                a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
+                a
+            },
+        )
+}
+
+impl Block {
+    fn heads(&self, t: usize, c: usize) -> Heads<'_> {
+        Heads { heads: self.heads, d: c / self.heads, t, mask: self.mask.as_deref() }
+    }
+
+    fn check(&self, w: &[&[f32]], c: usize) -> candle_core::Result<usize> {
+        let inter = w[FC1_B].len();
+        let expect = [c, c, c * c, c, c * c, c, c * c, c, c * c, c, c, c, inter * c, inter, c * inter, c];
+        if w.iter().zip(expect).any(|(w, n)| w.len() != n) {
+            candle_core::bail!("block: parameters do not fit width {c} (intermediate {inter})");
+        }
+        Ok(inter)
+    }
+}
+
+impl CustomOp1 for Block {
+    fn name(&self) -> &'static str {
+        "transformer-block"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = f32_slice(s, l, self.name())?;
+        let (_, t, c) = l.shape().dims3()?;
+        let n = x.len() / c;
+        let params: Vec<&Tensor> = self.params.iter().collect();
+        let (y, saved) = with_slices(&params, |w| {
+            let inter = self.check(w, c)?;
+            let wqkv = [w[Q_W], w[K_W], w[V_W]].concat();
+            let bqkv = [w[Q_W + 1], w[K_W + 1], w[V_W + 1]].concat();
+            let mut ln1 = vec![0f32; n * c];
+            layer_norm_rows(x, (w[LN1_W], w[LN1_B]), self.eps.0, &mut ln1);
+            let mut qkv = start(n, &bqkv, None);
+            par_sgemm((false, true), (n, 3 * c, c), 1.0, (&ln1, c), (&wqkv, c), 1.0, (&mut qkv, 3 * c));
+            let mut attn = vec![0f32; n * c];
+            let heads = self.heads(t, c);
+            attn.par_chunks_mut(t * c).zip(qkv.par_chunks(t * 3 * c)).for_each(|(y, qkv)| {
+                heads.forward(qkv, y, &mut vec![0f32; t * t]);
+            });
+            let mut x_mid = start(n, w[OUT_B], Some(x));
+            par_sgemm((false, true), (n, c, c), 1.0, (&attn, c), (w[OUT_W], c), 1.0, (&mut x_mid, c));
+            let mut ln2 = vec![0f32; n * c];
+            layer_norm_rows(&x_mid, (w[LN2_W], w[LN2_B]), self.eps.1, &mut ln2);
+            let mut h = start(n, w[FC1_B], None);
+            par_sgemm((false, true), (n, inter, c), 1.0, (&ln2, c), (w[FC1_W], c), 1.0, (&mut h, inter));
+            let mut act = vec![0f32; n * inter];
+            activation_rows(self.act, &h, &mut act);
+            let mut y = start(n, w[FC2_B], Some(&x_mid));
+            par_sgemm((false, true), (n, c, inter), 1.0, (&act, inter), (w[FC2_W], inter), 1.0, (&mut y, c));
+            Ok((y, Saved { wqkv, ln1, qkv, attn, x_mid, ln2, h, act }))
+        })?;
+        *self.saved.lock().map_err(|_| candle_core::Error::msg("block: poisoned lock"))? = Some(saved);
+        Ok((CpuStorage::F32(y), l.shape().clone()))
+    }
+
+    fn bwd(&self, x: &Tensor, _y: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        let (_, t, c) = x.dims3()?;
+        let grad = grad.contiguous()?;
+        let saved = self.saved.lock().map_err(|_| candle_core::Error::msg("block: poisoned lock"))?;
+        let s = saved.as_ref().ok_or_else(|| candle_core::Error::msg("block: backward before forward"))?;
+        let mut inputs: Vec<&Tensor> = vec![x, &grad];
+        inputs.extend(&self.params);
+        let (dx, param_grads) = with_slices(&inputs, |all| {
+            let (x, dy, w) = (all[0], all[1], &all[2..]);
+            let inter = self.check(w, c)?;
+            let n = x.len() / c;
+            // The MLP: y = x_mid + act(LN2(x_mid)·W1ᵀ + b1)·W2ᵀ + b2.
+            let mut dx = dy.to_vec();
+            let mut dh = vec![0f32; n * inter];
+            par_sgemm((false, false), (n, inter, c), 1.0, (dy, c), (w[FC2_W], inter), 0.0, (&mut dh, inter));
+            let mut d_fc2 = vec![0f32; c * inter];
+            par_sgemm((true, false), (c, inter, n), 1.0, (dy, c), (&s.act, inter), 0.0, (&mut d_fc2, inter));
+            activation_grad_rows(self.act, &s.h, &mut dh);
+            let mut d_ln2 = vec![0f32; n * c];
+            par_sgemm((false, false), (n, c, inter), 1.0, (&dh, inter), (w[FC1_W], c), 0.0, (&mut d_ln2, c));
+            let mut d_fc1 = vec![0f32; inter * c];
+            par_sgemm((true, false), (inter, c, n), 1.0, (&dh, inter), (&s.ln2, c), 0.0, (&mut d_fc1, c));
+            let (mut d_ln2_w, mut d_ln2_b) = (vec![0f32; c], vec![0f32; c]);
+            layer_norm_grad_rows(
+                &s.x_mid,
+                w[LN2_W],
+                &d_ln2,
+                self.eps.1,
+                (&mut dx, true),
+                (&mut d_ln2_w, &mut d_ln2_b),
+            );
+            // Attention: x_mid = x + attention(LN1(x)·Wqkvᵀ + bqkv)·Woᵀ + bo.
+            let mut d_attn = vec![0f32; n * c];
+            par_sgemm((false, false), (n, c, c), 1.0, (&dx, c), (w[OUT_W], c), 0.0, (&mut d_attn, c));
+            let mut d_out = vec![0f32; c * c];
+            par_sgemm((true, false), (c, c, n), 1.0, (&dx, c), (&s.attn, c), 0.0, (&mut d_out, c));
+            let mut dqkv = vec![0f32; n * 3 * c];
+            let heads = self.heads(t, c);
+            dqkv.par_chunks_mut(t * 3 * c)
+                .zip(s.qkv.par_chunks(t * 3 * c).zip(d_attn.par_chunks(t * c)))
+                .for_each(|(dqkv, (qkv, dy))| {
+                    let (mut p, mut ds) = (vec![0f32; t * t], vec![0f32; t * t]);
+                    heads.backward(qkv, dy, dqkv, (&mut p, &mut ds));
+                });
+            let mut d_ln1 = vec![0f32; n * c];
+            par_sgemm((false, false), (n, c, 3 * c), 1.0, (&dqkv, 3 * c), (&s.wqkv, c), 0.0, (&mut d_ln1, c));
+            let mut d_wqkv = vec![0f32; 3 * c * c];
+            par_sgemm((true, false), (3 * c, c, n), 1.0, (&dqkv, 3 * c), (&s.ln1, c), 0.0, (&mut d_wqkv, c));
+            let d_bqkv = col_sums(&dqkv, 3 * c);
+            let d_out_b = col_sums(&dx, c);
+            let (mut d_ln1_w, mut d_ln1_b) = (vec![0f32; c], vec![0f32; c]);
+            layer_norm_grad_rows(
+                x,
+                w[LN1_W],
+                &d_ln1,
+                self.eps.0,
+                (&mut dx, true),
+                (&mut d_ln1_w, &mut d_ln1_b),
+            );
+            let qkv_w = |i: usize| d_wqkv[i * c * c..(i + 1) * c * c].to_vec();
+            let qkv_b = |i: usize| d_bqkv[i * c..(i + 1) * c].to_vec();
+            let grads = vec![
+                d_ln1_w,
+                d_ln1_b,
+                qkv_w(0),
+                qkv_b(0),
+                qkv_w(1),
+                qkv_b(1),
+                qkv_w(2),
+                qkv_b(2),
+                d_out,
+                d_out_b,
+                d_ln2_w,
+                d_ln2_b,
+                d_fc1,
+                col_sums(&dh, inter),
+                d_fc2,
+                col_sums(dy, c),
+            ];
+            Ok((dx, grads))
+        })?;
+        let mut handed = Vec::with_capacity(param_grads.len());
+        for (param, g) in self.params.iter().zip(param_grads) {
+            handed.push((param.clone(), Tensor::from_vec(g, param.shape(), &Device::Cpu)?));
+        }
+        PARAM_GRADS.with_borrow_mut(|all| all.extend(handed));
+        Ok(Some(Tensor::from_vec(dx, x.shape(), &Device::Cpu)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nn::EncoderShape;
+    use crate::params::ParamBuilder;
+
+    fn rel_diff(a: &Tensor, b: &Tensor) -> f32 {
+        let scale = b.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap().max(1e-6);
+        (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap() / scale
+    }
+
+    /// The fused block equals the op-by-op block (which the parity tests hold to
+    /// PyTorch): output, input gradient and every parameter's gradient, for each
+    /// activation, with and without a causal mask, through [`backward`].
+    #[test]
+    fn matches_the_op_by_op_block() -> candle_core::Result<()> {
+        let dev = Device::Cpu;
+        if !crate::matmul::on_blas(&[&Tensor::zeros(1, candle_core::DType::F32, &dev)?]) {
+            assert!(std::env::var_os("CI").is_none(), "CI must have a BLAS");
+            return Ok(());
+        }
+        let (b, t, c, heads) = (3, 7, 24, 4);
+        let causal: Vec<f32> =
+            (0..t * t).map(|i| if i % t > i / t { f32::NEG_INFINITY } else { 0.0 }).collect();
+        let causal = Tensor::from_vec(causal, (t, t), &dev)?;
+        for act in [Activation::QuickGelu, Activation::Gelu, Activation::GeluTanh] {
+            for mask in [None, Some(&causal)] {
+                let shape = EncoderShape { hidden: c, intermediate: 40, layers: 2, heads, act, eps: 1e-5 };
+                let mut pb = ParamBuilder::fresh(7, &dev);
+                let layer = EncoderLayer::new(&mut pb, "layer", &shape).unwrap();
+                // Fresh LayerNorms are the identity: perturb them so their gradients mean something.
+                let mut params = pb.finish().unwrap();
+                for (name, var) in params.iter_mut() {
+                    if name.contains("layer_norm") {
+                        var.set(&(var.as_tensor() + Tensor::randn(0f32, 0.3, var.shape(), &dev)?)?)?;
+                    }
+                }
+                let x = candle_core::Var::randn(0f32, 1.0, (b, t, c), &dev)?;
+                let probe = Tensor::randn(0f32, 1.0, (b, t, c), &dev)?;
+                let fused = layer.forward(&x, mask)?;
+                let reference = layer.forward_op_by_op(&x, mask)?;
+                let what = format!("{act:?}, mask {}", mask.is_some());
+                assert!(
+                    rel_diff(&fused, &reference) < 1e-5,
+                    "{what}: forward off by {}",
+                    rel_diff(&fused, &reference)
+                );
+                let g_fused = backward(&(fused * &probe)?.sum_all()?)?;
+                let g_ref = (reference * &probe)?.sum_all()?.backward()?;
+                let mut checked = 0;
+                for (name, var) in params.iter().map(|(n, v)| (n.as_str(), v)).chain([("x", &x)]) {
+                    let (a, r) = (g_fused.get(var), g_ref.get(var));
+                    let (a, r) = (a.unwrap_or_else(|| panic!("{what}: no gradient for {name}")), r.unwrap());
+                    if name.ends_with("k_proj.bias") {
+                        // Zero in exact arithmetic (softmax ignores a shift of a whole row
+                        // of scores): rounding noise in both versions.
+                        let max = a.abs()?.max_all()?.to_scalar::<f32>()?;
+                        assert!(max < 1e-5, "{what}: d{name} should be ~0, is up to {max}");
+                    } else {
+                        assert!(rel_diff(a, r) < 1e-4, "{what}: d{name} off by {}", rel_diff(a, r));
+                    }
+                    checked += 1;
+                }
+                assert_eq!(checked, 17, "16 parameters and the input");
+            }
+        }
+        Ok(())
+    }
+}
