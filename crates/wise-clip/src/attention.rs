@@ -13,7 +13,7 @@
 //! `dV = Pᵀ·dY`, `dP = dY·Vᵀ`, `dS = P∘(dP − rowsum(dP∘P))`, `dQ = scale·dS·K`,
 //! `dK = scale·dSᵀ·Q`.
 
-use crate::fused::{softmax_grad_row, softmax_row};
+use crate::fused::{softmax_grad_rows, softmax_rows};
 use crate::matmul::sgemm;
 
 /// The shape of the attention: heads of width `d`, `t` tokens, and the additive `[t, t]`
@@ -36,12 +36,7 @@ impl Heads<'_> {
         let scale = (d as f32).powf(-0.5);
         let (q, k) = (&qkv[h * d..], &qkv[c + h * d..]);
         sgemm((false, true), (t, t, d), scale, (q, 3 * c), (k, 3 * c), 0.0, (p, t));
-        for (i, row) in p.chunks_exact_mut(t).enumerate() {
-            if let Some(mask) = self.mask {
-                row.iter_mut().zip(&mask[i * t..(i + 1) * t]).for_each(|(s, m)| *s += m);
-            }
-            softmax_row(row);
-        }
+        softmax_rows(p, t, self.mask);
     }
 
     /// One sequence: `qkv` `[T, 3C]` → `y` `[T, C]`; `p` is `T×T` scratch.
@@ -65,7 +60,7 @@ impl Heads<'_> {
             self.probs(qkv, h, p);
             sgemm((true, false), (t, d, t), 1.0, (p, t), (&dy[oq..], c), 0.0, (&mut dqkv[ov..], ld));
             sgemm((false, true), (t, t, d), 1.0, (&dy[oq..], c), (&qkv[ov..], ld), 0.0, (ds, t));
-            ds.chunks_exact_mut(t).zip(p.chunks_exact(t)).for_each(|(g, p)| softmax_grad_row(g, p));
+            softmax_grad_rows(ds, p, t);
             sgemm((false, false), (t, d, t), scale, (ds, t), (&qkv[ok..], ld), 0.0, (&mut dqkv[oq..], ld));
             sgemm((true, false), (t, d, t), scale, (ds, t), (&qkv[oq..], ld), 0.0, (&mut dqkv[ok..], ld));
         }

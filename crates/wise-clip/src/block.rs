@@ -207,7 +207,9 @@ impl CustomOp1 for Block {
         let params: Vec<&Tensor> = self.params.iter().collect();
         let (y, saved) = with_slices(&params, |w| {
             let inter = self.check(w, c)?;
-            let wqkv = [w[Q_W], w[K_W], w[V_W]].concat();
+            let mut wqkv = vec![0f32; 3 * c * c];
+            let (q, k, v) = (w[Q_W], w[K_W], w[V_W]);
+            wqkv.par_chunks_mut(c * c).zip([q, k, v]).for_each(|(dst, src)| dst.copy_from_slice(src));
             let bqkv = [w[Q_W + 1], w[K_W + 1], w[V_W + 1]].concat();
             let mut ln1 = vec![0f32; n * c];
             layer_norm_rows(x, (w[LN1_W], w[LN1_B]), self.eps.0, &mut ln1);
@@ -293,31 +295,24 @@ impl CustomOp1 for Block {
                 (&mut dx, true),
                 (&mut d_ln1_w, &mut d_ln1_b),
             );
-            let qkv_w = |i: usize| d_wqkv[i * c * c..(i + 1) * c * c].to_vec();
-            let qkv_b = |i: usize| d_bqkv[i * c..(i + 1) * c].to_vec();
-            let grads = vec![
-                d_ln1_w,
-                d_ln1_b,
-                qkv_w(0),
-                qkv_b(0),
-                qkv_w(1),
-                qkv_b(1),
-                qkv_w(2),
-                qkv_b(2),
-                d_out,
-                d_out_b,
-                d_ln2_w,
-                d_ln2_b,
-                d_fc1,
-                col_sums(&dh, inter),
-                d_fc2,
-                col_sums(dy, c),
-            ];
+            // The q/k/v gradients are row blocks of one product: views, not copies.
+            let d_wqkv = Tensor::from_vec(d_wqkv, (3 * c, c), &Device::Cpu)?;
+            let d_bqkv = Tensor::from_vec(d_bqkv, 3 * c, &Device::Cpu)?;
+            let vec = |v: Vec<f32>| {
+                let n = v.len();
+                Tensor::from_vec(v, n, &Device::Cpu)
+            };
+            let mut grads = vec![vec(d_ln1_w)?, vec(d_ln1_b)?];
+            for i in 0..3 {
+                grads.extend([d_wqkv.narrow(0, i * c, c)?, d_bqkv.narrow(0, i * c, c)?]);
+            }
+            grads.extend([vec(d_out)?, vec(d_out_b)?, vec(d_ln2_w)?, vec(d_ln2_b)?]);
+            grads.extend([vec(d_fc1)?, vec(col_sums(&dh, inter))?, vec(d_fc2)?, vec(col_sums(dy, c))?]);
             Ok((dx, grads))
         })?;
         let mut handed = Vec::with_capacity(param_grads.len());
         for (param, g) in self.params.iter().zip(param_grads) {
-            handed.push((param.clone(), Tensor::from_vec(g, param.shape(), &Device::Cpu)?));
+            handed.push((param.clone(), g.reshape(param.shape())?));
         }
         PARAM_GRADS.with_borrow_mut(|all| all.extend(handed));
         Ok(Some(Tensor::from_vec(dx, x.shape(), &Device::Cpu)?))

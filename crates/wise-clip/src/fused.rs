@@ -16,6 +16,7 @@
 
 use candle_core::cpu::erf::erf_f32;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Device, Layout, Shape, Tensor};
+use multiversion::multiversion;
 use rayon::prelude::*;
 
 use crate::config::Activation;
@@ -45,12 +46,16 @@ fn rows_per_task(rows: usize, width: usize) -> usize {
     (16_384 / width.max(1)).clamp(1, rows.max(1))
 }
 
-/// `eˣ` to ~1 ulp (Cephes' `expf` polynomial), branch-free so loops over it vectorise.
+/// `eˣ` to ~1 ulp (Cephes' `expf` polynomial), branch-free and cast-free so loops over
+/// it vectorise (Rust's saturating float-to-int `as` keeps LLVM from it).
 #[inline(always)]
 pub(crate) fn exp(x: f32) -> f32 {
+    const MAGIC: f32 = 12_582_912.0; // 1.5·2²³
     let x = x.clamp(-87.3, 88.7);
-    // n = round(x / ln 2), by the 1.5·2²³ trick (vectorises, unlike `round`).
-    let n = (x * std::f32::consts::LOG2_E + 12_582_912.0) - 12_582_912.0;
+    // n = round(x / ln 2): adding 1.5·2²³ rounds to an integer and leaves n in the low
+    // mantissa bits, where 2ⁿ is built from below.
+    let t = x * std::f32::consts::LOG2_E + MAGIC;
+    let n = t - MAGIC;
     let r = x - n * 0.693_359_4 - n * -2.121_944_4e-4;
     let mut p = 1.987_569_1e-4f32;
     p = p * r + 1.398_199_9e-3;
@@ -59,7 +64,8 @@ pub(crate) fn exp(x: f32) -> f32 {
     p = p * r + 0.166_666_65;
     p = p * r + 0.5;
     let e = p * r * r + r + 1.0;
-    e * f32::from_bits(((n as i32 + 127) << 23) as u32)
+    let n_bits = t.to_bits().wrapping_sub(MAGIC.to_bits());
+    e * f32::from_bits(n_bits.wrapping_add(127) << 23)
 }
 
 #[inline(always)]
@@ -122,7 +128,7 @@ struct LayerNormOp {
 }
 
 /// Mean and `(var + eps)^-½` of one row (two passes: exact for large means too).
-#[inline]
+#[inline(always)]
 fn row_stats(x: &[f32], eps: f32) -> (f32, f32) {
     let n = x.len() as f32;
     let mean = x.iter().sum::<f32>() / n;
@@ -135,14 +141,18 @@ fn row_stats(x: &[f32], eps: f32) -> (f32, f32) {
 pub(crate) fn layer_norm_rows(x: &[f32], (w, b): (&[f32], &[f32]), eps: f32, y: &mut [f32]) {
     let d = w.len();
     let chunk = rows_per_task(x.len() / d, d) * d;
-    y.par_chunks_mut(chunk).zip(x.par_chunks(chunk)).for_each(|(y, x)| {
-        for (y, x) in y.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
-            let (mean, r) = row_stats(x, eps);
-            for (((y, &x), &w), &b) in y.iter_mut().zip(x).zip(w).zip(b) {
-                *y = (x - mean) * r * w + b;
-            }
+    y.par_chunks_mut(chunk).zip(x.par_chunks(chunk)).for_each(|(y, x)| layer_norm_chunk(x, (w, b), eps, y));
+}
+
+#[multiversion(targets("x86_64+avx512f+avx512vl+avx2+fma", "x86_64+avx2+fma"))]
+fn layer_norm_chunk(x: &[f32], (w, b): (&[f32], &[f32]), eps: f32, y: &mut [f32]) {
+    let d = w.len();
+    for (y, x) in y.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
+        let (mean, r) = row_stats(x, eps);
+        for (((y, &x), &w), &b) in y.iter_mut().zip(x).zip(w).zip(b) {
+            *y = (x - mean) * r * w + b;
         }
-    });
+    }
 }
 
 /// LayerNorm's backward over rows, in one pass: `dx` written (or added to, when the flag
@@ -163,25 +173,7 @@ pub(crate) fn layer_norm_grad_rows(
         .zip(x.par_chunks(chunk).zip(g.par_chunks(chunk)))
         .map(|(dx, (x, g))| {
             let mut acc = vec![0f32; 2 * d];
-            let (dw, db) = acc.split_at_mut(d);
-            for ((dx, x), g) in dx.chunks_exact_mut(d).zip(x.chunks_exact(d)).zip(g.chunks_exact(d)) {
-                let (mean, r) = row_stats(x, eps);
-                let (mut sum_gw, mut sum_gw_xhat) = (0f32, 0f32);
-                for j in 0..d {
-                    let xhat = (x[j] - mean) * r;
-                    let gw = g[j] * w[j];
-                    sum_gw += gw;
-                    sum_gw_xhat += gw * xhat;
-                    dw[j] += g[j] * xhat;
-                    db[j] += g[j];
-                }
-                let (m1, m2) = (sum_gw / d as f32, sum_gw_xhat / d as f32);
-                for j in 0..d {
-                    let xhat = (x[j] - mean) * r;
-                    let v = r * (g[j] * w[j] - m1 - xhat * m2);
-                    dx[j] = if accumulate { dx[j] + v } else { v };
-                }
-            }
+            layer_norm_grad_chunk((x, w, g), eps, (dx, accumulate), &mut acc);
             acc
         })
         .collect();
@@ -190,6 +182,36 @@ pub(crate) fn layer_norm_grad_rows(
     for p in partials {
         dw.iter_mut().zip(&p[..d]).for_each(|(a, b)| *a += b);
         db.iter_mut().zip(&p[d..]).for_each(|(a, b)| *a += b);
+    }
+}
+
+/// [`layer_norm_grad_rows`] for a block of rows; `acc` gets `[dw; db]` added.
+#[multiversion(targets("x86_64+avx512f+avx512vl+avx2+fma", "x86_64+avx2+fma"))]
+fn layer_norm_grad_chunk(
+    (x, w, g): (&[f32], &[f32], &[f32]),
+    eps: f32,
+    (dx, accumulate): (&mut [f32], bool),
+    acc: &mut [f32],
+) {
+    let d = w.len();
+    let (dw, db) = acc.split_at_mut(d);
+    for ((dx, x), g) in dx.chunks_exact_mut(d).zip(x.chunks_exact(d)).zip(g.chunks_exact(d)) {
+        let (mean, r) = row_stats(x, eps);
+        let (mut sum_gw, mut sum_gw_xhat) = (0f32, 0f32);
+        for j in 0..d {
+            let xhat = (x[j] - mean) * r;
+            let gw = g[j] * w[j];
+            sum_gw += gw;
+            sum_gw_xhat += gw * xhat;
+            dw[j] += g[j] * xhat;
+            db[j] += g[j];
+        }
+        let (m1, m2) = (sum_gw / d as f32, sum_gw_xhat / d as f32);
+        for j in 0..d {
+            let xhat = (x[j] - mean) * r;
+            let v = r * (g[j] * w[j] - m1 - xhat * m2);
+            dx[j] = if accumulate { dx[j] + v } else { v };
+        }
     }
 }
 
@@ -230,16 +252,33 @@ const GELU_TANH_C: f32 = 0.797_884_6;
 
 /// `y = act(x)` elementwise, in parallel.
 pub(crate) fn activation_rows(act: Activation, x: &[f32], y: &mut [f32]) {
-    y.par_chunks_mut(16_384).zip(x.par_chunks(16_384)).for_each(|(y, x)| {
-        y.iter_mut().zip(x).for_each(|(y, &x)| *y = act.value(x));
-    });
+    y.par_chunks_mut(16_384).zip(x.par_chunks(16_384)).for_each(|(y, x)| activation_chunk(act, x, y));
 }
 
 /// `g ← g·act'(x)` elementwise, in parallel: the activation's backward, in place.
 pub(crate) fn activation_grad_rows(act: Activation, x: &[f32], g: &mut [f32]) {
-    g.par_chunks_mut(16_384).zip(x.par_chunks(16_384)).for_each(|(g, x)| {
-        g.iter_mut().zip(x).for_each(|(g, &x)| *g *= act.derivative(x));
-    });
+    g.par_chunks_mut(16_384).zip(x.par_chunks(16_384)).for_each(|(g, x)| activation_grad_chunk(act, x, g));
+}
+
+// One loop per activation (not a `match` per element), so each vectorises.
+#[multiversion(targets("x86_64+avx512f+avx512vl+avx2+fma", "x86_64+avx2+fma"))]
+fn activation_chunk(act: Activation, x: &[f32], y: &mut [f32]) {
+    let y = y.iter_mut().zip(x);
+    match act {
+        Activation::QuickGelu => y.for_each(|(y, &x)| *y = Activation::QuickGelu.value(x)),
+        Activation::Gelu => y.for_each(|(y, &x)| *y = Activation::Gelu.value(x)),
+        Activation::GeluTanh => y.for_each(|(y, &x)| *y = Activation::GeluTanh.value(x)),
+    }
+}
+
+#[multiversion(targets("x86_64+avx512f+avx512vl+avx2+fma", "x86_64+avx2+fma"))]
+fn activation_grad_chunk(act: Activation, x: &[f32], g: &mut [f32]) {
+    let g = g.iter_mut().zip(x);
+    match act {
+        Activation::QuickGelu => g.for_each(|(g, &x)| *g *= Activation::QuickGelu.derivative(x)),
+        Activation::Gelu => g.for_each(|(g, &x)| *g *= Activation::Gelu.derivative(x)),
+        Activation::GeluTanh => g.for_each(|(g, &x)| *g *= Activation::GeluTanh.derivative(x)),
+    }
 }
 
 impl CustomOp3 for LayerNormOp {
@@ -315,18 +354,28 @@ impl CustomOp3 for LayerNormGrad {
     }
 }
 
-/// Softmax of one row, in place (max-subtracted, so `exp` stays finite).
-pub(crate) fn softmax_row(row: &mut [f32]) {
-    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    row.iter_mut().for_each(|s| *s = exp(*s - max));
-    let inv = 1.0 / row.iter().sum::<f32>();
-    row.iter_mut().for_each(|s| *s *= inv);
+/// Softmax of each `width`-wide row of `rows`, in place (max-subtracted, so `exp` stays
+/// finite), after adding the matching rows of the additive `mask` when given.
+#[multiversion(targets("x86_64+avx512f+avx512vl+avx2+fma", "x86_64+avx2+fma"))]
+pub(crate) fn softmax_rows(rows: &mut [f32], width: usize, mask: Option<&[f32]>) {
+    for (i, row) in rows.chunks_exact_mut(width).enumerate() {
+        if let Some(mask) = mask {
+            row.iter_mut().zip(&mask[i * width..(i + 1) * width]).for_each(|(s, m)| *s += m);
+        }
+        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        row.iter_mut().for_each(|s| *s = exp(*s - max));
+        let inv = 1.0 / row.iter().sum::<f32>();
+        row.iter_mut().for_each(|s| *s *= inv);
+    }
 }
 
-/// The softmax backward for one row, in place: `g ← y·(g − Σ g·y)`.
-pub(crate) fn softmax_grad_row(g: &mut [f32], y: &[f32]) {
-    let dot: f32 = g.iter().zip(y).map(|(g, y)| g * y).sum();
-    g.iter_mut().zip(y).for_each(|(g, y)| *g = y * (*g - dot));
+/// The softmax backward for each `width`-wide row, in place: `g ← y·(g − Σ g·y)`.
+#[multiversion(targets("x86_64+avx512f+avx512vl+avx2+fma", "x86_64+avx2+fma"))]
+pub(crate) fn softmax_grad_rows(g: &mut [f32], y: &[f32], width: usize) {
+    for (g, y) in g.chunks_exact_mut(width).zip(y.chunks_exact(width)) {
+        let dot: f32 = g.iter().zip(y).map(|(g, y)| g * y).sum();
+        g.iter_mut().zip(y).for_each(|(g, y)| *g = y * (*g - dot));
+    }
 }
 
 struct Softmax;
@@ -343,7 +392,7 @@ impl CustomOp1 for Softmax {
         let chunk = rows_per_task(x.len() / d, d) * d;
         y.par_chunks_mut(chunk).zip(x.par_chunks(chunk)).for_each(|(y, x)| {
             y.copy_from_slice(x);
-            y.chunks_exact_mut(d).for_each(softmax_row);
+            softmax_rows(y, d, None);
         });
         Ok((CpuStorage::F32(y), l.shape().clone()))
     }
@@ -374,7 +423,7 @@ impl CustomOp2 for SoftmaxGrad {
         dx.par_chunks_mut(chunk).zip(y.par_chunks(chunk).zip(g.par_chunks(chunk))).for_each(
             |(dx, (y, g))| {
                 dx.copy_from_slice(g);
-                dx.chunks_exact_mut(d).zip(y.chunks_exact(d)).for_each(|(g, y)| softmax_grad_row(g, y));
+                softmax_grad_rows(dx, y, d);
             },
         );
         Ok((CpuStorage::F32(dx), l1.shape().clone()))
