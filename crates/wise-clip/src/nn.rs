@@ -7,8 +7,8 @@
 //!
 //! On CPU in f32 the three run as fused kernels with hand-written backwards
 //! ([`crate::fused`]), matrix products go through the system BLAS when there is one
-//! ([`crate::matmul`]) and so does all of attention ([`crate::attention`]); elsewhere the
-//! op-by-op versions below run.
+//! ([`crate::matmul`]), and then each [`EncoderLayer`] runs as one op (`block.rs`, trained
+//! through [`crate::backward`]); elsewhere the op-by-op versions below run.
 //!
 //! Weights are f32 master copies ([`Var`]); each layer casts them to the activations'
 //! dtype, so the same model runs f32 on CPU and bf16 compute on CUDA.
@@ -215,7 +215,7 @@ impl EncoderLayer {
         })
     }
 
-    /// On CPU in f32 with a BLAS, one fused op ([`crate::block`]: train it through
+    /// On CPU in f32 with a BLAS, one fused op (`block.rs`; train it through
     /// [`crate::backward`]); op by op elsewhere.
     pub fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> candle_core::Result<Tensor> {
         if on_blas(&[x]) {
