@@ -226,8 +226,17 @@ fn draw<DB: DrawingBackend>(
         (full_y, 16.0, None)
     } else {
         let short = format!("mean of {} shifted datasets, top-1 (%)", sel.shifts.len());
-        (short, 20.0, Some(format!("Shifted datasets: {}.", sel.shifts.join(", "))))
+        (short, 20.0, Some(shifts_footnote(&sel.shifts)))
     };
+    let footer_font = font(14.0);
+    let footer_margin = px(20.0, s);
+    let footer = match &footnote {
+        Some(note) => footer_lines(root, note, &footer_font, w as i32 - 2 * footer_margin)?,
+        None => Vec::new(),
+    };
+    // Lines past the first push the plot up; a one-line footer leaves it where it was.
+    let footer_line = px(18.0, s);
+    let footer_extra = footer_line * footer.len().saturating_sub(1) as i32;
 
     let title =
         options.title.clone().unwrap_or_else(|| format!("WiSE-FT: {} vs. distribution shift", sel.reference));
@@ -235,7 +244,7 @@ fn draw<DB: DrawingBackend>(
         .caption(title, font(26.0))
         .margin(px(20.0, s))
         .margin_right(px(36.0, s))
-        .margin_bottom(px(if footnote.is_some() { 44.0 } else { 16.0 }, s))
+        .margin_bottom(if footer.is_empty() { px(16.0, s) } else { px(44.0, s) + footer_extra })
         .x_label_area_size(px(64.0, s))
         .y_label_area_size(px(86.0, s))
         .build_cartesian_2d(x_axis, y_axis)
@@ -252,8 +261,10 @@ fn draw<DB: DrawingBackend>(
         .axis_style(BLACK.mix(0.6))
         .draw()
         .map_err(e)?;
-    if let Some(note) = &footnote {
-        root.draw(&Text::new(note.as_str(), (px(20.0, s), h as i32 - px(30.0, s)), font(14.0))).map_err(e)?;
+    let footer_top = h as i32 - px(30.0, s) - footer_extra;
+    for (i, line) in footer.iter().enumerate() {
+        let at = (footer_margin, footer_top + footer_line * i as i32);
+        root.draw(&Text::new(line.as_str(), at, footer_font.clone())).map_err(e)?;
     }
 
     // y = x where the ranges overlap: models above it lose less than nothing under shift.
@@ -337,6 +348,37 @@ fn draw<DB: DrawingBackend>(
         }
     }
     Ok(())
+}
+
+/// The footnote naming the shifted datasets when the y label only counts them.
+fn shifts_footnote(shifts: &[String]) -> String {
+    format!("Shifted datasets: {}.", shifts.join(", "))
+}
+
+/// `text` in lines at most `max_width` pixels wide in `font`, broken only after ", " so that
+/// no dataset name is split; a footnote listing many shifts (CIFAR-10-C's 15 corruptions)
+/// would otherwise run off the figure's right edge. Each line keeps its trailing ", ", so the
+/// lines concatenated give back `text`. A piece wider than `max_width` by itself gets a line
+/// of its own rather than being cut.
+fn footer_lines<DB: DrawingBackend>(
+    root: &DrawingArea<DB, Shift>,
+    text: &str,
+    font: &TextStyle,
+    max_width: i32,
+) -> std::result::Result<Vec<String>, String> {
+    let mut lines: Vec<String> = Vec::new();
+    let mut line = String::new();
+    for piece in text.split_inclusive(", ") {
+        let longer = format!("{line}{piece}");
+        let (width, _) = root.estimate_text_size(&longer, font).map_err(e)?;
+        if line.is_empty() || width as i32 <= max_width {
+            line = longer;
+        } else {
+            lines.push(std::mem::replace(&mut line, piece.to_string()));
+        }
+    }
+    lines.push(line);
+    Ok(lines)
 }
 
 /// Whether the point at `alpha` gets an "α=…" label. Every point does in sweeps of up to
@@ -423,4 +465,67 @@ fn draw_legend<DB: DrawingBackend>(
         .map_err(e)?;
     }
     Ok(best)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The footer's font at the default width. The embedded font is registered first:
+    /// plotters looks a font up when the style is made, not when it is drawn.
+    fn footer_font() -> TextStyle<'static> {
+        fonts::register().unwrap();
+        ("sans-serif", 14.0).into_font().color(&TEXT)
+    }
+
+    /// A 1000×750 bitmap, the default figure size, to measure text on.
+    fn with_default_canvas<T>(f: impl FnOnce(&DrawingArea<BitMapBackend, Shift>) -> T) -> T {
+        let mut pixels = vec![255u8; 1000 * 750 * 3];
+        let root = BitMapBackend::with_buffer(&mut pixels, (1000, 750)).into_drawing_area();
+        f(&root)
+    }
+
+    #[test]
+    fn long_footnote_wraps_within_the_figure() {
+        let corruptions = [
+            "brightness",
+            "contrast",
+            "defocus_blur",
+            "elastic_transform",
+            "fog",
+            "frost",
+            "gaussian_noise",
+            "glass_blur",
+            "impulse_noise",
+            "jpeg_compression",
+            "motion_blur",
+            "pixelate",
+            "shot_noise",
+            "snow",
+            "zoom_blur",
+        ];
+        let note = shifts_footnote(&corruptions.map(String::from));
+        let font = footer_font();
+        // 1000 pixels less the 20-pixel margin on either side.
+        let max_width = 960;
+        with_default_canvas(|root| {
+            let width = |text: &str| root.estimate_text_size(text, &font).unwrap().0;
+            assert!(width(&note) > 1000, "the one-line footnote is {} px wide", width(&note));
+            let lines = footer_lines(root, &note, &font, max_width).unwrap();
+            assert_eq!(lines.len(), 2, "{lines:?}");
+            for line in &lines {
+                assert!(width(line) <= max_width as u32, "{line:?} is {} px wide", width(line));
+            }
+            assert!(lines[0].ends_with("motion_blur, "), "{lines:?}");
+            assert_eq!(lines.concat(), note);
+        });
+    }
+
+    #[test]
+    fn short_footnote_stays_one_line() {
+        let note = shifts_footnote(&["ImageNetV2".to_string(), "ImageNet-R".to_string()]);
+        let font = footer_font();
+        let lines = with_default_canvas(|root| footer_lines(root, &note, &font, 960).unwrap());
+        assert_eq!(lines, [note]);
+    }
 }
