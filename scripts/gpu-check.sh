@@ -22,8 +22,11 @@
 #       from tests/fixtures/images, CPU vs CUDA; max differences printed and checked;
 #   (b) throughput, `wise bench` against scripts/bench_torch.py (HF transformers, AMP bf16
 #       via torch.autocast) in the same run, ViT-B/32 and ViT-B/16, inference and training
-#       steps, with the ratio and MFU (model FLOPs / H100 SXM dense bf16 peak, 989 TFLOP/s).
-#   Everything lands in OUTDIR: gpu-check.log, parity.jsonl, bench.jsonl, summary.md.
+#       steps, with the ratio and MFU (model FLOPs / H100 SXM dense bf16 peak, 989 TFLOP/s);
+#   (c) where wise's GPU time goes: `WISE_PROFILE=1 wise bench` (ViT-B/16), each part of the
+#       forward and each phase of a training step timed between device synchronisations.
+#   Everything lands in OUTDIR: gpu-check.log, parity.jsonl, bench.jsonl, summary.md,
+#   profile.jsonl.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -206,6 +209,15 @@ benchmarks() {
             "$wise" bench --device "$GPU_DEVICE" --mode "$mode" --preset "$preset" --batch-size "$batch" \
                 --warmup 3 --iters "${ITERS:-10}" | tee -a "$out/bench.jsonl" || echo "wise $preset $mode failed"
         done
+    done
+
+    echo "== where wise's GPU time goes (WISE_PROFILE=1: every part waits for the GPU)"
+    : > "$out/profile.jsonl"
+    for mode in infer train; do
+        batch=$([[ $mode == infer ]] && echo "${INFER_BATCH:-256}" || echo "${TRAIN_BATCH:-128}")
+        WISE_PROFILE=1 "$wise" bench --device "$GPU_DEVICE" --mode "$mode" --preset ViT-B/16 \
+            --batch-size "$batch" --warmup 2 --iters 3 | tee -a "$out/profile.jsonl" \
+            || echo "wise profile $mode failed"
     done
 
     "$py" - "$out/bench.jsonl" "$out/summary.md" <<'PY'

@@ -126,22 +126,27 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             }
             Mode::Train => {
                 // Phase times (forward, backward, clipping, optimizer), exact on CPU; on an
-                // accelerator they only say where work was queued.
+                // accelerator they only say where work was queued, unless WISE_PROFILE is
+                // set: then each phase waits for the device.
                 let mut clock = Instant::now();
-                let mut lap = |i: usize| {
+                let mut lap = |i: usize| -> candle_core::Result<()> {
+                    if wise_clip::profile::enabled() {
+                        device.synchronize()?;
+                    }
                     phases[i] += clock.elapsed().as_secs_f64();
                     clock = Instant::now();
+                    Ok(())
                 };
                 let loss = cross_entropy(&classifier.logits(&pixels)?, &labels, 0.0)?;
                 let value = loss.to_scalar::<f32>()?;
                 anyhow::ensure!(value.is_finite(), "the loss is {value}");
-                lap(0);
+                lap(0)?;
                 let mut grads = wise_clip::backward(&loss)?;
-                lap(1);
+                lap(1)?;
                 clip_grad_norm(&params, &mut grads, 1.0)?;
-                lap(2);
+                lap(2)?;
                 optimizer.as_mut().expect("train mode").step(&params, &grads, 3e-5)?;
-                lap(3);
+                lap(3)?;
             }
         }
         // Accelerators queue work: wait for it, or the clock stops early.
@@ -151,6 +156,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     for _ in 0..args.warmup {
         step(&mut [0.0; 4])?;
     }
+    wise_clip::profile::take();
     let (mut times, mut phases) = (Vec::with_capacity(args.iters), [0f64; 4]);
     for _ in 0..args.iters {
         let t0 = Instant::now();
@@ -184,6 +190,13 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             "clip_grad_norm": round3(phases[2] / args.iters as f64),
             "optimizer": round3(phases[3] / args.iters as f64),
         });
+    }
+    if wise_clip::profile::enabled() {
+        // Seconds per timed iteration in each part of the forward (WISE_PROFILE=1).
+        let parts = wise_clip::profile::take().into_iter().map(|(part, _, seconds)| {
+            (part.to_string(), serde_json::json!(round3(seconds / args.iters as f64)))
+        });
+        line["profile_s"] = serde_json::Value::Object(parts.collect());
     }
     println!("{line}");
     Ok(())

@@ -46,3 +46,29 @@ fn bad_arguments_are_named() {
     fails_with(&wise(&["bench", "--batch-size", "0"]), &["--batch-size"]);
     fails_with(&wise(&["bench", "--device", "tpu"]), &["tpu"]);
 }
+
+/// `WISE_PROFILE=1` adds the time of each part of the forward; the parts are timed inside
+/// the iterations, so together they take no longer than the iteration itself.
+#[test]
+fn profile_splits_the_forward_into_parts() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wise"))
+        .args(["bench", "--mode", "infer", "--batch-size", "1", "--iters", "1", "--warmup", "0"])
+        .env("WISE_PROFILE", "1")
+        .output()
+        .unwrap();
+    let line: serde_json::Value = serde_json::from_str(ok(&out).trim()).expect("one JSON line");
+    let parts = line["profile_s"].as_object().expect("profile_s");
+    for part in ["embeddings", "pooling and projection"] {
+        assert!(parts.contains_key(part), "{part} missing from {parts:?}");
+    }
+    let blocks = ["transformer block (fused)", "mlp fc1", "layer norm"];
+    assert!(blocks.iter().any(|b| parts.contains_key(*b)), "no block part in {parts:?}");
+    let sum: f64 = parts.values().map(|v| v.as_f64().unwrap()).sum();
+    let iteration = line["iter_s"][0].as_f64().unwrap();
+    assert!(sum > 0.0 && sum <= iteration + 0.01, "parts {sum} s, iteration {iteration} s");
+    // Without the variable there is no profile.
+    let plain =
+        ok(&wise(&["bench", "--mode", "infer", "--batch-size", "1", "--iters", "1", "--warmup", "0"]));
+    let plain: serde_json::Value = serde_json::from_str(plain.trim()).unwrap();
+    assert!(plain.get("profile_s").is_none());
+}

@@ -10,7 +10,8 @@
 //! - [`model`], [`vision`], [`text`], [`nn`]: the towers and their blocks.
 //! - [`weights`], [`params`], [`hub`]: checkpoints (HF, sharded, open_clip), the HF cache.
 //! - [`tokenizer`], [`preprocess`]: text and images in, exactly as HF's CLIP processor.
-//! - [`device`]: CPU, CUDA or Metal, and the compute dtype for each.
+//! - [`device`]: CPU, CUDA or Metal, and the compute dtype for each; [`profile`]: where a
+//!   forward's time goes on any device (`WISE_PROFILE=1`).
 //! - [`matmul`], [`fused`]: matrix products through the system BLAS, and fused
 //!   activation, LayerNorm and softmax kernels with their backwards, on CPU; each
 //!   transformer block is one op there (`block.rs`), trained through [`backward`].
@@ -27,6 +28,7 @@ pub mod model;
 pub mod nn;
 pub mod params;
 pub mod preprocess;
+pub mod profile;
 pub mod text;
 pub mod tokenizer;
 pub mod vision;

@@ -19,6 +19,7 @@ use crate::config::Activation;
 use crate::fused;
 use crate::matmul::{linear, matmul, on_blas};
 use crate::params::{Init, ParamBuilder};
+use crate::profile;
 use crate::Result;
 
 /// HF's `initializer_range` for CLIP: the scale of patch, token and position embeddings.
@@ -158,17 +159,20 @@ impl Attention {
             y.reshape((b, t, self.heads, head_dim))?.transpose(1, 2)?.contiguous()
         };
         let scale = (head_dim as f64).powf(-0.5);
-        let q = split_heads((self.q_proj.forward(x)? * scale)?)?;
-        let k = split_heads(self.k_proj.forward(x)?)?;
-        let v = split_heads(self.v_proj.forward(x)?)?;
-        let scores = matmul(&q, &k.t()?)?;
-        let scores = match mask {
-            Some(m) => scores.broadcast_add(&m.to_dtype(scores.dtype())?)?,
-            None => scores,
-        };
-        let probs = softmax_last_dim(&scores)?;
-        let y = matmul(&probs, &v)?.transpose(1, 2)?.reshape((b, t, c))?;
-        self.out_proj.forward(&y)
+        let (q, k, v) = profile::time("q/k/v projections", x, || {
+            let q = split_heads((self.q_proj.forward(x)? * scale)?)?;
+            Ok((q, split_heads(self.k_proj.forward(x)?)?, split_heads(self.v_proj.forward(x)?)?))
+        })?;
+        let y = profile::time("attention (scores, softmax, values)", &q, || {
+            let scores = matmul(&q, &k.t()?)?;
+            let scores = match mask {
+                Some(m) => scores.broadcast_add(&m.to_dtype(scores.dtype())?)?,
+                None => scores,
+            };
+            let probs = softmax_last_dim(&scores)?;
+            matmul(&probs, &v)?.transpose(1, 2)?.reshape((b, t, c))
+        })?;
+        profile::time("out projection", &y, || self.out_proj.forward(&y))
     }
 }
 
@@ -219,7 +223,9 @@ impl EncoderLayer {
     /// [`crate::backward`]); op by op elsewhere.
     pub fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> candle_core::Result<Tensor> {
         if on_blas(&[x]) {
-            if let Some(y) = crate::block::forward(self, x, mask)? {
+            if let Some(y) =
+                profile::time("transformer block (fused)", x, || crate::block::forward(self, x, mask))?
+            {
                 return Ok(y);
             }
         }
@@ -228,9 +234,14 @@ impl EncoderLayer {
 
     /// The block from differentiable tensor ops (any device and dtype).
     pub fn forward_op_by_op(&self, x: &Tensor, mask: Option<&Tensor>) -> candle_core::Result<Tensor> {
-        let x = (x + self.self_attn.forward(&self.layer_norm1.forward(x)?, mask)?)?;
-        let h = self.mlp.fc1.forward(&self.layer_norm2.forward(&x)?)?;
-        x + self.mlp.fc2.forward(&self.mlp.act.apply(&h)?)?
+        let h = profile::time("layer norm", x, || self.layer_norm1.forward(x))?;
+        let a = self.self_attn.forward(&h, mask)?;
+        let x = profile::time("residual add", &a, || x + &a)?;
+        let h = profile::time("layer norm", &x, || self.layer_norm2.forward(&x))?;
+        let h = profile::time("mlp fc1", &h, || self.mlp.fc1.forward(&h))?;
+        let h = profile::time("activation", &h, || self.mlp.act.apply(&h))?;
+        let h = profile::time("mlp fc2", &h, || self.mlp.fc2.forward(&h))?;
+        profile::time("residual add", &h, || &x + &h)
     }
 }
 

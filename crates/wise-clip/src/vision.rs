@@ -11,6 +11,7 @@ use candle_core::{Module, Tensor, Var};
 use crate::config::VisionConfig;
 use crate::nn::{Encoder, EncoderShape, LayerNorm, Linear, INIT_STD};
 use crate::params::{Init, ParamBuilder};
+use crate::profile;
 use crate::Result;
 
 #[derive(Debug, Clone)]
@@ -87,14 +88,16 @@ impl ImageEncoder {
 
     /// Encoder output for every token, `[B, 1 + N, C]` (HF `last_hidden_state`).
     pub fn last_hidden_state(&self, pixels: &Tensor) -> candle_core::Result<Tensor> {
-        let x = self.pre_layrnorm.forward(&self.embed(pixels)?)?;
+        let x = profile::time("embeddings", pixels, || self.pre_layrnorm.forward(&self.embed(pixels)?))?;
         self.encoder.forward(&x, None)
     }
 
     /// Projected image features `[B, D]`, unnormalised (HF `get_image_features`).
     pub fn forward(&self, pixels: &Tensor) -> candle_core::Result<Tensor> {
         let hidden = self.last_hidden_state(pixels)?;
-        let pooled = self.post_layernorm.forward(&hidden.narrow(1, 0, 1)?.squeeze(1)?)?;
-        self.visual_projection.forward(&pooled)
+        profile::time("pooling and projection", &hidden, || {
+            let pooled = self.post_layernorm.forward(&hidden.narrow(1, 0, 1)?.squeeze(1)?)?;
+            self.visual_projection.forward(&pooled)
+        })
     }
 }
