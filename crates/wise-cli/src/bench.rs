@@ -121,7 +121,8 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
                 anyhow::ensure!(images == dataset.len(), "prepared {images} images");
             }
             Mode::Infer => {
-                let features = classifier.encoder.forward(&pixels.to_dtype(dtype)?)?;
+                let pixels = pixels.to_dtype(dtype)?;
+                let features = wise_clip::inference_mode(|| classifier.encoder.forward(&pixels))?;
                 anyhow::ensure!(features.dims() == [args.batch_size, config.projection_dim]);
             }
             Mode::Train => {

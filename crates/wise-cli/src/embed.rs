@@ -57,7 +57,7 @@ pub fn run(args: EmbedArgs) -> anyhow::Result<()> {
         let (mut embeds, mut pixels) = (Vec::new(), Vec::new());
         for chunk in images.chunks(args.batch_size) {
             let batch = preprocessor.eval_files(chunk, &device)?;
-            embeds.push(model.image_features(&batch)?);
+            embeds.push(wise_clip::inference_mode(|| model.image_features(&batch))?);
             if args.save_pixels {
                 pixels.push(batch.to_device(&candle_core::Device::Cpu)?);
             }
@@ -79,7 +79,8 @@ pub fn run(args: EmbedArgs) -> anyhow::Result<()> {
         let bar = progress(texts.len(), "texts");
         let mut embeds = Vec::new();
         for chunk in ids.chunks(args.batch_size) {
-            embeds.push(model.text_features(&model.ids_tensor(chunk)?)?);
+            let ids = model.ids_tensor(chunk)?;
+            embeds.push(wise_clip::inference_mode(|| model.text_features(&ids))?);
             bar.inc(chunk.len() as u64);
         }
         bar.finish_and_clear();

@@ -103,7 +103,7 @@ pub fn evaluate_many(
     for batch in batches.by_ref() {
         let batch = batch?;
         for (classifier, m) in classifiers.iter().zip(metrics.iter_mut()) {
-            m.update(&classifier.logits(&batch.pixels)?, &batch.labels)?;
+            m.update(&wise_clip::inference_mode(|| classifier.logits(&batch.pixels))?, &batch.labels)?;
         }
         done += batch.len();
         progress(done);

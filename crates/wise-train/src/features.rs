@@ -43,7 +43,8 @@ impl FrozenFeatures {
         let mut rows = Vec::new();
         for batch in loader.eval()? {
             let batch = batch?;
-            let f = classifier.encoder.forward(&batch.pixels.to_dtype(classifier.compute_dtype)?)?;
+            let pixels = batch.pixels.to_dtype(classifier.compute_dtype)?;
+            let f = wise_clip::inference_mode(|| classifier.encoder.forward(&pixels))?;
             rows.push(l2_normalize(&f.to_dtype(DType::F32)?)?.detach());
         }
         let features = Tensor::cat(&rows, 0)?;

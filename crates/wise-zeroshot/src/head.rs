@@ -23,7 +23,8 @@ pub fn zeroshot_head(
         let ids = tokenizer.encode_batch(&templates.fill(name))?;
         let mut feats = Vec::new();
         for chunk in ids.chunks(batch_size.max(1)) {
-            feats.push(model.text_features(&model.ids_tensor(chunk)?)?);
+            let ids = model.ids_tensor(chunk)?;
+            feats.push(wise_clip::inference_mode(|| model.text_features(&ids))?);
         }
         let per_template = l2_normalize(&Tensor::cat(&feats, 0)?)?;
         rows.push(l2_normalize(&per_template.mean_keepdim(0)?)?);
