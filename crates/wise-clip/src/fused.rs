@@ -131,9 +131,28 @@ struct LayerNormOp {
 #[inline(always)]
 fn row_stats(x: &[f32], eps: f32) -> (f32, f32) {
     let n = x.len() as f32;
-    let mean = x.iter().sum::<f32>() / n;
-    let var = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;
+    let mean = lane_sum(x.len(), |i| x[i]) / n;
+    let var = lane_sum(x.len(), |i| (x[i] - mean) * (x[i] - mean)) / n;
     (mean, 1.0 / (var + eps).sqrt())
+}
+
+/// Partial sums kept side by side by [`lane_sum`]: one AVX-512 register of f32.
+const LANES: usize = 16;
+
+/// `Σ f(i)` for `i` in `0..n`, as [`LANES`] interleaved partial sums added at the end. A
+/// single running sum is a chain of dependent adds that the compiler may not reorder
+/// (no fast-math in Rust): one add per 4 cycles, which made LayerNorm's and softmax's row
+/// sums the slowest part of those kernels.
+#[inline(always)]
+fn lane_sum(n: usize, f: impl Fn(usize) -> f32) -> f32 {
+    let mut acc = [0f32; LANES];
+    let full = n / LANES * LANES;
+    for base in (0..full).step_by(LANES) {
+        for (l, a) in acc.iter_mut().enumerate() {
+            *a += f(base + l);
+        }
+    }
+    acc.iter().sum::<f32>() + (full..n).map(f).sum::<f32>()
 }
 
 /// LayerNorm of every `d`-wide row of `x` into `y` (`d` = the weight's length), rows in
@@ -197,15 +216,12 @@ fn layer_norm_grad_chunk(
     let (dw, db) = acc.split_at_mut(d);
     for ((dx, x), g) in dx.chunks_exact_mut(d).zip(x.chunks_exact(d)).zip(g.chunks_exact(d)) {
         let (mean, r) = row_stats(x, eps);
-        let (mut sum_gw, mut sum_gw_xhat) = (0f32, 0f32);
         for j in 0..d {
-            let xhat = (x[j] - mean) * r;
-            let gw = g[j] * w[j];
-            sum_gw += gw;
-            sum_gw_xhat += gw * xhat;
-            dw[j] += g[j] * xhat;
+            dw[j] += g[j] * (x[j] - mean) * r;
             db[j] += g[j];
         }
+        let sum_gw = lane_sum(d, |j| g[j] * w[j]);
+        let sum_gw_xhat = lane_sum(d, |j| g[j] * w[j] * (x[j] - mean) * r);
         let (m1, m2) = (sum_gw / d as f32, sum_gw_xhat / d as f32);
         for j in 0..d {
             let xhat = (x[j] - mean) * r;
@@ -364,7 +380,7 @@ pub(crate) fn softmax_rows(rows: &mut [f32], width: usize, mask: Option<&[f32]>)
         }
         let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
         row.iter_mut().for_each(|s| *s = exp(*s - max));
-        let inv = 1.0 / row.iter().sum::<f32>();
+        let inv = 1.0 / lane_sum(row.len(), |i| row[i]);
         row.iter_mut().for_each(|s| *s *= inv);
     }
 }
@@ -373,7 +389,7 @@ pub(crate) fn softmax_rows(rows: &mut [f32], width: usize, mask: Option<&[f32]>)
 #[multiversion(targets("x86_64+avx512f+avx512vl+avx2+fma", "x86_64+avx2+fma"))]
 pub(crate) fn softmax_grad_rows(g: &mut [f32], y: &[f32], width: usize) {
     for (g, y) in g.chunks_exact_mut(width).zip(y.chunks_exact(width)) {
-        let dot: f32 = g.iter().zip(y).map(|(g, y)| g * y).sum();
+        let dot = lane_sum(g.len(), |i| g[i] * y[i]);
         g.iter_mut().zip(y).for_each(|(g, y)| *g = y * (*g - dot));
     }
 }
