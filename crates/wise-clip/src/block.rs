@@ -42,7 +42,7 @@ thread_local! {
 /// Runs `f` (forwards only: evaluation, features, zero-shot heads) with the fused blocks
 /// keeping no activations for a backward pass, as PyTorch's `inference_mode`: each
 /// block's buffers go back to the pool as soon as it is done, instead of living as long as
-/// the output (for a ViT-L/14 at batch 256, ~50 GB). The blocks' outputs then have no
+/// the output (for a ViT-L/14 at batch 256, ~100 GB). The blocks' outputs then have no
 /// gradient.
 pub fn inference_mode<T>(f: impl FnOnce() -> T) -> T {
     /// Restores the flag however `f` ends (a panic included).
