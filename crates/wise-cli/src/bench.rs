@@ -19,7 +19,7 @@ use wise_clip::{compute_dtype, parse_device, ClipConfig, ImagePreprocessor};
 use wise_data::{Dataset, Loader};
 use wise_eval::{evaluate, EvalOptions};
 use wise_train::loss::cross_entropy;
-use wise_train::optim::{clip_grad_norm, AdamW, AdamWConfig};
+use wise_train::optim::{clip_scale, grad_norm, AdamW, AdamWConfig};
 use wise_zeroshot::{ClassifierMeta, ImageClassifier};
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -142,11 +142,11 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
                 let value = loss.to_scalar::<f32>()?;
                 anyhow::ensure!(value.is_finite(), "the loss is {value}");
                 lap(0)?;
-                let mut grads = wise_clip::backward(&loss)?;
+                let grads = wise_clip::backward(&loss)?;
                 lap(1)?;
-                clip_grad_norm(&params, &mut grads, 1.0)?;
+                let scale = clip_scale(grad_norm(&params, &grads)?, 1.0);
                 lap(2)?;
-                optimizer.as_mut().expect("train mode").step(&params, &grads, 3e-5)?;
+                optimizer.as_mut().expect("train mode").step(&params, &grads, 3e-5, scale)?;
                 lap(3)?;
             }
         }

@@ -377,10 +377,11 @@ impl CustomOp2 for BlasMatmul {
         _res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        // An operand no variable depends on (the image patches) needs no gradient.
         let n = a.rank();
-        let grad_a = matmul(grad, &b.transpose(n - 2, n - 1)?)?;
-        let grad_b = matmul(&a.transpose(n - 2, n - 1)?, grad)?;
-        Ok((Some(grad_a), Some(grad_b)))
+        let grad_a = a.track_op().then(|| matmul(grad, &b.transpose(n - 2, n - 1)?)).transpose()?;
+        let grad_b = b.track_op().then(|| matmul(&a.transpose(n - 2, n - 1)?, grad)).transpose()?;
+        Ok((grad_a, grad_b))
     }
 }
 
@@ -426,20 +427,21 @@ impl CustomOp3 for BlasLinear {
         &self,
         x: &Tensor,
         w: &Tensor,
-        _b: &Tensor,
+        b: &Tensor,
         _res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (out, k) = w.dims2()?;
         let rows = x.elem_count() / k;
         let (x2, g2) = (x.reshape((rows, k))?, grad.contiguous()?.reshape((rows, out))?);
-        let grad_x = matmul(&g2, w)?.reshape(x.shape())?;
-        let grad_w = matmul(&g2.t()?, &x2)?;
+        // Inputs no variable depends on (the image patches, frozen weights) need no gradient.
+        let grad_x = x.track_op().then(|| matmul(&g2, w)?.reshape(x.shape())).transpose()?;
+        let grad_w = w.track_op().then(|| matmul(&g2.t()?, &x2)).transpose()?;
         // Column sums as a product with ones: candle's sum over dim 0 walks the rows one
         // element at a time, the BLAS streams them.
         let ones = Tensor::ones((1, rows), DType::F32, x.device())?;
-        let grad_b = matmul(&ones, &g2)?.squeeze(0)?;
-        Ok((Some(grad_x), Some(grad_w), Some(grad_b)))
+        let grad_b = b.track_op().then(|| matmul(&ones, &g2)?.squeeze(0)).transpose()?;
+        Ok((grad_x, grad_w, grad_b))
     }
 }
 

@@ -174,6 +174,27 @@ impl Attention {
         })?;
         profile::time("out projection", &y, || self.out_proj.forward(&y))
     }
+
+    /// Attention output for one query per sequence, `[B, C]`: `x` `[B, T, C]` gives the
+    /// keys and values, `x_at` `[B, C]` the queries; `mask`: additive `[B, T]`, the mask's
+    /// row for each query's position.
+    fn forward_at(&self, x: &Tensor, x_at: &Tensor, mask: Option<&Tensor>) -> candle_core::Result<Tensor> {
+        let (b, t, c) = x.dims3()?;
+        let head_dim = c / self.heads;
+        let split_heads = |y: Tensor| y.reshape((b, t, self.heads, head_dim))?.transpose(1, 2)?.contiguous();
+        let scale = (head_dim as f64).powf(-0.5);
+        let q = (self.q_proj.forward(x_at)? * scale)?.reshape((b, self.heads, 1, head_dim))?;
+        let k = split_heads(self.k_proj.forward(x)?)?;
+        let v = split_heads(self.v_proj.forward(x)?)?;
+        let scores = matmul(&q, &k.t()?)?;
+        let scores = match mask {
+            Some(m) => scores.broadcast_add(&m.to_dtype(scores.dtype())?.reshape((b, 1, 1, t))?)?,
+            None => scores,
+        };
+        // [B, heads, 1, d] is [B, C] in memory: heads side by side, as the full forward's.
+        let y = matmul(&softmax_last_dim(&scores)?, &v)?.reshape((b, c))?;
+        self.out_proj.forward(&y)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -232,6 +253,26 @@ impl EncoderLayer {
         self.forward_op_by_op(x, mask)
     }
 
+    /// The block's output at one position per sequence, `[B, C]`: row `rows[b]` of `x`
+    /// flattened to `[B·T, C]` (u32 `[B]`); `mask`: additive `[B, T]`, the causal mask's
+    /// rows at those positions. Keys and values need every token; all else runs on B rows.
+    pub fn forward_at(
+        &self,
+        x: &Tensor,
+        rows: &Tensor,
+        mask: Option<&Tensor>,
+    ) -> candle_core::Result<Tensor> {
+        let (b, t, c) = x.dims3()?;
+        let at = |y: &Tensor| y.reshape((b * t, c))?.index_select(rows, 0);
+        let h = self.layer_norm1.forward(x)?;
+        let x = (at(x)? + self.self_attn.forward_at(&h, &at(&h)?, mask)?)?;
+        let h = self
+            .mlp
+            .fc2
+            .forward(&self.mlp.act.apply(&self.mlp.fc1.forward(&self.layer_norm2.forward(&x)?)?)?)?;
+        &x + h
+    }
+
     /// The block from differentiable tensor ops (any device and dtype).
     pub fn forward_op_by_op(&self, x: &Tensor, mask: Option<&Tensor>) -> candle_core::Result<Tensor> {
         let h = profile::time("layer norm", x, || self.layer_norm1.forward(x))?;
@@ -261,12 +302,101 @@ impl Encoder {
     pub fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> candle_core::Result<Tensor> {
         self.layers.iter().try_fold(x.clone(), |x, layer| layer.forward(&x, mask))
     }
+
+    /// The output at one position per sequence, `[B, C]` (`positions[b]` for sequence b):
+    /// what pooling keeps of [`Encoder::forward`]'s `[B, T, C]`, computed without the last
+    /// layer's work for the other positions (for ViT-B/32, ~7 % of the tower's products).
+    pub fn forward_at(
+        &self,
+        x: &Tensor,
+        mask: Option<&Tensor>,
+        positions: &[usize],
+    ) -> candle_core::Result<Tensor> {
+        let (b, t, c) = x.dims3()?;
+        if positions.len() != b || positions.iter().any(|&p| p >= t) {
+            candle_core::bail!("pooling positions {positions:?} for {b} sequences of {t} tokens");
+        }
+        let rows: Vec<u32> = positions.iter().enumerate().map(|(i, &p)| (i * t + p) as u32).collect();
+        let rows = Tensor::from_vec(rows, b, x.device())?;
+        let Some((last, first)) = self.layers.split_last() else {
+            return x.reshape((b * t, c))?.index_select(&rows, 0);
+        };
+        let x = first.iter().try_fold(x.clone(), |x, layer| layer.forward(&x, mask))?;
+        let mask = match mask {
+            Some(m) => {
+                let at = Tensor::from_vec(positions.iter().map(|&p| p as u32).collect(), b, x.device())?;
+                Some(m.index_select(&at, 0)?)
+            }
+            None => None,
+        };
+        profile::time("last block (pooled position only)", &x, || last.forward_at(&x, &rows, mask.as_ref()))
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use candle_core::Device;
+
+    fn rel_diff(a: &Tensor, b: &Tensor) -> f32 {
+        let scale = b.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap().max(1e-6);
+        (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap() / scale
+    }
+
+    /// `Encoder::forward_at` gives the full encoder's rows at the pooled positions, and the
+    /// same gradient for every parameter and the input, with and without the causal mask.
+    #[test]
+    fn forward_at_equals_the_full_encoder_at_those_positions() -> anyhow::Result<()> {
+        let dev = Device::Cpu;
+        let (b, t, c) = (3, 6, 16);
+        let causal: Vec<f32> = (0..t * t).map(|i| if i % t > i / t { f32::MIN } else { 0.0 }).collect();
+        let causal = Tensor::from_vec(causal, (t, t), &dev)?;
+        let positions = [t - 1, 0, 3];
+        let rows = Tensor::new(&[(t - 1) as u32, t as u32, (2 * t + 3) as u32], &dev)?;
+        for mask in [None, Some(&causal)] {
+            let shape = EncoderShape {
+                hidden: c,
+                intermediate: 32,
+                layers: 3,
+                heads: 2,
+                act: Activation::QuickGelu,
+                eps: 1e-5,
+            };
+            let mut pb = ParamBuilder::fresh(11, &dev);
+            let encoder = Encoder::new(&mut pb, "encoder", &shape)?;
+            let params = pb.finish()?;
+            let x = Var::randn(0f32, 1.0, (b, t, c), &dev)?;
+            let probe = Tensor::randn(0f32, 1.0, (b, c), &dev)?;
+            let pooled = encoder.forward_at(&x, mask, &positions)?;
+            let full = encoder.forward(&x, mask)?.reshape((b * t, c))?.index_select(&rows, 0)?;
+            let what = format!("mask {}", mask.is_some());
+            assert!(rel_diff(&pooled, &full) < 1e-5, "{what}: off by {}", rel_diff(&pooled, &full));
+            let g_pooled = crate::backward(&(pooled * &probe)?.sum_all()?)?;
+            let g_full = crate::backward(&(full * &probe)?.sum_all()?)?;
+            let mut checked = 0;
+            for (name, var) in params.iter().map(|(n, v)| (n.as_str(), v)).chain([("x", &x)]) {
+                let (a, r) = (g_pooled.get(var).expect(name), g_full.get(var).expect(name));
+                if name.ends_with("k_proj.bias") {
+                    // Zero in exact arithmetic: softmax ignores a shift of a whole row of scores.
+                    let max = a.abs()?.max_all()?.to_scalar::<f32>()?;
+                    assert!(max < 1e-5, "{what}: d{name} should be ~0, is up to {max}");
+                } else {
+                    assert!(rel_diff(a, r) < 1e-4, "{what}: d{name} off by {}", rel_diff(a, r));
+                }
+                checked += 1;
+            }
+            assert_eq!(checked, 3 * 16 + 1, "every parameter and the input");
+        }
+        let encoder = Encoder { layers: vec![] };
+        let x = Tensor::randn(0f32, 1.0, (b, t, c), &dev)?;
+        let pooled = encoder.forward_at(&x, None, &positions)?;
+        assert_eq!(
+            pooled.to_vec2::<f32>()?,
+            x.reshape((b * t, c))?.index_select(&rows, 0)?.to_vec2::<f32>()?
+        );
+        assert!(encoder.forward_at(&x, None, &[0, t, 1]).is_err(), "a position past the end is an error");
+        Ok(())
+    }
 
     #[test]
     fn softmax_matches_candle_and_has_gradient() -> anyhow::Result<()> {

@@ -75,8 +75,8 @@ impl TextEncoder {
             .collect()
     }
 
-    /// Encoder output for every position, `[B, T, C]` (HF `last_hidden_state`).
-    pub fn last_hidden_state(&self, ids: &Tensor, dtype: DType) -> Result<Tensor> {
+    /// The encoder's input and the causal mask, `[B, T, C]` and `[T, T]`.
+    fn encoder_input(&self, ids: &Tensor, dtype: DType) -> Result<(Tensor, Tensor)> {
         let (b, t) = ids.dims2()?;
         let c = self.config.hidden_size;
         if t > self.config.max_position_embeddings {
@@ -94,26 +94,24 @@ impl TextEncoder {
         let tokens =
             self.token_embedding.to_dtype(dtype)?.index_select(&ids.flatten_all()?, 0)?.reshape((b, t, c))?;
         let positions = self.position_embedding.to_dtype(dtype)?.narrow(0, 0, t)?;
-        let x = tokens.broadcast_add(&positions.unsqueeze(0)?)?;
-        let mask = causal_mask(t, ids.device())?;
+        Ok((tokens.broadcast_add(&positions.unsqueeze(0)?)?, causal_mask(t, ids.device())?))
+    }
+
+    /// Encoder output for every position, `[B, T, C]` (HF `last_hidden_state`).
+    pub fn last_hidden_state(&self, ids: &Tensor, dtype: DType) -> Result<Tensor> {
+        let (x, mask) = self.encoder_input(ids, dtype)?;
         let x = self.encoder.forward(&x, Some(&mask))?;
         Ok(self.final_layer_norm.forward(&x)?)
     }
 
-    /// Projected text features `[B, D]`, unnormalised (HF `get_text_features`).
+    /// Projected text features `[B, D]`, unnormalised (HF `get_text_features`): the
+    /// output at each text's pooling position, so the last layer computes that one only.
     /// `ids`: u32 `[B, T]`; `dtype`: compute dtype.
     pub fn forward(&self, ids: &Tensor, dtype: DType) -> Result<Tensor> {
-        let (b, t) = ids.dims2()?;
-        let hidden = self.last_hidden_state(ids, dtype)?;
-        let rows: Vec<u32> = self
-            .pool_positions(&ids.to_vec2::<u32>()?)
-            .into_iter()
-            .enumerate()
-            .map(|(i, pos)| (i * t + pos) as u32)
-            .collect();
-        let rows = Tensor::from_vec(rows, b, ids.device())?;
-        let pooled = hidden.reshape((b * t, self.config.hidden_size))?.index_select(&rows, 0)?;
-        Ok(self.text_projection.forward(&pooled)?)
+        let (x, mask) = self.encoder_input(ids, dtype)?;
+        let positions = self.pool_positions(&ids.to_vec2::<u32>()?);
+        let pooled = self.encoder.forward_at(&x, Some(&mask), &positions)?;
+        Ok(self.text_projection.forward(&self.final_layer_norm.forward(&pooled)?)?)
     }
 }
 

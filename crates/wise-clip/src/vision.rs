@@ -86,18 +86,23 @@ impl ImageEncoder {
         tokens.broadcast_add(&self.position_embedding.to_dtype(dtype)?.unsqueeze(0)?)
     }
 
-    /// Encoder output for every token, `[B, 1 + N, C]` (HF `last_hidden_state`).
-    pub fn last_hidden_state(&self, pixels: &Tensor) -> candle_core::Result<Tensor> {
-        let x = profile::time("embeddings", pixels, || self.pre_layrnorm.forward(&self.embed(pixels)?))?;
-        self.encoder.forward(&x, None)
+    /// The encoder's input, `[B, 1 + N, C]`.
+    fn encoder_input(&self, pixels: &Tensor) -> candle_core::Result<Tensor> {
+        profile::time("embeddings", pixels, || self.pre_layrnorm.forward(&self.embed(pixels)?))
     }
 
-    /// Projected image features `[B, D]`, unnormalised (HF `get_image_features`).
+    /// Encoder output for every token, `[B, 1 + N, C]` (HF `last_hidden_state`).
+    pub fn last_hidden_state(&self, pixels: &Tensor) -> candle_core::Result<Tensor> {
+        self.encoder.forward(&self.encoder_input(pixels)?, None)
+    }
+
+    /// Projected image features `[B, D]`, unnormalised (HF `get_image_features`): the
+    /// class token's output, so the last layer computes that token only.
     pub fn forward(&self, pixels: &Tensor) -> candle_core::Result<Tensor> {
-        let hidden = self.last_hidden_state(pixels)?;
-        profile::time("pooling and projection", &hidden, || {
-            let pooled = self.post_layernorm.forward(&hidden.narrow(1, 0, 1)?.squeeze(1)?)?;
-            self.visual_projection.forward(&pooled)
+        let x = self.encoder_input(pixels)?;
+        let class = self.encoder.forward_at(&x, None, &vec![0; x.dim(0)?])?;
+        profile::time("pooling and projection", &class, || {
+            self.visual_projection.forward(&self.post_layernorm.forward(&class)?)
         })
     }
 }

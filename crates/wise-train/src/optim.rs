@@ -46,8 +46,16 @@ impl AdamW {
         Ok(Self { config, step: 0, m, v, no_decay: Vec::new() })
     }
 
-    /// One update of every parameter that has a gradient, at learning rate `lr`.
-    pub fn step(&mut self, params: &BTreeMap<String, Var>, grads: &GradStore, lr: f64) -> Result<()> {
+    /// One update of every parameter that has a gradient, at learning rate `lr`, with
+    /// the gradients multiplied by `grad_scale` first (gradient clipping's
+    /// [`clip_scale`], or 1).
+    pub fn step(
+        &mut self,
+        params: &BTreeMap<String, Var>,
+        grads: &GradStore,
+        lr: f64,
+        grad_scale: f64,
+    ) -> Result<()> {
         self.step += 1;
         let c = self.config;
         let t = self.step as i32;
@@ -66,10 +74,12 @@ impl AdamW {
                     decay: 1.0 - lr * decay,
                     step_size: lr / bias1,
                     bias2_sqrt,
+                    grad_scale,
                 };
                 adamw_cpu::update(var.as_tensor(), m, v, &g, u)?;
                 continue;
             }
+            let g = if grad_scale == 1.0 { g } else { (g * grad_scale)? };
             let m = ((m * c.beta1)? + (&g * (1.0 - c.beta1))?)?;
             let v = ((v * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?;
             // PyTorch order: decay the weights, then the Adam step with bias corrections.
@@ -91,25 +101,33 @@ pub fn is_no_decay(name: &str) -> bool {
     name.ends_with(".bias") || name.contains("norm") || name.contains("embedding") || name == "logit_scale"
 }
 
-/// Scales all gradients so their global L2 norm is at most `max_norm`, as
-/// `torch.nn.utils.clip_grad_norm_` (coefficient `max_norm / (norm + 1e-6)`, capped at 1).
-/// Returns the norm before clipping.
-pub fn clip_grad_norm(params: &BTreeMap<String, Var>, grads: &mut GradStore, max_norm: f64) -> Result<f64> {
+/// The global L2 norm of the gradients of `params` (`clip_grad_norm_`'s total norm).
+pub fn grad_norm(params: &BTreeMap<String, Var>, grads: &GradStore) -> Result<f64> {
     let mut total = 0f64;
+    // On a GPU the per-tensor sums stay there, and one copy to the host ends it: a
+    // `to_scalar` per tensor would wait for the device ~200 times a step.
+    let mut on_device: Option<Tensor> = None;
     for var in params.values() {
-        if let Some(g) = grads.get(var) {
-            total += g.to_dtype(candle_core::DType::F32)?.sqr()?.sum_all()?.to_scalar::<f32>()? as f64;
+        let Some(g) = grads.get(var) else { continue };
+        if adamw_cpu::applies(&[g]) {
+            total += adamw_cpu::sum_of_squares(g)?;
+        } else {
+            let s = g.to_dtype(candle_core::DType::F32)?.sqr()?.sum_all()?;
+            on_device = Some(match on_device {
+                Some(sum) => (sum + s)?,
+                None => s,
+            });
         }
     }
-    let norm = total.sqrt();
-    let coef = max_norm / (norm + 1e-6);
-    if coef < 1.0 {
-        for var in params.values() {
-            if let Some(g) = grads.get(var) {
-                let scaled = (g * coef)?;
-                grads.insert(var, scaled);
-            }
-        }
+    if let Some(sum) = on_device {
+        total += sum.to_scalar::<f32>()? as f64;
     }
-    Ok(norm)
+    Ok(total.sqrt())
+}
+
+/// `torch.nn.utils.clip_grad_norm_`'s coefficient for gradients of global norm `norm`:
+/// `max_norm / (norm + 1e-6)`, capped at 1. [`AdamW::step`] applies it as it reads the
+/// gradients, instead of a separate pass rewriting them.
+pub fn clip_scale(norm: f64, max_norm: f64) -> f64 {
+    (max_norm / (norm + 1e-6)).min(1.0)
 }

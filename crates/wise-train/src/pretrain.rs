@@ -16,7 +16,7 @@ use wise_data::{Dataset, Loader};
 
 pub use crate::contrastive::Captions;
 use crate::contrastive::{batch_loss, caption, clamp_logit_scale};
-use crate::optim::{clip_grad_norm, is_no_decay, AdamW, AdamWConfig};
+use crate::optim::{clip_scale, grad_norm, is_no_decay, AdamW, AdamWConfig};
 use crate::schedule::cosine_lr;
 use crate::trainer::{Observer, StepInfo};
 use crate::{Error, Result};
@@ -169,10 +169,10 @@ pub fn pretrain(
                     last_good: out_dir.to_path_buf(),
                 });
             }
-            let mut grads = wise_clip::backward(&loss)?;
-            let grad_norm = clip_grad_norm(&model.params, &mut grads, 1.0)?;
+            let grads = wise_clip::backward(&loss)?;
+            let grad_norm = grad_norm(&model.params, &grads)?;
             let lr = cosine_lr(config.lr, config.warmup, total, step);
-            optimizer.step(&model.params, &grads, lr)?;
+            optimizer.step(&model.params, &grads, lr, clip_scale(grad_norm, 1.0))?;
             clamp_logit_scale(&model)?;
             step += 1;
             seen += batch.len();

@@ -22,7 +22,7 @@ use crate::config::{Loss, TrainConfig};
 use crate::features::FrozenFeatures;
 use crate::flyp::Flyp;
 use crate::loss::cross_entropy;
-use crate::optim::{clip_grad_norm, is_no_decay, AdamW, AdamWConfig};
+use crate::optim::{clip_scale, grad_norm, is_no_decay, AdamW, AdamWConfig};
 use crate::schedule::cosine_lr;
 use crate::state::{self, Progress};
 use crate::{Error, Result};
@@ -257,13 +257,16 @@ pub fn train_with_clip(run: Run, clip: Option<&str>, observer: &mut dyn Observer
                 return Ok(false);
             }
             // One optimizer step.
-            let mut g = grads.take().expect("at least one micro-batch was accumulated");
-            let grad_norm = match config.clip_grad_norm {
-                Some(max) => clip_grad_norm(&params, &mut g, max)?,
-                None => f64::NAN,
+            let g = grads.take().expect("at least one micro-batch was accumulated");
+            let (grad_norm, grad_scale) = match config.clip_grad_norm {
+                Some(max) => {
+                    let norm = grad_norm(&params, &g)?;
+                    (norm, clip_scale(norm, max))
+                }
+                None => (f64::NAN, 1.0),
             };
             let lr = cosine_lr(config.lr, config.warmup, total_steps, progress.step);
-            optimizer.step(&params, &g, lr)?;
+            optimizer.step(&params, &g, lr, grad_scale)?;
             if let Some(f) = &flyp {
                 f.clamp_logit_scale()?;
             }
