@@ -155,6 +155,21 @@ fn lane_sum(n: usize, f: impl Fn(usize) -> f32) -> f32 {
     acc.iter().sum::<f32>() + (full..n).map(f).sum::<f32>()
 }
 
+/// The largest value of `row`, as [`LANES`] interleaved maxima (a single running maximum
+/// is, like a single running sum, a chain of dependent ops: it was half of softmax's time
+/// on 50-wide attention rows). `if x > m` rather than `f32::max`, whose NaN rule keeps
+/// the compiler from using the vector instruction; a NaN row gives NaN probabilities either way.
+#[inline(always)]
+fn lane_max(row: &[f32]) -> f32 {
+    let larger = |m: f32, x: f32| if x > m { x } else { m };
+    let mut acc = [f32::NEG_INFINITY; LANES];
+    let mut blocks = row.chunks_exact(LANES);
+    for block in &mut blocks {
+        acc.iter_mut().zip(block).for_each(|(m, &x)| *m = larger(*m, x));
+    }
+    blocks.remainder().iter().chain(&acc).fold(f32::NEG_INFINITY, |m, &x| larger(m, x))
+}
+
 /// LayerNorm of every `d`-wide row of `x` into `y` (`d` = the weight's length), rows in
 /// parallel.
 pub(crate) fn layer_norm_rows(x: &[f32], (w, b): (&[f32], &[f32]), eps: f32, y: &mut [f32]) {
@@ -378,7 +393,7 @@ pub(crate) fn softmax_rows(rows: &mut [f32], width: usize, mask: Option<&[f32]>)
         if let Some(mask) = mask {
             row.iter_mut().zip(&mask[i * width..(i + 1) * width]).for_each(|(s, m)| *s += m);
         }
-        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let max = lane_max(row);
         row.iter_mut().for_each(|s| *s = exp(*s - max));
         let inv = 1.0 / lane_sum(row.len(), |i| row[i]);
         row.iter_mut().for_each(|s| *s *= inv);
