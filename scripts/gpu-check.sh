@@ -211,13 +211,18 @@ benchmarks() {
         done
     done
 
-    echo "== where wise's GPU time goes (WISE_PROFILE=1: every part waits for the GPU)"
+    echo "== where wise's GPU time goes (WISE_PROFILE=1: every part waits for the GPU),"
+    echo "   with the fused CUDA kernels (the default) and without (WISE_CUDA_FUSED=off)"
     : > "$out/profile.jsonl"
-    for mode in infer train; do
-        batch=$([[ $mode == infer ]] && echo "${INFER_BATCH:-256}" || echo "${TRAIN_BATCH:-128}")
-        WISE_PROFILE=1 "$wise" bench --device "$GPU_DEVICE" --mode "$mode" --preset ViT-B/16 \
-            --batch-size "$batch" --warmup 2 --iters 3 | tee -a "$out/profile.jsonl" \
-            || echo "wise profile $mode failed"
+    local fused
+    for fused in on off; do
+        for mode in infer train; do
+            batch=$([[ $mode == infer ]] && echo "${INFER_BATCH:-256}" || echo "${TRAIN_BATCH:-128}")
+            WISE_CUDA_FUSED=$fused WISE_PROFILE=1 "$wise" bench --device "$GPU_DEVICE" --mode "$mode" \
+                --preset ViT-B/16 --batch-size "$batch" --warmup 2 --iters 3 \
+                | sed "s/^{/{\"cuda_fused\":\"$fused\",/" | tee -a "$out/profile.jsonl" \
+                || echo "wise profile $mode (fused $fused) failed"
+        done
     done
 
     "$py" - "$out/bench.jsonl" "$out/summary.md" <<'PY'

@@ -1,12 +1,13 @@
-//! Fused CPU kernels, each with its backward pass: QuickGELU, LayerNorm, softmax.
+//! Fused kernels, each with its backward pass: QuickGELU, LayerNorm, softmax (CPU here;
+//! CUDA in `fused_cuda.rs`).
 //!
 //! Written from candle's elementwise ops, a LayerNorm is 9 passes over the activations
 //! with a temporary each (forward alone), QuickGELU 3 passes through libm's scalar `expf`,
 //! softmax 5: together more time than the matrix products around them once those run on a
 //! BLAS (BENCHMARKS.md). Here each is one pass forward and one backward, over rows in
 //! parallel (rayon), with an `exp` LLVM can vectorise. They are candle custom ops, so
-//! autograd sees them as single nodes with the gradients below; f32 on CPU only — other
-//! devices and dtypes take the differentiable op-by-op versions in `nn.rs`.
+//! autograd sees them as single nodes with the gradients below; f32 on CPU, f32 or bf16 on
+//! CUDA — other devices and dtypes take the differentiable op-by-op versions in `nn.rs`.
 //!
 //! Gradients (`y` the output, `g` the incoming gradient):
 //! - QuickGELU `y = x·σ(1.702x)`: `dx = g·(σ + 1.702·x·σ·(1−σ))`.
@@ -20,23 +21,48 @@ use multiversion::multiversion;
 use rayon::prelude::*;
 
 use crate::config::Activation;
+#[cfg(feature = "cuda")]
+use candle_core::CudaStorage;
 
-/// Whether `x` can take the fused kernels (f32 on CPU).
+/// Whether `x` can take the fused kernels: f32 on CPU; f32 or bf16 on CUDA
+/// (`fused_cuda.rs`, built with the `cuda` feature).
 pub fn applies(x: &Tensor) -> bool {
-    matches!(x.device(), Device::Cpu) && x.dtype() == DType::F32
+    match x.device() {
+        Device::Cpu => x.dtype() == DType::F32,
+        Device::Cuda(_) => {
+            cfg!(feature = "cuda") && cuda_kernels_on() && matches!(x.dtype(), DType::F32 | DType::BF16)
+        }
+        _ => false,
+    }
 }
 
-/// `x · σ(1.702 x)`, fused (f32 CPU).
+/// `WISE_CUDA_FUSED=off` runs the op-by-op versions on CUDA instead (to compare the two on
+/// a GPU, as `scripts/gpu-check.sh` does).
+fn cuda_kernels_on() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("WISE_CUDA_FUSED").map_or(true, |v| v != "off" && v != "0"))
+}
+
+/// [`applies`], and the row fits the CUDA LayerNorm backward (every CLIP's does).
+pub fn applies_to_layer_norm(x: &Tensor) -> bool {
+    #[cfg(feature = "cuda")]
+    if x.device().is_cuda() && x.dims().last().is_some_and(|&d| d > crate::fused_cuda::LN_MAX_WIDTH) {
+        return false;
+    }
+    applies(x)
+}
+
+/// `x · σ(1.702 x)`, fused.
 pub fn quick_gelu(x: &Tensor) -> candle_core::Result<Tensor> {
     x.contiguous()?.apply_op1(QuickGelu)
 }
 
-/// LayerNorm over the last dim with weight and bias, fused (f32 CPU).
+/// LayerNorm over the last dim with (f32) weight and bias, fused.
 pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> candle_core::Result<Tensor> {
     x.contiguous()?.apply_op3(weight, bias, LayerNormOp { eps: eps as f32 })
 }
 
-/// Softmax over the last dim, fused (f32 CPU).
+/// Softmax over the last dim, fused.
 pub fn softmax_last_dim(x: &Tensor) -> candle_core::Result<Tensor> {
     x.contiguous()?.apply_op1(Softmax)
 }
@@ -97,6 +123,11 @@ impl CustomOp1 for QuickGelu {
         Ok((CpuStorage::F32(y), l.shape().clone()))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, s: &CudaStorage, l: &Layout) -> candle_core::Result<(CudaStorage, Shape)> {
+        Ok((crate::fused_cuda::quick_gelu(s, l)?, l.shape().clone()))
+    }
+
     fn bwd(&self, x: &Tensor, _y: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
         Ok(Some(x.apply_op2(&grad.contiguous()?, QuickGeluGrad)?))
     }
@@ -120,6 +151,17 @@ impl CustomOp2 for QuickGeluGrad {
         let mut dx = g.to_vec();
         activation_grad_rows(Activation::QuickGelu, x, &mut dx);
         Ok((CpuStorage::F32(dx), l1.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &CudaStorage,
+        l1: &Layout,
+        s2: &CudaStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CudaStorage, Shape)> {
+        Ok((crate::fused_cuda::quick_gelu_grad(s1, l1, s2, l2)?, l1.shape().clone()))
     }
 }
 
@@ -337,6 +379,20 @@ impl CustomOp3 for LayerNormOp {
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &CudaStorage,
+        l1: &Layout,
+        s2: &CudaStorage,
+        l2: &Layout,
+        s3: &CudaStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CudaStorage, Shape)> {
+        let y = crate::fused_cuda::layer_norm((s1, l1), (s2, l2), (s3, l3), self.eps)?;
+        Ok((y, l1.shape().clone()))
+    }
+
     fn bwd(
         &self,
         x: &Tensor,
@@ -349,7 +405,8 @@ impl CustomOp3 for LayerNormOp {
         let d = w.dim(0)?;
         let rows = x.elem_count() / d;
         let all = x.apply_op3(w, &grad.contiguous()?, LayerNormGrad { eps: self.eps })?;
-        let dx = all.narrow(0, 0, rows)?.reshape(x.shape())?;
+        // f32 whatever x's dtype (on CUDA, bf16 activations with f32 weights).
+        let dx = all.narrow(0, 0, rows)?.reshape(x.shape())?.to_dtype(x.dtype())?;
         Ok((Some(dx), Some(all.get(rows)?), Some(all.get(rows + 1)?)))
     }
 }
@@ -382,6 +439,19 @@ impl CustomOp3 for LayerNormGrad {
         let (dw, db) = dwdb.split_at_mut(d);
         layer_norm_grad_rows(x, w, g, self.eps, (dx, false), (dw, db));
         Ok((CpuStorage::F32(out), Shape::from((rows + 2, d))))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &CudaStorage,
+        l1: &Layout,
+        s2: &CudaStorage,
+        l2: &Layout,
+        s3: &CudaStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CudaStorage, Shape)> {
+        crate::fused_cuda::layer_norm_grad((s1, l1), (s2, l2), (s3, l3), self.eps)
     }
 }
 
@@ -428,6 +498,11 @@ impl CustomOp1 for Softmax {
         Ok((CpuStorage::F32(y), l.shape().clone()))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, s: &CudaStorage, l: &Layout) -> candle_core::Result<(CudaStorage, Shape)> {
+        Ok((crate::fused_cuda::softmax(s, l)?, l.shape().clone()))
+    }
+
     fn bwd(&self, _x: &Tensor, y: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
         Ok(Some(y.apply_op2(&grad.contiguous()?, SoftmaxGrad)?))
     }
@@ -458,6 +533,17 @@ impl CustomOp2 for SoftmaxGrad {
             },
         );
         Ok((CpuStorage::F32(dx), l1.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &CudaStorage,
+        l1: &Layout,
+        s2: &CudaStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CudaStorage, Shape)> {
+        Ok((crate::fused_cuda::softmax_grad(s1, l1, s2, l2)?, l1.shape().clone()))
     }
 }
 

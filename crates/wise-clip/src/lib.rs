@@ -22,6 +22,8 @@ pub mod config;
 pub mod device;
 pub mod error;
 pub mod fused;
+#[cfg(feature = "cuda")]
+mod fused_cuda;
 pub mod hub;
 pub mod matmul;
 pub mod model;

@@ -84,7 +84,7 @@ impl LayerNorm {
 
 impl Module for LayerNorm {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        if fused::applies(x) {
+        if fused::applies_to_layer_norm(x) {
             return fused::layer_norm(x, &self.weight, &self.bias, self.eps);
         }
         let dtype = x.dtype();

@@ -1,0 +1,264 @@
+//! The CUDA side of [`crate::fused`]: QuickGELU, LayerNorm and softmax, forward and
+//! backward, each one kernel (`src/kernels/fused.cu`, compiled to PTX by `build.rs`) over
+//! f32 or bf16 activations.
+//!
+//! Op by op on a GPU, LayerNorm is ~11 kernels in f32 with a temporary each, softmax 5,
+//! QuickGELU 3, and autograd adds a zero-filled buffer and an add per node backwards; these
+//! are memory-bound passes over the largest activations of a block. The custom ops in
+//! `fused.rs` call the functions here from their `cuda_fwd`. LayerNorm reads the f32 master
+//! weight and bias as they are and returns its backward as one f32 `[rows + 2, d]`
+//! tensor (dx's rows, dw, db), as on the CPU.
+
+use candle_core::cuda_backend::cudarc::driver::{
+    CudaSlice, CudaView, DeviceRepr, LaunchConfig, PushKernelArg,
+};
+use candle_core::cuda_backend::{CudaDevice, CudaStorageSlice, WrapErr};
+use candle_core::{CudaStorage, Layout, Result, Shape};
+
+const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/fused.ptx"));
+const MODULE: &str = "wise_fused";
+const THREADS: u32 = 256;
+/// `LN_ROWS_PER_BLOCK` and the widest row (`LN_MAX_COLS_PER_THREAD · THREADS`) in fused.cu.
+const LN_ROWS_PER_BLOCK: usize = 16;
+pub(crate) const LN_MAX_WIDTH: usize = 8 * THREADS as usize;
+
+fn launch_config(blocks: usize) -> LaunchConfig {
+    LaunchConfig { grid_dim: (blocks.max(1) as u32, 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 }
+}
+
+fn view<'a, T>(s: &'a CudaSlice<T>, l: &Layout, what: &str) -> Result<CudaView<'a, T>> {
+    match l.contiguous_offsets() {
+        Some((start, end)) => Ok(s.slice(start..end)),
+        None => candle_core::bail!("{what}: contiguous input expected"),
+    }
+}
+
+/// Calls `$body` with the f32 or bf16 slices of the storages (all of one dtype) and the
+/// kernels' name suffix bound to `$suffix`, and wraps the slice it returns back into a
+/// storage slice of that dtype.
+macro_rules! per_dtype {
+    ([$($s:expr),+], |$($x:ident),+; $suffix:ident| $body:expr) => {
+        match ($(&$s.slice,)+) {
+            ($(CudaStorageSlice::F32($x),)+) => {
+                let $suffix = "f32";
+                CudaStorageSlice::F32($body)
+            }
+            ($(CudaStorageSlice::BF16($x),)+) => {
+                let $suffix = "bf16";
+                CudaStorageSlice::BF16($body)
+            }
+            _ => candle_core::bail!("fused CUDA kernels take f32 or bf16 activations, all of one dtype"),
+        }
+    };
+}
+
+fn f32_view<'a>(s: &'a CudaStorage, l: &Layout, what: &str) -> Result<CudaView<'a, f32>> {
+    match &s.slice {
+        CudaStorageSlice::F32(w) => view(w, l, what),
+        _ => candle_core::bail!("{what}: f32 weights expected"),
+    }
+}
+
+fn storage(slice: CudaStorageSlice, dev: &CudaDevice) -> CudaStorage {
+    CudaStorage { slice, device: dev.clone() }
+}
+
+/// `y = f(x)` elementwise with the kernel `{name}_{suffix}(x, y, n)`.
+fn elementwise<T: DeviceRepr>(
+    dev: &CudaDevice,
+    name: &str,
+    suffix: &str,
+    x: &CudaView<T>,
+    n: usize,
+) -> Result<CudaSlice<T>> {
+    let func = dev.get_or_load_custom_func(&format!("{name}_{suffix}"), MODULE, PTX)?;
+    // SAFETY: every element is written by the kernel before it is read.
+    let y = unsafe { dev.alloc::<T>(n)? };
+    let mut args = func.builder();
+    args.arg(x);
+    args.arg(&y);
+    args.arg(&n);
+    // SAFETY: the arguments match the kernel's signature (fused.cu).
+    unsafe { args.launch(launch_config(n.div_ceil(THREADS as usize).min(1 << 16))) }.w()?;
+    Ok(y)
+}
+
+pub(crate) fn quick_gelu(s: &CudaStorage, l: &Layout) -> Result<CudaStorage> {
+    let n = l.shape().elem_count();
+    let dev = &s.device;
+    let slice = per_dtype!([s], |x; suffix| {
+        elementwise(dev, "quick_gelu_fwd", suffix, &view(x, l, "quick-gelu")?, n)?
+    });
+    Ok(storage(slice, dev))
+}
+
+pub(crate) fn quick_gelu_grad(
+    x: &CudaStorage,
+    lx: &Layout,
+    g: &CudaStorage,
+    lg: &Layout,
+) -> Result<CudaStorage> {
+    let n = lx.shape().elem_count();
+    let dev = &x.device;
+    let slice = per_dtype!([x, g], |xs, gs; suffix| {
+        let func = dev.get_or_load_custom_func(&format!("quick_gelu_bwd_{suffix}"), MODULE, PTX)?;
+        let (xs, gs) = (view(xs, lx, "quick-gelu-grad")?, view(gs, lg, "quick-gelu-grad")?);
+        // SAFETY: every element is written by the kernel before it is read.
+        let dx = unsafe { dev.alloc(n)? };
+        let mut args = func.builder();
+        args.arg(&xs);
+        args.arg(&gs);
+        args.arg(&dx);
+        args.arg(&n);
+        // SAFETY: the arguments match the kernel's signature.
+        unsafe { args.launch(launch_config(n.div_ceil(THREADS as usize).min(1 << 16))) }.w()?;
+        dx
+    });
+    Ok(storage(slice, dev))
+}
+
+/// Rows and width of a contiguous `[.., d]` input.
+fn rows_cols(l: &Layout) -> (usize, usize) {
+    let cols = l.dims().last().copied().unwrap_or(1).max(1);
+    (l.shape().elem_count() / cols, cols)
+}
+
+pub(crate) fn layer_norm(
+    (x, lx): (&CudaStorage, &Layout),
+    (w, lw): (&CudaStorage, &Layout),
+    (b, lb): (&CudaStorage, &Layout),
+    eps: f32,
+) -> Result<CudaStorage> {
+    let (rows, cols) = rows_cols(lx);
+    let dev = &x.device;
+    let (w, b) = (f32_view(w, lw, "layer-norm")?, f32_view(b, lb, "layer-norm")?);
+    let slice = per_dtype!([x], |xs; suffix| {
+        let func = dev.get_or_load_custom_func(&format!("layer_norm_fwd_{suffix}"), MODULE, PTX)?;
+        let xs = view(xs, lx, "layer-norm")?;
+        // SAFETY: every element is written by the kernel before it is read.
+        let y = unsafe { dev.alloc(rows * cols)? };
+        let cols = cols as i32;
+        let mut args = func.builder();
+        args.arg(&xs);
+        args.arg(&w);
+        args.arg(&b);
+        args.arg(&y);
+        args.arg(&cols);
+        args.arg(&eps);
+        // SAFETY: the arguments match the kernel's signature; one block per row.
+        unsafe { args.launch(launch_config(rows)) }.w()?;
+        y
+    });
+    Ok(storage(slice, dev))
+}
+
+/// `(x, w, g)` → f32 `[rows + 2, d]`: dx's rows, then dw, then db.
+pub(crate) fn layer_norm_grad(
+    (x, lx): (&CudaStorage, &Layout),
+    (w, lw): (&CudaStorage, &Layout),
+    (g, lg): (&CudaStorage, &Layout),
+    eps: f32,
+) -> Result<(CudaStorage, Shape)> {
+    let (rows, cols) = rows_cols(lx);
+    if cols > LN_MAX_WIDTH {
+        candle_core::bail!(
+            "layer-norm-grad: rows of {cols} values, the CUDA kernel takes at most {LN_MAX_WIDTH}"
+        );
+    }
+    let dev = &x.device;
+    let w = f32_view(w, lw, "layer-norm-grad")?;
+    // dw and db are sums of atomic adds: zeroed first.
+    let out = dev.alloc_zeros::<f32>((rows + 2) * cols)?;
+    let outputs = (
+        out.slice(0..rows * cols),
+        out.slice(rows * cols..(rows + 1) * cols),
+        out.slice((rows + 1) * cols..),
+    );
+    match (&x.slice, &g.slice) {
+        (CudaStorageSlice::F32(xs), CudaStorageSlice::F32(gs)) => {
+            let inputs = (view(xs, lx, "layer-norm-grad")?, &w, view(gs, lg, "layer-norm-grad")?);
+            layer_norm_grad_launch(dev, "f32", inputs, outputs, (rows, cols), eps)?
+        }
+        (CudaStorageSlice::BF16(xs), CudaStorageSlice::BF16(gs)) => {
+            let inputs = (view(xs, lx, "layer-norm-grad")?, &w, view(gs, lg, "layer-norm-grad")?);
+            layer_norm_grad_launch(dev, "bf16", inputs, outputs, (rows, cols), eps)?
+        }
+        _ => candle_core::bail!("layer-norm-grad: f32 or bf16 activations and gradient of one dtype"),
+    }
+    Ok((storage(CudaStorageSlice::F32(out), dev), Shape::from((rows + 2, cols))))
+}
+
+type F32Views<'a> = (CudaView<'a, f32>, CudaView<'a, f32>, CudaView<'a, f32>);
+
+fn layer_norm_grad_launch<T: DeviceRepr>(
+    dev: &CudaDevice,
+    suffix: &str,
+    (x, w, g): (CudaView<T>, &CudaView<f32>, CudaView<T>),
+    (dx, dw, db): F32Views,
+    (rows, cols): (usize, usize),
+    eps: f32,
+) -> Result<()> {
+    let func = dev.get_or_load_custom_func(&format!("layer_norm_bwd_{suffix}"), MODULE, PTX)?;
+    let (rows_i, cols_i) = (rows as i32, cols as i32);
+    let mut args = func.builder();
+    args.arg(&x);
+    args.arg(w);
+    args.arg(&g);
+    args.arg(&dx);
+    args.arg(&dw);
+    args.arg(&db);
+    args.arg(&rows_i);
+    args.arg(&cols_i);
+    args.arg(&eps);
+    // SAFETY: the arguments match the kernel's signature.
+    unsafe { args.launch(launch_config(rows.div_ceil(LN_ROWS_PER_BLOCK))) }.w()?;
+    Ok(())
+}
+
+pub(crate) fn softmax(x: &CudaStorage, lx: &Layout) -> Result<CudaStorage> {
+    let (rows, cols) = rows_cols(lx);
+    let dev = &x.device;
+    let slice = per_dtype!([x], |xs; suffix| {
+        let func = dev.get_or_load_custom_func(&format!("softmax_fwd_{suffix}"), MODULE, PTX)?;
+        let xs = view(xs, lx, "softmax")?;
+        // SAFETY: every element is written by the kernel before it is read.
+        let y = unsafe { dev.alloc(rows * cols)? };
+        let (rows_i, cols_i) = (rows as i32, cols as i32);
+        let mut args = func.builder();
+        args.arg(&xs);
+        args.arg(&y);
+        args.arg(&rows_i);
+        args.arg(&cols_i);
+        // SAFETY: the arguments match the kernel's signature; a warp per row.
+        unsafe { args.launch(launch_config(rows.div_ceil(THREADS as usize / 32))) }.w()?;
+        y
+    });
+    Ok(storage(slice, dev))
+}
+
+pub(crate) fn softmax_grad(
+    y: &CudaStorage,
+    ly: &Layout,
+    g: &CudaStorage,
+    lg: &Layout,
+) -> Result<CudaStorage> {
+    let (rows, cols) = rows_cols(ly);
+    let dev = &y.device;
+    let slice = per_dtype!([y, g], |ys, gs; suffix| {
+        let func = dev.get_or_load_custom_func(&format!("softmax_bwd_{suffix}"), MODULE, PTX)?;
+        let (ys, gs) = (view(ys, ly, "softmax-grad")?, view(gs, lg, "softmax-grad")?);
+        // SAFETY: every element is written by the kernel before it is read.
+        let dx = unsafe { dev.alloc(rows * cols)? };
+        let (rows_i, cols_i) = (rows as i32, cols as i32);
+        let mut args = func.builder();
+        args.arg(&ys);
+        args.arg(&gs);
+        args.arg(&dx);
+        args.arg(&rows_i);
+        args.arg(&cols_i);
+        // SAFETY: the arguments match the kernel's signature; a warp per row.
+        unsafe { args.launch(launch_config(rows.div_ceil(THREADS as usize / 32))) }.w()?;
+        dx
+    });
+    Ok(storage(slice, dev))
+}

@@ -1,0 +1,201 @@
+// CUDA versions of the fused kernels in fused.rs: QuickGELU, LayerNorm and softmax, each
+// with its backward, for f32 and bf16 activations. Compiled to PTX by build.rs when the
+// `cuda` feature is on, loaded by fused_cuda.rs.
+//
+// Statistics and arithmetic are in f32 whatever the activations' dtype (as PyTorch autocast
+// does); LayerNorm's weight and bias are the f32 master weights, read as they are.
+// Gradients (y the output, g the incoming gradient), as in fused.rs:
+//   QuickGELU y = x·σ(1.702x):  dx = g·(σ + 1.702·x·σ·(1−σ))
+//   LayerNorm y = x̂·w + b, x̂ = (x−μ)·r, r = (var+ε)^-½:
+//             dx = r·(gw − mean(gw) − x̂·mean(gw·x̂)), dw = Σ_rows g·x̂, db = Σ_rows g
+//   softmax   dx = y·(g − Σ g·y)
+
+#include <cuda_bf16.h>
+#include <stdint.h>
+
+__device__ __forceinline__ float to_f32(float x) { return x; }
+__device__ __forceinline__ float to_f32(__nv_bfloat16 x) { return __bfloat162float(x); }
+
+template <typename T> __device__ __forceinline__ T from_f32(float x);
+template <> __device__ __forceinline__ float from_f32<float>(float x) { return x; }
+template <> __device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(float x) {
+    return __float2bfloat16(x);
+}
+
+__device__ __forceinline__ float warp_sum(float v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+__device__ __forceinline__ float warp_max(float v) {
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+// Sum over the block (blockDim.x a multiple of 32); every thread gets it. `shared`: 32 floats.
+__device__ float block_sum(float v, float *shared) {
+    v = warp_sum(v);
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    __syncthreads();  // the previous call's readers are done with `shared`
+    if (lane == 0) shared[warp] = v;
+    __syncthreads();
+    v = lane < (int)(blockDim.x / 32) ? shared[lane] : 0.0f;
+    return warp_sum(v);
+}
+
+// ---- QuickGELU: grid-stride over the elements --------------------------------------------
+
+template <typename T>
+__device__ void quick_gelu_fwd(const T *x, T *y, size_t n) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        const float v = to_f32(x[i]);
+        y[i] = from_f32<T>(v / (1.0f + expf(-1.702f * v)));
+    }
+}
+
+template <typename T>
+__device__ void quick_gelu_bwd(const T *x, const T *g, T *dx, size_t n) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        const float v = to_f32(x[i]);
+        const float s = 1.0f / (1.0f + expf(-1.702f * v));
+        dx[i] = from_f32<T>(to_f32(g[i]) * (s + 1.702f * v * s * (1.0f - s)));
+    }
+}
+
+// ---- LayerNorm: a block per row forwards; ROWS rows per block backwards ------------------
+
+// Mean and (var + eps)^-½ of one row, two passes (exact for large means too).
+template <typename T>
+__device__ void row_stats(const T *x, int cols, float eps, float *shared, float *mean, float *rstd) {
+    float s = 0.0f;
+    for (int i = threadIdx.x; i < cols; i += blockDim.x) s += to_f32(x[i]);
+    const float m = block_sum(s, shared) / cols;
+    float v = 0.0f;
+    for (int i = threadIdx.x; i < cols; i += blockDim.x) {
+        const float d = to_f32(x[i]) - m;
+        v += d * d;
+    }
+    *mean = m;
+    *rstd = 1.0f / sqrtf(block_sum(v, shared) / cols + eps);
+}
+
+template <typename T>
+__device__ void layer_norm_fwd(const T *x, const float *w, const float *b, T *y, int cols, float eps) {
+    __shared__ float shared[32];
+    const T *xr = x + (size_t)blockIdx.x * cols;
+    T *yr = y + (size_t)blockIdx.x * cols;
+    float mean, rstd;
+    row_stats(xr, cols, eps, shared, &mean, &rstd);
+    for (int i = threadIdx.x; i < cols; i += blockDim.x)
+        yr[i] = from_f32<T>((to_f32(xr[i]) - mean) * rstd * w[i] + b[i]);
+}
+
+// Columns per thread the backward keeps partial dw/db sums for: width ≤ 8·blockDim.x.
+#define LN_MAX_COLS_PER_THREAD 8
+#define LN_ROWS_PER_BLOCK 16
+
+// dx (f32, `rows × cols`) and dw, db (f32, zeroed by the caller; one atomic add per column
+// per block of rows).
+template <typename T>
+__device__ void layer_norm_bwd(const T *x, const float *w, const T *g, float *dx, float *dw, float *db,
+                               int rows, int cols, float eps) {
+    __shared__ float shared[32];
+    float dw_part[LN_MAX_COLS_PER_THREAD], db_part[LN_MAX_COLS_PER_THREAD];
+#pragma unroll
+    for (int k = 0; k < LN_MAX_COLS_PER_THREAD; ++k) dw_part[k] = db_part[k] = 0.0f;
+    const int first = blockIdx.x * LN_ROWS_PER_BLOCK;
+    const int last = min(first + LN_ROWS_PER_BLOCK, rows);
+    for (int r = first; r < last; ++r) {
+        const T *xr = x + (size_t)r * cols;
+        const T *gr = g + (size_t)r * cols;
+        float *dxr = dx + (size_t)r * cols;
+        float mean, rstd;
+        row_stats(xr, cols, eps, shared, &mean, &rstd);
+        float s_gw = 0.0f, s_gwx = 0.0f;
+#pragma unroll
+        for (int k = 0; k < LN_MAX_COLS_PER_THREAD; ++k) {
+            const int i = threadIdx.x + k * blockDim.x;
+            if (i < cols) {
+                const float xh = (to_f32(xr[i]) - mean) * rstd;
+                const float gi = to_f32(gr[i]);
+                s_gw += gi * w[i];
+                s_gwx += gi * w[i] * xh;
+                dw_part[k] += gi * xh;
+                db_part[k] += gi;
+            }
+        }
+        const float m_gw = block_sum(s_gw, shared) / cols;
+        const float m_gwx = block_sum(s_gwx, shared) / cols;
+        for (int i = threadIdx.x; i < cols; i += blockDim.x) {
+            const float xh = (to_f32(xr[i]) - mean) * rstd;
+            dxr[i] = rstd * (to_f32(gr[i]) * w[i] - m_gw - xh * m_gwx);
+        }
+    }
+#pragma unroll
+    for (int k = 0; k < LN_MAX_COLS_PER_THREAD; ++k) {
+        const int i = threadIdx.x + k * blockDim.x;
+        if (i < cols) {
+            atomicAdd(dw + i, dw_part[k]);
+            atomicAdd(db + i, db_part[k]);
+        }
+    }
+}
+
+// ---- softmax over the last dim: a warp per row -------------------------------------------
+
+template <typename T>
+__device__ void softmax_fwd(const T *x, T *y, int rows, int cols) {
+    const int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (row >= rows) return;
+    const T *xr = x + (size_t)row * cols;
+    T *yr = y + (size_t)row * cols;
+    float m = -INFINITY;
+    for (int i = lane; i < cols; i += 32) m = fmaxf(m, to_f32(xr[i]));
+    m = warp_max(m);
+    float s = 0.0f;
+    for (int i = lane; i < cols; i += 32) s += expf(to_f32(xr[i]) - m);
+    const float inv = 1.0f / warp_sum(s);
+    for (int i = lane; i < cols; i += 32) yr[i] = from_f32<T>(expf(to_f32(xr[i]) - m) * inv);
+}
+
+template <typename T>
+__device__ void softmax_bwd(const T *y, const T *g, T *dx, int rows, int cols) {
+    const int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (row >= rows) return;
+    const T *yr = y + (size_t)row * cols;
+    const T *gr = g + (size_t)row * cols;
+    T *dxr = dx + (size_t)row * cols;
+    float dot = 0.0f;
+    for (int i = lane; i < cols; i += 32) dot += to_f32(gr[i]) * to_f32(yr[i]);
+    dot = warp_sum(dot);
+    for (int i = lane; i < cols; i += 32) dxr[i] = from_f32<T>(to_f32(yr[i]) * (to_f32(gr[i]) - dot));
+}
+
+// ---- entry points, one per dtype ---------------------------------------------------------
+
+#define ENTRY_POINTS(T, SUFFIX)                                                                        \
+    extern "C" __global__ void quick_gelu_fwd_##SUFFIX(const T *x, T *y, size_t n) {                \
+        quick_gelu_fwd(x, y, n);                                                                       \
+    }                                                                                                  \
+    extern "C" __global__ void quick_gelu_bwd_##SUFFIX(const T *x, const T *g, T *dx, size_t n) {   \
+        quick_gelu_bwd(x, g, dx, n);                                                                   \
+    }                                                                                                  \
+    extern "C" __global__ void layer_norm_fwd_##SUFFIX(const T *x, const float *w, const float *b,  \
+                                                       T *y, int cols, float eps) {                   \
+        layer_norm_fwd(x, w, b, y, cols, eps);                                                         \
+    }                                                                                                  \
+    extern "C" __global__ void layer_norm_bwd_##SUFFIX(const T *x, const float *w, const T *g,      \
+                                                       float *dx, float *dw, float *db, int rows,     \
+                                                       int cols, float eps) {                         \
+        layer_norm_bwd(x, w, g, dx, dw, db, rows, cols, eps);                                          \
+    }                                                                                                  \
+    extern "C" __global__ void softmax_fwd_##SUFFIX(const T *x, T *y, int rows, int cols) {         \
+        softmax_fwd(x, y, rows, cols);                                                                 \
+    }                                                                                                  \
+    extern "C" __global__ void softmax_bwd_##SUFFIX(const T *y, const T *g, T *dx, int rows,        \
+                                                    int cols) {                                       \
+        softmax_bwd(y, g, dx, rows, cols);                                                             \
+    }
+
+ENTRY_POINTS(float, f32)
+ENTRY_POINTS(__nv_bfloat16, bf16)

@@ -1,0 +1,217 @@
+// Runs the CUDA kernels of src/kernels/fused.cu on the CPU and checks them against plain
+// double-precision references (the Rust test tests/cuda_kernels.rs compiles and runs this).
+//
+// A machine without a GPU cannot run the kernels, but it can run their source: each CUDA
+// block runs as one std::thread per CUDA thread, `__syncthreads` is a barrier over the
+// block, `__shfl_xor_sync` an exchange through memory between two barriers over the warp,
+// `__shared__` memory a static (blocks run one after another), `atomicAdd` an atomic_ref.
+// What this checks is the kernels' logic: indexing, tails, the reductions, the formulas.
+// What it cannot check (coalescing, occupancy, the real bf16 intrinsics) needs a GPU:
+// scripts/gpu-check.sh compares the CUDA build with the CPU on one.
+
+#include <math.h>
+
+#include <algorithm>
+#include <atomic>
+#include <barrier>
+#include <cstdio>
+#include <memory>
+#include <random>
+#include <thread>
+#include <vector>
+
+struct dim3 {
+    unsigned x = 1, y = 1, z = 1;
+};
+static thread_local dim3 threadIdx, blockIdx;
+static dim3 blockDim, gridDim;
+static std::unique_ptr<std::barrier<>> block_barrier;
+static std::vector<std::unique_ptr<std::barrier<>>> warp_barriers;
+static float warp_exchange[1024];
+
+#define __global__
+#define __device__
+#define __forceinline__ inline
+#define __shared__ static
+
+inline void __syncthreads() { block_barrier->arrive_and_wait(); }
+
+inline float __shfl_xor_sync(unsigned, float v, int lane_mask) {
+    const unsigned t = threadIdx.x;
+    std::barrier<> &warp = *warp_barriers[t / 32];
+    warp_exchange[t] = v;
+    warp.arrive_and_wait();
+    const float other = warp_exchange[(t & ~31u) | ((t % 32) ^ unsigned(lane_mask))];
+    warp.arrive_and_wait();
+    return other;
+}
+
+inline void atomicAdd(float *p, float v) { std::atomic_ref<float>(*p).fetch_add(v); }
+
+using std::min;
+
+#include "../../src/kernels/fused.cu"
+
+// Runs `kernel` as `grid` blocks of `block` threads (a multiple of 32), block after block.
+template <class Kernel>
+void launch(unsigned grid, unsigned block, Kernel kernel) {
+    gridDim.x = grid;
+    blockDim.x = block;
+    for (unsigned b = 0; b < grid; ++b) {
+        block_barrier = std::make_unique<std::barrier<>>(block);
+        warp_barriers.clear();
+        for (unsigned w = 0; w < block / 32; ++w) warp_barriers.push_back(std::make_unique<std::barrier<>>(32));
+        std::vector<std::thread> threads;
+        for (unsigned t = 0; t < block; ++t)
+            threads.emplace_back([=] {
+                threadIdx.x = t;
+                blockIdx.x = b;
+                kernel();
+            });
+        for (std::thread &t : threads) t.join();
+    }
+}
+
+template <class T> T cast(float v);
+template <> float cast<float>(float v) { return v; }
+template <> __nv_bfloat16 cast<__nv_bfloat16>(float v) { return __float2bfloat16(v); }
+inline double value(float v) { return v; }
+inline double value(__nv_bfloat16 v) { return __bfloat162float(v); }
+
+static std::mt19937 rng(7);
+
+template <class T>
+std::vector<T> random_values(size_t n, float mean, float std) {
+    std::normal_distribution<float> normal(mean, std);
+    std::vector<T> v(n);
+    for (T &x : v) x = cast<T>(normal(rng));
+    return v;
+}
+
+static int failures = 0;
+
+// max |got − want| / max |want|, reported and checked against `tol`.
+template <class T>
+void check(const char *what, const std::vector<T> &got, const std::vector<double> &want, double tol) {
+    double err = 0, scale = 1e-30;
+    for (size_t i = 0; i < want.size(); ++i) {
+        err = std::max(err, fabs(value(got[i]) - want[i]));
+        scale = std::max(scale, fabs(want[i]));
+    }
+    const bool ok = err / scale <= tol;  // NaN fails
+    failures += !ok;
+    printf("%-4s %-52s max error %.2e of max %.2e (tolerance %.0e)\n", ok ? "ok" : "FAIL", what, err / scale, scale, tol);
+}
+
+template <class T>
+void check_layer_norm(const char *suffix, int rows, int cols, double tol,
+                      void (*fwd)(const T *, const float *, const float *, T *, int, float),
+                      void (*bwd)(const T *, const float *, const T *, float *, float *, float *, int, int, float)) {
+    const float eps = 1e-5f;
+    // A large mean: the two-pass statistics must not lose the variance to it.
+    std::vector<T> x = random_values<T>(size_t(rows) * cols, 3.0f, 2.0f), g = random_values<T>(size_t(rows) * cols, 0.0f, 1.0f);
+    std::vector<float> w = random_values<float>(cols, 1.0f, 0.5f), b = random_values<float>(cols, 0.0f, 0.5f);
+    std::vector<double> y_ref(x.size()), dx_ref(x.size()), dw_ref(cols, 0.0), db_ref(cols, 0.0);
+    for (int r = 0; r < rows; ++r) {
+        double mean = 0, var = 0, m_gw = 0, m_gwx = 0;
+        for (int c = 0; c < cols; ++c) mean += value(x[r * cols + c]) / cols;
+        for (int c = 0; c < cols; ++c) var += pow(value(x[r * cols + c]) - mean, 2) / cols;
+        const double rstd = 1.0 / sqrt(var + eps);
+        for (int c = 0; c < cols; ++c) {
+            const double xh = (value(x[r * cols + c]) - mean) * rstd, gi = value(g[r * cols + c]);
+            y_ref[r * cols + c] = xh * w[c] + b[c];
+            m_gw += gi * w[c] / cols;
+            m_gwx += gi * w[c] * xh / cols;
+            dw_ref[c] += gi * xh;
+            db_ref[c] += gi;
+        }
+        for (int c = 0; c < cols; ++c) {
+            const double xh = (value(x[r * cols + c]) - mean) * rstd;
+            dx_ref[r * cols + c] = rstd * (value(g[r * cols + c]) * w[c] - m_gw - xh * m_gwx);
+        }
+    }
+    std::vector<T> y(x.size());
+    launch(rows, 256, [&] { fwd(x.data(), w.data(), b.data(), y.data(), cols, eps); });
+    std::vector<float> all((size_t(rows) + 2) * cols, 0.0f);  // dx's rows, dw, db (zeroed, as the caller does)
+    float *dx = all.data(), *dw = dx + size_t(rows) * cols, *db = dw + cols;
+    launch((rows + LN_ROWS_PER_BLOCK - 1) / LN_ROWS_PER_BLOCK, 256,
+           [&] { bwd(x.data(), w.data(), g.data(), dx, dw, db, rows, cols, eps); });
+    char what[96];
+    snprintf(what, sizeof what, "layer_norm_fwd_%s %dx%d", suffix, rows, cols);
+    check(what, y, y_ref, tol);
+    snprintf(what, sizeof what, "layer_norm_bwd_%s %dx%d: dx", suffix, rows, cols);
+    check(what, std::vector<float>(dx, dx + size_t(rows) * cols), dx_ref, 1e-5);
+    snprintf(what, sizeof what, "layer_norm_bwd_%s %dx%d: dw", suffix, rows, cols);
+    check(what, std::vector<float>(dw, dw + cols), dw_ref, 1e-5);
+    snprintf(what, sizeof what, "layer_norm_bwd_%s %dx%d: db", suffix, rows, cols);
+    check(what, std::vector<float>(db, db + cols), db_ref, 1e-5);
+}
+
+template <class T>
+void check_softmax(const char *suffix, int rows, int cols, double tol, void (*fwd)(const T *, T *, int, int),
+                   void (*bwd)(const T *, const T *, T *, int, int)) {
+    std::vector<T> x = random_values<T>(size_t(rows) * cols, 0.0f, 4.0f), g = random_values<T>(size_t(rows) * cols, 0.0f, 1.0f);
+    x[0] = cast<T>(80.0f);  // exp(80) overflows f32 unless the row's maximum is subtracted
+    std::vector<double> y_ref(x.size()), dx_ref(x.size());
+    std::vector<T> y_in(x.size());  // the backward's input: the reference output, as T
+    for (int r = 0; r < rows; ++r) {
+        double m = -INFINITY, s = 0, dot = 0;
+        for (int c = 0; c < cols; ++c) m = std::max(m, value(x[r * cols + c]));
+        for (int c = 0; c < cols; ++c) s += exp(value(x[r * cols + c]) - m);
+        for (int c = 0; c < cols; ++c) {
+            y_ref[r * cols + c] = exp(value(x[r * cols + c]) - m) / s;
+            y_in[r * cols + c] = cast<T>(float(y_ref[r * cols + c]));
+            dot += value(g[r * cols + c]) * value(y_in[r * cols + c]);
+        }
+        for (int c = 0; c < cols; ++c)
+            dx_ref[r * cols + c] = value(y_in[r * cols + c]) * (value(g[r * cols + c]) - dot);
+    }
+    std::vector<T> y(x.size()), dx(x.size());
+    const int rows_per_block = 256 / 32;
+    launch((rows + rows_per_block - 1) / rows_per_block, 256, [&] { fwd(x.data(), y.data(), rows, cols); });
+    launch((rows + rows_per_block - 1) / rows_per_block, 256, [&] { bwd(y_in.data(), g.data(), dx.data(), rows, cols); });
+    char what[96];
+    snprintf(what, sizeof what, "softmax_fwd_%s %dx%d", suffix, rows, cols);
+    check(what, y, y_ref, tol);
+    snprintf(what, sizeof what, "softmax_bwd_%s %dx%d", suffix, rows, cols);
+    check(what, dx, dx_ref, tol);
+}
+
+template <class T>
+void check_quick_gelu(const char *suffix, size_t n, double tol, void (*fwd)(const T *, T *, size_t),
+                      void (*bwd)(const T *, const T *, T *, size_t)) {
+    std::vector<T> x = random_values<T>(n, 0.0f, 3.0f), g = random_values<T>(n, 0.0f, 1.0f);
+    std::vector<double> y_ref(n), dx_ref(n);
+    for (size_t i = 0; i < n; ++i) {
+        const double v = value(x[i]), s = 1.0 / (1.0 + exp(-1.702 * v));
+        y_ref[i] = v * s;
+        dx_ref[i] = value(g[i]) * (s + 1.702 * v * s * (1.0 - s));
+    }
+    std::vector<T> y(n), dx(n);
+    launch(3, 64, [&] { fwd(x.data(), y.data(), n); });  // 192 threads stride over n: several passes
+    launch(3, 64, [&] { bwd(x.data(), g.data(), dx.data(), n); });
+    char what[96];
+    snprintf(what, sizeof what, "quick_gelu_fwd_%s n=%zu", suffix, n);
+    check(what, y, y_ref, tol);
+    snprintf(what, sizeof what, "quick_gelu_bwd_%s n=%zu", suffix, n);
+    check(what, dx, dx_ref, tol);
+}
+
+int main() {
+    // Widths below, at and above the block (256 threads), up to 5 columns per thread; row
+    // counts that leave the last block of LN_ROWS_PER_BLOCK rows partly empty.
+    for (auto [rows, cols] : {std::pair{37, 200}, {20, 768}, {17, 1030}}) {
+        check_layer_norm<float>("f32", rows, cols, 1e-5, layer_norm_fwd_f32, layer_norm_bwd_f32);
+        check_layer_norm<__nv_bfloat16>("bf16", rows, cols, 1e-2, layer_norm_fwd_bf16, layer_norm_bwd_bf16);
+    }
+    // A ViT-B/32's attention rows (50), a ViT-B/16's (197), and a short one; 13 rows leave
+    // warps with no row.
+    for (int cols : {50, 197, 7}) {
+        check_softmax<float>("f32", 13, cols, 1e-5, softmax_fwd_f32, softmax_bwd_f32);
+        check_softmax<__nv_bfloat16>("bf16", 13, cols, 1e-2, softmax_fwd_bf16, softmax_bwd_bf16);
+    }
+    check_quick_gelu<float>("f32", 1000, 1e-5, quick_gelu_fwd_f32, quick_gelu_bwd_f32);
+    check_quick_gelu<__nv_bfloat16>("bf16", 1000, 1e-2, quick_gelu_fwd_bf16, quick_gelu_bwd_bf16);
+    printf("%d failed\n", failures);
+    return failures == 0 ? 0 : 1;
+}
