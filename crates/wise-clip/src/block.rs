@@ -383,11 +383,7 @@ mod tests {
     use super::*;
     use crate::nn::EncoderShape;
     use crate::params::ParamBuilder;
-
-    fn rel_diff(a: &Tensor, b: &Tensor) -> f32 {
-        let scale = b.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap().max(1e-6);
-        (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap() / scale
-    }
+    use crate::tests::rel_diff;
 
     /// The fused block equals the op-by-op block (which the parity tests hold to
     /// PyTorch): output, input gradient and every parameter's gradient, for each

@@ -44,3 +44,14 @@ pub use hub::{HubOptions, Layout, ModelSource};
 pub use model::ClipModel;
 pub use preprocess::ImagePreprocessor;
 pub use tokenizer::ClipTokenizer;
+
+#[cfg(test)]
+mod tests {
+    use candle_core::Tensor;
+
+    /// max |a − b| / max |b|: how far a fused or pooled result is from its reference.
+    pub(crate) fn rel_diff(a: &Tensor, b: &Tensor) -> f32 {
+        let scale = b.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap().max(1e-6);
+        (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap() / scale
+    }
+}

@@ -336,12 +336,8 @@ impl Encoder {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tests::rel_diff;
     use candle_core::Device;
-
-    fn rel_diff(a: &Tensor, b: &Tensor) -> f32 {
-        let scale = b.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap().max(1e-6);
-        (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap() / scale
-    }
 
     /// `Encoder::forward_at` gives the full encoder's rows at the pooled positions, and the
     /// same gradient for every parameter and the input, with and without the causal mask.
