@@ -63,31 +63,55 @@ fn storage(slice: CudaStorageSlice, dev: &CudaDevice) -> CudaStorage {
     CudaStorage { slice, device: dev.clone() }
 }
 
-/// `y = f(x)` elementwise with the kernel `{name}_{suffix}(x, y, n)`.
+/// Launches `{name}_{suffix}(inputs…, out, n)` over `n` elements (grid-stride) into a
+/// fresh output.
 fn elementwise<T: DeviceRepr>(
     dev: &CudaDevice,
-    name: &str,
-    suffix: &str,
-    x: &CudaView<T>,
+    (name, suffix): (&str, &str),
+    inputs: &[&CudaView<T>],
     n: usize,
 ) -> Result<CudaSlice<T>> {
     let func = dev.get_or_load_custom_func(&format!("{name}_{suffix}"), MODULE, PTX)?;
     // SAFETY: every element is written by the kernel before it is read.
-    let y = unsafe { dev.alloc::<T>(n)? };
+    let out = unsafe { dev.alloc::<T>(n)? };
     let mut args = func.builder();
-    args.arg(x);
-    args.arg(&y);
+    for x in inputs {
+        args.arg(*x);
+    }
+    args.arg(&out);
     args.arg(&n);
     // SAFETY: the arguments match the kernel's signature (fused.cu).
     unsafe { args.launch(launch_config(n.div_ceil(THREADS as usize).min(1 << 16))) }.w()?;
-    Ok(y)
+    Ok(out)
+}
+
+/// Launches `{name}_{suffix}(inputs…, out, rows, cols)`, a warp per row, into a fresh output.
+fn per_row<T: DeviceRepr>(
+    dev: &CudaDevice,
+    (name, suffix): (&str, &str),
+    inputs: &[&CudaView<T>],
+    (rows, cols): (usize, usize),
+) -> Result<CudaSlice<T>> {
+    let func = dev.get_or_load_custom_func(&format!("{name}_{suffix}"), MODULE, PTX)?;
+    // SAFETY: every element is written by the kernel before it is read.
+    let out = unsafe { dev.alloc::<T>(rows * cols)? };
+    let (rows_i, cols_i) = (rows as i32, cols as i32);
+    let mut args = func.builder();
+    for x in inputs {
+        args.arg(*x);
+    }
+    args.arg(&out);
+    args.arg(&rows_i);
+    args.arg(&cols_i);
+    // SAFETY: the arguments match the kernel's signature (fused.cu).
+    unsafe { args.launch(launch_config(rows.div_ceil(THREADS as usize / 32))) }.w()?;
+    Ok(out)
 }
 
 pub(crate) fn quick_gelu(s: &CudaStorage, l: &Layout) -> Result<CudaStorage> {
-    let n = l.shape().elem_count();
     let dev = &s.device;
     let slice = per_dtype!([s], |x; suffix| {
-        elementwise(dev, "quick_gelu_fwd", suffix, &view(x, l, "quick-gelu")?, n)?
+        elementwise(dev, ("quick_gelu_fwd", suffix), &[&view(x, l, "quick-gelu")?], l.shape().elem_count())?
     });
     Ok(storage(slice, dev))
 }
@@ -98,21 +122,10 @@ pub(crate) fn quick_gelu_grad(
     g: &CudaStorage,
     lg: &Layout,
 ) -> Result<CudaStorage> {
-    let n = lx.shape().elem_count();
     let dev = &x.device;
     let slice = per_dtype!([x, g], |xs, gs; suffix| {
-        let func = dev.get_or_load_custom_func(&format!("quick_gelu_bwd_{suffix}"), MODULE, PTX)?;
         let (xs, gs) = (view(xs, lx, "quick-gelu-grad")?, view(gs, lg, "quick-gelu-grad")?);
-        // SAFETY: every element is written by the kernel before it is read.
-        let dx = unsafe { dev.alloc(n)? };
-        let mut args = func.builder();
-        args.arg(&xs);
-        args.arg(&gs);
-        args.arg(&dx);
-        args.arg(&n);
-        // SAFETY: the arguments match the kernel's signature.
-        unsafe { args.launch(launch_config(n.div_ceil(THREADS as usize).min(1 << 16))) }.w()?;
-        dx
+        elementwise(dev, ("quick_gelu_bwd", suffix), &[&xs, &gs], lx.shape().elem_count())?
     });
     Ok(storage(slice, dev))
 }
@@ -216,22 +229,9 @@ fn layer_norm_grad_launch<T: DeviceRepr>(
 }
 
 pub(crate) fn softmax(x: &CudaStorage, lx: &Layout) -> Result<CudaStorage> {
-    let (rows, cols) = rows_cols(lx);
     let dev = &x.device;
     let slice = per_dtype!([x], |xs; suffix| {
-        let func = dev.get_or_load_custom_func(&format!("softmax_fwd_{suffix}"), MODULE, PTX)?;
-        let xs = view(xs, lx, "softmax")?;
-        // SAFETY: every element is written by the kernel before it is read.
-        let y = unsafe { dev.alloc(rows * cols)? };
-        let (rows_i, cols_i) = (rows as i32, cols as i32);
-        let mut args = func.builder();
-        args.arg(&xs);
-        args.arg(&y);
-        args.arg(&rows_i);
-        args.arg(&cols_i);
-        // SAFETY: the arguments match the kernel's signature; a warp per row.
-        unsafe { args.launch(launch_config(rows.div_ceil(THREADS as usize / 32))) }.w()?;
-        y
+        per_row(dev, ("softmax_fwd", suffix), &[&view(xs, lx, "softmax")?], rows_cols(lx))?
     });
     Ok(storage(slice, dev))
 }
@@ -242,23 +242,10 @@ pub(crate) fn softmax_grad(
     g: &CudaStorage,
     lg: &Layout,
 ) -> Result<CudaStorage> {
-    let (rows, cols) = rows_cols(ly);
     let dev = &y.device;
     let slice = per_dtype!([y, g], |ys, gs; suffix| {
-        let func = dev.get_or_load_custom_func(&format!("softmax_bwd_{suffix}"), MODULE, PTX)?;
         let (ys, gs) = (view(ys, ly, "softmax-grad")?, view(gs, lg, "softmax-grad")?);
-        // SAFETY: every element is written by the kernel before it is read.
-        let dx = unsafe { dev.alloc(rows * cols)? };
-        let (rows_i, cols_i) = (rows as i32, cols as i32);
-        let mut args = func.builder();
-        args.arg(&ys);
-        args.arg(&gs);
-        args.arg(&dx);
-        args.arg(&rows_i);
-        args.arg(&cols_i);
-        // SAFETY: the arguments match the kernel's signature; a warp per row.
-        unsafe { args.launch(launch_config(rows.div_ceil(THREADS as usize / 32))) }.w()?;
-        dx
+        per_row(dev, ("softmax_bwd", suffix), &[&ys, &gs], rows_cols(ly))?
     });
     Ok(storage(slice, dev))
 }

@@ -47,7 +47,32 @@ pub use tokenizer::ClipTokenizer;
 
 #[cfg(test)]
 mod tests {
-    use candle_core::Tensor;
+    use candle_core::backprop::GradStore;
+    use candle_core::{Tensor, Var};
+
+    /// Asserts that `got` has, for every named variable, the gradient `want` has (to 1e-4
+    /// relative); `k_proj.bias`'s is zero in exact arithmetic (softmax ignores a shift of a
+    /// whole row of scores), so only its size is checked. Returns how many were compared.
+    pub(crate) fn assert_gradients_match<'a>(
+        what: &str,
+        vars: impl IntoIterator<Item = (&'a str, &'a Var)>,
+        got: &GradStore,
+        want: &GradStore,
+    ) -> usize {
+        let mut checked = 0;
+        for (name, var) in vars {
+            let a = got.get(var).unwrap_or_else(|| panic!("{what}: no gradient for {name}"));
+            let r = want.get(var).unwrap_or_else(|| panic!("{what}: no reference gradient for {name}"));
+            if name.ends_with("k_proj.bias") {
+                let max = a.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+                assert!(max < 1e-5, "{what}: d{name} should be ~0, is up to {max}");
+            } else {
+                assert!(rel_diff(a, r) < 1e-4, "{what}: d{name} off by {}", rel_diff(a, r));
+            }
+            checked += 1;
+        }
+        checked
+    }
 
     /// max |a − b| / max |b|: how far a fused or pooled result is from its reference.
     pub(crate) fn rel_diff(a: &Tensor, b: &Tensor) -> f32 {
