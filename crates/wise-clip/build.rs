@@ -17,6 +17,7 @@ fn main() {
     let cap = std::env::var("CUDA_COMPUTE_CAP").unwrap_or_else(|_| "80".into());
     let cap: String = cap.chars().filter(char::is_ascii_digit).collect();
     let nvcc = std::env::var("NVCC").unwrap_or_else(|_| "nvcc".into());
+    println!("cargo:rustc-env=WISE_CUDA_COMPUTE_CAP={cap}");
     let out = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR")).join("fused.ptx");
     let status = Command::new(&nvcc)
         .args(["--ptx", "-O3", &format!("-arch=compute_{cap}"), "-o"])

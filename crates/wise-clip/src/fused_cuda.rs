@@ -22,6 +22,22 @@ const THREADS: u32 = 256;
 const LN_ROWS_PER_BLOCK: usize = 16;
 pub(crate) const LN_MAX_WIDTH: usize = 8 * THREADS as usize;
 
+/// Loads the kernel `{name}_{suffix}` of fused.cu (the module on first use); a driver
+/// that cannot load the PTX gets an error saying how to run without it.
+macro_rules! kernel {
+    ($dev:expr, $name:expr, $suffix:expr) => {
+        $dev.get_or_load_custom_func(&format!("{}_{}", $name, $suffix), MODULE, PTX).map_err(|e| {
+            candle_core::Error::Msg(format!(
+                "loading wise's fused CUDA kernel {}_{} (PTX for compute_{}): {e}; \
+                 WISE_CUDA_FUSED=off runs candle's op-by-op kernels instead",
+                $name,
+                $suffix,
+                env!("WISE_CUDA_COMPUTE_CAP")
+            ))
+        })
+    };
+}
+
 fn launch_config(blocks: usize) -> LaunchConfig {
     LaunchConfig { grid_dim: (blocks.max(1) as u32, 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 }
 }
@@ -71,7 +87,7 @@ fn elementwise<T: DeviceRepr>(
     inputs: &[&CudaView<T>],
     n: usize,
 ) -> Result<CudaSlice<T>> {
-    let func = dev.get_or_load_custom_func(&format!("{name}_{suffix}"), MODULE, PTX)?;
+    let func = kernel!(dev, name, suffix)?;
     // SAFETY: every element is written by the kernel before it is read.
     let out = unsafe { dev.alloc::<T>(n)? };
     let mut args = func.builder();
@@ -92,7 +108,7 @@ fn per_row<T: DeviceRepr>(
     inputs: &[&CudaView<T>],
     (rows, cols): (usize, usize),
 ) -> Result<CudaSlice<T>> {
-    let func = dev.get_or_load_custom_func(&format!("{name}_{suffix}"), MODULE, PTX)?;
+    let func = kernel!(dev, name, suffix)?;
     // SAFETY: every element is written by the kernel before it is read.
     let out = unsafe { dev.alloc::<T>(rows * cols)? };
     let (rows_i, cols_i) = (rows as i32, cols as i32);
@@ -146,7 +162,7 @@ pub(crate) fn layer_norm(
     let dev = &x.device;
     let (w, b) = (f32_view(w, lw, "layer-norm")?, f32_view(b, lb, "layer-norm")?);
     let slice = per_dtype!([x], |xs; suffix| {
-        let func = dev.get_or_load_custom_func(&format!("layer_norm_fwd_{suffix}"), MODULE, PTX)?;
+        let func = kernel!(dev, "layer_norm_fwd", suffix)?;
         let xs = view(xs, lx, "layer-norm")?;
         // SAFETY: every element is written by the kernel before it is read.
         let y = unsafe { dev.alloc(rows * cols)? };
@@ -211,7 +227,7 @@ fn layer_norm_grad_launch<T: DeviceRepr>(
     (rows, cols): (usize, usize),
     eps: f32,
 ) -> Result<()> {
-    let func = dev.get_or_load_custom_func(&format!("layer_norm_bwd_{suffix}"), MODULE, PTX)?;
+    let func = kernel!(dev, "layer_norm_bwd", suffix)?;
     let (rows_i, cols_i) = (rows as i32, cols as i32);
     let mut args = func.builder();
     args.arg(&x);
