@@ -126,6 +126,9 @@ parity() {
     local embed=(embed --model "$model" --images tests/fixtures/images --texts tests/fixtures/texts.txt)
     "$wise" "${embed[@]}" --device cpu --out "$work/embed-cpu.safetensors"
     WISE_COMPUTE_DTYPE=f32 "$wise" "${embed[@]}" --device "$GPU_DEVICE" --out "$work/embed-cuda-f32.safetensors"
+    # Without the fused CUDA kernels too: a failure in one and not the other points at them.
+    WISE_CUDA_FUSED=off WISE_COMPUTE_DTYPE=f32 "$wise" "${embed[@]}" --device "$GPU_DEVICE" \
+        --out "$work/embed-cuda-f32-opbyop.safetensors"
     WISE_COMPUTE_DTYPE=bf16 "$wise" "${embed[@]}" --device "$GPU_DEVICE" --out "$work/embed-cuda-bf16.safetensors"
 
     echo "== parity: 3 wise train steps, CPU vs CUDA"
@@ -142,6 +145,8 @@ parity() {
         --lr 1e-3 --batch-size 16 --no-augment)
     "$wise" "${train[@]}" --device cpu --out "$work/train-cpu"
     WISE_COMPUTE_DTYPE=f32 "$wise" "${train[@]}" --device "$GPU_DEVICE" --out "$work/train-cuda-f32"
+    WISE_CUDA_FUSED=off WISE_COMPUTE_DTYPE=f32 "$wise" "${train[@]}" --device "$GPU_DEVICE" \
+        --out "$work/train-cuda-f32-opbyop"
     WISE_COMPUTE_DTYPE=bf16 "$wise" "${train[@]}" --device "$GPU_DEVICE" --out "$work/train-cuda-bf16"
 
     "$py" - "$work" "$out/parity.jsonl" <<'PY'
@@ -175,8 +180,11 @@ def update_diff(ref, cand):
 # ~3 significant digits per op, so it gets loose bounds.
 checks = [
     ("embed-cpu.safetensors", "embed-cuda-f32.safetensors", embed_diff, "max_rel_diff", 1e-4),
+    ("embed-cpu.safetensors", "embed-cuda-f32-opbyop.safetensors", embed_diff, "max_rel_diff", 1e-4),
     ("embed-cpu.safetensors", "embed-cuda-bf16.safetensors", embed_diff, "max_rel_diff", 5e-2),
     ("train-cpu/finetuned.safetensors", "train-cuda-f32/finetuned.safetensors", update_diff,
+     "update_rel_diff", 1e-2),
+    ("train-cpu/finetuned.safetensors", "train-cuda-f32-opbyop/finetuned.safetensors", update_diff,
      "update_rel_diff", 1e-2),
     ("train-cpu/finetuned.safetensors", "train-cuda-bf16/finetuned.safetensors", update_diff,
      "update_rel_diff", 0.3),
