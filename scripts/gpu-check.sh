@@ -24,7 +24,8 @@
 #       via torch.autocast) in the same run, ViT-B/32 and ViT-B/16, inference and training
 #       steps, with the ratio and MFU (model FLOPs / H100 SXM dense bf16 peak, 989 TFLOP/s);
 #   (c) where wise's GPU time goes: `WISE_PROFILE=1 wise bench` (ViT-B/16), each part of the
-#       forward and each phase of a training step timed between device synchronisations.
+#       forward and each phase of a training step timed between device synchronisations, as
+#       built and with WISE_CUDA_FUSED=off / WISE_CUDA_ALLOCATOR=candle (candle's defaults).
 #   Everything lands in OUTDIR: gpu-check.log, parity.jsonl, bench.jsonl, summary.md,
 #   profile.jsonl.
 set -euo pipefail
@@ -219,17 +220,21 @@ benchmarks() {
         done
     done
 
-    echo "== where wise's GPU time goes (WISE_PROFILE=1: every part waits for the GPU),"
-    echo "   with the fused CUDA kernels (the default) and without (WISE_CUDA_FUSED=off)"
+    echo "== where wise's GPU time goes (WISE_PROFILE=1: every part waits for the GPU), as built,"
+    echo "   and without each of session 4's GPU changes: the fused CUDA kernels"
+    echo "   (WISE_CUDA_FUSED=off), the memory pool and event settings (WISE_CUDA_ALLOCATOR=candle)"
     : > "$out/profile.jsonl"
-    local fused
-    for fused in on off; do
+    local variant fused allocator
+    for variant in default fused=off allocator=candle; do
+        fused=$([[ $variant == fused=off ]] && echo off || echo on)
+        allocator=$([[ $variant == allocator=candle ]] && echo candle || echo wise)
         for mode in infer train; do
             batch=$([[ $mode == infer ]] && echo "${INFER_BATCH:-256}" || echo "${TRAIN_BATCH:-128}")
-            WISE_CUDA_FUSED=$fused WISE_PROFILE=1 "$wise" bench --device "$GPU_DEVICE" --mode "$mode" \
-                --preset ViT-B/16 --batch-size "$batch" --warmup 2 --iters 3 \
-                | sed "s/^{/{\"cuda_fused\":\"$fused\",/" | tee -a "$out/profile.jsonl" \
-                || echo "wise profile $mode (fused $fused) failed"
+            WISE_CUDA_FUSED=$fused WISE_CUDA_ALLOCATOR=$allocator WISE_PROFILE=1 "$wise" bench \
+                --device "$GPU_DEVICE" --mode "$mode" --preset ViT-B/16 --batch-size "$batch" \
+                --warmup 2 --iters 3 \
+                | sed "s/^{/{\"variant\":\"$variant\",/" | tee -a "$out/profile.jsonl" \
+                || echo "wise profile $mode ($variant) failed"
         done
     done
 

@@ -19,7 +19,7 @@ pub fn parse_device(spec: &str) -> Result<Device> {
     };
     match kind.as_str() {
         "cpu" => Ok(Device::Cpu),
-        "cuda" if cfg!(feature = "cuda") => Ok(Device::new_cuda(ordinal)?),
+        "cuda" if cfg!(feature = "cuda") => cuda_device(ordinal),
         "metal" if cfg!(feature = "metal") => Ok(Device::new_metal(ordinal)?),
         "cuda" | "metal" => Err(Error::Invalid(format!(
             "device '{spec}': this wise was built without the `{kind}` feature \
@@ -27,6 +27,43 @@ pub fn parse_device(spec: &str) -> Result<Device> {
         ))),
         _ => Err(Error::Invalid(format!("device '{spec}': expected cpu, cuda[:N] or metal"))),
     }
+}
+
+/// A CUDA device set up for wise's one stream of work:
+/// - its memory pool keeps what is freed (release threshold `u64::MAX`). At the default, 0,
+///   the pool hands all free memory back to the driver at every synchronisation (each
+///   loss read back, each timed step), so every step allocates its activations from the
+///   driver again; PyTorch's caching allocator keeps them.
+/// - no cross-stream event tracking: candle queues all work on one stream, and with
+///   tracking on cudarc creates two events per allocation and records and waits on them
+///   for every kernel argument.
+#[cfg(feature = "cuda")]
+fn cuda_device(ordinal: usize) -> Result<Device> {
+    use candle_core::cuda_backend::cudarc::driver::{result, sys};
+    let device = Device::new_cuda(ordinal)?;
+    let Device::Cuda(cuda) = &device else { unreachable!("Device::new_cuda gives a CUDA device") };
+    // SAFETY: before any tensor of this device exists (the setting applies to those created
+    // after it), and wise uses no stream but the device's own: no use of a tensor needs
+    // ordering against another stream.
+    unsafe { cuda.disable_event_tracking() };
+    let cu_device = cuda.cuda_stream().context().cu_device();
+    // SAFETY: `cu_device` is this context's device, and the release threshold is a u64.
+    let kept = unsafe {
+        result::device::get_mem_pool(cu_device).and_then(|pool| {
+            let mut threshold = u64::MAX;
+            let attr = sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD;
+            result::mem_pool::set_attribute(pool, attr, (&mut threshold as *mut u64).cast())
+        })
+    };
+    if let Err(e) = kept {
+        eprintln!("warning: cuda:{ordinal}: the memory pool will hand freed memory back to the driver ({e})");
+    }
+    Ok(device)
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda_device(ordinal: usize) -> Result<Device> {
+    Ok(Device::new_cuda(ordinal)?)
 }
 
 /// f32 on CPU (exact parity with PyTorch fp32); bf16 activations on accelerators, with
