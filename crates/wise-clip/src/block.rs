@@ -29,7 +29,7 @@ use rayon::prelude::*;
 use crate::attention::Heads;
 use crate::config::Activation;
 use crate::fused::{activation_grad_rows, activation_rows, f32_slice, layer_norm_grad_rows, layer_norm_rows};
-use crate::matmul::par_sgemm;
+use crate::matmul::{par_sgemm, product};
 use crate::nn::EncoderLayer;
 
 thread_local! {
@@ -45,15 +45,45 @@ thread_local! {
 /// the output (for a ViT-L/14 at batch 256, ~100 GB). The blocks' outputs then have no
 /// gradient.
 pub fn inference_mode<T>(f: impl FnOnce() -> T) -> T {
-    /// Restores the flag however `f` ends (a panic included).
+    with_inference_flag(true, f)
+}
+
+/// Runs `f` with [`inference_mode`]'s flag set to `on` on this thread, restored after
+/// however `f` ends (a panic included).
+fn with_inference_flag<T>(on: bool, f: impl FnOnce() -> T) -> T {
     struct Restore(bool);
     impl Drop for Restore {
         fn drop(&mut self) {
             INFERENCE.set(self.0);
         }
     }
-    let _restore = Restore(INFERENCE.replace(true));
+    let _restore = Restore(INFERENCE.replace(on));
     f()
+}
+
+/// Runs `f` on one of rayon's threads when `device` is the CPU (on this one when it is
+/// one already, or for other devices), carrying [`inference_mode`] along.
+///
+/// The CPU kernels split their work over rayon's threads. Called from outside the pool
+/// (a program's main thread), each of a training step's hundreds of splits is handed to
+/// the pool while the caller sleeps until it is done: every hand-over wakes threads, and
+/// the serial work between two splits runs on the caller while the pool's threads doze
+/// off. Inside the pool a split is a work-stealing join between threads that are already
+/// awake. The model's passes (encoders, [`backward`], the optimizer step) enter the pool
+/// once each (candle's `Device::with_context` does the same with a private pool; this is
+/// rayon's global one, which the data loader shares, so the cores are not oversubscribed).
+///
+/// The tensors are then allocated on rayon's threads, and glibc gives each thread its own
+/// malloc arena, whose heaps go back to the kernel as soon as they are empty: a program
+/// that trains on CPU should run with one arena (`MALLOC_ARENA_MAX=1`, or
+/// `mallopt(M_ARENA_MAX, 1)` as the `wise` binary does). Both together make a ViT-B/32
+/// training step ~5 % faster (BENCHMARKS.md).
+pub fn on_compute_threads<R: Send>(device: &Device, f: impl FnOnce() -> R + Send) -> R {
+    if !device.is_cpu() || rayon::current_thread_index().is_some() {
+        return f();
+    }
+    let inference = INFERENCE.get();
+    rayon::scope(|_| with_inference_flag(inference, f))
 }
 
 /// Buffers of the blocks' activations and temporaries, handed back when done with and
@@ -85,16 +115,23 @@ fn give(buffers: impl IntoIterator<Item = Vec<f32>>) {
 /// `loss.backward()`, plus the parameter gradients of the fused blocks: use it for every
 /// backward pass through a model of this crate.
 pub fn backward(loss: &Tensor) -> candle_core::Result<GradStore> {
-    PARAM_GRADS.with_borrow_mut(Vec::clear);
-    let mut grads = loss.backward()?;
-    for (param, grad) in PARAM_GRADS.with_borrow_mut(std::mem::take) {
-        let sum = match grads.remove(&param) {
-            Some(g) => (g + grad)?,
-            None => grad,
-        };
-        grads.insert(&param, sum);
-    }
-    Ok(grads)
+    on_compute_threads(loss.device(), || {
+        // A rayon thread waiting for a split inside this backward may run another thread's
+        // whole backward meanwhile (it steals work while it waits): each collects its own
+        // blocks' gradients, the interrupted one's set aside until it resumes.
+        let outer = PARAM_GRADS.take();
+        let grads = loss.backward();
+        let from_blocks = PARAM_GRADS.replace(outer);
+        let mut grads = grads?;
+        for (param, grad) in from_blocks {
+            let sum = match grads.remove(&param) {
+                Some(g) => (g + grad)?,
+                None => grad,
+            };
+            grads.insert(&param, sum);
+        }
+        Ok(grads)
+    })
 }
 
 // The block's parameters, in this order.
@@ -309,13 +346,11 @@ impl CustomOp1 for Block {
             let mut dx = dy.to_vec();
             let mut dh = take(n * inter);
             par_sgemm((false, false), (n, inter, c), 1.0, (dy, c), (w[FC2_W], inter), 0.0, (&mut dh, inter));
-            let mut d_fc2 = vec![0f32; c * inter];
-            par_sgemm((true, false), (c, inter, n), 1.0, (dy, c), (&s.act, inter), 0.0, (&mut d_fc2, inter));
+            let d_fc2 = product((true, false), (c, inter, n), (dy, c), (&s.act, inter));
             activation_grad_rows(self.act, &s.h, &mut dh);
             let mut d_ln2 = take(n * c);
             par_sgemm((false, false), (n, c, inter), 1.0, (&dh, inter), (w[FC1_W], c), 0.0, (&mut d_ln2, c));
-            let mut d_fc1 = vec![0f32; inter * c];
-            par_sgemm((true, false), (inter, c, n), 1.0, (&dh, inter), (&s.ln2, c), 0.0, (&mut d_fc1, c));
+            let d_fc1 = product((true, false), (inter, c, n), (&dh, inter), (&s.ln2, c));
             let (mut d_ln2_w, mut d_ln2_b) = (vec![0f32; c], vec![0f32; c]);
             layer_norm_grad_rows(
                 &s.x_mid,
@@ -328,8 +363,7 @@ impl CustomOp1 for Block {
             // Attention: x_mid = x + attention(LN1(x)·Wqkvᵀ + bqkv)·Woᵀ + bo.
             let mut d_attn = take(n * c);
             par_sgemm((false, false), (n, c, c), 1.0, (&dx, c), (w[OUT_W], c), 0.0, (&mut d_attn, c));
-            let mut d_out = vec![0f32; c * c];
-            par_sgemm((true, false), (c, c, n), 1.0, (&dx, c), (&s.attn, c), 0.0, (&mut d_out, c));
+            let d_out = product((true, false), (c, c, n), (&dx, c), (&s.attn, c));
             let mut dqkv = take(n * 3 * c);
             let heads = self.heads(t, c);
             dqkv.par_chunks_mut(t * 3 * c)
@@ -340,8 +374,7 @@ impl CustomOp1 for Block {
                 });
             let mut d_ln1 = take(n * c);
             par_sgemm((false, false), (n, c, 3 * c), 1.0, (&dqkv, 3 * c), (&s.wqkv, c), 0.0, (&mut d_ln1, c));
-            let mut d_wqkv = vec![0f32; 3 * c * c];
-            par_sgemm((true, false), (3 * c, c, n), 1.0, (&dqkv, 3 * c), (&s.ln1, c), 0.0, (&mut d_wqkv, c));
+            let d_wqkv = product((true, false), (3 * c, c, n), (&dqkv, 3 * c), (&s.ln1, c));
             let d_bqkv = col_sums(&dqkv, 3 * c);
             let d_out_b = col_sums(&dx, c);
             let (mut d_ln1_w, mut d_ln1_b) = (vec![0f32; c], vec![0f32; c]);

@@ -36,7 +36,7 @@ pub mod tokenizer;
 pub mod vision;
 pub mod weights;
 
-pub use block::{backward, inference_mode};
+pub use block::{backward, inference_mode, on_compute_threads};
 pub use config::{Activation, ClipConfig, TextConfig, VisionConfig};
 pub use device::{compute_dtype, parse_device};
 pub use error::{Error, Result};

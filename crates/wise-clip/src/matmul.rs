@@ -21,10 +21,10 @@
 //! otherwise the first of OpenBLAS (`libopenblas.so.0`, Debian's `libopenblas0-pthread`),
 //! MKL (`libmkl_rt.so`) and BLIS (`libblis.so.4`) that loads. The BLAS runs
 //! single-threaded per call and wise splits each product over its rayon threads (rows of
-//! the output, or the batch of an attention product), so the BLAS's own threads never
-//! compete with rayon's for the cores. OpenBLAS 0.3.21 (Debian 12) does not recognise
-//! recent Xeons and falls back to a generic core at ~20 % of the speed: when
-//! `OPENBLAS_CORETYPE` is unset, wise sets it from the CPU's features before loading
+//! the output, columns when it has few rows, or the batch of an attention product), so the
+//! BLAS's own threads never compete with rayon's for the cores. OpenBLAS 0.3.21 (Debian 12)
+//! does not recognise recent Xeons and falls back to a generic core at ~20 % of the speed:
+//! when `OPENBLAS_CORETYPE` is unset, wise sets it from the CPU's features before loading
 //! (SkylakeX with AVX-512, Haswell with AVX2).
 //!
 //! The product is a custom op with its own backward (`dA = dC·Bᵀ`, `dB = Aᵀ·dC`, both
@@ -76,22 +76,72 @@ pub fn linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> candle_core::Res
 /// Panics when no BLAS is loaded: callers check [`on_blas`] first.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn sgemm(
+    trans: (bool, bool),
+    (m, n, k): (usize, usize, usize),
+    alpha: f32,
+    a: (&[f32], usize),
+    b: (&[f32], usize),
+    beta: f32,
+    (c, ldc): (&mut [f32], usize),
+) {
+    assert!(c.len() >= span(m, n, ldc));
+    // SAFETY: `c` is borrowed mutably and holds every element of C (checked just above).
+    unsafe { sgemm_to(trans, (m, n, k), alpha, a, b, beta, Out(c.as_mut_ptr()), ldc) }
+}
+
+/// Elements a row-major `rows × cols` matrix with leading dimension `ld` spans.
+fn span(rows: usize, cols: usize, ld: usize) -> usize {
+    if rows * cols == 0 {
+        0
+    } else {
+        (rows - 1) * ld + cols
+    }
+}
+
+/// Where a product writes C. A raw pointer, for two reasons: the tasks of one split
+/// product write disjoint blocks of the same buffer (rows, or columns, which are not
+/// contiguous), and a fresh buffer for a β = 0 product needs no zero-fill first (the
+/// BLAS writes every element of C and reads none).
+#[derive(Clone, Copy)]
+struct Out(*mut f32);
+
+// SAFETY: an `Out` is shared only by the tasks of one product, which write disjoint
+// elements of C, and the product's caller does not touch C until all of them are done.
+unsafe impl Send for Out {}
+unsafe impl Sync for Out {}
+
+impl Out {
+    /// `offset` elements further. (A method, so that closures capture the whole `Out`, which
+    /// is `Send`, not its raw field.)
+    fn at(self, offset: usize) -> Self {
+        // SAFETY: callers stay inside C's buffer (their bounds are checked by whoever made
+        // the `Out`).
+        Self(unsafe { self.0.add(offset) })
+    }
+}
+
+/// [`sgemm`] into raw `c`.
+///
+/// # Safety
+/// `c` must be valid for writes (and, when β ≠ 0, reads of initialised values) of every
+/// `C[i][j]` at `c + i·ldc + j`, and nothing else may access those elements meanwhile.
+#[allow(clippy::too_many_arguments)]
+unsafe fn sgemm_to(
     (trans_a, trans_b): (bool, bool),
     (m, n, k): (usize, usize, usize),
     alpha: f32,
     (a, lda): (&[f32], usize),
     (b, ldb): (&[f32], usize),
     beta: f32,
-    (c, ldc): (&mut [f32], usize),
+    c: Out,
+    ldc: usize,
 ) {
     let blas = blas().expect("sgemm is only called when a BLAS is loaded");
-    // Every element op(A)[i][l], op(B)[l][j], C[i][j] addressed must lie in the slices.
-    let last =
-        |rows: usize, cols: usize, ld: usize| if rows * cols == 0 { 0 } else { (rows - 1) * ld + cols };
+    // Every element op(A)[i][l], op(B)[l][j] addressed must lie in the slices.
     let (ar, ac) = if trans_a { (k, m) } else { (m, k) };
     let (br, bc) = if trans_b { (n, k) } else { (k, n) };
-    assert!(a.len() >= last(ar, ac, lda) && b.len() >= last(br, bc, ldb) && c.len() >= last(m, n, ldc));
-    // SAFETY: the bounds of all three operands were checked just above.
+    assert!(a.len() >= span(ar, ac, lda) && b.len() >= span(br, bc, ldb));
+    // SAFETY: A's and B's bounds were checked just above, C's are the caller's contract.
     unsafe {
         (blas.sgemm)(
             ROW_MAJOR,
@@ -106,7 +156,7 @@ pub(crate) fn sgemm(
             b.as_ptr(),
             ldb as c_int,
             beta,
-            c.as_mut_ptr(),
+            c.0,
             ldc as c_int,
         )
     }
@@ -274,7 +324,7 @@ fn gemm_layout(dims: &[usize], stride: &[usize]) -> Option<GemmLayout> {
 
 /// `A·B (+ bias on every row)` for operands laid out as `la`, `lb`: a new contiguous
 /// `[batch, m, cols]` buffer. Work is split over rayon's threads: whole matrices when the
-/// batch covers the threads, else blocks of rows ([`par_sgemm`]).
+/// batch covers the threads, else blocks of C ([`par_sgemm`]).
 fn gemm(
     a: &[f32],
     la: &GemmLayout,
@@ -283,56 +333,124 @@ fn gemm(
     (m, k, cols): (usize, usize, usize),
     bias: Option<&[f32]>,
 ) -> Vec<f32> {
-    let batch = la.batch();
-    let mut out = vec![0f32; batch * m * cols];
-    if m * cols == 0 {
-        return out;
+    let (batch, size) = (la.batch(), m * cols);
+    if k == 0 || size == 0 {
+        return match bias {
+            Some(bias) => bias.repeat(batch * m),
+            None => vec![0.0; batch * size],
+        };
     }
-    let beta = match bias {
-        Some(bias) => {
-            out.chunks_exact_mut(cols).for_each(|row| row.copy_from_slice(bias));
-            1.0
-        }
-        None => 0.0,
+    // The bias rows are the starting accumulator (β = 1); without one, C starts
+    // unwritten (β = 0), not zero-filled.
+    let (mut out, beta) = match bias {
+        Some(bias) => (bias.repeat(batch * m), 1.0),
+        None => (Vec::with_capacity(batch * size), 0.0),
     };
-    let one = |i: usize, c: &mut [f32], split: bool| {
+    let c = Out(out.as_mut_ptr());
+    let one = |i: usize, split: bool| {
         let a = (&a[la.offset(i)..], la.ld);
         let b = (&b[lb.offset(i)..], lb.ld);
-        let f = if split { par_sgemm } else { sgemm };
-        f((la.trans, lb.trans), (m, cols, k), 1.0, a, b, beta, (c, cols));
+        let trans = (la.trans, lb.trans);
+        // SAFETY: `out` has room for `batch` matrices of `size`; matrix i is this call's only.
+        unsafe {
+            if split {
+                par_sgemm_to(trans, (m, cols, k), 1.0, a, b, beta, c.at(i * size), cols)
+            } else {
+                sgemm_to(trans, (m, cols, k), 1.0, a, b, beta, c.at(i * size), cols)
+            }
+        }
     };
     if batch >= rayon::current_num_threads() {
-        out.par_chunks_mut(m * cols).enumerate().for_each(|(i, c)| one(i, c, false));
+        (0..batch).into_par_iter().for_each(|i| one(i, false));
     } else {
-        out.chunks_mut(m * cols).enumerate().for_each(|(i, c)| one(i, c, true));
+        (0..batch).for_each(|i| one(i, true));
     }
+    // SAFETY: every element is initialised: the bias rows, or written by a β = 0 product.
+    unsafe { out.set_len(batch * size) };
     out
 }
 
-/// [`sgemm`] with the rows of `C` split over rayon's threads, one single-threaded sgemm
-/// per block of rows.
+/// Rows (columns) per task, at least: a thread's share below this is not worth handing over.
+const MIN_PER_TASK: usize = 16;
+
+/// [`sgemm`] split over rayon's threads, one single-threaded sgemm per block of C: blocks
+/// of rows, or of columns when C has too few rows to go round (one pooled token per
+/// image, a bias gradient).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn par_sgemm(
-    (trans_a, trans_b): (bool, bool),
+    trans: (bool, bool),
     (m, n, k): (usize, usize, usize),
     alpha: f32,
-    (a, lda): (&[f32], usize),
+    a: (&[f32], usize),
     b: (&[f32], usize),
     beta: f32,
     (c, ldc): (&mut [f32], usize),
 ) {
+    assert!(c.len() >= span(m, n, ldc));
+    // SAFETY: `c` is borrowed mutably and holds every element of C (checked just above).
+    unsafe { par_sgemm_to(trans, (m, n, k), alpha, a, b, beta, Out(c.as_mut_ptr()), ldc) }
+}
+
+/// `α·op(A)·op(B)`, `m × n`, in a new row-major buffer, split as [`par_sgemm`]. The buffer
+/// is never zero-filled: with β = 0 a BLAS writes every element of C and reads none.
+pub(crate) fn product(
+    trans: (bool, bool),
+    (m, n, k): (usize, usize, usize),
+    a: (&[f32], usize),
+    b: (&[f32], usize),
+) -> Vec<f32> {
+    if k == 0 {
+        return vec![0.0; m * n];
+    }
+    let mut c = Vec::with_capacity(m * n);
+    // SAFETY: `c` has room for the m × n matrix, which the β = 0 product writes whole
+    // before `set_len` exposes it.
+    unsafe {
+        par_sgemm_to(trans, (m, n, k), 1.0, a, b, 0.0, Out(c.as_mut_ptr()), n);
+        c.set_len(m * n);
+    }
+    c
+}
+
+/// [`par_sgemm`] into raw `c`.
+///
+/// # Safety
+/// As [`sgemm_to`].
+#[allow(clippy::too_many_arguments)]
+unsafe fn par_sgemm_to(
+    (trans_a, trans_b): (bool, bool),
+    (m, n, k): (usize, usize, usize),
+    alpha: f32,
+    (a, lda): (&[f32], usize),
+    (b, ldb): (&[f32], usize),
+    beta: f32,
+    c: Out,
+    ldc: usize,
+) {
     if m * n == 0 {
         return;
     }
-    let rows_per_task = m.div_ceil(rayon::current_num_threads().max(1)).max(16);
-    let c = &mut c[..(m - 1) * ldc + n];
-    c.par_chunks_mut(rows_per_task * ldc).enumerate().for_each(|(j, c)| {
-        let row0 = j * rows_per_task;
-        let rows = rows_per_task.min(m - row0);
-        // Row `row0` of op(A): row-major → `row0 * lda`; transposed → column `row0`.
-        let a_off = if trans_a { row0 } else { row0 * lda };
-        sgemm((trans_a, trans_b), (rows, n, k), alpha, (&a[a_off..], lda), b, beta, (c, ldc));
-    });
+    let threads = rayon::current_num_threads().max(1);
+    let trans = (trans_a, trans_b);
+    if m >= threads * MIN_PER_TASK || n < threads * MIN_PER_TASK {
+        let per = m.div_ceil(threads).max(MIN_PER_TASK);
+        (0..m.div_ceil(per)).into_par_iter().for_each(|j| {
+            let (r0, rows) = (j * per, per.min(m - j * per));
+            // Row `r0` of op(A): row-major → `r0 * lda`; transposed → column `r0`.
+            let a = (&a[if trans_a { r0 } else { r0 * lda }..], lda);
+            // SAFETY: rows r0.. of C are this task's only; the caller vouches for C.
+            unsafe { sgemm_to(trans, (rows, n, k), alpha, a, (b, ldb), beta, c.at(r0 * ldc), ldc) }
+        });
+    } else {
+        let per = n.div_ceil(threads).max(MIN_PER_TASK);
+        (0..n.div_ceil(per)).into_par_iter().for_each(|j| {
+            let (c0, cols) = (j * per, per.min(n - j * per));
+            // Column `c0` of op(B): row-major → `c0`; transposed → row `c0`.
+            let b = (&b[if trans_b { c0 * ldb } else { c0 }..], ldb);
+            // SAFETY: columns c0.. of C are this task's only; the caller vouches for C.
+            unsafe { sgemm_to(trans, (m, cols, k), alpha, (a, lda), b, beta, c.at(c0), ldc) }
+        });
+    }
 }
 
 /// The f32 data of a custom op's operand and its gemm layout.
@@ -468,6 +586,69 @@ mod tests {
         assert_eq!(layout(&[4, 3], &[10, 1]), Some((false, 10)));
         // Neither dim unit-stride: needs a copy.
         assert_eq!(layout(&[4, 3], &[6, 2]), None);
+    }
+
+    /// `α·op(A)·op(B) + β·C` by the definition, in f64.
+    #[allow(clippy::too_many_arguments)]
+    fn reference(
+        (ta, tb): (bool, bool),
+        (m, n, k): (usize, usize, usize),
+        alpha: f64,
+        (a, lda): (&[f32], usize),
+        (b, ldb): (&[f32], usize),
+        beta: f64,
+        (c, ldc): (&[f32], usize),
+    ) -> Vec<f64> {
+        let at = |i: usize, l: usize| a[if ta { l * lda + i } else { i * lda + l }] as f64;
+        let bt = |l: usize, j: usize| b[if tb { j * ldb + l } else { l * ldb + j }] as f64;
+        let mut out = Vec::with_capacity(m * n);
+        for i in 0..m {
+            for j in 0..n {
+                let dot: f64 = (0..k).map(|l| at(i, l) * bt(l, j)).sum();
+                out.push(alpha * dot + if beta == 0.0 { 0.0 } else { beta * c[i * ldc + j] as f64 });
+            }
+        }
+        out
+    }
+
+    /// Products split over four threads — by rows, and by columns when C has fewer rows than
+    /// the threads need (one pooled token per image, a bias gradient) — equal the definition
+    /// for every transpose, padded leading dimensions and β = 1 onto a wider C; and
+    /// `product` (β = 0 into a buffer never zero-filled) equals it too.
+    #[test]
+    fn split_products_match_the_definition() {
+        if blas().is_none() {
+            return;
+        }
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(4).build().unwrap();
+        let values = |len: usize, seed: usize| -> Vec<f32> {
+            (0..len).map(|i| ((i * 7919 + seed * 104_729) % 2001) as f32 / 1000.0 - 1.0).collect()
+        };
+        let close = |ours: &[f32], theirs: &[f64], what: &str| {
+            let scale = theirs.iter().fold(1f64, |m, v| m.max(v.abs()));
+            let diff = ours.iter().zip(theirs).fold(0f64, |m, (o, t)| m.max((*o as f64 - t).abs()));
+            assert!(diff / scale < 1e-5, "{what}: relative difference {}", diff / scale);
+        };
+        // Row split (70 rows), column split (5 and 1 rows of 70 and 64 columns), and too few
+        // of either to split (3 × 20).
+        for (m, n, k) in [(70, 45, 13), (5, 70, 13), (1, 64, 9), (3, 20, 7)] {
+            for trans in [(false, false), (false, true), (true, false), (true, true)] {
+                let what = format!("{m}×{n}×{k}, transposes {trans:?}");
+                let (ar, ac) = if trans.0 { (k, m) } else { (m, k) };
+                let (br, bc) = if trans.1 { (n, k) } else { (k, n) };
+                let (lda, ldb, ldc) = (ac + 3, bc + 2, n + 5);
+                let (a, b) = (values(ar * lda, 1), values(br * ldb, 2));
+                let mut c = values(m * ldc, 3);
+                let expect = reference(trans, (m, n, k), 0.5, (&a, lda), (&b, ldb), 1.0, (&c, ldc));
+                pool.install(|| par_sgemm(trans, (m, n, k), 0.5, (&a, lda), (&b, ldb), 1.0, (&mut c, ldc)));
+                let rows: Vec<f32> = c.chunks(ldc).flat_map(|r| r[..n].to_vec()).collect();
+                close(&rows, &expect, &what);
+                let fresh = pool.install(|| product(trans, (m, n, k), (&a, lda), (&b, ldb)));
+                let expect = reference(trans, (m, n, k), 1.0, (&a, lda), (&b, ldb), 0.0, (&c, ldc));
+                assert_eq!(fresh.len(), m * n);
+                close(&fresh, &expect, &format!("product {what}"));
+            }
+        }
     }
 
     fn ours_shape(x: &Tensor, y: &Tensor) -> Vec<usize> {

@@ -300,7 +300,9 @@ impl Encoder {
     }
 
     pub fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> candle_core::Result<Tensor> {
-        self.layers.iter().try_fold(x.clone(), |x, layer| layer.forward(&x, mask))
+        crate::on_compute_threads(x.device(), || {
+            self.layers.iter().try_fold(x.clone(), |x, layer| layer.forward(&x, mask))
+        })
     }
 
     /// The output at one position per sequence, `[B, C]` (`positions[b]` for sequence b):
@@ -321,15 +323,19 @@ impl Encoder {
         let Some((last, first)) = self.layers.split_last() else {
             return x.reshape((b * t, c))?.index_select(&rows, 0);
         };
-        let x = first.iter().try_fold(x.clone(), |x, layer| layer.forward(&x, mask))?;
-        let mask = match mask {
+        let last_mask = match mask {
             Some(m) => {
                 let at = Tensor::from_vec(positions.iter().map(|&p| p as u32).collect(), b, x.device())?;
                 Some(m.index_select(&at, 0)?)
             }
             None => None,
         };
-        profile::time("last block (pooled position only)", &x, || last.forward_at(&x, &rows, mask.as_ref()))
+        crate::on_compute_threads(x.device(), || {
+            let x = first.iter().try_fold(x.clone(), |x, layer| layer.forward(&x, mask))?;
+            profile::time("last block (pooled position only)", &x, || {
+                last.forward_at(&x, &rows, last_mask.as_ref())
+            })
+        })
     }
 }
 

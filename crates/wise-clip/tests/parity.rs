@@ -244,3 +244,37 @@ fn fresh_model_is_reproducible_and_trainable() {
     let grads = wise_clip::backward(&loss).unwrap();
     assert!(a.params.values().all(|v| grads.get(v).is_some()));
 }
+
+/// `backward` runs on rayon's threads, and a thread waiting inside one backward may run
+/// another thread's whole backward meanwhile: each must still get exactly its own
+/// model's gradients (they once lost the blocks' gradients to each other).
+#[test]
+fn concurrent_backward_passes_keep_their_own_gradients() {
+    let config = ModelSource::local(&fixture("clip-tiny-quickgelu")).unwrap().config;
+    let exp = expected("clip-tiny-quickgelu");
+    let gradients = |seed: u64| {
+        let model = ClipModel::fresh(&config, seed, &Device::Cpu).unwrap();
+        let loss = model.contrastive_loss(&ids(&exp), &exp["pixel_values"]).unwrap();
+        let grads = wise_clip::backward(&loss).unwrap();
+        let mut out = Vec::new();
+        for (name, v) in &model.params {
+            let g = grads.get(v).unwrap_or_else(|| panic!("seed {seed}: no gradient for {name}"));
+            out.push((name.clone(), g.flatten_all().unwrap().to_vec1::<f32>().unwrap()));
+        }
+        out
+    };
+    let alone: Vec<_> = (0..6).map(gradients).collect();
+    let together: Vec<_> = std::thread::scope(|s| {
+        let runs: Vec<_> =
+            (0..6).map(|seed| s.spawn(move || (0..4).map(|_| gradients(seed)).collect::<Vec<_>>())).collect();
+        runs.into_iter().map(|r| r.join().unwrap()).collect()
+    });
+    for (seed, (alone, repeats)) in alone.iter().zip(&together).enumerate() {
+        for run in repeats {
+            for ((name, a), (_, b)) in alone.iter().zip(run) {
+                let diff = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+                assert!(diff <= 1e-6, "seed {seed}, {name}: gradients differ by {diff}");
+            }
+        }
+    }
+}

@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 
 use candle_core::backprop::GradStore;
-use candle_core::{Tensor, Var};
+use candle_core::{Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
 use crate::{adamw_cpu, Result};
@@ -50,6 +50,17 @@ impl AdamW {
     /// the gradients multiplied by `grad_scale` first (gradient clipping's
     /// [`clip_scale`], or 1).
     pub fn step(
+        &mut self,
+        params: &BTreeMap<String, Var>,
+        grads: &GradStore,
+        lr: f64,
+        grad_scale: f64,
+    ) -> Result<()> {
+        wise_clip::on_compute_threads(&device_of(params), || self.step_here(params, grads, lr, grad_scale))
+    }
+
+    /// [`AdamW::step`] on the calling thread.
+    fn step_here(
         &mut self,
         params: &BTreeMap<String, Var>,
         grads: &GradStore,
@@ -103,6 +114,15 @@ pub fn is_no_decay(name: &str) -> bool {
 
 /// The global L2 norm of the gradients of `params` (`clip_grad_norm_`'s total norm).
 pub fn grad_norm(params: &BTreeMap<String, Var>, grads: &GradStore) -> Result<f64> {
+    wise_clip::on_compute_threads(&device_of(params), || grad_norm_here(params, grads))
+}
+
+/// Where the parameters live (the CPU when there are none).
+fn device_of(params: &BTreeMap<String, Var>) -> Device {
+    params.values().next().map_or(Device::Cpu, |v| v.device().clone())
+}
+
+fn grad_norm_here(params: &BTreeMap<String, Var>, grads: &GradStore) -> Result<f64> {
     let mut total = 0f64;
     // On a GPU the per-tensor sums stay there, and one copy to the host ends it: a
     // `to_scalar` per tensor would wait for the device ~200 times a step.
