@@ -101,17 +101,18 @@ fn main() -> ExitCode {
 /// fault-free; memory stays at the peak of one step, which it reaches anyway.
 ///
 /// The model runs on rayon's threads (`wise_clip::on_compute_threads`), and glibc gives
-/// each thread its own arena: heaps of at most 64 MiB that are unmapped whole as soon as
-/// they are empty, whatever the trim threshold, so tensors of tens of MB allocated there
-/// page-fault in again on every step (~50k faults and TLB shootdowns per ViT-B/32
-/// training step, 5 % of it). One arena for all threads keeps them in the heap above;
-/// the few large allocations per step hardly contend for its lock.
+/// those threads their own arenas: heaps of at most 64 MiB, each unmapped as soon as it is
+/// empty whatever the trim threshold, so tensors of tens of MB allocated there page-fault
+/// in again on every step (~50k faults and TLB shootdowns per ViT-B/32 training step, 5 %
+/// of it). glibc keeps an empty heap when the top pad is at least a heap's size, so the top
+/// pad is 64 MiB (address space only: pages are touched when used). One arena for all
+/// threads would do it too, but costs the parallel image decoding 10 % in lock contention.
 fn keep_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
         const M_TRIM_THRESHOLD: std::ffi::c_int = -1;
         const M_MMAP_THRESHOLD: std::ffi::c_int = -3;
-        const M_ARENA_MAX: std::ffi::c_int = -8;
+        const M_TOP_PAD: std::ffi::c_int = -2;
         extern "C" {
             fn mallopt(param: std::ffi::c_int, value: std::ffi::c_int) -> std::ffi::c_int;
         }
@@ -119,7 +120,7 @@ fn keep_freed_memory() {
         unsafe {
             mallopt(M_MMAP_THRESHOLD, 32 << 20);
             mallopt(M_TRIM_THRESHOLD, i32::MAX);
-            mallopt(M_ARENA_MAX, 1);
+            mallopt(M_TOP_PAD, 64 << 20);
         }
     }
 }

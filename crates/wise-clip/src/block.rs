@@ -73,11 +73,11 @@ fn with_inference_flag<T>(on: bool, f: impl FnOnce() -> T) -> T {
 /// once each (candle's `Device::with_context` does the same with a private pool; this is
 /// rayon's global one, which the data loader shares, so the cores are not oversubscribed).
 ///
-/// The tensors are then allocated on rayon's threads, and glibc gives each thread its own
-/// malloc arena, whose heaps go back to the kernel as soon as they are empty: a program
-/// that trains on CPU should run with one arena (`MALLOC_ARENA_MAX=1`, or
-/// `mallopt(M_ARENA_MAX, 1)` as the `wise` binary does). Both together make a ViT-B/32
-/// training step ~5 % faster (BENCHMARKS.md).
+/// The tensors are then allocated on rayon's threads, whose glibc malloc arenas hand each
+/// heap back to the kernel as soon as it is empty: a program that trains on CPU should
+/// keep them with a top pad of a heap's size (`MALLOC_TOP_PAD_=67108864`, or
+/// `mallopt(M_TOP_PAD, 64 << 20)` as the `wise` binary does). Both together make a
+/// ViT-B/32 training step ~5 % faster (BENCHMARKS.md).
 pub fn on_compute_threads<R: Send>(device: &Device, f: impl FnOnce() -> R + Send) -> R {
     if !device.is_cpu() || rayon::current_thread_index().is_some() {
         return f();
