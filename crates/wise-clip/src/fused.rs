@@ -43,6 +43,20 @@ fn cuda_kernels_on() -> bool {
     *ON.get_or_init(|| std::env::var("WISE_CUDA_FUSED").map_or(true, |v| v != "off" && v != "0"))
 }
 
+/// AdamW's one-pass update of f32 CUDA storages in place (fused.cu `adamw_f32`), for
+/// `wise_train`'s optimizer, which lends them from inside candle's in-place ops.
+/// `constants`: β₁, β₂, ε, 1 − lr·wd, lr/(1 − β₁ᵗ), √(1 − β₂ᵗ), and the gradient's scale.
+#[cfg(feature = "cuda")]
+pub fn adamw_cuda(
+    theta: (&mut CudaStorage, &Layout),
+    m: (&mut CudaStorage, &Layout),
+    v: (&mut CudaStorage, &Layout),
+    g: (&CudaStorage, &Layout),
+    constants: [f32; 7],
+) -> candle_core::Result<()> {
+    crate::fused_cuda::adamw(theta, m, v, g, constants)
+}
+
 /// [`applies`], and the row fits the CUDA LayerNorm backward (every CLIP's does).
 pub fn applies_to_layer_norm(x: &Tensor) -> bool {
     #[cfg(feature = "cuda")]

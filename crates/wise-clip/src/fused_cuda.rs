@@ -7,10 +7,11 @@
 //! are memory-bound passes over the largest activations of a block. The custom ops in
 //! `fused.rs` call the functions here from their `cuda_fwd`. LayerNorm reads the f32 master
 //! weight and bias as they are and returns its backward as one f32 `[rows + 2, d]`
-//! tensor (dx's rows, dw, db), as on the CPU.
+//! tensor (dx's rows, dw, db), as on the CPU. [`adamw`] is wise-train's optimizer step in
+//! one pass.
 
 use candle_core::cuda_backend::cudarc::driver::{
-    CudaSlice, CudaView, DeviceRepr, LaunchConfig, PushKernelArg,
+    CudaSlice, CudaView, CudaViewMut, DeviceRepr, LaunchConfig, PushKernelArg,
 };
 use candle_core::cuda_backend::{CudaDevice, CudaStorageSlice, WrapErr};
 use candle_core::{CudaStorage, Layout, Result, Shape};
@@ -73,6 +74,47 @@ fn f32_view<'a>(s: &'a CudaStorage, l: &Layout, what: &str) -> Result<CudaView<'
         CudaStorageSlice::F32(w) => view(w, l, what),
         _ => candle_core::bail!("{what}: f32 weights expected"),
     }
+}
+
+fn f32_view_mut<'a>(s: &'a mut CudaStorage, l: &Layout, what: &str) -> Result<CudaViewMut<'a, f32>> {
+    match (&mut s.slice, l.contiguous_offsets()) {
+        (CudaStorageSlice::F32(w), Some((start, end))) => Ok(w.slice_mut(start..end)),
+        _ => candle_core::bail!("{what}: contiguous f32 expected"),
+    }
+}
+
+/// AdamW's update in place (fused.cu `adamw_f32`) of weights `theta` and moments `m`, `v`
+/// from the gradient `g`, all f32, contiguous and of one length. `c`: β₁, β₂, ε,
+/// 1 − lr·wd, lr/(1 − β₁ᵗ), √(1 − β₂ᵗ), and the gradient's scale.
+pub(crate) fn adamw(
+    (theta, lt): (&mut CudaStorage, &Layout),
+    (m, lm): (&mut CudaStorage, &Layout),
+    (v, lv): (&mut CudaStorage, &Layout),
+    (g, lg): (&CudaStorage, &Layout),
+    c: [f32; 7],
+) -> Result<()> {
+    let n = lt.shape().elem_count();
+    if [lm, lv, lg].iter().any(|l| l.shape().elem_count() != n) {
+        candle_core::bail!("adamw: weights, moments and gradient differ in length");
+    }
+    let dev = theta.device.clone();
+    let func = kernel!(dev, "adamw", "f32")?;
+    let mut theta = f32_view_mut(theta, lt, "adamw weights")?;
+    let mut m = f32_view_mut(m, lm, "adamw first moment")?;
+    let mut v = f32_view_mut(v, lv, "adamw second moment")?;
+    let g = f32_view(g, lg, "adamw gradient")?;
+    let mut args = func.builder();
+    args.arg(&mut theta);
+    args.arg(&mut m);
+    args.arg(&mut v);
+    args.arg(&g);
+    args.arg(&n);
+    for x in &c {
+        args.arg(x);
+    }
+    // SAFETY: the arguments match the kernel's signature (fused.cu); the lengths were checked.
+    unsafe { args.launch(launch_config(n.div_ceil(THREADS as usize).min(1 << 16))) }.w()?;
+    Ok(())
 }
 
 fn storage(slice: CudaStorageSlice, dev: &CudaDevice) -> CudaStorage {

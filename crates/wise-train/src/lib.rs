@@ -15,11 +15,11 @@
 //!   head rebuilt from the text tower; [`contrastive`]: CLIP's objective, shared with
 //!   [`pretrain`] (contrastive training from scratch).
 
-pub mod adamw_cpu;
 pub mod config;
 pub mod contrastive;
 pub mod features;
 pub mod flyp;
+pub mod fused_adamw;
 pub mod loss;
 pub mod optim;
 pub mod pretrain;

@@ -10,7 +10,7 @@ use candle_core::backprop::GradStore;
 use candle_core::{Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
-use crate::{adamw_cpu, Result};
+use crate::{fused_adamw, Result};
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct AdamWConfig {
@@ -77,8 +77,8 @@ impl AdamW {
             let g = g.to_dtype(candle_core::DType::F32)?;
             let decay = if self.no_decay.contains(name) { 0.0 } else { c.weight_decay };
             let (m, v) = (&self.m[name], &self.v[name]);
-            if adamw_cpu::applies(&[var.as_tensor(), &g, m, v]) {
-                let u = adamw_cpu::Update {
+            if fused_adamw::applies(&[var.as_tensor(), &g, m, v]) {
+                let u = fused_adamw::Update {
                     beta1: c.beta1,
                     beta2: c.beta2,
                     eps: c.eps,
@@ -87,7 +87,7 @@ impl AdamW {
                     bias2_sqrt,
                     grad_scale,
                 };
-                adamw_cpu::update(var.as_tensor(), m, v, &g, u)?;
+                fused_adamw::update(var.as_tensor(), m, v, &g, u)?;
                 continue;
             }
             let g = if grad_scale == 1.0 { g } else { (g * grad_scale)? };
@@ -129,8 +129,8 @@ fn grad_norm_here(params: &BTreeMap<String, Var>, grads: &GradStore) -> Result<f
     let mut on_device: Option<Tensor> = None;
     for var in params.values() {
         let Some(g) = grads.get(var) else { continue };
-        if adamw_cpu::applies(&[g]) {
-            total += adamw_cpu::sum_of_squares(g)?;
+        if g.device().is_cpu() && fused_adamw::applies(&[g]) {
+            total += fused_adamw::sum_of_squares(g)?;
         } else {
             let s = g.to_dtype(candle_core::DType::F32)?.sqr()?.sum_all()?;
             on_device = Some(match on_device {

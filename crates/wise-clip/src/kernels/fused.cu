@@ -1,6 +1,7 @@
 // CUDA versions of the fused kernels in fused.rs: QuickGELU, LayerNorm and softmax, each
-// with its backward, for f32 and bf16 activations. Compiled to PTX by build.rs when the
-// `cuda` feature is on, loaded by fused_cuda.rs.
+// with its backward, for f32 and bf16 activations; and AdamW's one-pass update (f32), which
+// wise-train's optimizer calls through `wise_clip::fused::adamw_cuda`. Compiled to PTX by
+// build.rs when the `cuda` feature is on, loaded by fused_cuda.rs.
 //
 // Statistics and arithmetic are in f32 whatever the activations' dtype (as PyTorch autocast
 // does); LayerNorm's weight and bias are the f32 master weights, read as they are.
@@ -169,6 +170,26 @@ __device__ void softmax_bwd(const T *y, const T *g, T *dx, int rows, int cols) {
     for (int i = lane; i < cols; i += 32) dot += to_f32(gr[i]) * to_f32(yr[i]);
     dot = warp_sum(dot);
     for (int i = lane; i < cols; i += 32) dxr[i] = from_f32<T>(to_f32(yr[i]) * (to_f32(gr[i]) - dot));
+}
+
+// ---- AdamW: one in-place pass over f32 weights and moments ------------------------------
+// wise-train's optimizer step (PyTorch's order, the arithmetic of its CPU loop):
+//   g ← s·g;  m ← β₁m + (1−β₁)g;  v ← β₂v + (1−β₂)g²;  θ ← θ·decay − m / (√v / bias2 + ε) · step
+// with decay = 1 − lr·wd, step = lr / (1 − β₁ᵗ), bias2 = √(1 − β₂ᵗ), s gradient clipping's scale.
+// Op by op this is ~14 kernels per parameter tensor, each writing a temporary of its size.
+
+extern "C" __global__ void adamw_f32(float *theta, float *m, float *v, const float *g, size_t n,
+                                     float beta1, float beta2, float eps, float decay, float step,
+                                     float bias2, float scale) {
+    const float take1 = 1.0f - beta1, take2 = 1.0f - beta2;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        const float gi = scale == 1.0f ? g[i] : g[i] * scale;
+        const float mi = m[i] * beta1 + gi * take1;
+        const float vi = v[i] * beta2 + gi * gi * take2;
+        m[i] = mi;
+        v[i] = vi;
+        theta[i] = theta[i] * decay - mi / (sqrtf(vi) / bias2 + eps) * step;
+    }
 }
 
 // ---- entry points, one per dtype ---------------------------------------------------------

@@ -197,6 +197,37 @@ void check_quick_gelu(const char *suffix, size_t n, double tol, void (*fwd)(cons
     check(what, dx, dx_ref, tol);
 }
 
+// Two AdamW steps (the first with clipping's scale, the second without) on random weights
+// and moments, against the formulas in double: weights and both moments after each.
+void check_adamw(size_t n) {
+    std::vector<float> theta = random_values<float>(n, 0.0f, 1.0f), m = random_values<float>(n, 0.0f, 0.1f);
+    std::vector<float> v = random_values<float>(n, 0.0f, 0.1f);
+    for (float &x : v) x = x * x;  // a second moment is never negative
+    std::vector<double> t_ref(theta.begin(), theta.end()), m_ref(m.begin(), m.end()), v_ref(v.begin(), v.end());
+    const double beta1 = 0.9, beta2 = 0.999, eps = 1e-8, lr = 1e-3, wd = 0.1;
+    for (int step = 1; step <= 2; ++step) {
+        const double scale = step == 1 ? 0.25 : 1.0, decay = 1 - lr * wd;
+        const double step_size = lr / (1 - pow(beta1, step)), bias2 = sqrt(1 - pow(beta2, step));
+        std::vector<float> g = random_values<float>(n, 0.0f, 1.0f);
+        for (size_t i = 0; i < n; ++i) {
+            const double gi = g[i] * scale;
+            m_ref[i] = m_ref[i] * beta1 + gi * (1 - beta1);
+            v_ref[i] = v_ref[i] * beta2 + gi * gi * (1 - beta2);
+            t_ref[i] = t_ref[i] * decay - m_ref[i] / (sqrt(v_ref[i]) / bias2 + eps) * step_size;
+        }
+        launch(3, 64, [&] {  // 192 threads stride over n: several passes
+            adamw_f32(theta.data(), m.data(), v.data(), g.data(), n, beta1, beta2, eps, decay, step_size, bias2, scale);
+        });
+        char what[96];
+        snprintf(what, sizeof what, "adamw_f32 step %d weights n=%zu", step, n);
+        check(what, theta, t_ref, 1e-5);
+        snprintf(what, sizeof what, "adamw_f32 step %d first moment n=%zu", step, n);
+        check(what, m, m_ref, 1e-5);
+        snprintf(what, sizeof what, "adamw_f32 step %d second moment n=%zu", step, n);
+        check(what, v, v_ref, 1e-5);
+    }
+}
+
 int main() {
     // Widths below, at and above the block (256 threads), up to 5 columns per thread; row
     // counts that leave the last block of LN_ROWS_PER_BLOCK rows partly empty.
@@ -212,6 +243,7 @@ int main() {
     }
     check_quick_gelu<float>("f32", 1000, 1e-5, quick_gelu_fwd_f32, quick_gelu_bwd_f32);
     check_quick_gelu<__nv_bfloat16>("bf16", 1000, 1e-2, quick_gelu_fwd_bf16, quick_gelu_bwd_bf16);
+    check_adamw(1000);
     printf("%d failed\n", failures);
     return failures == 0 ? 0 : 1;
 }
