@@ -57,6 +57,13 @@ pub fn adamw_cuda(
     crate::fused_cuda::adamw(theta, m, v, g, constants)
 }
 
+/// Σx² over all values of contiguous f32 tensors on one CUDA device (the gradient norm of
+/// `wise_train`): one kernel per tensor into one device scalar, one copy to the host.
+#[cfg(feature = "cuda")]
+pub fn sum_of_squares_cuda(ts: &[&Tensor]) -> candle_core::Result<f64> {
+    crate::fused_cuda::sum_of_squares(ts)
+}
+
 /// [`applies`], and the row fits the CUDA LayerNorm backward (every CLIP's does).
 pub fn applies_to_layer_norm(x: &Tensor) -> bool {
     #[cfg(feature = "cuda")]

@@ -8,13 +8,13 @@
 //! `fused.rs` call the functions here from their `cuda_fwd`. LayerNorm reads the f32 master
 //! weight and bias as they are and returns its backward as one f32 `[rows + 2, d]`
 //! tensor (dx's rows, dw, db), as on the CPU. [`adamw`] is wise-train's optimizer step in
-//! one pass.
+//! one pass, [`sum_of_squares`] its gradient norm.
 
 use candle_core::cuda_backend::cudarc::driver::{
     CudaSlice, CudaView, CudaViewMut, DeviceRepr, LaunchConfig, PushKernelArg,
 };
 use candle_core::cuda_backend::{CudaDevice, CudaStorageSlice, WrapErr};
-use candle_core::{CudaStorage, Layout, Result, Shape};
+use candle_core::{CudaStorage, Device, Layout, Result, Shape, Storage, Tensor};
 
 const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/fused.ptx"));
 const MODULE: &str = "wise_fused";
@@ -115,6 +115,30 @@ pub(crate) fn adamw(
     // SAFETY: the arguments match the kernel's signature (fused.cu); the lengths were checked.
     unsafe { args.launch(launch_config(n.div_ceil(THREADS as usize).min(1 << 16))) }.w()?;
     Ok(())
+}
+
+/// Σx² over all values of f32 tensors on one CUDA device: a kernel per tensor adding its
+/// block sums into one device scalar (no temporaries), read back once.
+pub(crate) fn sum_of_squares(ts: &[&Tensor]) -> Result<f64> {
+    let Some(first) = ts.first() else { return Ok(0.0) };
+    let Device::Cuda(dev) = first.device() else {
+        candle_core::bail!("sum of squares: CUDA tensors expected")
+    };
+    let func = kernel!(dev, "sum_squares", "f32")?;
+    let acc = dev.alloc_zeros::<f32>(1)?;
+    for t in ts {
+        let (storage, layout) = t.storage_and_layout();
+        let Storage::Cuda(s) = &*storage else { candle_core::bail!("sum of squares: CUDA tensors expected") };
+        let x = f32_view(s, layout, "sum of squares")?;
+        let n = layout.shape().elem_count();
+        let mut args = func.builder();
+        args.arg(&x);
+        args.arg(&n);
+        args.arg(&acc);
+        // SAFETY: the arguments match the kernel's signature (fused.cu).
+        unsafe { args.launch(launch_config(n.div_ceil(THREADS as usize).min(1024))) }.w()?;
+    }
+    Ok(dev.clone_dtoh(&acc)?[0] as f64)
 }
 
 fn storage(slice: CudaStorageSlice, dev: &CudaDevice) -> CudaStorage {

@@ -18,9 +18,15 @@ use rayon::prelude::*;
 use wise_clip::fused::f32_slice;
 
 /// Whether the in-place update applies: f32 and contiguous, on the CPU, or on CUDA with
-/// wise's fused kernels (`wise_clip::fused::applies`: built with `cuda`, not switched off).
+/// wise's fused kernels (`wise_clip::fused::applies`: built with `cuda`, not switched off;
+/// and this crate built with `cuda` too).
 pub fn applies(ts: &[&Tensor]) -> bool {
-    ts.iter().all(|t| t.dtype() == DType::F32 && t.is_contiguous() && wise_clip::fused::applies(t))
+    ts.iter().all(|t| {
+        t.dtype() == DType::F32
+            && t.is_contiguous()
+            && wise_clip::fused::applies(t)
+            && (t.device().is_cpu() || cfg!(feature = "cuda"))
+    })
 }
 
 /// The step's constants, as the tensor version computes them.

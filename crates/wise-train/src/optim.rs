@@ -125,22 +125,35 @@ fn device_of(params: &BTreeMap<String, Var>) -> Device {
 fn grad_norm_here(params: &BTreeMap<String, Var>, grads: &GradStore) -> Result<f64> {
     let mut total = 0f64;
     // On a GPU the per-tensor sums stay there, and one copy to the host ends it: a
-    // `to_scalar` per tensor would wait for the device ~200 times a step.
+    // `to_scalar` per tensor would wait for the device ~200 times a step. With wise's CUDA
+    // kernels it is one kernel per tensor into one scalar; op by op, a squared temporary
+    // and a sum per tensor.
     let mut on_device: Option<Tensor> = None;
+    #[cfg(feature = "cuda")]
+    let mut fused_on_cuda: Vec<&Tensor> = Vec::new();
     for var in params.values() {
         let Some(g) = grads.get(var) else { continue };
         if g.device().is_cpu() && fused_adamw::applies(&[g]) {
             total += fused_adamw::sum_of_squares(g)?;
-        } else {
-            let s = g.to_dtype(candle_core::DType::F32)?.sqr()?.sum_all()?;
-            on_device = Some(match on_device {
-                Some(sum) => (sum + s)?,
-                None => s,
-            });
+            continue;
         }
+        #[cfg(feature = "cuda")]
+        if fused_adamw::applies(&[g]) {
+            fused_on_cuda.push(g);
+            continue;
+        }
+        let s = g.to_dtype(candle_core::DType::F32)?.sqr()?.sum_all()?;
+        on_device = Some(match on_device {
+            Some(sum) => (sum + s)?,
+            None => s,
+        });
     }
     if let Some(sum) = on_device {
         total += sum.to_scalar::<f32>()? as f64;
+    }
+    #[cfg(feature = "cuda")]
+    if !fused_on_cuda.is_empty() {
+        total += wise_clip::fused::sum_of_squares_cuda(&fused_on_cuda)?;
     }
     Ok(total.sqrt())
 }

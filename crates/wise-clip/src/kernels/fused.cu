@@ -1,6 +1,6 @@
 // CUDA versions of the fused kernels in fused.rs: QuickGELU, LayerNorm and softmax, each
-// with its backward, for f32 and bf16 activations; and AdamW's one-pass update (f32), which
-// wise-train's optimizer calls through `wise_clip::fused::adamw_cuda`. Compiled to PTX by
+// with its backward, for f32 and bf16 activations; and for wise-train's optimizer (through
+// `wise_clip::fused`), AdamW's one-pass update and the gradients' sum of squares (f32). Compiled to PTX by
 // build.rs when the `cuda` feature is on, loaded by fused_cuda.rs.
 //
 // Statistics and arithmetic are in f32 whatever the activations' dtype (as PyTorch autocast
@@ -190,6 +190,17 @@ extern "C" __global__ void adamw_f32(float *theta, float *m, float *v, const flo
         v[i] = vi;
         theta[i] = theta[i] * decay - mi / (sqrtf(vi) / bias2 + eps) * step;
     }
+}
+
+// ---- Sum of squares (the gradient norm): each block's sum added atomically to *acc -------
+
+extern "C" __global__ void sum_squares_f32(const float *x, size_t n, float *acc) {
+    __shared__ float shared[32];
+    float s = 0.0f;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+        s += x[i] * x[i];
+    s = block_sum(s, shared);
+    if (threadIdx.x == 0) atomicAdd(acc, s);
 }
 
 // ---- entry points, one per dtype ---------------------------------------------------------

@@ -228,6 +228,19 @@ void check_adamw(size_t n) {
     }
 }
 
+// The sum of squares of several arrays into one accumulator, as the gradient norm calls it:
+// lengths below, at and far above one block's 256 threads.
+void check_sum_squares() {
+    float acc = 0.0f;
+    double want = 0.0;
+    for (size_t n : {100, 256, 5000}) {
+        std::vector<float> x = random_values<float>(n, 0.5f, 1.0f);
+        for (float v : x) want += double(v) * v;
+        launch(4, 256, [&] { sum_squares_f32(x.data(), n, &acc); });
+    }
+    check("sum_squares_f32 of 3 arrays", std::vector<float>{acc}, std::vector<double>{want}, 1e-5);
+}
+
 int main() {
     // Widths below, at and above the block (256 threads), up to 5 columns per thread; row
     // counts that leave the last block of LN_ROWS_PER_BLOCK rows partly empty.
@@ -244,6 +257,7 @@ int main() {
     check_quick_gelu<float>("f32", 1000, 1e-5, quick_gelu_fwd_f32, quick_gelu_bwd_f32);
     check_quick_gelu<__nv_bfloat16>("bf16", 1000, 1e-2, quick_gelu_fwd_bf16, quick_gelu_bwd_bf16);
     check_adamw(1000);
+    check_sum_squares();
     printf("%d failed\n", failures);
     return failures == 0 ? 0 : 1;
 }
