@@ -221,8 +221,9 @@ benchmarks() {
     done
 
     echo "== where wise's GPU time goes (WISE_PROFILE=1: every part waits for the GPU), as built,"
-    echo "   and without each of session 4's GPU changes: the fused CUDA kernels"
-    echo "   (WISE_CUDA_FUSED=off), the memory pool and event settings (WISE_CUDA_ALLOCATOR=candle)"
+    echo "   and without each GPU change of sessions 4-5: the fused CUDA kernels (LayerNorm, softmax,"
+    echo "   QuickGELU, AdamW, gradient norm; WISE_CUDA_FUSED=off), the memory pool and event"
+    echo "   settings (WISE_CUDA_ALLOCATOR=candle)"
     : > "$out/profile.jsonl"
     local variant fused allocator
     for variant in default fused=off allocator=candle; do
