@@ -465,6 +465,14 @@ mod tests {
                 assert_eq!(inferred.flatten_all()?.to_vec1::<f32>()?, fused_values);
                 let g = backward(&(inferred * &probe)?.sum_all()?)?;
                 assert!(g.get(&x).is_none() && g.get(&layer.mlp.fc1.weight).is_none(), "{what}");
+                // Through an encoder the blocks run on rayon's threads (`on_compute_threads`):
+                // this thread's inference mode must go with them.
+                assert!(rayon::current_thread_index().is_none(), "the test runs outside the pool");
+                let encoder = crate::nn::Encoder { layers: vec![layer.clone()] };
+                let inferred = inference_mode(|| encoder.forward(&x, mask))?;
+                assert_eq!(inferred.flatten_all()?.to_vec1::<f32>()?, fused_values);
+                let g = backward(&(inferred * &probe)?.sum_all()?)?;
+                assert!(g.get(&x).is_none() && g.get(&layer.mlp.fc1.weight).is_none(), "{what}: on the pool");
             }
         }
         Ok(())
