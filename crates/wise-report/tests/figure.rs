@@ -76,7 +76,10 @@ fn png_figure_is_a_real_picture() {
     let dir = tempfile::tempdir().unwrap();
     let alphas: Vec<f64> = (0..=10).map(|i| i as f64 / 10.0).collect();
     let results = read_results(&write(dir.path(), "results.jsonl", &paper_like(&alphas))).unwrap();
-    let out = out_dir().join("figure1.png");
+    // A directory of its own: the other tests write their figures (and their temporary
+    // files) beside each other at the same time, and the check below counts those.
+    let out = out_dir().join("png-figure").join("figure1.png");
+    std::fs::create_dir_all(out.parent().unwrap()).unwrap();
     let sel = plot(&results, "ImageNet", None, &out).unwrap();
     assert_eq!(sel.sweep.len(), 11);
     assert_eq!(sel.others.len(), 4);
