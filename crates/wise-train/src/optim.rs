@@ -56,52 +56,43 @@ impl AdamW {
         lr: f64,
         grad_scale: f64,
     ) -> Result<()> {
-        wise_clip::on_compute_threads(&device_of(params), || self.step_here(params, grads, lr, grad_scale))
-    }
-
-    /// [`AdamW::step`] on the calling thread.
-    fn step_here(
-        &mut self,
-        params: &BTreeMap<String, Var>,
-        grads: &GradStore,
-        lr: f64,
-        grad_scale: f64,
-    ) -> Result<()> {
-        self.step += 1;
-        let c = self.config;
-        let t = self.step as i32;
-        let bias1 = 1.0 - c.beta1.powi(t);
-        let bias2_sqrt = (1.0 - c.beta2.powi(t)).sqrt();
-        for (name, var) in params {
-            let Some(g) = grads.get(var) else { continue };
-            let g = g.to_dtype(candle_core::DType::F32)?;
-            let decay = if self.no_decay.contains(name) { 0.0 } else { c.weight_decay };
-            let (m, v) = (&self.m[name], &self.v[name]);
-            if fused_adamw::applies(&[var.as_tensor(), &g, m, v]) {
-                let u = fused_adamw::Update {
-                    beta1: c.beta1,
-                    beta2: c.beta2,
-                    eps: c.eps,
-                    decay: 1.0 - lr * decay,
-                    step_size: lr / bias1,
-                    bias2_sqrt,
-                    grad_scale,
-                };
-                fused_adamw::update(var.as_tensor(), m, v, &g, u)?;
-                continue;
+        wise_clip::on_compute_threads(&device_of(params), || {
+            self.step += 1;
+            let c = self.config;
+            let t = self.step as i32;
+            let bias1 = 1.0 - c.beta1.powi(t);
+            let bias2_sqrt = (1.0 - c.beta2.powi(t)).sqrt();
+            for (name, var) in params {
+                let Some(g) = grads.get(var) else { continue };
+                let g = g.to_dtype(candle_core::DType::F32)?;
+                let decay = if self.no_decay.contains(name) { 0.0 } else { c.weight_decay };
+                let (m, v) = (&self.m[name], &self.v[name]);
+                if fused_adamw::applies(&[var.as_tensor(), &g, m, v]) {
+                    let u = fused_adamw::Update {
+                        beta1: c.beta1,
+                        beta2: c.beta2,
+                        eps: c.eps,
+                        decay: 1.0 - lr * decay,
+                        step_size: lr / bias1,
+                        bias2_sqrt,
+                        grad_scale,
+                    };
+                    fused_adamw::update(var.as_tensor(), m, v, &g, u)?;
+                    continue;
+                }
+                let g = if grad_scale == 1.0 { g } else { (g * grad_scale)? };
+                let m = ((m * c.beta1)? + (&g * (1.0 - c.beta1))?)?;
+                let v = ((v * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?;
+                // PyTorch order: decay the weights, then the Adam step with bias corrections.
+                let theta = (var.as_tensor() * (1.0 - lr * decay))?;
+                let denom = ((v.sqrt()? / bias2_sqrt)? + c.eps)?;
+                let update = ((&m / denom)? * (lr / bias1))?;
+                var.set(&(theta - update)?)?;
+                self.m.insert(name.clone(), m);
+                self.v.insert(name.clone(), v);
             }
-            let g = if grad_scale == 1.0 { g } else { (g * grad_scale)? };
-            let m = ((m * c.beta1)? + (&g * (1.0 - c.beta1))?)?;
-            let v = ((v * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?;
-            // PyTorch order: decay the weights, then the Adam step with bias corrections.
-            let theta = (var.as_tensor() * (1.0 - lr * decay))?;
-            let denom = ((v.sqrt()? / bias2_sqrt)? + c.eps)?;
-            let update = ((&m / denom)? * (lr / bias1))?;
-            var.set(&(theta - update)?)?;
-            self.m.insert(name.clone(), m);
-            self.v.insert(name.clone(), v);
-        }
-        Ok(())
+            Ok(())
+        })
     }
 }
 
@@ -112,50 +103,48 @@ pub fn is_no_decay(name: &str) -> bool {
     name.ends_with(".bias") || name.contains("norm") || name.contains("embedding") || name == "logit_scale"
 }
 
-/// The global L2 norm of the gradients of `params` (`clip_grad_norm_`'s total norm).
-pub fn grad_norm(params: &BTreeMap<String, Var>, grads: &GradStore) -> Result<f64> {
-    wise_clip::on_compute_threads(&device_of(params), || grad_norm_here(params, grads))
-}
-
 /// Where the parameters live (the CPU when there are none).
 fn device_of(params: &BTreeMap<String, Var>) -> Device {
     params.values().next().map_or(Device::Cpu, |v| v.device().clone())
 }
 
-fn grad_norm_here(params: &BTreeMap<String, Var>, grads: &GradStore) -> Result<f64> {
-    let mut total = 0f64;
-    // On a GPU the per-tensor sums stay there, and one copy to the host ends it: a
-    // `to_scalar` per tensor would wait for the device ~200 times a step. With wise's CUDA
-    // kernels it is one kernel per tensor into one scalar; op by op, a squared temporary
-    // and a sum per tensor.
-    let mut on_device: Option<Tensor> = None;
-    #[cfg(feature = "cuda")]
-    let mut fused_on_cuda: Vec<&Tensor> = Vec::new();
-    for var in params.values() {
-        let Some(g) = grads.get(var) else { continue };
-        if g.device().is_cpu() && fused_adamw::applies(&[g]) {
-            total += fused_adamw::sum_of_squares(g)?;
-            continue;
+/// The global L2 norm of the gradients of `params` (`clip_grad_norm_`'s total norm).
+pub fn grad_norm(params: &BTreeMap<String, Var>, grads: &GradStore) -> Result<f64> {
+    wise_clip::on_compute_threads(&device_of(params), || {
+        let mut total = 0f64;
+        // On a GPU the per-tensor sums stay there, and one copy to the host ends it: a
+        // `to_scalar` per tensor would wait for the device ~200 times a step. With wise's CUDA
+        // kernels it is one kernel per tensor into one scalar; op by op, a squared temporary
+        // and a sum per tensor.
+        let mut on_device: Option<Tensor> = None;
+        #[cfg(feature = "cuda")]
+        let mut fused_on_cuda: Vec<&Tensor> = Vec::new();
+        for var in params.values() {
+            let Some(g) = grads.get(var) else { continue };
+            if g.device().is_cpu() && fused_adamw::applies(&[g]) {
+                total += fused_adamw::sum_of_squares(g)?;
+                continue;
+            }
+            #[cfg(feature = "cuda")]
+            if fused_adamw::applies(&[g]) {
+                fused_on_cuda.push(g);
+                continue;
+            }
+            let s = g.to_dtype(candle_core::DType::F32)?.sqr()?.sum_all()?;
+            on_device = Some(match on_device {
+                Some(sum) => (sum + s)?,
+                None => s,
+            });
+        }
+        if let Some(sum) = on_device {
+            total += sum.to_scalar::<f32>()? as f64;
         }
         #[cfg(feature = "cuda")]
-        if fused_adamw::applies(&[g]) {
-            fused_on_cuda.push(g);
-            continue;
+        if !fused_on_cuda.is_empty() {
+            total += wise_clip::fused::sum_of_squares_cuda(&fused_on_cuda)?;
         }
-        let s = g.to_dtype(candle_core::DType::F32)?.sqr()?.sum_all()?;
-        on_device = Some(match on_device {
-            Some(sum) => (sum + s)?,
-            None => s,
-        });
-    }
-    if let Some(sum) = on_device {
-        total += sum.to_scalar::<f32>()? as f64;
-    }
-    #[cfg(feature = "cuda")]
-    if !fused_on_cuda.is_empty() {
-        total += wise_clip::fused::sum_of_squares_cuda(&fused_on_cuda)?;
-    }
-    Ok(total.sqrt())
+        Ok(total.sqrt())
+    })
 }
 
 /// `torch.nn.utils.clip_grad_norm_`'s coefficient for gradients of global norm `norm`:
