@@ -8,8 +8,8 @@
 //! a zero-filled gradient buffer and an add (candle issue #1241): ~10 % of a training step
 //! once the products run on a BLAS. As one op, its backward is the products and four
 //! one-pass kernels: the residual stream's gradient is updated in place, the three input
-//! projections are one product of width 3C forwards and backwards (the q/k/v weights
-//! are packed per forward; their gradients are slices of one product), and each residual
+//! projections write the column blocks of one `[N, 3C]` buffer (three products reading the
+//! q/k/v weights where they are; their gradients are slices of one product), and each residual
 //! add is the starting accumulator of the product before it.
 //!
 //! A candle custom op returns gradients for its inputs only, and a block has 16
@@ -208,8 +208,6 @@ struct Block {
 }
 
 struct Saved {
-    /// `[Wq; Wk; Wv]`, `[3C, C]`.
-    wqkv: Vec<f32>,
     ln1: Vec<f32>,
     qkv: Vec<f32>,
     attn: Vec<f32>,
@@ -222,7 +220,7 @@ struct Saved {
 
 impl Drop for Saved {
     fn drop(&mut self) {
-        let all = [&mut self.wqkv, &mut self.ln1, &mut self.qkv, &mut self.attn];
+        let all = [&mut self.ln1, &mut self.qkv, &mut self.attn];
         let all = all.into_iter().chain([&mut self.x_mid, &mut self.ln2, &mut self.h, &mut self.act]);
         give(all.map(std::mem::take));
     }
@@ -300,14 +298,13 @@ impl CustomOp1 for Block {
         let params: Vec<&Tensor> = self.params.iter().collect();
         let (y, saved) = with_slices(&params, |w| {
             let inter = self.check(w, c)?;
-            let mut wqkv = take(3 * c * c);
-            let (q, k, v) = (w[Q_W], w[K_W], w[V_W]);
-            wqkv.par_chunks_mut(c * c).zip([q, k, v]).for_each(|(dst, src)| dst.copy_from_slice(src));
             let bqkv = [w[Q_W + 1], w[K_W + 1], w[V_W + 1]].concat();
             let mut ln1 = take(n * c);
             layer_norm_rows(x, (w[LN1_W], w[LN1_B]), self.eps.0, &mut ln1);
             let mut qkv = start(take(n * 3 * c), &bqkv, None);
-            par_sgemm((false, true), (n, 3 * c, c), 1.0, (&ln1, c), (&wqkv, c), 1.0, (&mut qkv, 3 * c));
+            for (i, wi) in [w[Q_W], w[K_W], w[V_W]].into_iter().enumerate() {
+                par_sgemm((false, true), (n, c, c), 1.0, (&ln1, c), (wi, c), 1.0, (&mut qkv[i * c..], 3 * c));
+            }
             let mut attn = take(n * c);
             let heads = self.heads(t, c);
             attn.par_chunks_mut(t * c).zip(qkv.par_chunks(t * 3 * c)).for_each(|(y, qkv)| {
@@ -323,7 +320,7 @@ impl CustomOp1 for Block {
             activation_rows(self.act, &h, &mut act);
             let mut y = start(vec![0f32; n * c], w[FC2_B], Some(&x_mid));
             par_sgemm((false, true), (n, c, inter), 1.0, (&act, inter), (w[FC2_W], inter), 1.0, (&mut y, c));
-            Ok((y, Saved { wqkv, ln1, qkv, attn, x_mid, ln2, h, act }))
+            Ok((y, Saved { ln1, qkv, attn, x_mid, ln2, h, act }))
         })?;
         if self.keep {
             *self.saved.lock().map_err(|_| candle_core::Error::msg("block: poisoned lock"))? = Some(saved);
@@ -373,7 +370,18 @@ impl CustomOp1 for Block {
                     heads.backward(qkv, dy, dqkv, (&mut p, &mut ds));
                 });
             let mut d_ln1 = take(n * c);
-            par_sgemm((false, false), (n, c, 3 * c), 1.0, (&dqkv, 3 * c), (&s.wqkv, c), 0.0, (&mut d_ln1, c));
+            for (i, wi) in [w[Q_W], w[K_W], w[V_W]].into_iter().enumerate() {
+                let beta = if i == 0 { 0.0 } else { 1.0 };
+                par_sgemm(
+                    (false, false),
+                    (n, c, c),
+                    1.0,
+                    (&dqkv[i * c..], 3 * c),
+                    (wi, c),
+                    beta,
+                    (&mut d_ln1, c),
+                );
+            }
             let d_wqkv = product((true, false), (3 * c, c, n), (&dqkv, 3 * c), (&s.ln1, c));
             let d_bqkv = col_sums(&dqkv, 3 * c);
             let d_out_b = col_sums(&dx, c);
