@@ -26,6 +26,7 @@
 #   (c) where wise's GPU time goes: `WISE_PROFILE=1 wise bench` (ViT-B/16), each part of the
 #       forward and each phase of a training step timed between device synchronisations, as
 #       built and with WISE_CUDA_FUSED=off / WISE_CUDA_ALLOCATOR=candle (candle's defaults).
+#   (PROFILE_VARIANTS=default profiles the build as it is only.)
 #   Everything lands in OUTDIR: gpu-check.log, parity.jsonl, bench.jsonl, summary.md,
 #   profile.jsonl.
 set -euo pipefail
@@ -226,7 +227,7 @@ benchmarks() {
     echo "   settings (WISE_CUDA_ALLOCATOR=candle)"
     : > "$out/profile.jsonl"
     local variant fused allocator
-    for variant in default fused=off allocator=candle; do
+    for variant in ${PROFILE_VARIANTS:-default fused=off allocator=candle}; do
         fused=$([[ $variant == fused=off ]] && echo off || echo on)
         allocator=$([[ $variant == allocator=candle ]] && echo candle || echo wise)
         for mode in infer train; do

@@ -1,5 +1,5 @@
-//! Fused kernels, each with its backward pass: QuickGELU, LayerNorm, softmax (CPU here;
-//! CUDA in `fused_cuda.rs`).
+//! Fused kernels, each with its backward pass: QuickGELU, LayerNorm, softmax, the bias add
+//! and the attention heads' split and merge (CPU here; CUDA in `fused_cuda.rs`).
 //!
 //! Written from candle's elementwise ops, a LayerNorm is 9 passes over the activations
 //! with a temporary each (forward alone), QuickGELU 3 passes through libm's scalar `expf`,
@@ -568,6 +568,182 @@ impl CustomOp2 for SoftmaxGrad {
     }
 }
 
+/// `y + b` over the last dim, `b` the f32 master bias (read as it is, whatever `y`'s dtype);
+/// its gradient is the column sums of `y`'s, in f32. On CUDA one kernel each way: candle's
+/// broadcast add and the sum over rows in its backward compute every element's index
+/// with 64-bit divisions, and cost more than the matrix product before them.
+pub fn bias_add(y: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
+    y.contiguous()?.apply_op2(&b.to_dtype(DType::F32)?.contiguous()?, BiasAdd)
+}
+
+struct BiasAdd;
+
+impl CustomOp2 for BiasAdd {
+    fn name(&self) -> &'static str {
+        "bias-add"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (y, b) = (f32_slice(s1, l1, self.name())?, f32_slice(s2, l2, self.name())?);
+        if b.is_empty() || l1.dims().last() != Some(&b.len()) {
+            candle_core::bail!("bias-add: input {:?} with a bias of {}", l1.dims(), b.len());
+        }
+        let mut out = y.to_vec();
+        out.par_chunks_mut(b.len()).for_each(|row| row.iter_mut().zip(b).for_each(|(o, b)| *o += b));
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &CudaStorage,
+        l1: &Layout,
+        s2: &CudaStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CudaStorage, Shape)> {
+        Ok((crate::fused_cuda::bias_add((s1, l1), (s2, l2))?, l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        _y: &Tensor,
+        _b: &Tensor,
+        _out: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        Ok((Some(grad.clone()), Some(grad.contiguous()?.apply_op1(ColSums)?)))
+    }
+}
+
+/// Sums over all dims but the last, in f32: a bias's gradient.
+struct ColSums;
+
+impl CustomOp1 for ColSums {
+    fn name(&self) -> &'static str {
+        "column-sums"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let g = f32_slice(s, l, self.name())?;
+        let d = l.dims().last().copied().unwrap_or(1).max(1);
+        let mut sums = vec![0f32; d];
+        for row in g.chunks(d) {
+            sums.iter_mut().zip(row).for_each(|(s, g)| *s += g);
+        }
+        Ok((CpuStorage::F32(sums), Shape::from(d)))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, s: &CudaStorage, l: &Layout) -> candle_core::Result<(CudaStorage, Shape)> {
+        let d = l.dims().last().copied().unwrap_or(1).max(1);
+        Ok((crate::fused_cuda::col_sums(s, l)?, Shape::from(d)))
+    }
+}
+
+/// Which side of [`split_heads`] / [`merge_heads`] holds the heads: `[B, H, T, D]`, or
+/// `[B, H, D, T]` (keys, ready for `q · kᵀ` as a plain product: no transposed view whose
+/// gradient candle would add with a strided kernel).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeadsLayout {
+    TokensByWidth,
+    WidthByTokens,
+}
+
+/// `[B, T, H·D]` → per-head `scale · x` in `layout`, as one copy (on CUDA candle's strided
+/// copy is slower than the projection that feeds it).
+pub fn split_heads(x: &Tensor, heads: usize, scale: f64, layout: HeadsLayout) -> candle_core::Result<Tensor> {
+    x.contiguous()?.apply_op1(Heads { heads, scale: scale as f32, layout, split: true })
+}
+
+/// The per-head `[B, H, T, D]` (or `[B, H, D, T]`) back to `[B, T, H·D]`, times `scale`.
+pub fn merge_heads(x: &Tensor, scale: f64, layout: HeadsLayout) -> candle_core::Result<Tensor> {
+    let heads = x.dim(1)?;
+    x.contiguous()?.apply_op1(Heads { heads, scale: scale as f32, layout, split: false })
+}
+
+struct Heads {
+    heads: usize,
+    scale: f32,
+    layout: HeadsLayout,
+    split: bool,
+}
+
+impl Heads {
+    /// `(b, t, h, d)` and the output's shape.
+    fn dims(&self, l: &Layout) -> candle_core::Result<((usize, usize, usize, usize), Shape)> {
+        let transposed = self.layout == HeadsLayout::WidthByTokens;
+        let h = self.heads;
+        if self.split {
+            let (b, t, c) = l.shape().dims3()?;
+            if h == 0 || c % h != 0 {
+                candle_core::bail!("attention: width {c} is not a multiple of {h} heads");
+            }
+            let d = c / h;
+            let shape = if transposed { (b, h, d, t) } else { (b, h, t, d) };
+            Ok(((b, t, h, d), Shape::from(shape)))
+        } else {
+            let (b, h, x2, x3) = l.shape().dims4()?;
+            let (t, d) = if transposed { (x3, x2) } else { (x2, x3) };
+            Ok(((b, t, h, d), Shape::from((b, t, h * d))))
+        }
+    }
+
+    /// fused.cu's mode: 0 split, 1 split transposed, 2 merge, 3 merge transposed.
+    #[cfg(feature = "cuda")]
+    fn mode(&self) -> i32 {
+        i32::from(!self.split) * 2 + i32::from(self.layout == HeadsLayout::WidthByTokens)
+    }
+}
+
+impl CustomOp1 for Heads {
+    fn name(&self) -> &'static str {
+        "attention-heads"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = f32_slice(s, l, self.name())?;
+        let ((_, t, h, d), shape) = self.dims(l)?;
+        let transposed = self.layout == HeadsLayout::WidthByTokens;
+        // i runs over [B, T, H, D]; j is the same element on the heads side.
+        let at = |i: usize| {
+            let (di, r) = (i % d, i / d);
+            let (hi, bt) = (r % h, r / h);
+            let (ti, bh) = (bt % t, (bt / t) * h + hi);
+            if transposed {
+                (bh * d + di) * t + ti
+            } else {
+                (bh * t + ti) * d + di
+            }
+        };
+        let mut out = vec![0f32; x.len()];
+        for i in 0..x.len() {
+            let j = at(i);
+            match self.split {
+                true => out[j] = x[i] * self.scale,
+                false => out[i] = x[j] * self.scale,
+            }
+        }
+        Ok((CpuStorage::F32(out), shape))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, s: &CudaStorage, l: &Layout) -> candle_core::Result<(CudaStorage, Shape)> {
+        let ((_, t, h, d), shape) = self.dims(l)?;
+        Ok((crate::fused_cuda::heads(s, l, (t, h, d), self.scale, self.mode())?, shape))
+    }
+
+    fn bwd(&self, _x: &Tensor, _y: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        let inverse = Heads { split: !self.split, ..*self };
+        Ok(Some(grad.contiguous()?.apply_op1(inverse)?))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -585,6 +761,60 @@ mod tests {
             assert!(((ours - libm) / libm).abs() < 3e-7, "exp({x}) = {ours}, libm {libm}");
         }
         assert_eq!(exp(-1000.0), (-87.3f32).exp());
+    }
+
+    /// The bias add and the heads' split and merge, forward and gradients, equal candle's
+    /// broadcast add, transposes and reshapes.
+    #[test]
+    fn bias_add_and_heads_match_candle_ops() -> candle_core::Result<()> {
+        let dev = Device::Cpu;
+        let x = Var::randn(0f32, 1., (3, 7, 40), &dev)?;
+        let b = Var::randn(0f32, 1., 40, &dev)?;
+        let heads4 = Var::randn(0f32, 1., (3, 4, 7, 10), &dev)?;
+        let (by_width, by_tokens) = (HeadsLayout::TokensByWidth, HeadsLayout::WidthByTokens);
+        let split_ref = |x: &Tensor| x.reshape((3, 7, 4, 10))?.transpose(1, 2);
+        type Case<'a> = (
+            &'a str,
+            Box<dyn Fn() -> candle_core::Result<Tensor> + 'a>,
+            Box<dyn Fn() -> candle_core::Result<Tensor> + 'a>,
+        );
+        let cases: Vec<Case> = vec![
+            ("bias add", Box::new(|| bias_add(&x, &b)), Box::new(|| x.broadcast_add(&b))),
+            ("split", Box::new(|| split_heads(&x, 4, 0.5, by_width)), Box::new(|| split_ref(&x)? * 0.5)),
+            (
+                "split, keys transposed",
+                Box::new(|| split_heads(&x, 4, 0.5, by_tokens)),
+                Box::new(|| (split_ref(&x)? * 0.5)?.transpose(2, 3)),
+            ),
+            (
+                "merge",
+                Box::new(|| merge_heads(&heads4, 2.0, by_width)),
+                Box::new(|| heads4.transpose(1, 2)?.reshape((3, 7, 40))? * 2.0),
+            ),
+            (
+                "merge, keys transposed",
+                Box::new(|| merge_heads(&heads4.transpose(2, 3)?, 2.0, by_tokens)),
+                Box::new(|| heads4.transpose(1, 2)?.reshape((3, 7, 40))? * 2.0),
+            ),
+        ];
+        for (name, fused, reference) in cases {
+            let (yf, yr) = (fused()?, reference()?);
+            assert_eq!(yf.dims(), yr.dims(), "{name}");
+            assert_eq!(max_diff(&yf, &yr), 0.0, "{name}: forward");
+            let probe = Tensor::randn(0f32, 1., yr.shape(), &dev)?;
+            let gf = (yf * &probe)?.sum_all()?.backward()?;
+            let gr = (yr * &probe)?.sum_all()?.backward()?;
+            for (v, what) in [(&x, "x"), (&b, "b"), (&heads4, "heads")] {
+                match (gf.get(v), gr.get(v)) {
+                    (Some(f), Some(r)) => {
+                        assert!(max_diff(f, r) < 1e-5, "{name}: d{what} off by {}", max_diff(f, r))
+                    }
+                    (None, None) => {}
+                    _ => panic!("{name}: d{what} in one version only"),
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Each fused op's forward and gradients equal those of the op-by-op version (which

@@ -331,3 +331,116 @@ pub(crate) fn softmax_grad(
     });
     Ok(storage(slice, dev))
 }
+
+/// `y + b` for `y` `[.., d]` (f32 or bf16) and the f32 master bias `b` `[d]`: a block per row.
+pub(crate) fn bias_add(
+    (y, ly): (&CudaStorage, &Layout),
+    (b, lb): (&CudaStorage, &Layout),
+) -> Result<CudaStorage> {
+    let (rows, cols) = rows_cols(ly);
+    if lb.shape().elem_count() != cols {
+        candle_core::bail!("bias-add: rows of {cols} values and a bias of {}", lb.shape().elem_count());
+    }
+    let dev = &y.device;
+    let b = f32_view(b, lb, "bias-add")?;
+    let slice = per_dtype!([y], |ys; suffix| {
+        let func = kernel!(dev, "bias_add", suffix)?;
+        let ys = view(ys, ly, "bias-add")?;
+        // SAFETY: every element is written by the kernel before it is read.
+        let out = unsafe { dev.alloc(rows * cols)? };
+        let (rows_i, cols_i) = (int_arg(rows, "bias-add rows")?, int_arg(cols, "bias-add width")?);
+        let mut args = func.builder();
+        args.arg(&ys);
+        args.arg(&b);
+        args.arg(&out);
+        args.arg(&rows_i);
+        args.arg(&cols_i);
+        // SAFETY: the arguments match the kernel's signature; blocks stride over the rows.
+        unsafe { args.launch(launch_config(rows.min(1 << 16))) }.w()?;
+        out
+    });
+    Ok(storage(slice, dev))
+}
+
+/// Column sums of `g` `[.., d]` as f32 `[d]`: the bias's gradient.
+pub(crate) fn col_sums(g: &CudaStorage, lg: &Layout) -> Result<CudaStorage> {
+    let (rows, cols) = rows_cols(lg);
+    let dev = &g.device;
+    // Blocks add their partial sums atomically: zeroed first.
+    let out = dev.alloc_zeros::<f32>(cols)?;
+    let (rows_i, cols_i) = (int_arg(rows, "column-sum rows")?, int_arg(cols, "column-sum width")?);
+    match &g.slice {
+        CudaStorageSlice::F32(gs) => {
+            col_sums_launch(dev, "f32", view(gs, lg, "column sums")?, &out, (rows_i, cols_i))?
+        }
+        CudaStorageSlice::BF16(gs) => {
+            col_sums_launch(dev, "bf16", view(gs, lg, "column sums")?, &out, (rows_i, cols_i))?
+        }
+        _ => candle_core::bail!("column sums: f32 or bf16 expected"),
+    }
+    Ok(storage(CudaStorageSlice::F32(out), dev))
+}
+
+/// `n` as a kernel's `int` argument.
+fn int_arg(n: usize, what: &str) -> Result<i32> {
+    i32::try_from(n)
+        .map_err(|_| candle_core::Error::Msg(format!("{what}: {n} is too large for the CUDA kernel")))
+}
+
+/// Rows per block of fused.cu's `col_sums`.
+const COL_SUM_ROWS: usize = 64;
+
+fn col_sums_launch<T: DeviceRepr>(
+    dev: &CudaDevice,
+    suffix: &str,
+    g: CudaView<T>,
+    out: &CudaSlice<f32>,
+    (rows, cols): (i32, i32),
+) -> Result<()> {
+    let func = kernel!(dev, "col_sums", suffix)?;
+    let mut args = func.builder();
+    args.arg(&g);
+    args.arg(out);
+    args.arg(&rows);
+    args.arg(&cols);
+    let blocks = (rows as usize).div_ceil(COL_SUM_ROWS).min(1 << 14);
+    // SAFETY: the arguments match the kernel's signature; blocks stride over the rows.
+    unsafe { args.launch(launch_config(blocks)) }.w()?;
+    Ok(())
+}
+
+/// fused.cu's `heads` (see [`crate::fused::HeadsLayout`]): `(t, h, d)` the sequence length,
+/// heads and head width; `mode` 0–3 as there.
+pub(crate) fn heads(
+    x: &CudaStorage,
+    lx: &Layout,
+    (t, h, d): (usize, usize, usize),
+    scale: f32,
+    mode: i32,
+) -> Result<CudaStorage> {
+    let n = lx.shape().elem_count();
+    let n_u = u32::try_from(n).ok().filter(|&n| n < 1 << 31).ok_or_else(|| {
+        candle_core::Error::Msg(format!("attention heads: {n} values, the CUDA kernel takes < 2^31"))
+    })?;
+    let dev = &x.device;
+    let (t, h, d) = (t as i32, h as i32, d as i32);
+    let slice = per_dtype!([x], |xs; suffix| {
+        let func = kernel!(dev, "heads", suffix)?;
+        let xs = view(xs, lx, "attention heads")?;
+        // SAFETY: every element is written by the kernel before it is read.
+        let out = unsafe { dev.alloc(n)? };
+        let mut args = func.builder();
+        args.arg(&xs);
+        args.arg(&out);
+        args.arg(&n_u);
+        args.arg(&t);
+        args.arg(&h);
+        args.arg(&d);
+        args.arg(&scale);
+        args.arg(&mode);
+        // SAFETY: the arguments match the kernel's signature (fused.cu).
+        unsafe { args.launch(launch_config(n.div_ceil(THREADS as usize).min(1 << 16))) }.w()?;
+        out
+    });
+    Ok(storage(slice, dev))
+}

@@ -47,7 +47,8 @@ pub fn matmul(a: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
     gemm_ready(a)?.apply_op2(&gemm_ready(b)?, BlasMatmul)
 }
 
-/// `x·Wᵀ + b` for `x` `[.., in]`, `W` `[out, in]`, `b` `[out]`, as PyTorch's `linear`.
+/// `x·Wᵀ + b` for `x` `[.., in]`, `W` `[out, in]`, `b` `[out]` (any float dtype: the
+/// fused bias add reads an f32 master bias as it is), as PyTorch's `linear`.
 /// On the BLAS it is one node of the autograd graph (no reshapes around it, whose
 /// backward candle pays a zero-fill and an add for) and the bias is the gemm's starting
 /// accumulator, not another pass.
@@ -60,7 +61,8 @@ pub fn linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> candle_core::Res
             let (dims, last) = (x.dims(), x.dim(candle_core::D::Minus1)?);
             let y = matmul(&x.reshape((x.elem_count() / last, last))?, &w.t()?)?;
             let y = match bias {
-                Some(b) => y.broadcast_add(b)?,
+                Some(b) if crate::fused::applies(&y) => crate::fused::bias_add(&y, b)?,
+                Some(b) => y.broadcast_add(&b.to_dtype(y.dtype())?)?,
                 None => y,
             };
             let mut out_dims = dims.to_vec();

@@ -16,7 +16,7 @@
 use candle_core::{DType, Module, Tensor, Var, D};
 
 use crate::config::Activation;
-use crate::fused;
+use crate::fused::{self, HeadsLayout};
 use crate::matmul::{linear, matmul, on_blas};
 use crate::params::{Init, ParamBuilder};
 use crate::profile;
@@ -56,10 +56,10 @@ impl Linear {
 
 impl Module for Linear {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        // One gemm over all leading dims, reading the transposed weight in place.
+        // One gemm over all leading dims, reading the transposed weight in place; the bias
+        // stays the f32 master copy (`linear` adds it in f32, and its gradient is f32).
         let w = self.weight.to_dtype(x.dtype())?;
-        let b = self.bias.as_ref().map(|b| b.to_dtype(x.dtype())).transpose()?;
-        linear(x, &w, b.as_ref())
+        linear(x, &w, self.bias.as_ref().map(|b| b.as_tensor()))
     }
 }
 
@@ -118,6 +118,15 @@ impl Activation {
     }
 }
 
+/// Per-head `[B, H, T, D]` → `[B, T, H·D]`.
+fn merge_heads(y: &Tensor) -> candle_core::Result<Tensor> {
+    if fused::applies(y) {
+        return fused::merge_heads(y, 1.0, HeadsLayout::TokensByWidth);
+    }
+    let (b, h, t, d) = y.dims4()?;
+    y.transpose(1, 2)?.reshape((b, t, h * d))
+}
+
 /// HF's fresh-initialisation scales for a block of width `dim` in a `layers`-deep encoder:
 /// `(dim^-½ · (2·layers)^-½, dim^-½)` for the input and output projections.
 fn attention_init(dim: usize, layers: usize) -> (f64, f64) {
@@ -153,26 +162,37 @@ impl Attention {
 
     /// `x`: [B, T, C]; `mask`: additive [T, T] (the text tower's causal mask) or none.
     pub fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> candle_core::Result<Tensor> {
-        let (b, t, c) = x.dims3()?;
-        let head_dim = c / self.heads;
-        let split_heads = |y: Tensor| -> candle_core::Result<Tensor> {
-            y.reshape((b, t, self.heads, head_dim))?.transpose(1, 2)?.contiguous()
-        };
-        let scale = (head_dim as f64).powf(-0.5);
-        let (q, k, v) = profile::time("q/k/v projections", x, || {
-            let q = split_heads((self.q_proj.forward(x)? * scale)?)?;
-            Ok((q, split_heads(self.k_proj.forward(x)?)?, split_heads(self.v_proj.forward(x)?)?))
+        let (_, _, c) = x.dims3()?;
+        let scale = ((c / self.heads) as f64).powf(-0.5);
+        let (q, kt, v) = profile::time("q/k/v projections", x, || {
+            let q = self.split_heads(&self.q_proj.forward(x)?, scale, HeadsLayout::TokensByWidth)?;
+            let kt = self.split_heads(&self.k_proj.forward(x)?, 1.0, HeadsLayout::WidthByTokens)?;
+            Ok((q, kt, self.split_heads(&self.v_proj.forward(x)?, 1.0, HeadsLayout::TokensByWidth)?))
         })?;
         let y = profile::time("attention (scores, softmax, values)", &q, || {
-            let scores = matmul(&q, &k.t()?)?;
+            let scores = matmul(&q, &kt)?;
             let scores = match mask {
                 Some(m) => scores.broadcast_add(&m.to_dtype(scores.dtype())?)?,
                 None => scores,
             };
             let probs = softmax_last_dim(&scores)?;
-            matmul(&probs, &v)?.transpose(1, 2)?.reshape((b, t, c))
+            merge_heads(&matmul(&probs, &v)?)
         })?;
         profile::time("out projection", &y, || self.out_proj.forward(&y))
+    }
+
+    /// `[B, T, C]` → `scale · y` per head, `[B, H, T, D]`, or `[B, H, D, T]` (keys).
+    fn split_heads(&self, y: &Tensor, scale: f64, layout: HeadsLayout) -> candle_core::Result<Tensor> {
+        if fused::applies(y) {
+            return fused::split_heads(y, self.heads, scale, layout);
+        }
+        let (b, t, c) = y.dims3()?;
+        let y = y.reshape((b, t, self.heads, c / self.heads))?.transpose(1, 2)?;
+        let y = if scale == 1.0 { y.contiguous()? } else { (y * scale)? };
+        match layout {
+            HeadsLayout::TokensByWidth => y.contiguous(),
+            HeadsLayout::WidthByTokens => y.transpose(2, 3),
+        }
     }
 
     /// Attention output for one query per sequence, `[B, C]`: `x` `[B, T, C]` gives the
@@ -181,12 +201,11 @@ impl Attention {
     fn forward_at(&self, x: &Tensor, x_at: &Tensor, mask: Option<&Tensor>) -> candle_core::Result<Tensor> {
         let (b, t, c) = x.dims3()?;
         let head_dim = c / self.heads;
-        let split_heads = |y: Tensor| y.reshape((b, t, self.heads, head_dim))?.transpose(1, 2)?.contiguous();
         let scale = (head_dim as f64).powf(-0.5);
         let q = (self.q_proj.forward(x_at)? * scale)?.reshape((b, self.heads, 1, head_dim))?;
-        let k = split_heads(self.k_proj.forward(x)?)?;
-        let v = split_heads(self.v_proj.forward(x)?)?;
-        let scores = matmul(&q, &k.t()?)?;
+        let kt = self.split_heads(&self.k_proj.forward(x)?, 1.0, HeadsLayout::WidthByTokens)?;
+        let v = self.split_heads(&self.v_proj.forward(x)?, 1.0, HeadsLayout::TokensByWidth)?;
+        let scores = matmul(&q, &kt)?;
         let scores = match mask {
             Some(m) => scores.broadcast_add(&m.to_dtype(scores.dtype())?.reshape((b, 1, 1, t))?)?,
             None => scores,

@@ -1,5 +1,6 @@
 //! The CUDA kernels (`src/kernels/fused.cu`: LayerNorm, softmax, QuickGELU and their
-//! backwards, f32 and bf16; AdamW's update, the sum of squares) checked without a GPU: `tests/support/cuda_on_cpu.cpp` compiles
+//! backwards, the bias add and its column sums, the attention heads' split and merge, f32 and
+//! bf16; AdamW's update, the sum of squares) checked without a GPU: `tests/support/cuda_on_cpu.cpp` compiles
 //! their source as C++ with the CUDA primitives emulated by threads and barriers, runs
 //! each against a double-precision reference, and fails on any error above tolerance.
 //! (On a GPU, `scripts/gpu-check.sh` compares the CUDA build against the CPU end to end.)
@@ -35,6 +36,8 @@ fn cuda_kernels_match_references_when_run_on_the_cpu() {
     assert!(run.status.success(), "kernels off their references:\n{report}");
     // Every kernel of both dtypes was checked: 3 LayerNorm widths × 4 outputs, 3 softmax
     // widths × 2, QuickGELU × 2, each in f32 and bf16; AdamW (f32) 2 steps × 3 outputs; the
-    // sum of squares.
-    assert_eq!(report.lines().filter(|l| l.starts_with("ok ")).count(), 2 * (12 + 6 + 2) + 6 + 1, "{report}");
+    // sum of squares; the bias add and its column sums at 2 sizes, the heads' 2 splits and
+    // 2 merges, in both dtypes.
+    let expected = 2 * (12 + 6 + 2) + 6 + 1 + 2 * (2 * 2 + 4);
+    assert_eq!(report.lines().filter(|l| l.starts_with("ok ")).count(), expected, "{report}");
 }

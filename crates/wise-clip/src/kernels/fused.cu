@@ -1,5 +1,6 @@
 // CUDA versions of the fused kernels in fused.rs: QuickGELU, LayerNorm and softmax, each
-// with its backward, for f32 and bf16 activations; and for wise-train's optimizer (through
+// with its backward, the bias add with its column sums, and the attention heads' split and
+// merge, for f32 and bf16 activations; and for wise-train's optimizer (through
 // `wise_clip::fused`), AdamW's one-pass update and the gradients' sum of squares (f32). Compiled to PTX by
 // build.rs when the `cuda` feature is on, loaded by fused_cuda.rs.
 //
@@ -203,6 +204,49 @@ extern "C" __global__ void sum_squares_f32(const float *x, size_t n, float *acc)
     if (threadIdx.x == 0) atomicAdd(acc, s);
 }
 
+// ---- Bias add and its gradient: a block per row, threads along it -----------------------
+// (candle's broadcast add computes each element's bias index with 64-bit divisions by
+// dims read from device memory: slower than the matrix product before it.)
+
+template <typename T>
+__device__ void bias_add(const T *y, const float *b, T *out, int rows, int cols) {
+    for (int r = blockIdx.x; r < rows; r += gridDim.x) {
+        const size_t row = (size_t)r * cols;
+        for (int c = threadIdx.x; c < cols; c += blockDim.x) out[row + c] = from_f32<T>(to_f32(y[row + c]) + b[c]);
+    }
+}
+
+// Column sums of g [rows, cols] added into f32 `out` (zeroed by the caller): each block
+// sums COL_SUM_ROWS rows per column in registers, then one atomic add per column.
+#define COL_SUM_ROWS 64
+template <typename T>
+__device__ void col_sums(const T *g, float *out, int rows, int cols) {
+    for (int r0 = blockIdx.x * COL_SUM_ROWS; r0 < rows; r0 += gridDim.x * COL_SUM_ROWS) {
+        const int r1 = min(r0 + COL_SUM_ROWS, rows);
+        for (int c = threadIdx.x; c < cols; c += blockDim.x) {
+            float s = 0.0f;
+            for (int r = r0; r < r1; ++r) s += to_f32(g[(size_t)r * cols + c]);
+            atomicAdd(&out[c], s);
+        }
+    }
+}
+
+// ---- Attention heads: [B, T, H·D] to per-head [B, H, T, D] (or [B, H, D, T], keys
+// transposed for q·kᵀ) and back, times `scale`. Element i of the [B, T, H, D] side is
+// visited in order (32-bit index: the caller checks the size), so that side is read or
+// written contiguously. mode: 0 split, 1 split transposed, 2 merge, 3 merge transposed.
+
+template <typename T>
+__device__ void heads(const T *x, T *out, unsigned n, int t, int h, int d, float scale, int mode) {
+    for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) {
+        const unsigned di = i % d, r = i / d, hi = r % h, bt = r / h, ti = bt % t, bi = bt / t;
+        const unsigned bh = bi * h + hi;
+        const size_t j = (mode & 1) ? ((size_t)bh * d + di) * t + ti : ((size_t)bh * t + ti) * d + di;
+        if (mode < 2) out[j] = from_f32<T>(to_f32(x[i]) * scale);
+        else out[i] = from_f32<T>(to_f32(x[j]) * scale);
+    }
+}
+
 // ---- entry points, one per dtype ---------------------------------------------------------
 
 #define ENTRY_POINTS(T, SUFFIX)                                                                        \
@@ -227,6 +271,17 @@ extern "C" __global__ void sum_squares_f32(const float *x, size_t n, float *acc)
     extern "C" __global__ void softmax_bwd_##SUFFIX(const T *y, const T *g, T *dx, int rows,        \
                                                     int cols) {                                       \
         softmax_bwd(y, g, dx, rows, cols);                                                             \
+    }                                                                                                  \
+    extern "C" __global__ void bias_add_##SUFFIX(const T *y, const float *b, T *out, int rows,       \
+                                                 int cols) {                                          \
+        bias_add(y, b, out, rows, cols);                                                               \
+    }                                                                                                  \
+    extern "C" __global__ void col_sums_##SUFFIX(const T *g, float *out, int rows, int cols) {       \
+        col_sums(g, out, rows, cols);                                                                  \
+    }                                                                                                  \
+    extern "C" __global__ void heads_##SUFFIX(const T *x, T *out, unsigned n, int t, int h, int d,   \
+                                              float scale, int mode) {                                \
+        heads(x, out, n, t, h, d, scale, mode);                                                        \
     }
 
 ENTRY_POINTS(float, f32)

@@ -241,6 +241,59 @@ void check_sum_squares() {
     check("sum_squares_f32 of 3 arrays", std::vector<float>{acc}, std::vector<double>{want}, 1e-5);
 }
 
+// The bias add (rows in fewer blocks than rows: the grid-stride loop) and the column sums
+// of its backward (rows not a multiple of COL_SUM_ROWS), against sums in double.
+template <class T>
+void check_bias(const char *suffix, int rows, int cols, double tol, void (*add)(const T *, const float *, T *, int, int),
+                void (*sums)(const T *, float *, int, int)) {
+    std::vector<T> y = random_values<T>(size_t(rows) * cols, 0.0f, 1.0f);
+    std::vector<float> b = random_values<float>(cols, 0.0f, 1.0f), got_sums(cols, 0.0f);
+    std::vector<double> out_ref(y.size()), sums_ref(cols, 0.0);
+    for (int r = 0; r < rows; ++r)
+        for (int c = 0; c < cols; ++c) {
+            out_ref[size_t(r) * cols + c] = value(y[size_t(r) * cols + c]) + b[c];
+            sums_ref[c] += value(y[size_t(r) * cols + c]);
+        }
+    std::vector<T> out(y.size());
+    launch(7, 64, [&] { add(y.data(), b.data(), out.data(), rows, cols); });
+    launch(2, 64, [&] { sums(y.data(), got_sums.data(), rows, cols); });
+    char what[96];
+    snprintf(what, sizeof what, "bias_add_%s %dx%d", suffix, rows, cols);
+    check(what, out, out_ref, tol);
+    snprintf(what, sizeof what, "col_sums_%s %dx%d", suffix, rows, cols);
+    check(what, got_sums, sums_ref, 1e-5);
+}
+
+// Splitting [B, T, H·D] into heads, plain and with the keys transposed, against the index
+// formulas; merging must give back the input exactly (times the two scales).
+template <class T>
+void check_heads(const char *suffix, void (*heads_fn)(const T *, T *, unsigned, int, int, int, float, int)) {
+    const int b = 2, t = 5, h = 3, d = 4;
+    const unsigned n = b * t * h * d;
+    const std::vector<T> x = random_values<T>(n, 0.0f, 1.0f);
+    for (int mode : {0, 1}) {
+        std::vector<T> split(n), merged(n);
+        launch(2, 32, [&] { heads_fn(x.data(), split.data(), n, t, h, d, 0.5f, mode); });
+        std::vector<double> split_ref(n), merged_ref(n);
+        for (int bi = 0; bi < b; ++bi)
+            for (int ti = 0; ti < t; ++ti)
+                for (int hi = 0; hi < h; ++hi)
+                    for (int di = 0; di < d; ++di) {
+                        const size_t i = ((size_t(bi) * t + ti) * h + hi) * d + di;
+                        const size_t j = mode == 0 ? ((size_t(bi) * h + hi) * t + ti) * d + di
+                                                   : ((size_t(bi) * h + hi) * d + di) * t + ti;
+                        split_ref[j] = 0.5 * value(x[i]);
+                    }
+        launch(2, 32, [&] { heads_fn(split.data(), merged.data(), n, t, h, d, 4.0f, mode + 2); });
+        for (size_t i = 0; i < n; ++i) merged_ref[i] = 2.0 * value(x[i]);
+        char what[96];
+        snprintf(what, sizeof what, "heads_%s split (mode %d)", suffix, mode);
+        check(what, split, split_ref, 0.0);
+        snprintf(what, sizeof what, "heads_%s merge (mode %d)", suffix, mode + 2);
+        check(what, merged, merged_ref, 0.0);
+    }
+}
+
 int main() {
     // Widths below, at and above the block (256 threads), up to 5 columns per thread; row
     // counts that leave the last block of LN_ROWS_PER_BLOCK rows partly empty.
@@ -256,6 +309,13 @@ int main() {
     }
     check_quick_gelu<float>("f32", 1000, 1e-5, quick_gelu_fwd_f32, quick_gelu_bwd_f32);
     check_quick_gelu<__nv_bfloat16>("bf16", 1000, 1e-2, quick_gelu_fwd_bf16, quick_gelu_bwd_bf16);
+    // ViT widths, and rows that leave the last block partly filled.
+    for (auto [rows, cols] : {std::pair{130, 96}, {70, 200}}) {
+        check_bias<float>("f32", rows, cols, 1e-6, bias_add_f32, col_sums_f32);
+        check_bias<__nv_bfloat16>("bf16", rows, cols, 1e-2, bias_add_bf16, col_sums_bf16);
+    }
+    check_heads<float>("f32", heads_f32);
+    check_heads<__nv_bfloat16>("bf16", heads_bf16);
     check_adamw(1000);
     check_sum_squares();
     printf("%d failed\n", failures);
