@@ -112,6 +112,16 @@ fn give(buffers: impl IntoIterator<Item = Vec<f32>>) {
     pool.drain(..excess);
 }
 
+/// Whether the blocks keep their activations for a backward pass (not in [`inference_mode`]).
+pub(crate) fn keeps_activations() -> bool {
+    !INFERENCE.get()
+}
+
+/// A fused block's parameter gradients, for [`backward`] to collect.
+pub(crate) fn hand_over(param_grads: Vec<(Tensor, Tensor)>) {
+    PARAM_GRADS.with_borrow_mut(|all| all.extend(param_grads));
+}
+
 /// `loss.backward()`, plus the parameter gradients of the fused blocks: use it for every
 /// backward pass through a model of this crate.
 pub fn backward(loss: &Tensor) -> candle_core::Result<GradStore> {
@@ -188,7 +198,7 @@ pub(crate) fn forward(
         eps: (layer.layer_norm1.eps as f32, layer.layer_norm2.eps as f32),
         act: layer.mlp.act,
         mask,
-        keep: !INFERENCE.get(),
+        keep: keeps_activations(),
         saved: Mutex::new(None),
     };
     let x = x.contiguous()?;
@@ -414,7 +424,7 @@ impl CustomOp1 for Block {
         for (param, g) in self.params.iter().zip(param_grads) {
             handed.push((param.clone(), g.reshape(param.shape())?));
         }
-        PARAM_GRADS.with_borrow_mut(|all| all.extend(handed));
+        hand_over(handed);
         Ok(Some(Tensor::from_vec(dx, x.shape(), &Device::Cpu)?))
     }
 }

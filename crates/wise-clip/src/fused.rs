@@ -88,6 +88,34 @@ pub fn softmax_last_dim(x: &Tensor) -> candle_core::Result<Tensor> {
     x.contiguous()?.apply_op1(Softmax)
 }
 
+/// The backward kernels on their own, for a block whose backward is written out
+/// (`device_block.rs`): QuickGELU's `dx` from its input and `g`.
+pub(crate) fn quick_gelu_grad(x: &Tensor, g: &Tensor) -> candle_core::Result<Tensor> {
+    x.contiguous()?.apply_op2_no_bwd(&g.contiguous()?, &QuickGeluGrad)
+}
+
+/// LayerNorm's `(dx, dw, db)` from its input `x` `[.., d]`, weight and `g`; all f32.
+pub(crate) fn layer_norm_grad(
+    x: &Tensor,
+    w: &Tensor,
+    g: &Tensor,
+    eps: f64,
+) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
+    let rows = x.elem_count() / w.dim(0)?;
+    let all = x.contiguous()?.apply_op3_no_bwd(w, &g.contiguous()?, &LayerNormGrad { eps: eps as f32 })?;
+    Ok((all.narrow(0, 0, rows)?.reshape(x.shape())?, all.get(rows)?, all.get(rows + 1)?))
+}
+
+/// Softmax's `dx` from its output `y` and `g`.
+pub(crate) fn softmax_grad(y: &Tensor, g: &Tensor) -> candle_core::Result<Tensor> {
+    y.contiguous()?.apply_op2_no_bwd(&g.contiguous()?, &SoftmaxGrad)
+}
+
+/// Sums over all dims but the last, in f32 (a bias's gradient).
+pub(crate) fn col_sums(g: &Tensor) -> candle_core::Result<Tensor> {
+    g.contiguous()?.apply_op1_no_bwd(&ColSums)
+}
+
 /// Rows per rayon task: enough work to amortise the task, several tasks per thread.
 fn rows_per_task(rows: usize, width: usize) -> usize {
     (16_384 / width.max(1)).clamp(1, rows.max(1))
@@ -150,7 +178,7 @@ impl CustomOp1 for QuickGelu {
     }
 
     fn bwd(&self, x: &Tensor, _y: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        Ok(Some(x.apply_op2(&grad.contiguous()?, QuickGeluGrad)?))
+        Ok(Some(quick_gelu_grad(x, grad)?))
     }
 }
 
@@ -422,13 +450,10 @@ impl CustomOp3 for LayerNormOp {
         _y: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        // One kernel computes all three: rows of dx, then dw, then db, as one tensor.
-        let d = w.dim(0)?;
-        let rows = x.elem_count() / d;
-        let all = x.apply_op3(w, &grad.contiguous()?, LayerNormGrad { eps: self.eps })?;
-        // f32 whatever x's dtype (on CUDA, bf16 activations with f32 weights).
-        let dx = all.narrow(0, 0, rows)?.reshape(x.shape())?.to_dtype(x.dtype())?;
-        Ok((Some(dx), Some(all.get(rows)?), Some(all.get(rows + 1)?)))
+        // One kernel computes all three, in f32 whatever x's dtype (on CUDA, bf16
+        // activations with f32 weights).
+        let (dx, dw, db) = layer_norm_grad(x, w, grad, self.eps as f64)?;
+        Ok((Some(dx.to_dtype(x.dtype())?), Some(dw), Some(db)))
     }
 }
 
@@ -525,7 +550,7 @@ impl CustomOp1 for Softmax {
     }
 
     fn bwd(&self, _x: &Tensor, y: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        Ok(Some(y.apply_op2(&grad.contiguous()?, SoftmaxGrad)?))
+        Ok(Some(softmax_grad(y, grad)?))
     }
 }
 
@@ -576,7 +601,7 @@ pub fn bias_add(y: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
     y.contiguous()?.apply_op2(&b.to_dtype(DType::F32)?.contiguous()?, BiasAdd)
 }
 
-struct BiasAdd;
+pub(crate) struct BiasAdd;
 
 impl CustomOp2 for BiasAdd {
     fn name(&self) -> &'static str {
@@ -617,7 +642,7 @@ impl CustomOp2 for BiasAdd {
         _out: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        Ok((Some(grad.clone()), Some(grad.contiguous()?.apply_op1(ColSums)?)))
+        Ok((Some(grad.clone()), Some(col_sums(grad)?)))
     }
 }
 

@@ -20,6 +20,7 @@ mod attention;
 mod block;
 pub mod config;
 pub mod device;
+mod device_block;
 pub mod error;
 pub mod fused;
 #[cfg(feature = "cuda")]

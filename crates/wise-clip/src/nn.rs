@@ -259,8 +259,8 @@ impl EncoderLayer {
         })
     }
 
-    /// On CPU in f32 with a BLAS, one fused op (`block.rs`; train it through
-    /// [`crate::backward`]); op by op elsewhere.
+    /// One op of candle's graph on CPU in f32 with a BLAS (`block.rs`) and on CUDA
+    /// (`device_block.rs`; train both through [`crate::backward`]); op by op elsewhere.
     pub fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> candle_core::Result<Tensor> {
         if on_blas(&[x]) {
             if let Some(y) =
@@ -268,6 +268,8 @@ impl EncoderLayer {
             {
                 return Ok(y);
             }
+        } else if !x.device().is_cpu() && crate::device_block::applies(self, x) {
+            return crate::device_block::forward(self, x, mask);
         }
         self.forward_op_by_op(x, mask)
     }

@@ -1,0 +1,296 @@
+//! One pre-norm transformer block as a single autograd node on an accelerator, from
+//! candle's matrix products (cuBLAS on CUDA) and the fused kernels, backward written out.
+//!
+//! Op by op, a block is ~25 nodes of candle's graph, and its backward gives every node a
+//! zero-filled gradient buffer and an add: on a GPU two more memory-bound passes over
+//! each of the block's activations, the largest ones `[B·T, 4C]`. Here the forward runs on
+//! detached tensors (no graph), keeps what the backward needs, and enters the graph as one
+//! node (its last op, fc2's bias add) whose backward is the products and kernels below;
+//! the parameters' gradients go to [`crate::backward`] as the CPU block's do (`block.rs`).
+//!
+//! Gradients, with `n = B·T` rows, `Y = X·Wᵀ + b` for every projection (`dW = dYᵀ·X`,
+//! `db = Σ_rows dY`, `dX = dY·W`), `S = Q·Kᵀ` (Q scaled by `D^-½`), `P = softmax(S)`,
+//! `O = P·V`: `dP = dO·Vᵀ`, `dV = Pᵀ·dO`, `dS = P·(dP − Σ dP·P)`, `dQ = dS·K`, `dKᵀ = Qᵀ·dS`.
+//!
+//! Where the fused kernels run (CUDA; the CPU, which has its own block, in tests), for
+//! QuickGELU blocks with biases (CLIP's); `nn::EncoderLayer` runs the others op by op.
+
+use std::sync::Mutex;
+
+use candle_core::{CustomOp1, CustomOp2, DType, Layout, Shape, Storage, Tensor};
+
+use crate::config::Activation;
+use crate::fused::{self, BiasAdd, HeadsLayout};
+use crate::matmul::matmul;
+use crate::nn::{EncoderLayer, LayerNorm, Linear};
+use crate::profile;
+
+/// Whether `layer` on `x` can run as this op: fused kernels for `x`, QuickGELU, biases.
+pub(crate) fn applies(layer: &EncoderLayer, x: &Tensor) -> bool {
+    let heads = layer.self_attn.heads;
+    fused::applies(x)
+        && layer.mlp.act == Activation::QuickGelu
+        && projections(layer).iter().all(|l| l.bias.is_some())
+        && heads > 0
+        && x.dims().last().is_some_and(|c| c % heads == 0)
+}
+
+/// q, k, v, out, fc1, fc2.
+fn projections(layer: &EncoderLayer) -> [&Linear; 6] {
+    let attn = &layer.self_attn;
+    [&attn.q_proj, &attn.k_proj, &attn.v_proj, &attn.out_proj, &layer.mlp.fc1, &layer.mlp.fc2]
+}
+
+/// A projection's weight in the compute dtype and its f32 bias, detached.
+struct Projection {
+    w: Tensor,
+    b: Tensor,
+}
+
+impl Projection {
+    fn new(l: &Linear, dtype: DType) -> candle_core::Result<Self> {
+        let b = l.bias.as_ref().ok_or_else(|| candle_core::Error::msg("block: projection without a bias"))?;
+        Ok(Self { w: l.weight.as_tensor().detach().to_dtype(dtype)?, b: b.as_tensor().detach() })
+    }
+
+    /// `x·Wᵀ + b` for `x` `[n, in]`.
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        fused::bias_add(&matmul(x, &self.w.t()?)?, &self.b)
+    }
+
+    /// `dX` and the f32 `(dW, db)` from `x` and `dY`, both `[n, ·]`.
+    fn backward(&self, x: &Tensor, dy: &Tensor) -> candle_core::Result<(Tensor, [Tensor; 2])> {
+        let dw = matmul(&dy.t()?, x)?.to_dtype(DType::F32)?;
+        Ok((matmul(dy, &self.w)?, [dw, fused::col_sums(dy)?]))
+    }
+}
+
+/// What the backward needs: the block's input, activations (all `[n, ·]` but the
+/// per-head q, kᵀ, v and probabilities) and its weights as the forward used them.
+struct Saved {
+    x: Tensor,
+    ln1: Tensor,
+    q: Tensor,
+    kt: Tensor,
+    v: Tensor,
+    probs: Tensor,
+    ctx: Tensor,
+    x_mid: Tensor,
+    ln2: Tensor,
+    /// fc1's output before and after QuickGELU.
+    h: Tensor,
+    act: Tensor,
+    /// q, k, v, out, fc1, fc2.
+    proj: [Projection; 6],
+    ln: [(Tensor, f64); 2],
+}
+
+/// `layer(x)` for `x` `[B, T, C]`, when [`applies`].
+pub(crate) fn forward(
+    layer: &EncoderLayer,
+    x: &Tensor,
+    mask: Option<&Tensor>,
+) -> candle_core::Result<Tensor> {
+    let (b, t, c) = x.dims3()?;
+    let (heads, n, dtype) = (layer.self_attn.heads, b * t, x.dtype());
+    let scale = ((c / heads) as f64).powf(-0.5);
+    let [q_p, k_p, v_p, o_p, fc1, fc2] = projections(layer).map(|l| Projection::new(l, dtype));
+    let proj = [q_p?, k_p?, v_p?, o_p?, fc1?, fc2?];
+    let norm = |ln: &LayerNorm, x: &Tensor| {
+        profile::time("layer norm", x, || {
+            fused::layer_norm(x, &ln.weight.as_tensor().detach(), &ln.bias.as_tensor().detach(), ln.eps)
+        })
+    };
+
+    let x2 = x.detach().reshape((n, c))?;
+    let ln1 = norm(&layer.layer_norm1, &x2)?;
+    let split = |y: Tensor, scale, layout| fused::split_heads(&y.reshape((b, t, c))?, heads, scale, layout);
+    let (q, kt, v) = profile::time("q/k/v projections", &ln1, || {
+        let q = split(proj[0].forward(&ln1)?, scale, HeadsLayout::TokensByWidth)?;
+        let kt = split(proj[1].forward(&ln1)?, 1.0, HeadsLayout::WidthByTokens)?;
+        Ok((q, kt, split(proj[2].forward(&ln1)?, 1.0, HeadsLayout::TokensByWidth)?))
+    })?;
+    let (probs, ctx) = profile::time("attention (scores, softmax, values)", &q, || {
+        let scores = matmul(&q, &kt)?;
+        let scores = match mask {
+            Some(m) => scores.broadcast_add(&m.to_dtype(dtype)?)?,
+            None => scores,
+        };
+        let probs = fused::softmax_last_dim(&scores)?;
+        let ctx = fused::merge_heads(&matmul(&probs, &v)?, 1.0, HeadsLayout::TokensByWidth)?;
+        Ok((probs, ctx.reshape((n, c))?))
+    })?;
+    let o = profile::time("out projection", &ctx, || proj[3].forward(&ctx))?;
+    let x_mid = profile::time("residual add", &o, || &x2 + &o)?;
+    let ln2 = norm(&layer.layer_norm2, &x_mid)?;
+    let h = profile::time("mlp fc1", &ln2, || proj[4].forward(&ln2))?;
+    let act = profile::time("activation", &h, || fused::quick_gelu(&h))?;
+    let h2 = profile::time("mlp fc2", &act, || matmul(&act, &proj[5].w.t()?))?;
+    let pre = profile::time("residual add", &h2, || (&x_mid + &h2)?.reshape((b, t, c)))?;
+    if !crate::block::keeps_activations() {
+        return fused::bias_add(&pre, &proj[5].b);
+    }
+    let ln = [&layer.layer_norm1, &layer.layer_norm2].map(|ln| (ln.weight.as_tensor().detach(), ln.eps));
+    let saved = Saved { x: x2, ln1, q, kt, v, probs, ctx, x_mid, ln2, h, act, proj, ln };
+    let lns = [&layer.layer_norm1, &layer.layer_norm2].map(|ln| [&ln.weight, &ln.bias]);
+    let linears = projections(layer).map(|l| [Some(&l.weight), l.bias.as_ref()]);
+    let params = lns.into_iter().flatten().chain(linears.into_iter().flatten().flatten());
+    let params = params.map(|v| v.as_tensor().clone()).collect();
+    let node = Node { pre: Mutex::new(Some(pre)), saved, params, heads, scale };
+    x.apply_op1(node)
+}
+
+/// The block in candle's graph: its forward is the block's last op, `pre + b₂`.
+struct Node {
+    /// `x_mid + act·W₂ᵀ`, taken by the forward.
+    pre: Mutex<Option<Tensor>>,
+    saved: Saved,
+    /// The parameters: the LayerNorms' weights and biases (1, then 2), then each
+    /// projection's (q, k, v, out, fc1, fc2).
+    params: Vec<Tensor>,
+    heads: usize,
+    scale: f64,
+}
+
+impl Node {
+    fn pre(&self) -> candle_core::Result<Tensor> {
+        let taken = self.pre.lock().map_err(|_| candle_core::Error::msg("block: poisoned lock"))?.take();
+        taken.ok_or_else(|| candle_core::Error::msg("block: forward run twice"))
+    }
+}
+
+impl CustomOp1 for Node {
+    fn name(&self) -> &'static str {
+        "transformer-block"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &candle_core::CpuStorage,
+        _: &Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, Shape)> {
+        let (pre, bias) = (self.pre()?, &self.saved.proj[5].b);
+        let ((p, lp), (b, lb)) = (pre.storage_and_layout(), bias.storage_and_layout());
+        match (&*p, &*b) {
+            (Storage::Cpu(p), Storage::Cpu(b)) => BiasAdd.cpu_fwd(p, lp, b, lb),
+            _ => candle_core::bail!("block: CPU tensors expected"),
+        }
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        _: &candle_core::CudaStorage,
+        _: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        let (pre, bias) = (self.pre()?, &self.saved.proj[5].b);
+        let ((p, lp), (b, lb)) = (pre.storage_and_layout(), bias.storage_and_layout());
+        match (&*p, &*b) {
+            (Storage::Cuda(p), Storage::Cuda(b)) => BiasAdd.cuda_fwd(p, lp, b, lb),
+            _ => candle_core::bail!("block: CUDA tensors expected"),
+        }
+    }
+
+    fn bwd(&self, x: &Tensor, _y: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        let s = &self.saved;
+        let (b, t, c) = x.dims3()?;
+        let n = b * t;
+        let dy = grad.contiguous()?.reshape((n, c))?;
+        let [q_p, k_p, v_p, o_p, fc1, fc2] = &s.proj;
+
+        // MLP: y = x_mid + QuickGELU(LN2(x_mid)·W₁ᵀ + b₁)·W₂ᵀ + b₂.
+        let (dx_mid, [d_ln2_w, d_ln2_b], d_fc1, d_fc2) = profile::time("backward: mlp", &dy, || {
+            let (d_act, d_fc2) = fc2.backward(&s.act, &dy)?;
+            let dh = fused::quick_gelu_grad(&s.h, &d_act)?;
+            let (d_ln2, d_fc1) = fc1.backward(&s.ln2, &dh)?;
+            let (dx, dw, db) = fused::layer_norm_grad(&s.x_mid, &s.ln[1].0, &d_ln2, s.ln[1].1)?;
+            Ok(((dx.to_dtype(dy.dtype())? + &dy)?, [dw, db], d_fc1, d_fc2))
+        })?;
+
+        // Attention: x_mid = x + softmax(Q·Kᵀ)·V·Woᵀ + bo, Q, K, V from LN1(x).
+        let (d_ln1, [d_q, d_k, d_v, d_o]) = profile::time("backward: attention", &dx_mid, || {
+            let (d_ctx, d_o) = o_p.backward(&s.ctx, &dx_mid)?;
+            let d_ctx =
+                fused::split_heads(&d_ctx.reshape((b, t, c))?, self.heads, 1.0, HeadsLayout::TokensByWidth)?;
+            let d_probs = matmul(&d_ctx, &s.v.t()?)?;
+            let d_v = matmul(&s.probs.t()?, &d_ctx)?;
+            let d_scores = fused::softmax_grad(&s.probs, &d_probs)?;
+            let d_q = matmul(&d_scores, &s.kt.t()?)?;
+            let d_kt = matmul(&s.q.t()?, &d_scores)?;
+            let merge = |d: &Tensor, scale, layout| fused::merge_heads(d, scale, layout)?.reshape((n, c));
+            let (dq, d_q) = q_p.backward(&s.ln1, &merge(&d_q, self.scale, HeadsLayout::TokensByWidth)?)?;
+            let (dk, d_k) = k_p.backward(&s.ln1, &merge(&d_kt, 1.0, HeadsLayout::WidthByTokens)?)?;
+            let (dv, d_v) = v_p.backward(&s.ln1, &merge(&d_v, 1.0, HeadsLayout::TokensByWidth)?)?;
+            Ok((((dq + dk)? + dv)?, [d_q, d_k, d_v, d_o]))
+        })?;
+        let (dx, d_ln1_w, d_ln1_b) = profile::time("backward: layer norm 1", &d_ln1, || {
+            fused::layer_norm_grad(&s.x, &s.ln[0].0, &d_ln1, s.ln[0].1)
+        })?;
+        let dx = (dx.to_dtype(dx_mid.dtype())? + dx_mid)?.reshape((b, t, c))?;
+
+        let grads = [[d_ln1_w, d_ln1_b], [d_ln2_w, d_ln2_b]].into_iter().flatten();
+        let grads = grads.chain([d_q, d_k, d_v, d_o, d_fc1, d_fc2].into_iter().flatten());
+        crate::block::hand_over(self.params.iter().cloned().zip(grads).collect());
+        Ok(Some(dx))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nn::EncoderShape;
+    use crate::params::ParamBuilder;
+    use crate::tests::{assert_gradients_match, rel_diff};
+    use candle_core::{Device, Var};
+
+    /// The block as one node (run here on the CPU, whose fused kernels it uses as it does
+    /// CUDA's) equals the op-by-op block, which the parity tests hold to PyTorch: output,
+    /// the input's and every parameter's gradient through [`crate::backward`], with and
+    /// without a causal mask; in inference mode the same output and no gradient.
+    #[test]
+    fn matches_the_op_by_op_block() -> candle_core::Result<()> {
+        let dev = Device::Cpu;
+        let (b, t, c, heads) = (3, 7, 24, 4);
+        let causal: Vec<f32> =
+            (0..t * t).map(|i| if i % t > i / t { f32::NEG_INFINITY } else { 0.0 }).collect();
+        let causal = Tensor::from_vec(causal, (t, t), &dev)?;
+        let act = Activation::QuickGelu;
+        let shape = EncoderShape { hidden: c, intermediate: 40, layers: 2, heads, act, eps: 1e-5 };
+        let mut pb = ParamBuilder::fresh(11, &dev);
+        let layer = EncoderLayer::new(&mut pb, "layer", &shape).unwrap();
+        // Fresh LayerNorms are the identity and fresh biases zero: perturb them all so their
+        // gradients mean something.
+        let mut params = pb.finish().unwrap();
+        for (name, var) in params.iter_mut() {
+            if name.contains("layer_norm") || name.ends_with("bias") {
+                var.set(&(var.as_tensor() + Tensor::randn(0f32, 0.3, var.shape(), &dev)?)?)?;
+            }
+        }
+        assert!(applies(&layer, &Tensor::zeros((b, t, c), DType::F32, &dev)?));
+        for mask in [None, Some(&causal)] {
+            let x = Var::randn(0f32, 1.0, (b, t, c), &dev)?;
+            let probe = Tensor::randn(0f32, 1.0, (b, t, c), &dev)?;
+            let ours = forward(&layer, &x, mask)?;
+            let reference = layer.forward_op_by_op(&x, mask)?;
+            let what = format!("mask {}", mask.is_some());
+            assert!(
+                rel_diff(&ours, &reference) < 1e-5,
+                "{what}: forward off by {}",
+                rel_diff(&ours, &reference)
+            );
+            let g_ours = crate::backward(&(&ours * &probe)?.sum_all()?)?;
+            let g_ref = (reference * &probe)?.sum_all()?.backward()?;
+            let vars = params.iter().map(|(n, v)| (n.as_str(), v)).chain([("x", &x)]);
+            assert_eq!(
+                assert_gradients_match(&what, vars, &g_ours, &g_ref),
+                17,
+                "16 parameters and the input"
+            );
+            let inferred = crate::inference_mode(|| forward(&layer, &x, mask))?;
+            assert_eq!(inferred.flatten_all()?.to_vec1::<f32>()?, ours.flatten_all()?.to_vec1::<f32>()?);
+            let g = crate::backward(&(inferred * &probe)?.sum_all()?)?;
+            assert!(g.get(&x).is_none() && g.get(&layer.mlp.fc1.weight).is_none(), "{what}: inference");
+        }
+        Ok(())
+    }
+}
