@@ -17,10 +17,12 @@
 
 use std::sync::Mutex;
 
-use candle_core::{CustomOp1, CustomOp2, DType, Layout, Shape, Storage, Tensor};
+#[cfg(feature = "cuda")]
+use candle_core::CudaStorage;
+use candle_core::{CpuStorage, CustomOp1, CustomOp3, DType, Layout, Shape, Storage, Tensor};
 
 use crate::config::Activation;
-use crate::fused::{self, BiasAdd, HeadsLayout};
+use crate::fused::{self, HeadsLayout, ResidualBiasAdd};
 use crate::matmul::matmul;
 use crate::nn::{EncoderLayer, LayerNorm, Linear};
 use crate::profile;
@@ -53,9 +55,10 @@ impl Projection {
         Ok(Self { w: l.weight.as_tensor().detach().to_dtype(dtype)?, b: b.as_tensor().detach() })
     }
 
-    /// `x·Wᵀ + b` for `x` `[n, in]`.
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        fused::bias_add(&matmul(x, &self.w.t()?)?, &self.b)
+    /// `x·Wᵀ` for `x` `[n, in]`: the bias goes into the op after it (split, residual add,
+    /// QuickGELU), saving a pass over the output.
+    fn product(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        matmul(x, &self.w.t()?)
     }
 
     /// `dX` and the f32 `(dW, db)` from `x` and `dY`, both `[n, ·]`.
@@ -77,7 +80,7 @@ struct Saved {
     ctx: Tensor,
     x_mid: Tensor,
     ln2: Tensor,
-    /// fc1's output before and after QuickGELU.
+    /// fc1's product (without its bias) and `QuickGELU(h + b₁)`.
     h: Tensor,
     act: Tensor,
     /// q, k, v, out, fc1, fc2.
@@ -104,11 +107,13 @@ pub(crate) fn forward(
 
     let x2 = x.detach().reshape((n, c))?;
     let ln1 = norm(&layer.layer_norm1, &x2)?;
-    let split = |y: Tensor, scale, layout| fused::split_heads(&y.reshape((b, t, c))?, heads, scale, layout);
+    let split = |p: &Projection, scale, layout| {
+        fused::split_heads_with_bias(&p.product(&ln1)?.reshape((b, t, c))?, &p.b, heads, scale, layout)
+    };
     let (q, kt, v) = profile::time("q/k/v projections", &ln1, || {
-        let q = split(proj[0].forward(&ln1)?, scale, HeadsLayout::TokensByWidth)?;
-        let kt = split(proj[1].forward(&ln1)?, 1.0, HeadsLayout::WidthByTokens)?;
-        Ok((q, kt, split(proj[2].forward(&ln1)?, 1.0, HeadsLayout::TokensByWidth)?))
+        let q = split(&proj[0], scale, HeadsLayout::TokensByWidth)?;
+        let kt = split(&proj[1], 1.0, HeadsLayout::WidthByTokens)?;
+        Ok((q, kt, split(&proj[2], 1.0, HeadsLayout::TokensByWidth)?))
     })?;
     let (probs, ctx) = profile::time("attention (scores, softmax, values)", &q, || {
         let scores = matmul(&q, &kt)?;
@@ -120,15 +125,14 @@ pub(crate) fn forward(
         let ctx = fused::merge_heads(&matmul(&probs, &v)?, 1.0, HeadsLayout::TokensByWidth)?;
         Ok((probs, ctx.reshape((n, c))?))
     })?;
-    let o = profile::time("out projection", &ctx, || proj[3].forward(&ctx))?;
-    let x_mid = profile::time("residual add", &o, || &x2 + &o)?;
+    let o = profile::time("out projection", &ctx, || proj[3].product(&ctx))?;
+    let x_mid = profile::time("residual add", &o, || fused::residual_bias_add(&x2, &o, &proj[3].b))?;
     let ln2 = norm(&layer.layer_norm2, &x_mid)?;
-    let h = profile::time("mlp fc1", &ln2, || proj[4].forward(&ln2))?;
-    let act = profile::time("activation", &h, || fused::quick_gelu(&h))?;
-    let h2 = profile::time("mlp fc2", &act, || matmul(&act, &proj[5].w.t()?))?;
-    let pre = profile::time("residual add", &h2, || (&x_mid + &h2)?.reshape((b, t, c)))?;
+    let h = profile::time("mlp fc1", &ln2, || proj[4].product(&ln2))?;
+    let act = profile::time("activation", &h, || fused::quick_gelu_with_bias(&h, &proj[4].b))?;
+    let h2 = profile::time("mlp fc2", &act, || proj[5].product(&act))?;
     if !crate::block::keeps_activations() {
-        return fused::bias_add(&pre, &proj[5].b);
+        return fused::residual_bias_add(&x_mid, &h2, &proj[5].b)?.reshape((b, t, c));
     }
     let ln = [&layer.layer_norm1, &layer.layer_norm2].map(|ln| (ln.weight.as_tensor().detach(), ln.eps));
     let saved = Saved { x: x2, ln1, q, kt, v, probs, ctx, x_mid, ln2, h, act, proj, ln };
@@ -136,14 +140,15 @@ pub(crate) fn forward(
     let linears = projections(layer).map(|l| [Some(&l.weight), l.bias.as_ref()]);
     let params = lns.into_iter().flatten().chain(linears.into_iter().flatten().flatten());
     let params = params.map(|v| v.as_tensor().clone()).collect();
-    let node = Node { pre: Mutex::new(Some(pre)), saved, params, heads, scale };
+    // Shaped as the block's output, which the node's forward returns it plus x_mid and b₂ as.
+    let node = Node { h2: Mutex::new(Some(h2.reshape((b, t, c))?)), saved, params, heads, scale };
     x.apply_op1(node)
 }
 
-/// The block in candle's graph: its forward is the block's last op, `pre + b₂`.
+/// The block in candle's graph: its forward is the block's last op, `x_mid + h₂ + b₂`.
 struct Node {
-    /// `x_mid + act·W₂ᵀ`, taken by the forward.
-    pre: Mutex<Option<Tensor>>,
+    /// `act·W₂ᵀ`, taken by the forward.
+    h2: Mutex<Option<Tensor>>,
     saved: Saved,
     /// The parameters: the LayerNorms' weights and biases (1, then 2), then each
     /// projection's (q, k, v, out, fc1, fc2).
@@ -153,9 +158,19 @@ struct Node {
 }
 
 impl Node {
-    fn pre(&self) -> candle_core::Result<Tensor> {
-        let taken = self.pre.lock().map_err(|_| candle_core::Error::msg("block: poisoned lock"))?.take();
-        taken.ok_or_else(|| candle_core::Error::msg("block: forward run twice"))
+    /// `f` on the storages of `h₂` (taken: the forward runs once), `b₂` and `x_mid`.
+    fn with_operands<R>(
+        &self,
+        f: impl FnOnce([(&Storage, &Layout); 3]) -> candle_core::Result<R>,
+    ) -> candle_core::Result<R> {
+        let taken = self.h2.lock().map_err(|_| candle_core::Error::msg("block: poisoned lock"))?.take();
+        let h2 = taken.ok_or_else(|| candle_core::Error::msg("block: forward run twice"))?;
+        let (h, b, r) = (
+            h2.storage_and_layout(),
+            self.saved.proj[5].b.storage_and_layout(),
+            self.saved.x_mid.storage_and_layout(),
+        );
+        f([(&h.0, h.1), (&b.0, b.1), (&r.0, r.1)])
     }
 }
 
@@ -164,31 +179,23 @@ impl CustomOp1 for Node {
         "transformer-block"
     }
 
-    fn cpu_fwd(
-        &self,
-        _: &candle_core::CpuStorage,
-        _: &Layout,
-    ) -> candle_core::Result<(candle_core::CpuStorage, Shape)> {
-        let (pre, bias) = (self.pre()?, &self.saved.proj[5].b);
-        let ((p, lp), (b, lb)) = (pre.storage_and_layout(), bias.storage_and_layout());
-        match (&*p, &*b) {
-            (Storage::Cpu(p), Storage::Cpu(b)) => BiasAdd.cpu_fwd(p, lp, b, lb),
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        self.with_operands(|[(h, lh), (b, lb), (r, lr)]| match (h, b, r) {
+            (Storage::Cpu(h), Storage::Cpu(b), Storage::Cpu(r)) => {
+                ResidualBiasAdd.cpu_fwd(h, lh, b, lb, r, lr)
+            }
             _ => candle_core::bail!("block: CPU tensors expected"),
-        }
+        })
     }
 
     #[cfg(feature = "cuda")]
-    fn cuda_fwd(
-        &self,
-        _: &candle_core::CudaStorage,
-        _: &Layout,
-    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
-        let (pre, bias) = (self.pre()?, &self.saved.proj[5].b);
-        let ((p, lp), (b, lb)) = (pre.storage_and_layout(), bias.storage_and_layout());
-        match (&*p, &*b) {
-            (Storage::Cuda(p), Storage::Cuda(b)) => BiasAdd.cuda_fwd(p, lp, b, lb),
+    fn cuda_fwd(&self, _: &CudaStorage, _: &Layout) -> candle_core::Result<(CudaStorage, Shape)> {
+        self.with_operands(|[(h, lh), (b, lb), (r, lr)]| match (h, b, r) {
+            (Storage::Cuda(h), Storage::Cuda(b), Storage::Cuda(r)) => {
+                ResidualBiasAdd.cuda_fwd(h, lh, b, lb, r, lr)
+            }
             _ => candle_core::bail!("block: CUDA tensors expected"),
-        }
+        })
     }
 
     fn bwd(&self, x: &Tensor, _y: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
@@ -201,7 +208,7 @@ impl CustomOp1 for Node {
         // MLP: y = x_mid + QuickGELU(LN2(x_mid)·W₁ᵀ + b₁)·W₂ᵀ + b₂.
         let (dx_mid, [d_ln2_w, d_ln2_b], d_fc1, d_fc2) = profile::time("backward: mlp", &dy, || {
             let (d_act, d_fc2) = fc2.backward(&s.act, &dy)?;
-            let dh = fused::quick_gelu_grad(&s.h, &d_act)?;
+            let dh = fused::quick_gelu_with_bias_grad(&s.h, &fc1.b, &d_act)?;
             let (d_ln2, d_fc1) = fc1.backward(&s.ln2, &dh)?;
             let (dx, dw, db) = fused::layer_norm_grad(&s.x_mid, &s.ln[1].0, &d_ln2, s.ln[1].1)?;
             Ok(((dx.to_dtype(dy.dtype())? + &dy)?, [dw, db], d_fc1, d_fc2))

@@ -174,7 +174,7 @@ impl CustomOp1 for QuickGelu {
 
     #[cfg(feature = "cuda")]
     fn cuda_fwd(&self, s: &CudaStorage, l: &Layout) -> candle_core::Result<(CudaStorage, Shape)> {
-        Ok((crate::fused_cuda::quick_gelu(s, l)?, l.shape().clone()))
+        Ok((crate::fused_cuda::quick_gelu((s, l), None)?, l.shape().clone()))
     }
 
     fn bwd(&self, x: &Tensor, _y: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
@@ -210,7 +210,7 @@ impl CustomOp2 for QuickGeluGrad {
         s2: &CudaStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CudaStorage, Shape)> {
-        Ok((crate::fused_cuda::quick_gelu_grad(s1, l1, s2, l2)?, l1.shape().clone()))
+        Ok((crate::fused_cuda::quick_gelu_grad((s1, l1), None, (s2, l2))?, l1.shape().clone()))
     }
 }
 
@@ -616,12 +616,7 @@ impl CustomOp2 for BiasAdd {
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (y, b) = (f32_slice(s1, l1, self.name())?, f32_slice(s2, l2, self.name())?);
-        if b.is_empty() || l1.dims().last() != Some(&b.len()) {
-            candle_core::bail!("bias-add: input {:?} with a bias of {}", l1.dims(), b.len());
-        }
-        let mut out = y.to_vec();
-        out.par_chunks_mut(b.len()).for_each(|row| row.iter_mut().zip(b).for_each(|(o, b)| *o += b));
-        Ok((CpuStorage::F32(out), l1.shape().clone()))
+        Ok((CpuStorage::F32(bias_add_rows((y, l1), b, None)?), l1.shape().clone()))
     }
 
     #[cfg(feature = "cuda")]
@@ -632,7 +627,7 @@ impl CustomOp2 for BiasAdd {
         s2: &CudaStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CudaStorage, Shape)> {
-        Ok((crate::fused_cuda::bias_add((s1, l1), (s2, l2))?, l1.shape().clone()))
+        Ok((crate::fused_cuda::bias_add((s1, l1), (s2, l2), None)?, l1.shape().clone()))
     }
 
     fn bwd(
@@ -643,6 +638,148 @@ impl CustomOp2 for BiasAdd {
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         Ok((Some(grad.clone()), Some(col_sums(grad)?)))
+    }
+}
+
+/// `y + b` over rows of `b.len()`, plus `residual` when given.
+fn bias_add_rows(
+    (y, l): (&[f32], &Layout),
+    b: &[f32],
+    residual: Option<&[f32]>,
+) -> candle_core::Result<Vec<f32>> {
+    if b.is_empty() || l.dims().last() != Some(&b.len()) || residual.is_some_and(|r| r.len() != y.len()) {
+        candle_core::bail!(
+            "bias-add: input {:?} with a bias of {} or a residual of another size",
+            l.dims(),
+            b.len()
+        );
+    }
+    let mut out = residual.unwrap_or(y).to_vec();
+    let d = b.len();
+    out.par_chunks_mut(d).enumerate().for_each(|(r, row)| match residual {
+        Some(_) => row.iter_mut().zip(&y[r * d..]).zip(b).for_each(|((o, y), b)| *o += y + b),
+        None => row.iter_mut().zip(b).for_each(|(o, b)| *o += b),
+    });
+    Ok(out)
+}
+
+/// `y + b + residual` (`device_block.rs`: a projection's bias and the residual stream's add
+/// in one pass; no autograd).
+pub(crate) struct ResidualBiasAdd;
+
+impl CustomOp3 for ResidualBiasAdd {
+    fn name(&self) -> &'static str {
+        "residual-bias-add"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (y, b) = (f32_slice(s1, l1, self.name())?, f32_slice(s2, l2, self.name())?);
+        let residual = f32_slice(s3, l3, self.name())?;
+        Ok((CpuStorage::F32(bias_add_rows((y, l1), b, Some(residual))?), l1.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &CudaStorage,
+        l1: &Layout,
+        s2: &CudaStorage,
+        l2: &Layout,
+        s3: &CudaStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CudaStorage, Shape)> {
+        Ok((crate::fused_cuda::bias_add((s1, l1), (s2, l2), Some((s3, l3)))?, l1.shape().clone()))
+    }
+}
+
+/// `residual + y + b` (no autograd): see [`ResidualBiasAdd`].
+pub(crate) fn residual_bias_add(residual: &Tensor, y: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
+    y.contiguous()?.apply_op3_no_bwd(b, &residual.contiguous()?, &ResidualBiasAdd)
+}
+
+/// `QuickGELU(y + b)` (no autograd: `device_block.rs`, which keeps `y` for the backward).
+pub(crate) fn quick_gelu_with_bias(y: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
+    y.contiguous()?.apply_op2_no_bwd(b, &BiasedQuickGelu)
+}
+
+/// The `dy` of [`quick_gelu_with_bias`] from `y`, `b` and `g`.
+pub(crate) fn quick_gelu_with_bias_grad(y: &Tensor, b: &Tensor, g: &Tensor) -> candle_core::Result<Tensor> {
+    y.contiguous()?.apply_op3_no_bwd(b, &g.contiguous()?, &BiasedQuickGeluGrad)
+}
+
+struct BiasedQuickGelu;
+
+impl CustomOp2 for BiasedQuickGelu {
+    fn name(&self) -> &'static str {
+        "quick-gelu-with-bias"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let h = bias_add_rows((f32_slice(s1, l1, self.name())?, l1), f32_slice(s2, l2, self.name())?, None)?;
+        let mut y = vec![0f32; h.len()];
+        activation_rows(Activation::QuickGelu, &h, &mut y);
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &CudaStorage,
+        l1: &Layout,
+        s2: &CudaStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CudaStorage, Shape)> {
+        Ok((crate::fused_cuda::quick_gelu((s1, l1), Some((s2, l2)))?, l1.shape().clone()))
+    }
+}
+
+struct BiasedQuickGeluGrad;
+
+impl CustomOp3 for BiasedQuickGeluGrad {
+    fn name(&self) -> &'static str {
+        "quick-gelu-with-bias-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let h = bias_add_rows((f32_slice(s1, l1, self.name())?, l1), f32_slice(s2, l2, self.name())?, None)?;
+        let mut dx = f32_slice(s3, l3, self.name())?.to_vec();
+        activation_grad_rows(Activation::QuickGelu, &h, &mut dx);
+        Ok((CpuStorage::F32(dx), l1.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &CudaStorage,
+        l1: &Layout,
+        s2: &CudaStorage,
+        l2: &Layout,
+        s3: &CudaStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CudaStorage, Shape)> {
+        Ok((crate::fused_cuda::quick_gelu_grad((s1, l1), Some((s2, l2)), (s3, l3))?, l1.shape().clone()))
     }
 }
 
@@ -732,8 +869,80 @@ impl CustomOp1 for Heads {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = f32_slice(s, l, self.name())?;
+        let (out, shape) = self.permute((f32_slice(s, l, self.name())?, l), None)?;
+        Ok((CpuStorage::F32(out), shape))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, s: &CudaStorage, l: &Layout) -> candle_core::Result<(CudaStorage, Shape)> {
         let ((_, t, h, d), shape) = self.dims(l)?;
+        Ok((crate::fused_cuda::heads((s, l), None, (t, h, d), self.scale, self.mode())?, shape))
+    }
+
+    fn bwd(&self, _x: &Tensor, _y: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        let inverse = Heads { split: !self.split, ..*self };
+        Ok(Some(grad.contiguous()?.apply_op1(inverse)?))
+    }
+}
+
+/// `split_heads(y + b)` (no autograd: `device_block.rs`), the bias `[H·D]` in f32.
+pub(crate) fn split_heads_with_bias(
+    y: &Tensor,
+    b: &Tensor,
+    heads: usize,
+    scale: f64,
+    layout: HeadsLayout,
+) -> candle_core::Result<Tensor> {
+    y.contiguous()?
+        .apply_op2_no_bwd(b, &BiasedHeads(Heads { heads, scale: scale as f32, layout, split: true }))
+}
+
+struct BiasedHeads(Heads);
+
+impl CustomOp2 for BiasedHeads {
+    fn name(&self) -> &'static str {
+        "attention-heads-with-bias"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let bias = f32_slice(s2, l2, self.name())?;
+        let (out, shape) = self.0.permute((f32_slice(s1, l1, self.name())?, l1), Some(bias))?;
+        Ok((CpuStorage::F32(out), shape))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &CudaStorage,
+        l1: &Layout,
+        s2: &CudaStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CudaStorage, Shape)> {
+        let ((_, t, h, d), shape) = self.0.dims(l1)?;
+        Ok((
+            crate::fused_cuda::heads((s1, l1), Some((s2, l2)), (t, h, d), self.0.scale, self.0.mode())?,
+            shape,
+        ))
+    }
+}
+
+impl Heads {
+    /// The CPU kernel: `x` permuted (with `bias` `[H·D]` added first, splits only).
+    fn permute(
+        &self,
+        (x, l): (&[f32], &Layout),
+        bias: Option<&[f32]>,
+    ) -> candle_core::Result<(Vec<f32>, Shape)> {
+        let ((_, t, h, d), shape) = self.dims(l)?;
+        if bias.is_some_and(|b| b.len() != h * d || !self.split) {
+            candle_core::bail!("attention heads: a bias of {} values for {h} heads of {d}", h * d);
+        }
         let transposed = self.layout == HeadsLayout::WidthByTokens;
         // i runs over [B, T, H, D]; j is the same element on the heads side.
         let at = |i: usize| {
@@ -749,23 +958,13 @@ impl CustomOp1 for Heads {
         let mut out = vec![0f32; x.len()];
         for i in 0..x.len() {
             let j = at(i);
-            match self.split {
-                true => out[j] = x[i] * self.scale,
-                false => out[i] = x[j] * self.scale,
+            match (self.split, bias) {
+                (true, Some(b)) => out[j] = (x[i] + b[i % (h * d)]) * self.scale,
+                (true, None) => out[j] = x[i] * self.scale,
+                (false, _) => out[i] = x[j] * self.scale,
             }
         }
-        Ok((CpuStorage::F32(out), shape))
-    }
-
-    #[cfg(feature = "cuda")]
-    fn cuda_fwd(&self, s: &CudaStorage, l: &Layout) -> candle_core::Result<(CudaStorage, Shape)> {
-        let ((_, t, h, d), shape) = self.dims(l)?;
-        Ok((crate::fused_cuda::heads(s, l, (t, h, d), self.scale, self.mode())?, shape))
-    }
-
-    fn bwd(&self, _x: &Tensor, _y: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        let inverse = Heads { split: !self.split, ..*self };
-        Ok(Some(grad.contiguous()?.apply_op1(inverse)?))
+        Ok((out, shape))
     }
 }
 

@@ -1,6 +1,8 @@
 //! The CUDA side of [`crate::fused`]: QuickGELU, LayerNorm and softmax, forward and
-//! backward, each one kernel (`src/kernels/fused.cu`, compiled to PTX by `build.rs`) over
-//! f32 or bf16 activations.
+//! backward, the bias add (with a residual) and its column sums, the attention heads'
+//! split and merge, each one kernel (`src/kernels/fused.cu`, compiled to PTX by `build.rs`)
+//! over f32 or bf16 activations; QuickGELU and the split can add the bias of the product
+//! before them, saving the bias add's pass.
 //!
 //! Op by op on a GPU, LayerNorm is ~11 kernels in f32 with a temporary each, softmax 5,
 //! QuickGELU 3, and autograd adds a zero-filled buffer and an add per node backwards; these
@@ -145,28 +147,6 @@ fn storage(slice: CudaStorageSlice, dev: &CudaDevice) -> CudaStorage {
     CudaStorage { slice, device: dev.clone() }
 }
 
-/// Launches `{name}_{suffix}(inputs…, out, n)` over `n` elements (grid-stride) into a
-/// fresh output.
-fn elementwise<T: DeviceRepr>(
-    dev: &CudaDevice,
-    (name, suffix): (&str, &str),
-    inputs: &[&CudaView<T>],
-    n: usize,
-) -> Result<CudaSlice<T>> {
-    let func = kernel!(dev, name, suffix)?;
-    // SAFETY: every element is written by the kernel before it is read.
-    let out = unsafe { dev.alloc::<T>(n)? };
-    let mut args = func.builder();
-    for x in inputs {
-        args.arg(*x);
-    }
-    args.arg(&out);
-    args.arg(&n);
-    // SAFETY: the arguments match the kernel's signature (fused.cu).
-    unsafe { args.launch(launch_config(n.div_ceil(THREADS as usize).min(1 << 16))) }.w()?;
-    Ok(out)
-}
-
 /// Launches `{name}_{suffix}(inputs…, out, rows, cols)`, a warp per row, into a fresh output.
 fn per_row<T: DeviceRepr>(
     dev: &CudaDevice,
@@ -190,26 +170,65 @@ fn per_row<T: DeviceRepr>(
     Ok(out)
 }
 
-pub(crate) fn quick_gelu(s: &CudaStorage, l: &Layout) -> Result<CudaStorage> {
-    let dev = &s.device;
-    let slice = per_dtype!([s], |x; suffix| {
-        elementwise(dev, ("quick_gelu_fwd", suffix), &[&view(x, l, "quick-gelu")?], l.shape().elem_count())?
+/// An optional f32 operand `[d]` of a kernel (a bias), passed as a null pointer when absent.
+type Optional<'a> = Option<(&'a CudaStorage, &'a Layout)>;
+
+/// `QuickGELU(x + b)` over rows, the bias `b` (f32) when given.
+pub(crate) fn quick_gelu((x, lx): (&CudaStorage, &Layout), bias: Optional) -> Result<CudaStorage> {
+    let dev = &x.device;
+    let (rows, cols) = rows_cols(lx);
+    let bias = bias.map(|(b, lb)| f32_view(b, lb, "quick-gelu bias")).transpose()?;
+    let slice = per_dtype!([x], |xs; suffix| {
+        let xs = view(xs, lx, "quick-gelu")?;
+        per_row_with_bias(dev, ("quick_gelu_fwd", suffix), (&[&xs], bias.as_ref()), (rows, cols))?
     });
     Ok(storage(slice, dev))
 }
 
+/// QuickGELU's `dx` from its input `x`, the bias when it was given, and `g`.
 pub(crate) fn quick_gelu_grad(
-    x: &CudaStorage,
-    lx: &Layout,
-    g: &CudaStorage,
-    lg: &Layout,
+    (x, lx): (&CudaStorage, &Layout),
+    bias: Optional,
+    (g, lg): (&CudaStorage, &Layout),
 ) -> Result<CudaStorage> {
     let dev = &x.device;
+    let (rows, cols) = rows_cols(lx);
+    let bias = bias.map(|(b, lb)| f32_view(b, lb, "quick-gelu-grad bias")).transpose()?;
     let slice = per_dtype!([x, g], |xs, gs; suffix| {
         let (xs, gs) = (view(xs, lx, "quick-gelu-grad")?, view(gs, lg, "quick-gelu-grad")?);
-        elementwise(dev, ("quick_gelu_bwd", suffix), &[&xs, &gs], lx.shape().elem_count())?
+        per_row_with_bias(dev, ("quick_gelu_bwd", suffix), (&[&xs, &gs], bias.as_ref()), (rows, cols))?
     });
     Ok(storage(slice, dev))
+}
+
+/// Launches `{name}_{suffix}(inputs[0], bias or null, inputs[1..]…, out, rows, cols)`, a
+/// block per row (grid-stride), into a fresh output.
+fn per_row_with_bias<T: DeviceRepr>(
+    dev: &CudaDevice,
+    (name, suffix): (&str, &str),
+    (inputs, bias): (&[&CudaView<T>], Option<&CudaView<f32>>),
+    (rows, cols): (usize, usize),
+) -> Result<CudaSlice<T>> {
+    let func = kernel!(dev, name, suffix)?;
+    // SAFETY: every element is written by the kernel before it is read.
+    let out = unsafe { dev.alloc::<T>(rows * cols)? };
+    let (rows_i, cols_i) = (int_arg(rows, name)?, int_arg(cols, name)?);
+    let null = 0u64;
+    let mut args = func.builder();
+    args.arg(inputs[0]);
+    match bias {
+        Some(b) => args.arg(b),
+        None => args.arg(&null),
+    };
+    for x in &inputs[1..] {
+        args.arg(*x);
+    }
+    args.arg(&out);
+    args.arg(&rows_i);
+    args.arg(&cols_i);
+    // SAFETY: the arguments match the kernel's signature (fused.cu); a null bias is none.
+    unsafe { args.launch(launch_config(rows.min(1 << 16))) }.w()?;
+    Ok(out)
 }
 
 /// Rows and width of a contiguous `[.., d]` input.
@@ -332,34 +351,72 @@ pub(crate) fn softmax_grad(
     Ok(storage(slice, dev))
 }
 
-/// `y + b` for `y` `[.., d]` (f32 or bf16) and the f32 master bias `b` `[d]`: a block per row.
+/// `y + b`, plus `residual` when given, for `y` `[.., d]` (f32 or bf16) and the f32 master
+/// bias `b` `[d]`: a block per row.
 pub(crate) fn bias_add(
     (y, ly): (&CudaStorage, &Layout),
     (b, lb): (&CudaStorage, &Layout),
+    residual: Option<(&CudaStorage, &Layout)>,
 ) -> Result<CudaStorage> {
     let (rows, cols) = rows_cols(ly);
-    if lb.shape().elem_count() != cols {
-        candle_core::bail!("bias-add: rows of {cols} values and a bias of {}", lb.shape().elem_count());
+    if lb.shape().elem_count() != cols
+        || residual.is_some_and(|(_, lr)| lr.shape().elem_count() != rows * cols)
+    {
+        candle_core::bail!(
+            "bias-add: rows of {cols} values, a bias of {}, or a residual of another size",
+            lb.shape().elem_count()
+        );
     }
     let dev = &y.device;
     let b = f32_view(b, lb, "bias-add")?;
-    let slice = per_dtype!([y], |ys; suffix| {
-        let func = kernel!(dev, "bias_add", suffix)?;
-        let ys = view(ys, ly, "bias-add")?;
-        // SAFETY: every element is written by the kernel before it is read.
-        let out = unsafe { dev.alloc(rows * cols)? };
-        let (rows_i, cols_i) = (int_arg(rows, "bias-add rows")?, int_arg(cols, "bias-add width")?);
-        let mut args = func.builder();
-        args.arg(&ys);
-        args.arg(&b);
-        args.arg(&out);
-        args.arg(&rows_i);
-        args.arg(&cols_i);
-        // SAFETY: the arguments match the kernel's signature; blocks stride over the rows.
-        unsafe { args.launch(launch_config(rows.min(1 << 16))) }.w()?;
-        out
-    });
+    let residual = residual.map(|(r, lr)| (&r.slice, lr));
+    let slice = match (&y.slice, residual) {
+        (CudaStorageSlice::F32(ys), None) => {
+            CudaStorageSlice::F32(bias_add_launch(dev, "f32", (ys, ly), &b, None, (rows, cols))?)
+        }
+        (CudaStorageSlice::BF16(ys), None) => {
+            CudaStorageSlice::BF16(bias_add_launch(dev, "bf16", (ys, ly), &b, None, (rows, cols))?)
+        }
+        (CudaStorageSlice::F32(ys), Some((CudaStorageSlice::F32(rs), lr))) => {
+            CudaStorageSlice::F32(bias_add_launch(dev, "f32", (ys, ly), &b, Some((rs, lr)), (rows, cols))?)
+        }
+        (CudaStorageSlice::BF16(ys), Some((CudaStorageSlice::BF16(rs), lr))) => {
+            CudaStorageSlice::BF16(bias_add_launch(dev, "bf16", (ys, ly), &b, Some((rs, lr)), (rows, cols))?)
+        }
+        _ => candle_core::bail!("bias-add: f32 or bf16 input, and a residual of the same dtype"),
+    };
     Ok(storage(slice, dev))
+}
+
+fn bias_add_launch<T: DeviceRepr>(
+    dev: &CudaDevice,
+    suffix: &str,
+    (y, ly): (&CudaSlice<T>, &Layout),
+    b: &CudaView<f32>,
+    residual: Option<(&CudaSlice<T>, &Layout)>,
+    (rows, cols): (usize, usize),
+) -> Result<CudaSlice<T>> {
+    let func = kernel!(dev, "bias_add", suffix)?;
+    let y = view(y, ly, "bias-add")?;
+    let residual = residual.map(|(r, lr)| view(r, lr, "bias-add residual")).transpose()?;
+    // SAFETY: every element is written by the kernel before it is read.
+    let out = unsafe { dev.alloc::<T>(rows * cols)? };
+    let (rows_i, cols_i) = (int_arg(rows, "bias-add rows")?, int_arg(cols, "bias-add width")?);
+    let null = 0u64;
+    let mut args = func.builder();
+    args.arg(&y);
+    args.arg(b);
+    match &residual {
+        Some(r) => args.arg(r),
+        None => args.arg(&null),
+    };
+    args.arg(&out);
+    args.arg(&rows_i);
+    args.arg(&cols_i);
+    // SAFETY: the arguments match the kernel's signature; blocks stride over the rows; a
+    // null residual is none.
+    unsafe { args.launch(launch_config(rows.min(1 << 16))) }.w()?;
+    Ok(out)
 }
 
 /// Column sums of `g` `[.., d]` as f32 `[d]`: the bias's gradient.
@@ -412,8 +469,8 @@ fn col_sums_launch<T: DeviceRepr>(
 /// fused.cu's `heads` (see [`crate::fused::HeadsLayout`]): `(t, h, d)` the sequence length,
 /// heads and head width; `mode` 0–3 as there.
 pub(crate) fn heads(
-    x: &CudaStorage,
-    lx: &Layout,
+    (x, lx): (&CudaStorage, &Layout),
+    bias: Optional,
     (t, h, d): (usize, usize, usize),
     scale: f32,
     mode: i32,
@@ -424,6 +481,8 @@ pub(crate) fn heads(
     })?;
     let dev = &x.device;
     let (t, h, d) = (t as i32, h as i32, d as i32);
+    let bias = bias.map(|(b, lb)| f32_view(b, lb, "attention heads bias")).transpose()?;
+    let null = 0u64;
     let slice = per_dtype!([x], |xs; suffix| {
         let func = kernel!(dev, "heads", suffix)?;
         let xs = view(xs, lx, "attention heads")?;
@@ -431,6 +490,10 @@ pub(crate) fn heads(
         let out = unsafe { dev.alloc(n)? };
         let mut args = func.builder();
         args.arg(&xs);
+        match &bias {
+            Some(b) => args.arg(b),
+            None => args.arg(&null),
+        };
         args.arg(&out);
         args.arg(&n_u);
         args.arg(&t);

@@ -45,22 +45,29 @@ __device__ float block_sum(float v, float *shared) {
     return warp_sum(v);
 }
 
-// ---- QuickGELU: grid-stride over the elements --------------------------------------------
+// ---- QuickGELU of x, plus a per-column f32 bias unless `b` is null (the bias of the
+// product before it, folded in): a block per row, threads along it -----------------------
 
 template <typename T>
-__device__ void quick_gelu_fwd(const T *x, T *y, size_t n) {
-    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
-        const float v = to_f32(x[i]);
-        y[i] = from_f32<T>(v / (1.0f + expf(-1.702f * v)));
+__device__ void quick_gelu_fwd(const T *x, const float *b, T *y, int rows, int cols) {
+    for (int r = blockIdx.x; r < rows; r += gridDim.x) {
+        const size_t row = (size_t)r * cols;
+        for (int c = threadIdx.x; c < cols; c += blockDim.x) {
+            const float v = to_f32(x[row + c]) + (b ? b[c] : 0.0f);
+            y[row + c] = from_f32<T>(v / (1.0f + expf(-1.702f * v)));
+        }
     }
 }
 
 template <typename T>
-__device__ void quick_gelu_bwd(const T *x, const T *g, T *dx, size_t n) {
-    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
-        const float v = to_f32(x[i]);
-        const float s = 1.0f / (1.0f + expf(-1.702f * v));
-        dx[i] = from_f32<T>(to_f32(g[i]) * (s + 1.702f * v * s * (1.0f - s)));
+__device__ void quick_gelu_bwd(const T *x, const float *b, const T *g, T *dx, int rows, int cols) {
+    for (int r = blockIdx.x; r < rows; r += gridDim.x) {
+        const size_t row = (size_t)r * cols;
+        for (int c = threadIdx.x; c < cols; c += blockDim.x) {
+            const float v = to_f32(x[row + c]) + (b ? b[c] : 0.0f);
+            const float s = 1.0f / (1.0f + expf(-1.702f * v));
+            dx[row + c] = from_f32<T>(to_f32(g[row + c]) * (s + 1.702f * v * s * (1.0f - s)));
+        }
     }
 }
 
@@ -208,11 +215,15 @@ extern "C" __global__ void sum_squares_f32(const float *x, size_t n, float *acc)
 // (candle's broadcast add computes each element's bias index with 64-bit divisions by
 // dims read from device memory: slower than the matrix product before it.)
 
+// out = y + b, plus `residual` unless it is null (a residual stream's add, folded in).
 template <typename T>
-__device__ void bias_add(const T *y, const float *b, T *out, int rows, int cols) {
+__device__ void bias_add(const T *y, const float *b, const T *residual, T *out, int rows, int cols) {
     for (int r = blockIdx.x; r < rows; r += gridDim.x) {
         const size_t row = (size_t)r * cols;
-        for (int c = threadIdx.x; c < cols; c += blockDim.x) out[row + c] = from_f32<T>(to_f32(y[row + c]) + b[c]);
+        for (int c = threadIdx.x; c < cols; c += blockDim.x) {
+            const float v = to_f32(y[row + c]) + b[c];
+            out[row + c] = from_f32<T>(residual ? v + to_f32(residual[row + c]) : v);
+        }
     }
 }
 
@@ -232,17 +243,19 @@ __device__ void col_sums(const T *g, float *out, int rows, int cols) {
 }
 
 // ---- Attention heads: [B, T, H·D] to per-head [B, H, T, D] (or [B, H, D, T], keys
-// transposed for q·kᵀ) and back, times `scale`. Element i of the [B, T, H, D] side is
-// visited in order (32-bit index: the caller checks the size), so that side is read or
+// transposed for q·kᵀ) and back, times `scale`; a split adds the f32 `bias` [H·D] first
+// unless it is null (the projection's bias, folded in). Element i of the [B, T, H, D] side
+// is visited in order (32-bit index: the caller checks the size), so that side is read or
 // written contiguously. mode: 0 split, 1 split transposed, 2 merge, 3 merge transposed.
 
 template <typename T>
-__device__ void heads(const T *x, T *out, unsigned n, int t, int h, int d, float scale, int mode) {
+__device__ void heads(const T *x, const float *bias, T *out, unsigned n, int t, int h, int d, float scale,
+                      int mode) {
     for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) {
         const unsigned di = i % d, r = i / d, hi = r % h, bt = r / h, ti = bt % t, bi = bt / t;
         const unsigned bh = bi * h + hi;
         const size_t j = (mode & 1) ? ((size_t)bh * d + di) * t + ti : ((size_t)bh * t + ti) * d + di;
-        if (mode < 2) out[j] = from_f32<T>(to_f32(x[i]) * scale);
+        if (mode < 2) out[j] = from_f32<T>((to_f32(x[i]) + (bias ? bias[hi * d + di] : 0.0f)) * scale);
         else out[i] = from_f32<T>(to_f32(x[j]) * scale);
     }
 }
@@ -250,11 +263,13 @@ __device__ void heads(const T *x, T *out, unsigned n, int t, int h, int d, float
 // ---- entry points, one per dtype ---------------------------------------------------------
 
 #define ENTRY_POINTS(T, SUFFIX)                                                                        \
-    extern "C" __global__ void quick_gelu_fwd_##SUFFIX(const T *x, T *y, size_t n) {                \
-        quick_gelu_fwd(x, y, n);                                                                       \
+    extern "C" __global__ void quick_gelu_fwd_##SUFFIX(const T *x, const float *b, T *y, int rows,  \
+                                                       int cols) {                                    \
+        quick_gelu_fwd(x, b, y, rows, cols);                                                           \
     }                                                                                                  \
-    extern "C" __global__ void quick_gelu_bwd_##SUFFIX(const T *x, const T *g, T *dx, size_t n) {   \
-        quick_gelu_bwd(x, g, dx, n);                                                                   \
+    extern "C" __global__ void quick_gelu_bwd_##SUFFIX(const T *x, const float *b, const T *g, T *dx, \
+                                                       int rows, int cols) {                          \
+        quick_gelu_bwd(x, b, g, dx, rows, cols);                                                       \
     }                                                                                                  \
     extern "C" __global__ void layer_norm_fwd_##SUFFIX(const T *x, const float *w, const float *b,  \
                                                        T *y, int cols, float eps) {                   \
@@ -272,16 +287,16 @@ __device__ void heads(const T *x, T *out, unsigned n, int t, int h, int d, float
                                                     int cols) {                                       \
         softmax_bwd(y, g, dx, rows, cols);                                                             \
     }                                                                                                  \
-    extern "C" __global__ void bias_add_##SUFFIX(const T *y, const float *b, T *out, int rows,       \
-                                                 int cols) {                                          \
-        bias_add(y, b, out, rows, cols);                                                               \
+    extern "C" __global__ void bias_add_##SUFFIX(const T *y, const float *b, const T *residual,     \
+                                                 T *out, int rows, int cols) {                        \
+        bias_add(y, b, residual, out, rows, cols);                                                     \
     }                                                                                                  \
     extern "C" __global__ void col_sums_##SUFFIX(const T *g, float *out, int rows, int cols) {       \
         col_sums(g, out, rows, cols);                                                                  \
     }                                                                                                  \
-    extern "C" __global__ void heads_##SUFFIX(const T *x, T *out, unsigned n, int t, int h, int d,   \
-                                              float scale, int mode) {                                \
-        heads(x, out, n, t, h, d, scale, mode);                                                        \
+    extern "C" __global__ void heads_##SUFFIX(const T *x, const float *bias, T *out, unsigned n,     \
+                                              int t, int h, int d, float scale, int mode) {           \
+        heads(x, bias, out, n, t, h, d, scale, mode);                                                  \
     }
 
 ENTRY_POINTS(float, f32)

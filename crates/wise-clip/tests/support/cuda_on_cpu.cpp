@@ -177,24 +177,31 @@ void check_softmax(const char *suffix, int rows, int cols, double tol, void (*fw
     check(what, dx, dx_ref, tol);
 }
 
+// QuickGELU over rows (13 rows in 3 blocks: the grid-stride loop), without and with the
+// bias folded in.
 template <class T>
-void check_quick_gelu(const char *suffix, size_t n, double tol, void (*fwd)(const T *, T *, size_t),
-                      void (*bwd)(const T *, const T *, T *, size_t)) {
+void check_quick_gelu(const char *suffix, int rows, int cols, double tol,
+                      void (*fwd)(const T *, const float *, T *, int, int),
+                      void (*bwd)(const T *, const float *, const T *, T *, int, int)) {
+    const size_t n = size_t(rows) * cols;
     std::vector<T> x = random_values<T>(n, 0.0f, 3.0f), g = random_values<T>(n, 0.0f, 1.0f);
-    std::vector<double> y_ref(n), dx_ref(n);
-    for (size_t i = 0; i < n; ++i) {
-        const double v = value(x[i]), s = 1.0 / (1.0 + exp(-1.702 * v));
-        y_ref[i] = v * s;
-        dx_ref[i] = value(g[i]) * (s + 1.702 * v * s * (1.0 - s));
+    const std::vector<float> bias = random_values<float>(cols, 0.0f, 1.0f);
+    for (const float *b : {(const float *)nullptr, bias.data()}) {
+        std::vector<double> y_ref(n), dx_ref(n);
+        for (size_t i = 0; i < n; ++i) {
+            const double v = value(x[i]) + (b ? b[i % cols] : 0.0), s = 1.0 / (1.0 + exp(-1.702 * v));
+            y_ref[i] = v * s;
+            dx_ref[i] = value(g[i]) * (s + 1.702 * v * s * (1.0 - s));
+        }
+        std::vector<T> y(n), dx(n);
+        launch(3, 64, [&] { fwd(x.data(), b, y.data(), rows, cols); });
+        launch(3, 64, [&] { bwd(x.data(), b, g.data(), dx.data(), rows, cols); });
+        char what[96];
+        snprintf(what, sizeof what, "quick_gelu_fwd_%s %dx%d%s", suffix, rows, cols, b ? " + bias" : "");
+        check(what, y, y_ref, tol);
+        snprintf(what, sizeof what, "quick_gelu_bwd_%s %dx%d%s", suffix, rows, cols, b ? " + bias" : "");
+        check(what, dx, dx_ref, tol);
     }
-    std::vector<T> y(n), dx(n);
-    launch(3, 64, [&] { fwd(x.data(), y.data(), n); });  // 192 threads stride over n: several passes
-    launch(3, 64, [&] { bwd(x.data(), g.data(), dx.data(), n); });
-    char what[96];
-    snprintf(what, sizeof what, "quick_gelu_fwd_%s n=%zu", suffix, n);
-    check(what, y, y_ref, tol);
-    snprintf(what, sizeof what, "quick_gelu_bwd_%s n=%zu", suffix, n);
-    check(what, dx, dx_ref, tol);
 }
 
 // Two AdamW steps (the first with clipping's scale, the second without) on random weights
@@ -244,37 +251,48 @@ void check_sum_squares() {
 // The bias add (rows in fewer blocks than rows: the grid-stride loop) and the column sums
 // of its backward (rows not a multiple of COL_SUM_ROWS), against sums in double.
 template <class T>
-void check_bias(const char *suffix, int rows, int cols, double tol, void (*add)(const T *, const float *, T *, int, int),
+void check_bias(const char *suffix, int rows, int cols, double tol,
+                void (*add)(const T *, const float *, const T *, T *, int, int),
                 void (*sums)(const T *, float *, int, int)) {
     std::vector<T> y = random_values<T>(size_t(rows) * cols, 0.0f, 1.0f);
+    std::vector<T> residual = random_values<T>(size_t(rows) * cols, 0.0f, 1.0f);
     std::vector<float> b = random_values<float>(cols, 0.0f, 1.0f), got_sums(cols, 0.0f);
-    std::vector<double> out_ref(y.size()), sums_ref(cols, 0.0);
+    std::vector<double> out_ref(y.size()), with_residual_ref(y.size()), sums_ref(cols, 0.0);
     for (int r = 0; r < rows; ++r)
         for (int c = 0; c < cols; ++c) {
-            out_ref[size_t(r) * cols + c] = value(y[size_t(r) * cols + c]) + b[c];
-            sums_ref[c] += value(y[size_t(r) * cols + c]);
+            const size_t i = size_t(r) * cols + c;
+            out_ref[i] = value(y[i]) + b[c];
+            with_residual_ref[i] = out_ref[i] + value(residual[i]);
+            sums_ref[c] += value(y[i]);
         }
-    std::vector<T> out(y.size());
-    launch(7, 64, [&] { add(y.data(), b.data(), out.data(), rows, cols); });
+    std::vector<T> out(y.size()), with_residual(y.size());
+    launch(7, 64, [&] { add(y.data(), b.data(), nullptr, out.data(), rows, cols); });
+    launch(7, 64, [&] { add(y.data(), b.data(), residual.data(), with_residual.data(), rows, cols); });
     launch(2, 64, [&] { sums(y.data(), got_sums.data(), rows, cols); });
     char what[96];
     snprintf(what, sizeof what, "bias_add_%s %dx%d", suffix, rows, cols);
     check(what, out, out_ref, tol);
+    snprintf(what, sizeof what, "bias_add_%s %dx%d + residual", suffix, rows, cols);
+    check(what, with_residual, with_residual_ref, tol);
     snprintf(what, sizeof what, "col_sums_%s %dx%d", suffix, rows, cols);
     check(what, got_sums, sums_ref, 1e-5);
 }
 
 // Splitting [B, T, H·D] into heads, plain and with the keys transposed, against the index
-// formulas; merging must give back the input exactly (times the two scales).
+// formulas; merging must give back the input exactly (times the two scales). Then the
+// split with the bias folded in.
 template <class T>
-void check_heads(const char *suffix, void (*heads_fn)(const T *, T *, unsigned, int, int, int, float, int)) {
+void check_heads(const char *suffix,
+                 void (*heads_fn)(const T *, const float *, T *, unsigned, int, int, int, float, int)) {
     const int b = 2, t = 5, h = 3, d = 4;
     const unsigned n = b * t * h * d;
     const std::vector<T> x = random_values<T>(n, 0.0f, 1.0f);
+    const std::vector<float> bias = random_values<float>(h * d, 0.0f, 1.0f);
     for (int mode : {0, 1}) {
-        std::vector<T> split(n), merged(n);
-        launch(2, 32, [&] { heads_fn(x.data(), split.data(), n, t, h, d, 0.5f, mode); });
-        std::vector<double> split_ref(n), merged_ref(n);
+        std::vector<T> split(n), merged(n), biased(n);
+        launch(2, 32, [&] { heads_fn(x.data(), nullptr, split.data(), n, t, h, d, 0.5f, mode); });
+        launch(2, 32, [&] { heads_fn(x.data(), bias.data(), biased.data(), n, t, h, d, 0.5f, mode); });
+        std::vector<double> split_ref(n), merged_ref(n), biased_ref(n);
         for (int bi = 0; bi < b; ++bi)
             for (int ti = 0; ti < t; ++ti)
                 for (int hi = 0; hi < h; ++hi)
@@ -283,14 +301,17 @@ void check_heads(const char *suffix, void (*heads_fn)(const T *, T *, unsigned, 
                         const size_t j = mode == 0 ? ((size_t(bi) * h + hi) * t + ti) * d + di
                                                    : ((size_t(bi) * h + hi) * d + di) * t + ti;
                         split_ref[j] = 0.5 * value(x[i]);
+                        biased_ref[j] = 0.5 * (value(x[i]) + bias[hi * d + di]);
                     }
-        launch(2, 32, [&] { heads_fn(split.data(), merged.data(), n, t, h, d, 4.0f, mode + 2); });
+        launch(2, 32, [&] { heads_fn(split.data(), nullptr, merged.data(), n, t, h, d, 4.0f, mode + 2); });
         for (size_t i = 0; i < n; ++i) merged_ref[i] = 2.0 * value(x[i]);
         char what[96];
         snprintf(what, sizeof what, "heads_%s split (mode %d)", suffix, mode);
         check(what, split, split_ref, 0.0);
         snprintf(what, sizeof what, "heads_%s merge (mode %d)", suffix, mode + 2);
         check(what, merged, merged_ref, 0.0);
+        snprintf(what, sizeof what, "heads_%s split + bias (mode %d)", suffix, mode);
+        check(what, biased, biased_ref, sizeof(T) == 4 ? 1e-6 : 1e-2);
     }
 }
 
@@ -307,8 +328,8 @@ int main() {
         check_softmax<float>("f32", 13, cols, 1e-5, softmax_fwd_f32, softmax_bwd_f32);
         check_softmax<__nv_bfloat16>("bf16", 13, cols, 1e-2, softmax_fwd_bf16, softmax_bwd_bf16);
     }
-    check_quick_gelu<float>("f32", 1000, 1e-5, quick_gelu_fwd_f32, quick_gelu_bwd_f32);
-    check_quick_gelu<__nv_bfloat16>("bf16", 1000, 1e-2, quick_gelu_fwd_bf16, quick_gelu_bwd_bf16);
+    check_quick_gelu<float>("f32", 13, 77, 1e-5, quick_gelu_fwd_f32, quick_gelu_bwd_f32);
+    check_quick_gelu<__nv_bfloat16>("bf16", 13, 77, 1e-2, quick_gelu_fwd_bf16, quick_gelu_bwd_bf16);
     // ViT widths, and rows that leave the last block partly filled.
     for (auto [rows, cols] : {std::pair{130, 96}, {70, 200}}) {
         check_bias<float>("f32", rows, cols, 1e-6, bias_add_f32, col_sums_f32);
