@@ -24,9 +24,11 @@
 #       via torch.autocast) in the same run, ViT-B/32 and ViT-B/16, inference and training
 #       steps, with the ratio and MFU (model FLOPs / H100 SXM dense bf16 peak, 989 TFLOP/s);
 #   (c) where wise's GPU time goes: `WISE_PROFILE=1 wise bench` (ViT-B/16), each part of the
-#       forward and each phase of a training step timed between device synchronisations, as
-#       built and with WISE_CUDA_FUSED=off / WISE_CUDA_ALLOCATOR=candle (candle's defaults).
-#   (PROFILE_VARIANTS=default profiles the build as it is only.)
+#       forward and backward and each phase of a training step timed between device
+#       synchronisations, as built and in variants with one setting each: fused=off
+#       (WISE_CUDA_FUSED=off: candle's op-by-op kernels), allocator=candle
+#       (WISE_CUDA_ALLOCATOR=candle: candle's memory pool settings), padding=off
+#       (WISE_ATTENTION_PADDING=off). PROFILE_VARIANTS="default padding=off" picks some.
 #   Everything lands in OUTDIR: gpu-check.log, parity.jsonl, bench.jsonl, summary.md,
 #   profile.jsonl.
 set -euo pipefail
@@ -222,17 +224,21 @@ benchmarks() {
     done
 
     echo "== where wise's GPU time goes (WISE_PROFILE=1: every part waits for the GPU), as built,"
-    echo "   and without each GPU change of sessions 4-5: the fused CUDA kernels (LayerNorm, softmax,"
-    echo "   QuickGELU, AdamW, gradient norm; WISE_CUDA_FUSED=off), the memory pool and event"
-    echo "   settings (WISE_CUDA_ALLOCATOR=candle)"
+    echo "   and without one change each: the fused CUDA kernels and the one-node block"
+    echo "   (WISE_CUDA_FUSED=off), the memory pool and event settings (WISE_CUDA_ALLOCATOR=candle),"
+    echo "   the attention's padding to aligned rows (WISE_ATTENTION_PADDING=off)"
     : > "$out/profile.jsonl"
-    local variant fused allocator
-    for variant in ${PROFILE_VARIANTS:-default fused=off allocator=candle}; do
-        fused=$([[ $variant == fused=off ]] && echo off || echo on)
-        allocator=$([[ $variant == allocator=candle ]] && echo candle || echo wise)
+    local variant setting
+    for variant in ${PROFILE_VARIANTS:-default fused=off allocator=candle padding=off}; do
+        case $variant in
+            fused=off) setting=WISE_CUDA_FUSED=off ;;
+            allocator=candle) setting=WISE_CUDA_ALLOCATOR=candle ;;
+            padding=off) setting=WISE_ATTENTION_PADDING=off ;;
+            *) setting=WISE_PROFILE=1 ;;
+        esac
         for mode in infer train; do
             batch=$([[ $mode == infer ]] && echo "${INFER_BATCH:-256}" || echo "${TRAIN_BATCH:-128}")
-            WISE_CUDA_FUSED=$fused WISE_CUDA_ALLOCATOR=$allocator WISE_PROFILE=1 "$wise" bench \
+            env "$setting" WISE_PROFILE=1 "$wise" bench \
                 --device "$GPU_DEVICE" --mode "$mode" --preset ViT-B/16 --batch-size "$batch" \
                 --warmup 2 --iters 3 \
                 | sed "s/^{/{\"variant\":\"$variant\",/" | tee -a "$out/profile.jsonl" \

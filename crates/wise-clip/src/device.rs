@@ -37,10 +37,15 @@ pub fn parse_device(spec: &str) -> Result<Device> {
 /// - no cross-stream event tracking: candle queues all work on one stream, and with
 ///   tracking on cudarc creates two events per allocation and records and waits on them
 ///   for every kernel argument.
+///
+/// `WISE_CUDA_ALLOCATOR=candle` keeps candle's settings (to measure the difference).
 #[cfg(feature = "cuda")]
 fn cuda_device(ordinal: usize) -> Result<Device> {
     use candle_core::cuda_backend::cudarc::driver::{result, sys};
     let device = Device::new_cuda(ordinal)?;
+    if std::env::var("WISE_CUDA_ALLOCATOR").is_ok_and(|v| v == "candle") {
+        return Ok(device);
+    }
     let Device::Cuda(cuda) = &device else { unreachable!("Device::new_cuda gives a CUDA device") };
     // SAFETY: before any tensor of this device exists (the setting applies to those created
     // after it), and wise uses no stream but the device's own: no use of a tensor needs

@@ -43,6 +43,23 @@ fn projections(layer: &EncoderLayer) -> [&Linear; 6] {
     [&attn.q_proj, &attn.k_proj, &attn.v_proj, &attn.out_proj, &layer.mlp.fc1, &layer.mlp.fc2]
 }
 
+/// Zero token slots to add after the `t` tokens of each head, so that the attention's
+/// products see rows of a multiple of 8 values (16 bytes in bf16): cuBLAS runs tensor-core
+/// kernels on aligned rows only, and a ViT's 50 or 197 tokens are not. The padded keys'
+/// probabilities are 0 (softmax over the first `t` only) and the padded queries' outputs
+/// are dropped by the merge, so the result is the same. Not with a mask (the text tower):
+/// it would need padding too. `WISE_ATTENTION_PADDING=off` turns it off (to measure it).
+fn attention_padding(t: usize, masked: bool) -> usize {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let on =
+        *ON.get_or_init(|| std::env::var("WISE_ATTENTION_PADDING").map_or(true, |v| v != "off" && v != "0"));
+    if on && !masked {
+        t.next_multiple_of(8) - t
+    } else {
+        0
+    }
+}
+
 /// A projection's weight in the compute dtype and its f32 bias, detached.
 struct Projection {
     w: Tensor,
@@ -107,8 +124,10 @@ pub(crate) fn forward(
 
     let x2 = x.detach().reshape((n, c))?;
     let ln1 = norm(&layer.layer_norm1, &x2)?;
+    let padding = attention_padding(t, mask.is_some());
     let split = |p: &Projection, scale, layout| {
-        fused::split_heads_with_bias(&p.product(&ln1)?.reshape((b, t, c))?, &p.b, heads, scale, layout)
+        let y = p.product(&ln1)?.reshape((b, t, c))?;
+        fused::split_heads_padded(&y, Some(&p.b), (heads, scale, layout), padding)
     };
     let (q, kt, v) = profile::time("q/k/v projections", &ln1, || {
         let q = split(&proj[0], scale, HeadsLayout::TokensByWidth)?;
@@ -121,8 +140,8 @@ pub(crate) fn forward(
             Some(m) => scores.broadcast_add(&m.to_dtype(dtype)?)?,
             None => scores,
         };
-        let probs = fused::softmax_last_dim(&scores)?;
-        let ctx = fused::merge_heads(&matmul(&probs, &v)?, 1.0, HeadsLayout::TokensByWidth)?;
+        let probs = fused::softmax_of_first(&scores, t)?;
+        let ctx = fused::merge_heads_padded(&matmul(&probs, &v)?, 1.0, HeadsLayout::TokensByWidth, padding)?;
         Ok((probs, ctx.reshape((n, c))?))
     })?;
     let o = profile::time("out projection", &ctx, || proj[3].product(&ctx))?;
@@ -141,7 +160,8 @@ pub(crate) fn forward(
     let params = lns.into_iter().flatten().chain(linears.into_iter().flatten().flatten());
     let params = params.map(|v| v.as_tensor().clone()).collect();
     // Shaped as the block's output, which the node's forward returns it plus x_mid and b₂ as.
-    let node = Node { h2: Mutex::new(Some(h2.reshape((b, t, c))?)), saved, params, heads, scale };
+    let h2 = Mutex::new(Some(h2.reshape((b, t, c))?));
+    let node = Node { h2, saved, params, heads, scale, padding };
     x.apply_op1(node)
 }
 
@@ -155,6 +175,8 @@ struct Node {
     params: Vec<Tensor>,
     heads: usize,
     scale: f64,
+    /// Zero token slots after the last token on the heads side ([`attention_padding`]).
+    padding: usize,
 }
 
 impl Node {
@@ -217,14 +239,16 @@ impl CustomOp1 for Node {
         // Attention: x_mid = x + softmax(Q·Kᵀ)·V·Woᵀ + bo, Q, K, V from LN1(x).
         let (d_ln1, [d_q, d_k, d_v, d_o]) = profile::time("backward: attention", &dx_mid, || {
             let (d_ctx, d_o) = o_p.backward(&s.ctx, &dx_mid)?;
-            let d_ctx =
-                fused::split_heads(&d_ctx.reshape((b, t, c))?, self.heads, 1.0, HeadsLayout::TokensByWidth)?;
+            let heads = (self.heads, 1.0, HeadsLayout::TokensByWidth);
+            let d_ctx = fused::split_heads_padded(&d_ctx.reshape((b, t, c))?, None, heads, self.padding)?;
             let d_probs = matmul(&d_ctx, &s.v.t()?)?;
             let d_v = matmul(&s.probs.t()?, &d_ctx)?;
             let d_scores = fused::softmax_grad(&s.probs, &d_probs)?;
             let d_q = matmul(&d_scores, &s.kt.t()?)?;
             let d_kt = matmul(&s.q.t()?, &d_scores)?;
-            let merge = |d: &Tensor, scale, layout| fused::merge_heads(d, scale, layout)?.reshape((n, c));
+            let merge = |d: &Tensor, scale, layout| {
+                fused::merge_heads_padded(d, scale, layout, self.padding)?.reshape((n, c))
+            };
             let (dq, d_q) = q_p.backward(&s.ln1, &merge(&d_q, self.scale, HeadsLayout::TokensByWidth)?)?;
             let (dk, d_k) = k_p.backward(&s.ln1, &merge(&d_kt, 1.0, HeadsLayout::WidthByTokens)?)?;
             let (dv, d_v) = v_p.backward(&s.ln1, &merge(&d_v, 1.0, HeadsLayout::TokensByWidth)?)?;

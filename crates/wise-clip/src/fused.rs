@@ -85,7 +85,7 @@ pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> candl
 
 /// Softmax over the last dim, fused.
 pub fn softmax_last_dim(x: &Tensor) -> candle_core::Result<Tensor> {
-    x.contiguous()?.apply_op1(Softmax)
+    x.contiguous()?.apply_op1(Softmax { valid: None })
 }
 
 /// The backward kernels on their own, for a block whose backward is written out
@@ -525,7 +525,17 @@ pub(crate) fn softmax_grad_rows(g: &mut [f32], y: &[f32], width: usize) {
     }
 }
 
-struct Softmax;
+/// Softmax over the first `valid` values of each row (all when `None`; the rest, padding
+/// key slots, get probability 0).
+struct Softmax {
+    valid: Option<usize>,
+}
+
+/// Softmax over the first `valid` of each row's values, the rest 0 (no autograd:
+/// `device_block.rs`, whose backward is [`softmax_grad`], right for these rows too).
+pub(crate) fn softmax_of_first(x: &Tensor, valid: usize) -> candle_core::Result<Tensor> {
+    x.contiguous()?.apply_op1_no_bwd(&Softmax { valid: Some(valid) })
+}
 
 impl CustomOp1 for Softmax {
     fn name(&self) -> &'static str {
@@ -535,18 +545,25 @@ impl CustomOp1 for Softmax {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let x = f32_slice(s, l, self.name())?;
         let d = l.dims().last().copied().unwrap_or(1).max(1);
+        let valid = self.valid.unwrap_or(d).min(d);
         let mut y = vec![0f32; x.len()];
         let chunk = rows_per_task(x.len() / d, d) * d;
         y.par_chunks_mut(chunk).zip(x.par_chunks(chunk)).for_each(|(y, x)| {
             y.copy_from_slice(x);
-            softmax_rows(y, d, None);
+            match valid == d {
+                true => softmax_rows(y, d, None),
+                false => y.chunks_exact_mut(d).for_each(|row| {
+                    softmax_rows(&mut row[..valid], valid, None);
+                    row[valid..].fill(0.0);
+                }),
+            }
         });
         Ok((CpuStorage::F32(y), l.shape().clone()))
     }
 
     #[cfg(feature = "cuda")]
     fn cuda_fwd(&self, s: &CudaStorage, l: &Layout) -> candle_core::Result<(CudaStorage, Shape)> {
-        Ok((crate::fused_cuda::softmax(s, l)?, l.shape().clone()))
+        Ok((crate::fused_cuda::softmax(s, l, self.valid)?, l.shape().clone()))
     }
 
     fn bwd(&self, _x: &Tensor, y: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
@@ -820,25 +837,65 @@ pub enum HeadsLayout {
 /// `[B, T, H·D]` → per-head `scale · x` in `layout`, as one copy (on CUDA candle's strided
 /// copy is slower than the projection that feeds it).
 pub fn split_heads(x: &Tensor, heads: usize, scale: f64, layout: HeadsLayout) -> candle_core::Result<Tensor> {
-    x.contiguous()?.apply_op1(Heads { heads, scale: scale as f32, layout, split: true })
+    x.contiguous()?.apply_op1(Heads { heads, scale: scale as f32, layout, split: true, padding: 0 })
 }
 
 /// The per-head `[B, H, T, D]` (or `[B, H, D, T]`) back to `[B, T, H·D]`, times `scale`.
 pub fn merge_heads(x: &Tensor, scale: f64, layout: HeadsLayout) -> candle_core::Result<Tensor> {
     let heads = x.dim(1)?;
-    x.contiguous()?.apply_op1(Heads { heads, scale: scale as f32, layout, split: false })
+    x.contiguous()?.apply_op1(Heads { heads, scale: scale as f32, layout, split: false, padding: 0 })
 }
 
+/// [`split_heads`] of `y + bias` (the f32 bias `[H·D]` when given), the token dim on the
+/// heads side followed by `padding` zero slots (no autograd: `device_block.rs`).
+pub(crate) fn split_heads_padded(
+    y: &Tensor,
+    bias: Option<&Tensor>,
+    (heads, scale, layout): (usize, f64, HeadsLayout),
+    padding: usize,
+) -> candle_core::Result<Tensor> {
+    let op = Heads { heads, scale: scale as f32, layout, split: true, padding };
+    match bias {
+        Some(b) => y.contiguous()?.apply_op2_no_bwd(b, &BiasedHeads(op)),
+        None => y.contiguous()?.apply_op1_no_bwd(&op),
+    }
+}
+
+/// [`merge_heads`] of heads whose last `padding` token slots are dropped (no autograd).
+pub(crate) fn merge_heads_padded(
+    x: &Tensor,
+    scale: f64,
+    layout: HeadsLayout,
+    padding: usize,
+) -> candle_core::Result<Tensor> {
+    let op = Heads { heads: x.dim(1)?, scale: scale as f32, layout, split: false, padding };
+    x.contiguous()?.apply_op1_no_bwd(&op)
+}
+
+#[derive(Clone, Copy)]
 struct Heads {
     heads: usize,
     scale: f32,
     layout: HeadsLayout,
     split: bool,
+    /// Token slots after the last token on the heads side (zeros): padded to a multiple
+    /// of 8, the attention's products get aligned rows, which tensor cores need.
+    padding: usize,
+}
+
+/// Sizes of a heads op: batch, tokens, token slots on the heads side, heads, head width.
+#[derive(Clone, Copy)]
+struct HeadsDims {
+    b: usize,
+    t: usize,
+    slots: usize,
+    h: usize,
+    d: usize,
 }
 
 impl Heads {
-    /// `(b, t, h, d)` and the output's shape.
-    fn dims(&self, l: &Layout) -> candle_core::Result<((usize, usize, usize, usize), Shape)> {
+    /// The sizes and the output's shape.
+    fn dims(&self, l: &Layout) -> candle_core::Result<(HeadsDims, Shape)> {
         let transposed = self.layout == HeadsLayout::WidthByTokens;
         let h = self.heads;
         if self.split {
@@ -846,13 +903,16 @@ impl Heads {
             if h == 0 || c % h != 0 {
                 candle_core::bail!("attention: width {c} is not a multiple of {h} heads");
             }
-            let d = c / h;
-            let shape = if transposed { (b, h, d, t) } else { (b, h, t, d) };
-            Ok(((b, t, h, d), Shape::from(shape)))
+            let (d, slots) = (c / h, t + self.padding);
+            let shape = if transposed { (b, h, d, slots) } else { (b, h, slots, d) };
+            Ok((HeadsDims { b, t, slots, h, d }, Shape::from(shape)))
         } else {
             let (b, h, x2, x3) = l.shape().dims4()?;
-            let (t, d) = if transposed { (x3, x2) } else { (x2, x3) };
-            Ok(((b, t, h, d), Shape::from((b, t, h * d))))
+            let (slots, d) = if transposed { (x3, x2) } else { (x2, x3) };
+            let Some(t) = slots.checked_sub(self.padding) else {
+                candle_core::bail!("attention heads: {slots} token slots, {} of them padding", self.padding)
+            };
+            Ok((HeadsDims { b, t, slots, h, d }, Shape::from((b, t, h * d))))
         }
     }
 
@@ -860,6 +920,51 @@ impl Heads {
     #[cfg(feature = "cuda")]
     fn mode(&self) -> i32 {
         i32::from(!self.split) * 2 + i32::from(self.layout == HeadsLayout::WidthByTokens)
+    }
+
+    /// The CPU kernel: `x` permuted (with `bias` `[H·D]` added first, splits only).
+    fn permute(
+        &self,
+        (x, l): (&[f32], &Layout),
+        bias: Option<&[f32]>,
+    ) -> candle_core::Result<(Vec<f32>, Shape)> {
+        let (HeadsDims { b, t, slots, h, d }, shape) = self.dims(l)?;
+        if bias.is_some_and(|b| b.len() != h * d || !self.split) {
+            candle_core::bail!("attention heads: a bias of {} values for {h} heads of {d}", h * d);
+        }
+        let transposed = self.layout == HeadsLayout::WidthByTokens;
+        // i runs over [B, T, H, D]; j is the same element on the heads side.
+        let at = |i: usize| {
+            let (di, r) = (i % d, i / d);
+            let (hi, bt) = (r % h, r / h);
+            let (ti, bh) = (bt % t, (bt / t) * h + hi);
+            if transposed {
+                (bh * d + di) * slots + ti
+            } else {
+                (bh * slots + ti) * d + di
+            }
+        };
+        let mut out = vec![0f32; shape.elem_count()];
+        for i in 0..b * t * h * d {
+            let j = at(i);
+            match (self.split, bias) {
+                (true, Some(b)) => out[j] = (x[i] + b[i % (h * d)]) * self.scale,
+                (true, None) => out[j] = x[i] * self.scale,
+                (false, _) => out[i] = x[j] * self.scale,
+            }
+        }
+        Ok((out, shape))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda(
+        &self,
+        x: (&CudaStorage, &Layout),
+        bias: Option<(&CudaStorage, &Layout)>,
+    ) -> candle_core::Result<(CudaStorage, Shape)> {
+        let (HeadsDims { b, t, slots, h, d }, shape) = self.dims(x.1)?;
+        let sizes = crate::fused_cuda::HeadsSizes { b, t, slots, h, d };
+        Ok((crate::fused_cuda::heads(x, bias, sizes, self.scale, self.mode())?, shape))
     }
 }
 
@@ -875,8 +980,7 @@ impl CustomOp1 for Heads {
 
     #[cfg(feature = "cuda")]
     fn cuda_fwd(&self, s: &CudaStorage, l: &Layout) -> candle_core::Result<(CudaStorage, Shape)> {
-        let ((_, t, h, d), shape) = self.dims(l)?;
-        Ok((crate::fused_cuda::heads((s, l), None, (t, h, d), self.scale, self.mode())?, shape))
+        self.cuda((s, l), None)
     }
 
     fn bwd(&self, _x: &Tensor, _y: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
@@ -885,18 +989,7 @@ impl CustomOp1 for Heads {
     }
 }
 
-/// `split_heads(y + b)` (no autograd: `device_block.rs`), the bias `[H·D]` in f32.
-pub(crate) fn split_heads_with_bias(
-    y: &Tensor,
-    b: &Tensor,
-    heads: usize,
-    scale: f64,
-    layout: HeadsLayout,
-) -> candle_core::Result<Tensor> {
-    y.contiguous()?
-        .apply_op2_no_bwd(b, &BiasedHeads(Heads { heads, scale: scale as f32, layout, split: true }))
-}
-
+/// A split that adds the projection's bias first.
 struct BiasedHeads(Heads);
 
 impl CustomOp2 for BiasedHeads {
@@ -924,47 +1017,7 @@ impl CustomOp2 for BiasedHeads {
         s2: &CudaStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CudaStorage, Shape)> {
-        let ((_, t, h, d), shape) = self.0.dims(l1)?;
-        Ok((
-            crate::fused_cuda::heads((s1, l1), Some((s2, l2)), (t, h, d), self.0.scale, self.0.mode())?,
-            shape,
-        ))
-    }
-}
-
-impl Heads {
-    /// The CPU kernel: `x` permuted (with `bias` `[H·D]` added first, splits only).
-    fn permute(
-        &self,
-        (x, l): (&[f32], &Layout),
-        bias: Option<&[f32]>,
-    ) -> candle_core::Result<(Vec<f32>, Shape)> {
-        let ((_, t, h, d), shape) = self.dims(l)?;
-        if bias.is_some_and(|b| b.len() != h * d || !self.split) {
-            candle_core::bail!("attention heads: a bias of {} values for {h} heads of {d}", h * d);
-        }
-        let transposed = self.layout == HeadsLayout::WidthByTokens;
-        // i runs over [B, T, H, D]; j is the same element on the heads side.
-        let at = |i: usize| {
-            let (di, r) = (i % d, i / d);
-            let (hi, bt) = (r % h, r / h);
-            let (ti, bh) = (bt % t, (bt / t) * h + hi);
-            if transposed {
-                (bh * d + di) * t + ti
-            } else {
-                (bh * t + ti) * d + di
-            }
-        };
-        let mut out = vec![0f32; x.len()];
-        for i in 0..x.len() {
-            let j = at(i);
-            match (self.split, bias) {
-                (true, Some(b)) => out[j] = (x[i] + b[i % (h * d)]) * self.scale,
-                (true, None) => out[j] = x[i] * self.scale,
-                (false, _) => out[i] = x[j] * self.scale,
-            }
-        }
-        Ok((out, shape))
+        self.0.cuda((s1, l1), Some((s2, l2)))
     }
 }
 

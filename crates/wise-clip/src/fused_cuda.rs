@@ -147,12 +147,14 @@ fn storage(slice: CudaStorageSlice, dev: &CudaDevice) -> CudaStorage {
     CudaStorage { slice, device: dev.clone() }
 }
 
-/// Launches `{name}_{suffix}(inputs…, out, rows, cols)`, a warp per row, into a fresh output.
+/// Launches `{name}_{suffix}(inputs…, out, rows, cols[, last])`, a warp per row, into a
+/// fresh output.
 fn per_row<T: DeviceRepr>(
     dev: &CudaDevice,
     (name, suffix): (&str, &str),
     inputs: &[&CudaView<T>],
     (rows, cols): (usize, usize),
+    last: Option<i32>,
 ) -> Result<CudaSlice<T>> {
     let func = kernel!(dev, name, suffix)?;
     // SAFETY: every element is written by the kernel before it is read.
@@ -165,6 +167,9 @@ fn per_row<T: DeviceRepr>(
     args.arg(&out);
     args.arg(&rows_i);
     args.arg(&cols_i);
+    if let Some(last) = &last {
+        args.arg(last);
+    }
     // SAFETY: the arguments match the kernel's signature (fused.cu).
     unsafe { args.launch(launch_config(rows.div_ceil(THREADS as usize / 32))) }.w()?;
     Ok(out)
@@ -329,10 +334,13 @@ fn layer_norm_grad_launch<T: DeviceRepr>(
     Ok(())
 }
 
-pub(crate) fn softmax(x: &CudaStorage, lx: &Layout) -> Result<CudaStorage> {
+/// Softmax over the first `valid` values of each row (all when `None`), the rest 0.
+pub(crate) fn softmax(x: &CudaStorage, lx: &Layout, valid: Option<usize>) -> Result<CudaStorage> {
     let dev = &x.device;
+    let (rows, cols) = rows_cols(lx);
+    let valid = int_arg(valid.unwrap_or(cols).min(cols), "softmax columns")?;
     let slice = per_dtype!([x], |xs; suffix| {
-        per_row(dev, ("softmax_fwd", suffix), &[&view(xs, lx, "softmax")?], rows_cols(lx))?
+        per_row(dev, ("softmax_fwd", suffix), &[&view(xs, lx, "softmax")?], (rows, cols), Some(valid))?
     });
     Ok(storage(slice, dev))
 }
@@ -346,7 +354,7 @@ pub(crate) fn softmax_grad(
     let dev = &y.device;
     let slice = per_dtype!([y, g], |ys, gs; suffix| {
         let (ys, gs) = (view(ys, ly, "softmax-grad")?, view(gs, lg, "softmax-grad")?);
-        per_row(dev, ("softmax_bwd", suffix), &[&ys, &gs], rows_cols(ly))?
+        per_row(dev, ("softmax_bwd", suffix), &[&ys, &gs], rows_cols(ly), None)?
     });
     Ok(storage(slice, dev))
 }
@@ -466,28 +474,43 @@ fn col_sums_launch<T: DeviceRepr>(
     Ok(())
 }
 
-/// fused.cu's `heads` (see [`crate::fused::HeadsLayout`]): `(t, h, d)` the sequence length,
-/// heads and head width; `mode` 0–3 as there.
+/// The sizes of fused.cu's `heads`: batch, tokens, token slots on the heads side (tokens
+/// plus zero padding), heads, head width.
+pub(crate) struct HeadsSizes {
+    pub b: usize,
+    pub t: usize,
+    pub slots: usize,
+    pub h: usize,
+    pub d: usize,
+}
+
+/// fused.cu's `heads` (see [`crate::fused::HeadsLayout`]), `mode` 0–3 as there; a split
+/// adds `bias` (f32 `[H·D]`) when given and leaves the padding slots zero.
 pub(crate) fn heads(
     (x, lx): (&CudaStorage, &Layout),
     bias: Optional,
-    (t, h, d): (usize, usize, usize),
+    HeadsSizes { b, t, slots, h, d }: HeadsSizes,
     scale: f32,
     mode: i32,
 ) -> Result<CudaStorage> {
-    let n = lx.shape().elem_count();
+    let n = b * t * h * d;
     let n_u = u32::try_from(n).ok().filter(|&n| n < 1 << 31).ok_or_else(|| {
         candle_core::Error::Msg(format!("attention heads: {n} values, the CUDA kernel takes < 2^31"))
     })?;
+    let split = mode < 2;
+    let out_len = if split { b * h * slots * d } else { n };
     let dev = &x.device;
-    let (t, h, d) = (t as i32, h as i32, d as i32);
+    let (t, slots, h, d) = (t as i32, slots as i32, h as i32, d as i32);
     let bias = bias.map(|(b, lb)| f32_view(b, lb, "attention heads bias")).transpose()?;
     let null = 0u64;
     let slice = per_dtype!([x], |xs; suffix| {
         let func = kernel!(dev, "heads", suffix)?;
         let xs = view(xs, lx, "attention heads")?;
-        // SAFETY: every element is written by the kernel before it is read.
-        let out = unsafe { dev.alloc(n)? };
+        let out = match split && slots > t {
+            true => dev.alloc_zeros(out_len)?,
+            // SAFETY: every element is written by the kernel before it is read.
+            false => unsafe { dev.alloc(out_len)? },
+        };
         let mut args = func.builder();
         args.arg(&xs);
         match &bias {
@@ -497,6 +520,7 @@ pub(crate) fn heads(
         args.arg(&out);
         args.arg(&n_u);
         args.arg(&t);
+        args.arg(&slots);
         args.arg(&h);
         args.arg(&d);
         args.arg(&scale);

@@ -34,11 +34,11 @@ fn cuda_kernels_match_references_when_run_on_the_cpu() {
     let report = String::from_utf8_lossy(&run.stdout);
     println!("{report}");
     assert!(run.status.success(), "kernels off their references:\n{report}");
-    // Every kernel of both dtypes was checked: 3 LayerNorm widths × 4 outputs, 3 softmax
-    // widths × 2, QuickGELU × 2 with and without a bias, each in f32 and bf16; AdamW (f32)
-    // 2 steps × 3 outputs; the sum of squares; the bias add (with and without a residual)
-    // and its column sums at 2 sizes, the heads' 2 splits (with and without a bias) and 2
-    // merges, in both dtypes.
-    let expected = 2 * (12 + 6 + 4) + 6 + 1 + 2 * (2 * 3 + 6);
+    // Every kernel of both dtypes was checked: 3 LayerNorm widths × 4 outputs, 5 softmax
+    // widths (2 padded) × 2, QuickGELU × 2 with and without a bias, each in f32 and bf16;
+    // AdamW (f32) 2 steps × 3 outputs; the sum of squares; the bias add (with and without a
+    // residual) and its column sums at 2 sizes, the heads' 2 splits (with and without a
+    // bias) and 2 merges, unpadded and padded, in both dtypes.
+    let expected = 2 * (12 + 10 + 4) + 6 + 1 + 2 * (2 * 3 + 2 * 6);
     assert_eq!(report.lines().filter(|l| l.starts_with("ok ")).count(), expected, "{report}");
 }

@@ -152,19 +152,20 @@ __device__ void layer_norm_bwd(const T *x, const float *w, const T *g, float *dx
 
 // ---- softmax over the last dim: a warp per row -------------------------------------------
 
+// Over the first `valid` columns of each row; the rest (padding key slots) get 0.
 template <typename T>
-__device__ void softmax_fwd(const T *x, T *y, int rows, int cols) {
+__device__ void softmax_fwd(const T *x, T *y, int rows, int cols, int valid) {
     const int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
     if (row >= rows) return;
     const T *xr = x + (size_t)row * cols;
     T *yr = y + (size_t)row * cols;
     float m = -INFINITY;
-    for (int i = lane; i < cols; i += 32) m = fmaxf(m, to_f32(xr[i]));
+    for (int i = lane; i < valid; i += 32) m = fmaxf(m, to_f32(xr[i]));
     m = warp_max(m);
     float s = 0.0f;
-    for (int i = lane; i < cols; i += 32) s += expf(to_f32(xr[i]) - m);
+    for (int i = lane; i < valid; i += 32) s += expf(to_f32(xr[i]) - m);
     const float inv = 1.0f / warp_sum(s);
-    for (int i = lane; i < cols; i += 32) yr[i] = from_f32<T>(expf(to_f32(xr[i]) - m) * inv);
+    for (int i = lane; i < cols; i += 32) yr[i] = from_f32<T>(i < valid ? expf(to_f32(xr[i]) - m) * inv : 0.0f);
 }
 
 template <typename T>
@@ -244,17 +245,19 @@ __device__ void col_sums(const T *g, float *out, int rows, int cols) {
 
 // ---- Attention heads: [B, T, H·D] to per-head [B, H, T, D] (or [B, H, D, T], keys
 // transposed for q·kᵀ) and back, times `scale`; a split adds the f32 `bias` [H·D] first
-// unless it is null (the projection's bias, folded in). Element i of the [B, T, H, D] side
+// unless it is null (the projection's bias, folded in). The heads side has `slots` >= t
+// token slots (the caller zeroes the padding of a split: aligned rows for the attention's
+// products). Element i of the [B, T, H, D] side
 // is visited in order (32-bit index: the caller checks the size), so that side is read or
 // written contiguously. mode: 0 split, 1 split transposed, 2 merge, 3 merge transposed.
 
 template <typename T>
-__device__ void heads(const T *x, const float *bias, T *out, unsigned n, int t, int h, int d, float scale,
-                      int mode) {
+__device__ void heads(const T *x, const float *bias, T *out, unsigned n, int t, int slots, int h, int d,
+                      float scale, int mode) {
     for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) {
         const unsigned di = i % d, r = i / d, hi = r % h, bt = r / h, ti = bt % t, bi = bt / t;
         const unsigned bh = bi * h + hi;
-        const size_t j = (mode & 1) ? ((size_t)bh * d + di) * t + ti : ((size_t)bh * t + ti) * d + di;
+        const size_t j = (mode & 1) ? ((size_t)bh * d + di) * slots + ti : ((size_t)bh * slots + ti) * d + di;
         if (mode < 2) out[j] = from_f32<T>((to_f32(x[i]) + (bias ? bias[hi * d + di] : 0.0f)) * scale);
         else out[i] = from_f32<T>(to_f32(x[j]) * scale);
     }
@@ -280,8 +283,8 @@ __device__ void heads(const T *x, const float *bias, T *out, unsigned n, int t, 
                                                        int cols, float eps) {                         \
         layer_norm_bwd(x, w, g, dx, dw, db, rows, cols, eps);                                          \
     }                                                                                                  \
-    extern "C" __global__ void softmax_fwd_##SUFFIX(const T *x, T *y, int rows, int cols) {         \
-        softmax_fwd(x, y, rows, cols);                                                                 \
+    extern "C" __global__ void softmax_fwd_##SUFFIX(const T *x, T *y, int rows, int cols, int valid) {\
+        softmax_fwd(x, y, rows, cols, valid);                                                          \
     }                                                                                                  \
     extern "C" __global__ void softmax_bwd_##SUFFIX(const T *y, const T *g, T *dx, int rows,        \
                                                     int cols) {                                       \
@@ -295,8 +298,8 @@ __device__ void heads(const T *x, const float *bias, T *out, unsigned n, int t, 
         col_sums(g, out, rows, cols);                                                                  \
     }                                                                                                  \
     extern "C" __global__ void heads_##SUFFIX(const T *x, const float *bias, T *out, unsigned n,     \
-                                              int t, int h, int d, float scale, int mode) {           \
-        heads(x, bias, out, n, t, h, d, scale, mode);                                                  \
+                                              int t, int slots, int h, int d, float scale, int mode) {\
+        heads(x, bias, out, n, t, slots, h, d, scale, mode);                                           \
     }
 
 ENTRY_POINTS(float, f32)

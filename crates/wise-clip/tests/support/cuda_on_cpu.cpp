@@ -147,33 +147,35 @@ void check_layer_norm(const char *suffix, int rows, int cols, double tol,
     check(what, std::vector<float>(db, db + cols), db_ref, 1e-5);
 }
 
+// Softmax over the first `valid` of `cols` values per row (the rest, padding key slots,
+// must come out 0), and its backward.
 template <class T>
-void check_softmax(const char *suffix, int rows, int cols, double tol, void (*fwd)(const T *, T *, int, int),
-                   void (*bwd)(const T *, const T *, T *, int, int)) {
+void check_softmax(const char *suffix, int rows, int cols, int valid, double tol,
+                   void (*fwd)(const T *, T *, int, int, int), void (*bwd)(const T *, const T *, T *, int, int)) {
     std::vector<T> x = random_values<T>(size_t(rows) * cols, 0.0f, 4.0f), g = random_values<T>(size_t(rows) * cols, 0.0f, 1.0f);
     x[0] = cast<T>(80.0f);  // exp(80) overflows f32 unless the row's maximum is subtracted
-    std::vector<double> y_ref(x.size()), dx_ref(x.size());
+    std::vector<double> y_ref(x.size(), 0.0), dx_ref(x.size());
     std::vector<T> y_in(x.size());  // the backward's input: the reference output, as T
     for (int r = 0; r < rows; ++r) {
         double m = -INFINITY, s = 0, dot = 0;
-        for (int c = 0; c < cols; ++c) m = std::max(m, value(x[r * cols + c]));
-        for (int c = 0; c < cols; ++c) s += exp(value(x[r * cols + c]) - m);
+        for (int c = 0; c < valid; ++c) m = std::max(m, value(x[r * cols + c]));
+        for (int c = 0; c < valid; ++c) s += exp(value(x[r * cols + c]) - m);
         for (int c = 0; c < cols; ++c) {
-            y_ref[r * cols + c] = exp(value(x[r * cols + c]) - m) / s;
+            if (c < valid) y_ref[r * cols + c] = exp(value(x[r * cols + c]) - m) / s;
             y_in[r * cols + c] = cast<T>(float(y_ref[r * cols + c]));
             dot += value(g[r * cols + c]) * value(y_in[r * cols + c]);
         }
         for (int c = 0; c < cols; ++c)
             dx_ref[r * cols + c] = value(y_in[r * cols + c]) * (value(g[r * cols + c]) - dot);
     }
-    std::vector<T> y(x.size()), dx(x.size());
+    std::vector<T> y(x.size(), cast<T>(1.0f)), dx(x.size());
     const int rows_per_block = 256 / 32;
-    launch((rows + rows_per_block - 1) / rows_per_block, 256, [&] { fwd(x.data(), y.data(), rows, cols); });
+    launch((rows + rows_per_block - 1) / rows_per_block, 256, [&] { fwd(x.data(), y.data(), rows, cols, valid); });
     launch((rows + rows_per_block - 1) / rows_per_block, 256, [&] { bwd(y_in.data(), g.data(), dx.data(), rows, cols); });
     char what[96];
-    snprintf(what, sizeof what, "softmax_fwd_%s %dx%d", suffix, rows, cols);
+    snprintf(what, sizeof what, "softmax_fwd_%s %dx%d, first %d", suffix, rows, cols, valid);
     check(what, y, y_ref, tol);
-    snprintf(what, sizeof what, "softmax_bwd_%s %dx%d", suffix, rows, cols);
+    snprintf(what, sizeof what, "softmax_bwd_%s %dx%d, first %d", suffix, rows, cols, valid);
     check(what, dx, dx_ref, tol);
 }
 
@@ -278,41 +280,43 @@ void check_bias(const char *suffix, int rows, int cols, double tol,
     check(what, got_sums, sums_ref, 1e-5);
 }
 
-// Splitting [B, T, H·D] into heads, plain and with the keys transposed, against the index
-// formulas; merging must give back the input exactly (times the two scales). Then the
-// split with the bias folded in.
+// Splitting [B, T, H·D] into heads, plain and with the keys transposed, with and without
+// padding token slots (left zero), against the index formulas; merging must give back the
+// input exactly (times the two scales). Then the split with the bias folded in.
 template <class T>
 void check_heads(const char *suffix,
-                 void (*heads_fn)(const T *, const float *, T *, unsigned, int, int, int, float, int)) {
+                 void (*heads_fn)(const T *, const float *, T *, unsigned, int, int, int, int, float, int)) {
     const int b = 2, t = 5, h = 3, d = 4;
     const unsigned n = b * t * h * d;
     const std::vector<T> x = random_values<T>(n, 0.0f, 1.0f);
     const std::vector<float> bias = random_values<float>(h * d, 0.0f, 1.0f);
-    for (int mode : {0, 1}) {
-        std::vector<T> split(n), merged(n), biased(n);
-        launch(2, 32, [&] { heads_fn(x.data(), nullptr, split.data(), n, t, h, d, 0.5f, mode); });
-        launch(2, 32, [&] { heads_fn(x.data(), bias.data(), biased.data(), n, t, h, d, 0.5f, mode); });
-        std::vector<double> split_ref(n), merged_ref(n), biased_ref(n);
-        for (int bi = 0; bi < b; ++bi)
-            for (int ti = 0; ti < t; ++ti)
-                for (int hi = 0; hi < h; ++hi)
-                    for (int di = 0; di < d; ++di) {
-                        const size_t i = ((size_t(bi) * t + ti) * h + hi) * d + di;
-                        const size_t j = mode == 0 ? ((size_t(bi) * h + hi) * t + ti) * d + di
-                                                   : ((size_t(bi) * h + hi) * d + di) * t + ti;
-                        split_ref[j] = 0.5 * value(x[i]);
-                        biased_ref[j] = 0.5 * (value(x[i]) + bias[hi * d + di]);
-                    }
-        launch(2, 32, [&] { heads_fn(split.data(), nullptr, merged.data(), n, t, h, d, 4.0f, mode + 2); });
-        for (size_t i = 0; i < n; ++i) merged_ref[i] = 2.0 * value(x[i]);
-        char what[96];
-        snprintf(what, sizeof what, "heads_%s split (mode %d)", suffix, mode);
-        check(what, split, split_ref, 0.0);
-        snprintf(what, sizeof what, "heads_%s merge (mode %d)", suffix, mode + 2);
-        check(what, merged, merged_ref, 0.0);
-        snprintf(what, sizeof what, "heads_%s split + bias (mode %d)", suffix, mode);
-        check(what, biased, biased_ref, sizeof(T) == 4 ? 1e-6 : 1e-2);
-    }
+    for (int slots : {t, t + 3})
+        for (int mode : {0, 1}) {
+            const size_t heads_side = size_t(b) * h * slots * d;
+            std::vector<T> split(heads_side), biased(heads_side), merged(n);  // zeroed, as the caller does
+            launch(2, 32, [&] { heads_fn(x.data(), nullptr, split.data(), n, t, slots, h, d, 0.5f, mode); });
+            launch(2, 32, [&] { heads_fn(x.data(), bias.data(), biased.data(), n, t, slots, h, d, 0.5f, mode); });
+            std::vector<double> split_ref(heads_side, 0.0), merged_ref(n), biased_ref(heads_side, 0.0);
+            for (int bi = 0; bi < b; ++bi)
+                for (int ti = 0; ti < t; ++ti)
+                    for (int hi = 0; hi < h; ++hi)
+                        for (int di = 0; di < d; ++di) {
+                            const size_t i = ((size_t(bi) * t + ti) * h + hi) * d + di;
+                            const size_t j = mode == 0 ? ((size_t(bi) * h + hi) * slots + ti) * d + di
+                                                       : ((size_t(bi) * h + hi) * d + di) * slots + ti;
+                            split_ref[j] = 0.5 * value(x[i]);
+                            biased_ref[j] = 0.5 * (value(x[i]) + bias[hi * d + di]);
+                        }
+            launch(2, 32, [&] { heads_fn(split.data(), nullptr, merged.data(), n, t, slots, h, d, 4.0f, mode + 2); });
+            for (size_t i = 0; i < n; ++i) merged_ref[i] = 2.0 * value(x[i]);
+            char what[96];
+            snprintf(what, sizeof what, "heads_%s split (mode %d, %d slots)", suffix, mode, slots);
+            check(what, split, split_ref, 0.0);
+            snprintf(what, sizeof what, "heads_%s merge (mode %d, %d slots)", suffix, mode + 2, slots);
+            check(what, merged, merged_ref, 0.0);
+            snprintf(what, sizeof what, "heads_%s split + bias (mode %d, %d slots)", suffix, mode, slots);
+            check(what, biased, biased_ref, sizeof(T) == 4 ? 1e-6 : 1e-2);
+        }
 }
 
 int main() {
@@ -323,10 +327,10 @@ int main() {
         check_layer_norm<__nv_bfloat16>("bf16", rows, cols, 1e-2, layer_norm_fwd_bf16, layer_norm_bwd_bf16);
     }
     // A ViT-B/32's attention rows (50), a ViT-B/16's (197), and a short one; 13 rows leave
-    // warps with no row.
-    for (int cols : {50, 197, 7}) {
-        check_softmax<float>("f32", 13, cols, 1e-5, softmax_fwd_f32, softmax_bwd_f32);
-        check_softmax<__nv_bfloat16>("bf16", 13, cols, 1e-2, softmax_fwd_bf16, softmax_bwd_bf16);
+    // warps with no row. Then the same rows padded to a multiple of 8 slots.
+    for (auto [cols, valid] : {std::pair{50, 50}, {197, 197}, {7, 7}, {56, 50}, {200, 197}}) {
+        check_softmax<float>("f32", 13, cols, valid, 1e-5, softmax_fwd_f32, softmax_bwd_f32);
+        check_softmax<__nv_bfloat16>("bf16", 13, cols, valid, 1e-2, softmax_fwd_bf16, softmax_bwd_bf16);
     }
     check_quick_gelu<float>("f32", 13, 77, 1e-5, quick_gelu_fwd_f32, quick_gelu_bwd_f32);
     check_quick_gelu<__nv_bfloat16>("bf16", 13, 77, 1e-2, quick_gelu_fwd_bf16, quick_gelu_bwd_bf16);
