@@ -13,8 +13,10 @@
 //! - [`device`]: CPU, CUDA or Metal, and the compute dtype for each; [`profile`]: where a
 //!   forward's time goes on any device (`WISE_PROFILE=1`).
 //! - [`matmul`], [`fused`]: matrix products through the system BLAS, and fused
-//!   activation, LayerNorm and softmax kernels with their backwards, on CPU; each
-//!   transformer block is one op there (`block.rs`), trained through [`backward`].
+//!   activation, LayerNorm, softmax, bias and attention-heads kernels with their
+//!   backwards, on CPU and CUDA (`fused_cuda.rs`, `kernels/fused.cu`); each transformer
+//!   block is one op of the autograd graph on both (`block.rs` on CPU, `device_block.rs`
+//!   on CUDA), trained through [`backward`].
 
 mod attention;
 mod block;
