@@ -10,7 +10,7 @@
 //!
 //! Gradients, with `n = B·T` rows, `Y = X·Wᵀ + b` for every projection (`dW = dYᵀ·X`,
 //! `db = Σ_rows dY`, `dX = dY·W`), `S = Q·Kᵀ` (Q scaled by `D^-½`), `P = softmax(S)`,
-//! `O = P·V`: `dP = dO·Vᵀ`, `dV = Pᵀ·dO`, `dS = P·(dP − Σ dP·P)`, `dQ = dS·K`, `dKᵀ = Qᵀ·dS`.
+//! `O = P·V`: `dP = dO·Vᵀ`, `dV = Pᵀ·dO`, `dS = P·(dP − Σ dP·P)`, `dQ = dS·K`, `dK = dSᵀ·Q`.
 //!
 //! Where the fused kernels run (CUDA; the CPU, which has its own block, in tests), for
 //! QuickGELU blocks with biases (CLIP's); `nn::EncoderLayer` runs the others op by op.
@@ -86,12 +86,12 @@ impl Projection {
 }
 
 /// What the backward needs: the block's input, activations (all `[n, ·]` but the
-/// per-head q, kᵀ, v and probabilities) and its weights as the forward used them.
+/// per-head q, k, v and probabilities) and its weights as the forward used them.
 struct Saved {
     x: Tensor,
     ln1: Tensor,
     q: Tensor,
-    kt: Tensor,
+    k: Tensor,
     v: Tensor,
     probs: Tensor,
     ctx: Tensor,
@@ -129,13 +129,17 @@ pub(crate) fn forward(
         let y = p.product(&ln1)?.reshape((b, t, c))?;
         fused::split_heads_padded(&y, Some(&p.b), (heads, scale, layout), padding)
     };
-    let (q, kt, v) = profile::time("q/k/v projections", &ln1, || {
+    // Keys as [B, H, T, D] like the others, read transposed by the products (the op-by-op
+    // block splits them transposed instead: there autograd would add the gradient of a
+    // transposed view with a strided kernel; here no autograd runs, and the transposed
+    // split's strided writes cost more than the products' transposed reads).
+    let (q, k, v) = profile::time("q/k/v projections", &ln1, || {
         let q = split(&proj[0], scale, HeadsLayout::TokensByWidth)?;
-        let kt = split(&proj[1], 1.0, HeadsLayout::WidthByTokens)?;
-        Ok((q, kt, split(&proj[2], 1.0, HeadsLayout::TokensByWidth)?))
+        let k = split(&proj[1], 1.0, HeadsLayout::TokensByWidth)?;
+        Ok((q, k, split(&proj[2], 1.0, HeadsLayout::TokensByWidth)?))
     })?;
     let (probs, ctx) = profile::time("attention (scores, softmax, values)", &q, || {
-        let scores = matmul(&q, &kt)?;
+        let scores = matmul(&q, &k.t()?)?;
         let scores = match mask {
             Some(m) => scores.broadcast_add(&m.to_dtype(dtype)?)?,
             None => scores,
@@ -154,7 +158,7 @@ pub(crate) fn forward(
         return fused::residual_bias_add(&x_mid, &h2, &proj[5].b)?.reshape((b, t, c));
     }
     let ln = [&layer.layer_norm1, &layer.layer_norm2].map(|ln| (ln.weight.as_tensor().detach(), ln.eps));
-    let saved = Saved { x: x2, ln1, q, kt, v, probs, ctx, x_mid, ln2, h, act, proj, ln };
+    let saved = Saved { x: x2, ln1, q, k, v, probs, ctx, x_mid, ln2, h, act, proj, ln };
     let lns = [&layer.layer_norm1, &layer.layer_norm2].map(|ln| [&ln.weight, &ln.bias]);
     let linears = projections(layer).map(|l| [Some(&l.weight), l.bias.as_ref()]);
     let params = lns.into_iter().flatten().chain(linears.into_iter().flatten().flatten());
@@ -242,16 +246,16 @@ impl CustomOp1 for Node {
             let heads = (self.heads, 1.0, HeadsLayout::TokensByWidth);
             let d_ctx = fused::split_heads_padded(&d_ctx.reshape((b, t, c))?, None, heads, self.padding)?;
             let d_probs = matmul(&d_ctx, &s.v.t()?)?;
-            let d_v = matmul(&s.probs.t()?, &d_ctx)?;
+            let dv_heads = matmul(&s.probs.t()?, &d_ctx)?;
             let d_scores = fused::softmax_grad(&s.probs, &d_probs)?;
-            let d_q = matmul(&d_scores, &s.kt.t()?)?;
-            let d_kt = matmul(&s.q.t()?, &d_scores)?;
-            let merge = |d: &Tensor, scale, layout| {
-                fused::merge_heads_padded(d, scale, layout, self.padding)?.reshape((n, c))
+            let dq_heads = matmul(&d_scores, &s.k)?;
+            let dk_heads = matmul(&d_scores.t()?, &s.q)?;
+            let merge = |d: &Tensor, scale| {
+                fused::merge_heads_padded(d, scale, HeadsLayout::TokensByWidth, self.padding)?.reshape((n, c))
             };
-            let (dq, d_q) = q_p.backward(&s.ln1, &merge(&d_q, self.scale, HeadsLayout::TokensByWidth)?)?;
-            let (dk, d_k) = k_p.backward(&s.ln1, &merge(&d_kt, 1.0, HeadsLayout::WidthByTokens)?)?;
-            let (dv, d_v) = v_p.backward(&s.ln1, &merge(&d_v, 1.0, HeadsLayout::TokensByWidth)?)?;
+            let (dq, d_q) = q_p.backward(&s.ln1, &merge(&dq_heads, self.scale)?)?;
+            let (dk, d_k) = k_p.backward(&s.ln1, &merge(&dk_heads, 1.0)?)?;
+            let (dv, d_v) = v_p.backward(&s.ln1, &merge(&dv_heads, 1.0)?)?;
             Ok((((dq + dk)? + dv)?, [d_q, d_k, d_v, d_o]))
         })?;
         let (dx, d_ln1_w, d_ln1_b) = profile::time("backward: layer norm 1", &d_ln1, || {

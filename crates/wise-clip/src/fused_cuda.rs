@@ -13,7 +13,7 @@
 //! one pass, [`sum_of_squares`] its gradient norm.
 
 use candle_core::cuda_backend::cudarc::driver::{
-    CudaSlice, CudaView, CudaViewMut, DeviceRepr, LaunchConfig, PushKernelArg,
+    CudaSlice, CudaView, CudaViewMut, DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg,
 };
 use candle_core::cuda_backend::{CudaDevice, CudaStorageSlice, WrapErr};
 use candle_core::{CudaStorage, Device, Layout, Result, Shape, Storage, Tensor};
@@ -228,12 +228,27 @@ fn per_row_with_bias<T: DeviceRepr>(
     for x in &inputs[1..] {
         args.arg(*x);
     }
+    let vec = vector_access::<T>(dev, cols, inputs.iter().copied().chain([&out.slice(..)]));
     args.arg(&out);
     args.arg(&rows_i);
     args.arg(&cols_i);
+    args.arg(&vec);
     // SAFETY: the arguments match the kernel's signature (fused.cu); a null bias is none.
     unsafe { args.launch(launch_config(rows.min(1 << 16))) }.w()?;
     Ok(out)
+}
+
+/// fused.cu's `vec`: 1 when rows of `cols` values split into 16-byte accesses and every
+/// view starts 16-byte aligned, else 0.
+fn vector_access<'a, T: 'a>(
+    dev: &CudaDevice,
+    cols: usize,
+    views: impl IntoIterator<Item = &'a CudaView<'a, T>>,
+) -> i32 {
+    let per_access = 16 / std::mem::size_of::<T>().max(1);
+    let stream = dev.cuda_stream();
+    let aligned = |v: &CudaView<T>| v.device_ptr(&stream).0 % 16 == 0;
+    i32::from(cols.is_multiple_of(per_access) && views.into_iter().all(aligned))
 }
 
 /// Rows and width of a contiguous `[.., d]` input.
@@ -411,6 +426,7 @@ fn bias_add_launch<T: DeviceRepr>(
     let out = unsafe { dev.alloc::<T>(rows * cols)? };
     let (rows_i, cols_i) = (int_arg(rows, "bias-add rows")?, int_arg(cols, "bias-add width")?);
     let null = 0u64;
+    let vec = vector_access::<T>(dev, cols, [&y, &out.slice(..)].into_iter().chain(residual.as_ref()));
     let mut args = func.builder();
     args.arg(&y);
     args.arg(b);
@@ -421,6 +437,7 @@ fn bias_add_launch<T: DeviceRepr>(
     args.arg(&out);
     args.arg(&rows_i);
     args.arg(&cols_i);
+    args.arg(&vec);
     // SAFETY: the arguments match the kernel's signature; blocks stride over the rows; a
     // null residual is none.
     unsafe { args.launch(launch_config(rows.min(1 << 16))) }.w()?;
@@ -511,6 +528,11 @@ pub(crate) fn heads(
             // SAFETY: every element is written by the kernel before it is read.
             false => unsafe { dev.alloc(out_len)? },
         };
+        // 16-byte accesses along a head: untransposed layouts only.
+        let vec = match mode & 1 {
+            0 => vector_access(dev, d as usize, [&xs, &out.slice(..)]),
+            _ => 0,
+        };
         let mut args = func.builder();
         args.arg(&xs);
         match &bias {
@@ -525,6 +547,7 @@ pub(crate) fn heads(
         args.arg(&d);
         args.arg(&scale);
         args.arg(&mode);
+        args.arg(&vec);
         // SAFETY: the arguments match the kernel's signature (fused.cu).
         unsafe { args.launch(launch_config(n.div_ceil(THREADS as usize).min(1 << 16))) }.w()?;
         out

@@ -35,10 +35,11 @@ fn cuda_kernels_match_references_when_run_on_the_cpu() {
     println!("{report}");
     assert!(run.status.success(), "kernels off their references:\n{report}");
     // Every kernel of both dtypes was checked: 3 LayerNorm widths × 4 outputs, 5 softmax
-    // widths (2 padded) × 2, QuickGELU × 2 with and without a bias, each in f32 and bf16;
-    // AdamW (f32) 2 steps × 3 outputs; the sum of squares; the bias add (with and without a
-    // residual) and its column sums at 2 sizes, the heads' 2 splits (with and without a
-    // bias) and 2 merges, unpadded and padded, in both dtypes.
-    let expected = 2 * (12 + 10 + 4) + 6 + 1 + 2 * (2 * 3 + 2 * 6);
+    // widths (2 padded) × 2, QuickGELU × 2 outputs with and without a bias at 2 widths (one
+    // value and 16 bytes per access), each in f32 and bf16; AdamW (f32) 2 steps × 3 outputs;
+    // the sum of squares; the bias add (with and without a residual) and its column sums
+    // at 3 sizes; the heads' splits (with and without a bias) and merges, unpadded and
+    // padded, 2 layouts one value per access and 1 by 16 bytes, in both dtypes.
+    let expected = 2 * (12 + 10 + 8) + 6 + 1 + 2 * (3 * 3 + 2 * 2 * 3 + 2 * 3);
     assert_eq!(report.lines().filter(|l| l.starts_with("ok ")).count(), expected, "{report}");
 }

@@ -18,6 +18,7 @@
 #include <memory>
 #include <random>
 #include <thread>
+#include <tuple>
 #include <vector>
 
 struct dim3 {
@@ -182,9 +183,9 @@ void check_softmax(const char *suffix, int rows, int cols, int valid, double tol
 // QuickGELU over rows (13 rows in 3 blocks: the grid-stride loop), without and with the
 // bias folded in.
 template <class T>
-void check_quick_gelu(const char *suffix, int rows, int cols, double tol,
-                      void (*fwd)(const T *, const float *, T *, int, int),
-                      void (*bwd)(const T *, const float *, const T *, T *, int, int)) {
+void check_quick_gelu(const char *suffix, int rows, int cols, int vec, double tol,
+                      void (*fwd)(const T *, const float *, T *, int, int, int),
+                      void (*bwd)(const T *, const float *, const T *, T *, int, int, int)) {
     const size_t n = size_t(rows) * cols;
     std::vector<T> x = random_values<T>(n, 0.0f, 3.0f), g = random_values<T>(n, 0.0f, 1.0f);
     const std::vector<float> bias = random_values<float>(cols, 0.0f, 1.0f);
@@ -196,12 +197,12 @@ void check_quick_gelu(const char *suffix, int rows, int cols, double tol,
             dx_ref[i] = value(g[i]) * (s + 1.702 * v * s * (1.0 - s));
         }
         std::vector<T> y(n), dx(n);
-        launch(3, 64, [&] { fwd(x.data(), b, y.data(), rows, cols); });
-        launch(3, 64, [&] { bwd(x.data(), b, g.data(), dx.data(), rows, cols); });
+        launch(3, 64, [&] { fwd(x.data(), b, y.data(), rows, cols, vec); });
+        launch(3, 64, [&] { bwd(x.data(), b, g.data(), dx.data(), rows, cols, vec); });
         char what[96];
-        snprintf(what, sizeof what, "quick_gelu_fwd_%s %dx%d%s", suffix, rows, cols, b ? " + bias" : "");
+        snprintf(what, sizeof what, "quick_gelu_fwd_%s %dx%d%s%s", suffix, rows, cols, b ? " + bias" : "", vec ? ", 16 B" : "");
         check(what, y, y_ref, tol);
-        snprintf(what, sizeof what, "quick_gelu_bwd_%s %dx%d%s", suffix, rows, cols, b ? " + bias" : "");
+        snprintf(what, sizeof what, "quick_gelu_bwd_%s %dx%d%s%s", suffix, rows, cols, b ? " + bias" : "", vec ? ", 16 B" : "");
         check(what, dx, dx_ref, tol);
     }
 }
@@ -253,8 +254,8 @@ void check_sum_squares() {
 // The bias add (rows in fewer blocks than rows: the grid-stride loop) and the column sums
 // of its backward (rows not a multiple of COL_SUM_ROWS), against sums in double.
 template <class T>
-void check_bias(const char *suffix, int rows, int cols, double tol,
-                void (*add)(const T *, const float *, const T *, T *, int, int),
+void check_bias(const char *suffix, int rows, int cols, int vec, double tol,
+                void (*add)(const T *, const float *, const T *, T *, int, int, int),
                 void (*sums)(const T *, float *, int, int)) {
     std::vector<T> y = random_values<T>(size_t(rows) * cols, 0.0f, 1.0f);
     std::vector<T> residual = random_values<T>(size_t(rows) * cols, 0.0f, 1.0f);
@@ -268,13 +269,13 @@ void check_bias(const char *suffix, int rows, int cols, double tol,
             sums_ref[c] += value(y[i]);
         }
     std::vector<T> out(y.size()), with_residual(y.size());
-    launch(7, 64, [&] { add(y.data(), b.data(), nullptr, out.data(), rows, cols); });
-    launch(7, 64, [&] { add(y.data(), b.data(), residual.data(), with_residual.data(), rows, cols); });
+    launch(7, 64, [&] { add(y.data(), b.data(), nullptr, out.data(), rows, cols, vec); });
+    launch(7, 64, [&] { add(y.data(), b.data(), residual.data(), with_residual.data(), rows, cols, vec); });
     launch(2, 64, [&] { sums(y.data(), got_sums.data(), rows, cols); });
     char what[96];
-    snprintf(what, sizeof what, "bias_add_%s %dx%d", suffix, rows, cols);
+    snprintf(what, sizeof what, "bias_add_%s %dx%d%s", suffix, rows, cols, vec ? ", 16 B" : "");
     check(what, out, out_ref, tol);
-    snprintf(what, sizeof what, "bias_add_%s %dx%d + residual", suffix, rows, cols);
+    snprintf(what, sizeof what, "bias_add_%s %dx%d + residual%s", suffix, rows, cols, vec ? ", 16 B" : "");
     check(what, with_residual, with_residual_ref, tol);
     snprintf(what, sizeof what, "col_sums_%s %dx%d", suffix, rows, cols);
     check(what, got_sums, sums_ref, 1e-5);
@@ -283,19 +284,21 @@ void check_bias(const char *suffix, int rows, int cols, double tol,
 // Splitting [B, T, H·D] into heads, plain and with the keys transposed, with and without
 // padding token slots (left zero), against the index formulas; merging must give back the
 // input exactly (times the two scales). Then the split with the bias folded in.
+// With vec = 1 (16-byte accesses; head width 8, untransposed modes only) and without.
 template <class T>
-void check_heads(const char *suffix,
-                 void (*heads_fn)(const T *, const float *, T *, unsigned, int, int, int, int, float, int)) {
-    const int b = 2, t = 5, h = 3, d = 4;
+void check_heads(const char *suffix, int d, int vec,
+                 void (*heads_fn)(const T *, const float *, T *, unsigned, int, int, int, int, float, int, int)) {
+    const int b = 2, t = 5, h = 3;
     const unsigned n = b * t * h * d;
     const std::vector<T> x = random_values<T>(n, 0.0f, 1.0f);
     const std::vector<float> bias = random_values<float>(h * d, 0.0f, 1.0f);
     for (int slots : {t, t + 3})
         for (int mode : {0, 1}) {
+            if (vec && mode == 1) continue;
             const size_t heads_side = size_t(b) * h * slots * d;
             std::vector<T> split(heads_side), biased(heads_side), merged(n);  // zeroed, as the caller does
-            launch(2, 32, [&] { heads_fn(x.data(), nullptr, split.data(), n, t, slots, h, d, 0.5f, mode); });
-            launch(2, 32, [&] { heads_fn(x.data(), bias.data(), biased.data(), n, t, slots, h, d, 0.5f, mode); });
+            launch(2, 32, [&] { heads_fn(x.data(), nullptr, split.data(), n, t, slots, h, d, 0.5f, mode, vec); });
+            launch(2, 32, [&] { heads_fn(x.data(), bias.data(), biased.data(), n, t, slots, h, d, 0.5f, mode, vec); });
             std::vector<double> split_ref(heads_side, 0.0), merged_ref(n), biased_ref(heads_side, 0.0);
             for (int bi = 0; bi < b; ++bi)
                 for (int ti = 0; ti < t; ++ti)
@@ -307,14 +310,15 @@ void check_heads(const char *suffix,
                             split_ref[j] = 0.5 * value(x[i]);
                             biased_ref[j] = 0.5 * (value(x[i]) + bias[hi * d + di]);
                         }
-            launch(2, 32, [&] { heads_fn(split.data(), nullptr, merged.data(), n, t, slots, h, d, 4.0f, mode + 2); });
+            launch(2, 32, [&] { heads_fn(split.data(), nullptr, merged.data(), n, t, slots, h, d, 4.0f, mode + 2, vec); });
             for (size_t i = 0; i < n; ++i) merged_ref[i] = 2.0 * value(x[i]);
             char what[96];
-            snprintf(what, sizeof what, "heads_%s split (mode %d, %d slots)", suffix, mode, slots);
+            const char *access = vec ? ", 16 B" : "";
+            snprintf(what, sizeof what, "heads_%s split (mode %d, %d slots%s)", suffix, mode, slots, access);
             check(what, split, split_ref, 0.0);
-            snprintf(what, sizeof what, "heads_%s merge (mode %d, %d slots)", suffix, mode + 2, slots);
+            snprintf(what, sizeof what, "heads_%s merge (mode %d, %d slots%s)", suffix, mode + 2, slots, access);
             check(what, merged, merged_ref, 0.0);
-            snprintf(what, sizeof what, "heads_%s split + bias (mode %d, %d slots)", suffix, mode, slots);
+            snprintf(what, sizeof what, "heads_%s split + bias (mode %d, %d slots%s)", suffix, mode, slots, access);
             check(what, biased, biased_ref, sizeof(T) == 4 ? 1e-6 : 1e-2);
         }
 }
@@ -332,15 +336,21 @@ int main() {
         check_softmax<float>("f32", 13, cols, valid, 1e-5, softmax_fwd_f32, softmax_bwd_f32);
         check_softmax<__nv_bfloat16>("bf16", 13, cols, valid, 1e-2, softmax_fwd_bf16, softmax_bwd_bf16);
     }
-    check_quick_gelu<float>("f32", 13, 77, 1e-5, quick_gelu_fwd_f32, quick_gelu_bwd_f32);
-    check_quick_gelu<__nv_bfloat16>("bf16", 13, 77, 1e-2, quick_gelu_fwd_bf16, quick_gelu_bwd_bf16);
-    // ViT widths, and rows that leave the last block partly filled.
-    for (auto [rows, cols] : {std::pair{130, 96}, {70, 200}}) {
-        check_bias<float>("f32", rows, cols, 1e-6, bias_add_f32, col_sums_f32);
-        check_bias<__nv_bfloat16>("bf16", rows, cols, 1e-2, bias_add_bf16, col_sums_bf16);
+    // Rows of 77 values one by one; of 80, 16 bytes per access.
+    for (auto [cols, vec] : {std::pair{77, 0}, {80, 1}}) {
+        check_quick_gelu<float>("f32", 13, cols, vec, 1e-5, quick_gelu_fwd_f32, quick_gelu_bwd_f32);
+        check_quick_gelu<__nv_bfloat16>("bf16", 13, cols, vec, 1e-2, quick_gelu_fwd_bf16, quick_gelu_bwd_bf16);
     }
-    check_heads<float>("f32", heads_f32);
-    check_heads<__nv_bfloat16>("bf16", heads_bf16);
+    // ViT widths, and rows that leave the last block partly filled; one value per access,
+    // and 16 bytes.
+    for (auto [rows, cols, vec] : {std::tuple{130, 96, 1}, {70, 200, 0}, {33, 40, 1}}) {
+        check_bias<float>("f32", rows, cols, vec, 1e-6, bias_add_f32, col_sums_f32);
+        check_bias<__nv_bfloat16>("bf16", rows, cols, vec, 1e-2, bias_add_bf16, col_sums_bf16);
+    }
+    for (auto [d, vec] : {std::pair{4, 0}, {8, 1}}) {
+        check_heads<float>("f32", d, vec, heads_f32);
+        check_heads<__nv_bfloat16>("bf16", d, vec, heads_bf16);
+    }
     check_adamw(1000);
     check_sum_squares();
     printf("%d failed\n", failures);
