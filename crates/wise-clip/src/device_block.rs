@@ -67,9 +67,17 @@ struct Projection {
 }
 
 impl Projection {
-    fn new(l: &Linear, dtype: DType) -> candle_core::Result<Self> {
-        let b = l.bias.as_ref().ok_or_else(|| candle_core::Error::msg("block: projection without a bias"))?;
-        Ok(Self { w: l.weight.as_tensor().detach().to_dtype(dtype)?, b: b.as_tensor().detach() })
+    /// `ls`' weights stacked (one product for all: q, k and v), biases concatenated.
+    fn new(ls: &[&Linear], dtype: DType) -> candle_core::Result<Self> {
+        let mut ws = Vec::with_capacity(ls.len());
+        let mut bs = Vec::with_capacity(ls.len());
+        for l in ls {
+            let b =
+                l.bias.as_ref().ok_or_else(|| candle_core::Error::msg("block: projection without a bias"))?;
+            ws.push(l.weight.as_tensor().detach().to_dtype(dtype)?);
+            bs.push(b.as_tensor().detach());
+        }
+        Ok(Self { w: Tensor::cat(&ws, 0)?, b: Tensor::cat(&bs, 0)? })
     }
 
     /// `x·Wᵀ` for `x` `[n, in]`: the bias goes into the op after it (split, residual add,
@@ -100,8 +108,8 @@ struct Saved {
     /// fc1's product (without its bias) and `QuickGELU(h + b₁)`.
     h: Tensor,
     act: Tensor,
-    /// q, k, v, out, fc1, fc2.
-    proj: [Projection; 6],
+    /// q, k and v as one, out, fc1, fc2.
+    proj: [Projection; 4],
     ln: [(Tensor, f64); 2],
 }
 
@@ -114,8 +122,13 @@ pub(crate) fn forward(
     let (b, t, c) = x.dims3()?;
     let (heads, n, dtype) = (layer.self_attn.heads, b * t, x.dtype());
     let scale = ((c / heads) as f64).powf(-0.5);
-    let [q_p, k_p, v_p, o_p, fc1, fc2] = projections(layer).map(|l| Projection::new(l, dtype));
-    let proj = [q_p?, k_p?, v_p?, o_p?, fc1?, fc2?];
+    let [q, k, v, out, fc1, fc2] = projections(layer);
+    let proj = [
+        Projection::new(&[q, k, v], dtype)?,
+        Projection::new(&[out], dtype)?,
+        Projection::new(&[fc1], dtype)?,
+        Projection::new(&[fc2], dtype)?,
+    ];
     let norm = |ln: &LayerNorm, x: &Tensor| {
         profile::time("layer norm", x, || {
             fused::layer_norm(x, &ln.weight.as_tensor().detach(), &ln.bias.as_tensor().detach(), ln.eps)
@@ -125,18 +138,14 @@ pub(crate) fn forward(
     let x2 = x.detach().reshape((n, c))?;
     let ln1 = norm(&layer.layer_norm1, &x2)?;
     let padding = attention_padding(t, mask.is_some());
-    let split = |p: &Projection, scale, layout| {
-        let y = p.product(&ln1)?.reshape((b, t, c))?;
-        fused::split_heads_padded(&y, Some(&p.b), (heads, scale, layout), padding)
-    };
-    // Keys as [B, H, T, D] like the others, read transposed by the products (the op-by-op
-    // block splits them transposed instead: there autograd would add the gradient of a
-    // transposed view with a strided kernel; here no autograd runs, and the transposed
-    // split's strided writes cost more than the products' transposed reads).
+    // q, k and v from one product, split into heads in one pass (their biases added, q
+    // scaled). Keys as [B, H, T, D] like the others, read transposed by the products (the
+    // op-by-op block splits them transposed instead: there autograd would add the gradient
+    // of a transposed view with a strided kernel; here no autograd runs).
     let (q, k, v) = profile::time("q/k/v projections", &ln1, || {
-        let q = split(&proj[0], scale, HeadsLayout::TokensByWidth)?;
-        let k = split(&proj[1], 1.0, HeadsLayout::TokensByWidth)?;
-        Ok((q, k, split(&proj[2], 1.0, HeadsLayout::TokensByWidth)?))
+        let qkv = proj[0].product(&ln1)?.reshape((b, t, 3 * c))?;
+        let heads = fused::split_qkv(&qkv, &proj[0].b, (heads, scale), padding)?;
+        Ok((heads.get(0)?, heads.get(1)?, heads.get(2)?))
     })?;
     let (probs, ctx) = profile::time("attention (scores, softmax, values)", &q, || {
         let scores = matmul(&q, &k.t()?)?;
@@ -148,14 +157,14 @@ pub(crate) fn forward(
         let ctx = fused::merge_heads_padded(&matmul(&probs, &v)?, 1.0, HeadsLayout::TokensByWidth, padding)?;
         Ok((probs, ctx.reshape((n, c))?))
     })?;
-    let o = profile::time("out projection", &ctx, || proj[3].product(&ctx))?;
-    let x_mid = profile::time("residual add", &o, || fused::residual_bias_add(&x2, &o, &proj[3].b))?;
+    let o = profile::time("out projection", &ctx, || proj[1].product(&ctx))?;
+    let x_mid = profile::time("residual add", &o, || fused::residual_bias_add(&x2, &o, &proj[1].b))?;
     let ln2 = norm(&layer.layer_norm2, &x_mid)?;
-    let h = profile::time("mlp fc1", &ln2, || proj[4].product(&ln2))?;
-    let act = profile::time("activation", &h, || fused::quick_gelu_with_bias(&h, &proj[4].b))?;
-    let h2 = profile::time("mlp fc2", &act, || proj[5].product(&act))?;
+    let h = profile::time("mlp fc1", &ln2, || proj[2].product(&ln2))?;
+    let act = profile::time("activation", &h, || fused::quick_gelu_with_bias(&h, &proj[2].b))?;
+    let h2 = profile::time("mlp fc2", &act, || proj[3].product(&act))?;
     if !crate::block::keeps_activations() {
-        return fused::residual_bias_add(&x_mid, &h2, &proj[5].b)?.reshape((b, t, c));
+        return fused::residual_bias_add(&x_mid, &h2, &proj[3].b)?.reshape((b, t, c));
     }
     let ln = [&layer.layer_norm1, &layer.layer_norm2].map(|ln| (ln.weight.as_tensor().detach(), ln.eps));
     let saved = Saved { x: x2, ln1, q, k, v, probs, ctx, x_mid, ln2, h, act, proj, ln };
@@ -193,7 +202,7 @@ impl Node {
         let h2 = taken.ok_or_else(|| candle_core::Error::msg("block: forward run twice"))?;
         let (h, b, r) = (
             h2.storage_and_layout(),
-            self.saved.proj[5].b.storage_and_layout(),
+            self.saved.proj[3].b.storage_and_layout(),
             self.saved.x_mid.storage_and_layout(),
         );
         f([(&h.0, h.1), (&b.0, b.1), (&r.0, r.1)])
@@ -229,7 +238,7 @@ impl CustomOp1 for Node {
         let (b, t, c) = x.dims3()?;
         let n = b * t;
         let dy = grad.contiguous()?.reshape((n, c))?;
-        let [q_p, k_p, v_p, o_p, fc1, fc2] = &s.proj;
+        let [qkv_p, o_p, fc1, fc2] = &s.proj;
 
         // MLP: y = x_mid + QuickGELU(LN2(x_mid)·W₁ᵀ + b₁)·W₂ᵀ + b₂.
         let (dx_mid, [d_ln2_w, d_ln2_b], d_fc1, d_fc2) = profile::time("backward: mlp", &dy, || {
@@ -244,19 +253,16 @@ impl CustomOp1 for Node {
         let (d_ln1, [d_q, d_k, d_v, d_o]) = profile::time("backward: attention", &dx_mid, || {
             let (d_ctx, d_o) = o_p.backward(&s.ctx, &dx_mid)?;
             let heads = (self.heads, 1.0, HeadsLayout::TokensByWidth);
-            let d_ctx = fused::split_heads_padded(&d_ctx.reshape((b, t, c))?, None, heads, self.padding)?;
+            let d_ctx = fused::split_heads_padded(&d_ctx.reshape((b, t, c))?, heads, self.padding)?;
             let d_probs = matmul(&d_ctx, &s.v.t()?)?;
             let dv_heads = matmul(&s.probs.t()?, &d_ctx)?;
             let d_scores = fused::softmax_grad(&s.probs, &d_probs)?;
             let dq_heads = matmul(&d_scores, &s.k)?;
             let dk_heads = matmul(&d_scores.t()?, &s.q)?;
-            let merge = |d: &Tensor, scale| {
-                fused::merge_heads_padded(d, scale, HeadsLayout::TokensByWidth, self.padding)?.reshape((n, c))
-            };
-            let (dq, d_q) = q_p.backward(&s.ln1, &merge(&dq_heads, self.scale)?)?;
-            let (dk, d_k) = k_p.backward(&s.ln1, &merge(&dk_heads, 1.0)?)?;
-            let (dv, d_v) = v_p.backward(&s.ln1, &merge(&dv_heads, 1.0)?)?;
-            Ok((((dq + dk)? + dv)?, [d_q, d_k, d_v, d_o]))
+            let dqkv = fused::merge_qkv([&dq_heads, &dk_heads, &dv_heads], self.scale, self.padding)?;
+            let (d_ln1, [d_w, d_b]) = qkv_p.backward(&s.ln1, &dqkv.reshape((n, 3 * c))?)?;
+            let part = |i| Ok::<_, candle_core::Error>([d_w.narrow(0, i * c, c)?, d_b.narrow(0, i * c, c)?]);
+            Ok((d_ln1, [part(0)?, part(1)?, part(2)?, d_o]))
         })?;
         let (dx, d_ln1_w, d_ln1_b) = profile::time("backward: layer norm 1", &d_ln1, || {
             fused::layer_norm_grad(&s.x, &s.ln[0].0, &d_ln1, s.ln[0].1)

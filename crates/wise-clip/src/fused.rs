@@ -846,19 +846,14 @@ pub fn merge_heads(x: &Tensor, scale: f64, layout: HeadsLayout) -> candle_core::
     x.contiguous()?.apply_op1(Heads { heads, scale: scale as f32, layout, split: false, padding: 0 })
 }
 
-/// [`split_heads`] of `y + bias` (the f32 bias `[H·D]` when given), the token dim on the
-/// heads side followed by `padding` zero slots (no autograd: `device_block.rs`).
+/// [`split_heads`] with the token dim on the heads side followed by `padding` zero slots
+/// (no autograd: `device_block.rs`).
 pub(crate) fn split_heads_padded(
     y: &Tensor,
-    bias: Option<&Tensor>,
     (heads, scale, layout): (usize, f64, HeadsLayout),
     padding: usize,
 ) -> candle_core::Result<Tensor> {
-    let op = Heads { heads, scale: scale as f32, layout, split: true, padding };
-    match bias {
-        Some(b) => y.contiguous()?.apply_op2_no_bwd(b, &BiasedHeads(op)),
-        None => y.contiguous()?.apply_op1_no_bwd(&op),
-    }
+    y.contiguous()?.apply_op1_no_bwd(&Heads { heads, scale: scale as f32, layout, split: true, padding })
 }
 
 /// [`merge_heads`] of heads whose last `padding` token slots are dropped (no autograd).
@@ -922,16 +917,9 @@ impl Heads {
         i32::from(!self.split) * 2 + i32::from(self.layout == HeadsLayout::WidthByTokens)
     }
 
-    /// The CPU kernel: `x` permuted (with `bias` `[H·D]` added first, splits only).
-    fn permute(
-        &self,
-        (x, l): (&[f32], &Layout),
-        bias: Option<&[f32]>,
-    ) -> candle_core::Result<(Vec<f32>, Shape)> {
+    /// The CPU kernel: `x` permuted.
+    fn permute(&self, (x, l): (&[f32], &Layout)) -> candle_core::Result<(Vec<f32>, Shape)> {
         let (HeadsDims { b, t, slots, h, d }, shape) = self.dims(l)?;
-        if bias.is_some_and(|b| b.len() != h * d || !self.split) {
-            candle_core::bail!("attention heads: a bias of {} values for {h} heads of {d}", h * d);
-        }
         let transposed = self.layout == HeadsLayout::WidthByTokens;
         // i runs over [B, T, H, D]; j is the same element on the heads side.
         let at = |i: usize| {
@@ -947,24 +935,12 @@ impl Heads {
         let mut out = vec![0f32; shape.elem_count()];
         for i in 0..b * t * h * d {
             let j = at(i);
-            match (self.split, bias) {
-                (true, Some(b)) => out[j] = (x[i] + b[i % (h * d)]) * self.scale,
-                (true, None) => out[j] = x[i] * self.scale,
-                (false, _) => out[i] = x[j] * self.scale,
+            match self.split {
+                true => out[j] = x[i] * self.scale,
+                false => out[i] = x[j] * self.scale,
             }
         }
         Ok((out, shape))
-    }
-
-    #[cfg(feature = "cuda")]
-    fn cuda(
-        &self,
-        x: (&CudaStorage, &Layout),
-        bias: Option<(&CudaStorage, &Layout)>,
-    ) -> candle_core::Result<(CudaStorage, Shape)> {
-        let (HeadsDims { b, t, slots, h, d }, shape) = self.dims(x.1)?;
-        let sizes = crate::fused_cuda::HeadsSizes { b, t, slots, h, d };
-        Ok((crate::fused_cuda::heads(x, bias, sizes, self.scale, self.mode())?, shape))
     }
 }
 
@@ -974,13 +950,14 @@ impl CustomOp1 for Heads {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (out, shape) = self.permute((f32_slice(s, l, self.name())?, l), None)?;
+        let (out, shape) = self.permute((f32_slice(s, l, self.name())?, l))?;
         Ok((CpuStorage::F32(out), shape))
     }
 
     #[cfg(feature = "cuda")]
     fn cuda_fwd(&self, s: &CudaStorage, l: &Layout) -> candle_core::Result<(CudaStorage, Shape)> {
-        self.cuda((s, l), None)
+        let (dims, shape) = self.dims(l)?;
+        Ok((crate::fused_cuda::heads((s, l), dims.into(), self.scale, self.mode())?, shape))
     }
 
     fn bwd(&self, _x: &Tensor, _y: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
@@ -989,12 +966,76 @@ impl CustomOp1 for Heads {
     }
 }
 
-/// A split that adds the projection's bias first.
-struct BiasedHeads(Heads);
+/// q, k and v from one product's output `[B, T, 3·H·D]` plus the f32 bias `[3·H·D]`, as one
+/// `[3, B, H, T + padding, D]` (padding slots zero), q times `scale` (no autograd:
+/// `device_block.rs`, which computes the three projections as one product).
+pub(crate) fn split_qkv(
+    y: &Tensor,
+    bias: &Tensor,
+    (heads, scale): (usize, f64),
+    padding: usize,
+) -> candle_core::Result<Tensor> {
+    y.contiguous()?.apply_op2_no_bwd(bias, &QkvHeads { heads, scale: scale as f32, padding })
+}
 
-impl CustomOp2 for BiasedHeads {
+/// The gradients of [`split_qkv`]'s three parts (`[B, H, T + padding, D]` each) as one
+/// `[B, T, 3·H·D]`, q's times `scale`.
+pub(crate) fn merge_qkv(
+    [dq, dk, dv]: [&Tensor; 3],
+    scale: f64,
+    padding: usize,
+) -> candle_core::Result<Tensor> {
+    let op = QkvHeads { heads: dq.dim(1)?, scale: scale as f32, padding };
+    dq.contiguous()?.apply_op3_no_bwd(&dk.contiguous()?, &dv.contiguous()?, &op)
+}
+
+struct QkvHeads {
+    heads: usize,
+    scale: f32,
+    padding: usize,
+}
+
+impl QkvHeads {
+    /// The sizes from the `[B, T, 3·H·D]` side (a split's input).
+    fn dims_of_tokens(&self, l: &Layout) -> candle_core::Result<HeadsDims> {
+        let (b, t, c3) = l.shape().dims3()?;
+        let h = self.heads;
+        if h == 0 || c3 % (3 * h) != 0 {
+            candle_core::bail!("q/k/v heads: width {c3} is not 3 × a multiple of {h} heads");
+        }
+        Ok(HeadsDims { b, t, slots: t + self.padding, h, d: c3 / (3 * h) })
+    }
+
+    /// The sizes from a part's `[B, H, slots, D]` (a merge's inputs).
+    fn dims_of_heads(&self, l: &Layout) -> candle_core::Result<HeadsDims> {
+        let (b, h, slots, d) = l.shape().dims4()?;
+        let Some(t) = slots.checked_sub(self.padding) else {
+            candle_core::bail!("q/k/v heads: {slots} token slots, {} of them padding", self.padding)
+        };
+        Ok(HeadsDims { b, t, slots, h, d })
+    }
+
+    /// For element i of the `[B, T, 3, H, D]` side: its part (q, k, v), its column, and its
+    /// index within the part's `[B, H, slots, D]`.
+    fn locate(HeadsDims { t, slots, h, d, .. }: HeadsDims, i: usize) -> (usize, usize, usize) {
+        let (di, r) = (i % d, i / d);
+        let (hi, r) = (r % h, r / h);
+        let (part, bt) = (r % 3, r / 3);
+        let (ti, bi) = (bt % t, bt / t);
+        (part, (part * h + hi) * d + di, ((bi * h + hi) * slots + ti) * d + di)
+    }
+}
+
+#[cfg(feature = "cuda")]
+impl From<HeadsDims> for crate::fused_cuda::HeadsSizes {
+    fn from(HeadsDims { b, t, slots, h, d }: HeadsDims) -> Self {
+        Self { b, t, slots, h, d }
+    }
+}
+
+impl CustomOp2 for QkvHeads {
     fn name(&self) -> &'static str {
-        "attention-heads-with-bias"
+        "qkv-split"
     }
 
     fn cpu_fwd(
@@ -1004,9 +1045,19 @@ impl CustomOp2 for BiasedHeads {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let bias = f32_slice(s2, l2, self.name())?;
-        let (out, shape) = self.0.permute((f32_slice(s1, l1, self.name())?, l1), Some(bias))?;
-        Ok((CpuStorage::F32(out), shape))
+        let (y, bias) = (f32_slice(s1, l1, "qkv-split")?, f32_slice(s2, l2, "qkv-split")?);
+        let dims = self.dims_of_tokens(l1)?;
+        let HeadsDims { b, slots, h, d, .. } = dims;
+        if bias.len() != 3 * h * d {
+            candle_core::bail!("q/k/v split: a bias of {} values for width {}", bias.len(), 3 * h * d);
+        }
+        let part_size = b * h * slots * d;
+        let mut out = vec![0f32; 3 * part_size];
+        for (i, &v) in y.iter().enumerate() {
+            let (part, col, j) = Self::locate(dims, i);
+            out[part * part_size + j] = (v + bias[col]) * if part == 0 { self.scale } else { 1.0 };
+        }
+        Ok((CpuStorage::F32(out), Shape::from((3, b, h, slots, d))))
     }
 
     #[cfg(feature = "cuda")]
@@ -1017,7 +1068,58 @@ impl CustomOp2 for BiasedHeads {
         s2: &CudaStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CudaStorage, Shape)> {
-        self.0.cuda((s1, l1), Some((s2, l2)))
+        let dims = self.dims_of_tokens(l1)?;
+        let out = crate::fused_cuda::split_qkv((s1, l1), (s2, l2), dims.into(), self.scale)?;
+        Ok((out, Shape::from((3, dims.b, dims.h, dims.slots, dims.d))))
+    }
+}
+
+impl CustomOp3 for QkvHeads {
+    fn name(&self) -> &'static str {
+        "qkv-merge"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let dims = self.dims_of_heads(l1)?;
+        let parts = [
+            f32_slice(s1, l1, "qkv-merge")?,
+            f32_slice(s2, l2, "qkv-merge")?,
+            f32_slice(s3, l3, "qkv-merge")?,
+        ];
+        let HeadsDims { b, t, h, d, .. } = dims;
+        if parts.iter().any(|p| p.len() != parts[0].len()) {
+            candle_core::bail!("q/k/v merge: parts of different sizes");
+        }
+        let out = (0..b * t * 3 * h * d)
+            .map(|i| {
+                let (part, _, j) = Self::locate(dims, i);
+                parts[part][j] * if part == 0 { self.scale } else { 1.0 }
+            })
+            .collect();
+        Ok((CpuStorage::F32(out), Shape::from((b, t, 3 * h * d))))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &CudaStorage,
+        l1: &Layout,
+        s2: &CudaStorage,
+        l2: &Layout,
+        s3: &CudaStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CudaStorage, Shape)> {
+        let dims = self.dims_of_heads(l1)?;
+        let out = crate::fused_cuda::merge_qkv([(s1, l1), (s2, l2), (s3, l3)], dims.into(), self.scale)?;
+        Ok((out, Shape::from((dims.b, dims.t, 3 * dims.h * dims.d))))
     }
 }
 

@@ -502,24 +502,19 @@ pub(crate) struct HeadsSizes {
 }
 
 /// fused.cu's `heads` (see [`crate::fused::HeadsLayout`]), `mode` 0–3 as there; a split
-/// adds `bias` (f32 `[H·D]`) when given and leaves the padding slots zero.
+/// leaves the padding slots zero.
 pub(crate) fn heads(
     (x, lx): (&CudaStorage, &Layout),
-    bias: Optional,
     HeadsSizes { b, t, slots, h, d }: HeadsSizes,
     scale: f32,
     mode: i32,
 ) -> Result<CudaStorage> {
     let n = b * t * h * d;
-    let n_u = u32::try_from(n).ok().filter(|&n| n < 1 << 31).ok_or_else(|| {
-        candle_core::Error::Msg(format!("attention heads: {n} values, the CUDA kernel takes < 2^31"))
-    })?;
+    let n_u = index_len(n)?;
     let split = mode < 2;
     let out_len = if split { b * h * slots * d } else { n };
     let dev = &x.device;
     let (t, slots, h, d) = (t as i32, slots as i32, h as i32, d as i32);
-    let bias = bias.map(|(b, lb)| f32_view(b, lb, "attention heads bias")).transpose()?;
-    let null = 0u64;
     let slice = per_dtype!([x], |xs; suffix| {
         let func = kernel!(dev, "heads", suffix)?;
         let xs = view(xs, lx, "attention heads")?;
@@ -535,10 +530,6 @@ pub(crate) fn heads(
         };
         let mut args = func.builder();
         args.arg(&xs);
-        match &bias {
-            Some(b) => args.arg(b),
-            None => args.arg(&null),
-        };
         args.arg(&out);
         args.arg(&n_u);
         args.arg(&t);
@@ -553,4 +544,85 @@ pub(crate) fn heads(
         out
     });
     Ok(storage(slice, dev))
+}
+
+/// fused.cu's `split_qkv`: `[B, T, 3·H·D]` plus the f32 bias `[3·H·D]` → `[3, B, H, slots,
+/// D]` (padding slots zero), q times `scale_q`.
+pub(crate) fn split_qkv(
+    (x, lx): (&CudaStorage, &Layout),
+    (bias, lb): (&CudaStorage, &Layout),
+    HeadsSizes { b, t, slots, h, d }: HeadsSizes,
+    scale_q: f32,
+) -> Result<CudaStorage> {
+    let n = index_len(b * t * 3 * h * d)?;
+    let sizes = [t, slots, h, d].map(|s| s as i32);
+    let dev = &x.device;
+    let bias = f32_view(bias, lb, "q/k/v split bias")?;
+    let out_len = 3 * b * h * slots * d;
+    let slice = per_dtype!([x], |xs; suffix| {
+        let func = kernel!(dev, "split_qkv", suffix)?;
+        let xs = view(xs, lx, "q/k/v split")?;
+        let out = match slots > t {
+            true => dev.alloc_zeros(out_len)?,
+            // SAFETY: every element is written by the kernel before it is read.
+            false => unsafe { dev.alloc(out_len)? },
+        };
+        let vec = vector_access(dev, d, [&xs, &out.slice(..)]);
+        let mut args = func.builder();
+        args.arg(&xs);
+        args.arg(&bias);
+        args.arg(&out);
+        args.arg(&n);
+        for size in &sizes {
+            args.arg(size);
+        }
+        args.arg(&scale_q);
+        args.arg(&vec);
+        // SAFETY: the arguments match the kernel's signature (fused.cu).
+        unsafe { args.launch(launch_config((n as usize).div_ceil(THREADS as usize).min(1 << 16))) }.w()?;
+        out
+    });
+    Ok(storage(slice, dev))
+}
+
+/// fused.cu's `merge_qkv`: the gradients of q, k, v (`[B, H, slots, D]` each) → one
+/// `[B, T, 3·H·D]`, q's times `scale_q`.
+pub(crate) fn merge_qkv(
+    parts: [(&CudaStorage, &Layout); 3],
+    HeadsSizes { b, t, slots, h, d }: HeadsSizes,
+    scale_q: f32,
+) -> Result<CudaStorage> {
+    let n = index_len(b * t * 3 * h * d)?;
+    let sizes = [t, slots, h, d].map(|s| s as i32);
+    let [(q, lq), (k, lk), (v, lv)] = parts;
+    let dev = &q.device;
+    let slice = per_dtype!([q, k, v], |qs, ks, vs; suffix| {
+        let func = kernel!(dev, "merge_qkv", suffix)?;
+        let (qs, ks, vs) = (view(qs, lq, "q/k/v merge")?, view(ks, lk, "q/k/v merge")?, view(vs, lv, "q/k/v merge")?);
+        // SAFETY: every element is written by the kernel before it is read.
+        let out = unsafe { dev.alloc(n as usize)? };
+        let vec = vector_access(dev, d, [&qs, &ks, &vs, &out.slice(..)]);
+        let mut args = func.builder();
+        args.arg(&qs);
+        args.arg(&ks);
+        args.arg(&vs);
+        args.arg(&out);
+        args.arg(&n);
+        for size in &sizes {
+            args.arg(size);
+        }
+        args.arg(&scale_q);
+        args.arg(&vec);
+        // SAFETY: the arguments match the kernel's signature (fused.cu).
+        unsafe { args.launch(launch_config((n as usize).div_ceil(THREADS as usize).min(1 << 16))) }.w()?;
+        out
+    });
+    Ok(storage(slice, dev))
+}
+
+/// `n` values as the heads kernels' 32-bit index.
+fn index_len(n: usize) -> Result<u32> {
+    u32::try_from(n).ok().filter(|&n| n < 1 << 31).ok_or_else(|| {
+        candle_core::Error::Msg(format!("attention heads: {n} values, the CUDA kernels take < 2^31"))
+    })
 }

@@ -38,8 +38,8 @@ fn cuda_kernels_match_references_when_run_on_the_cpu() {
     // widths (2 padded) × 2, QuickGELU × 2 outputs with and without a bias at 2 widths (one
     // value and 16 bytes per access), each in f32 and bf16; AdamW (f32) 2 steps × 3 outputs;
     // the sum of squares; the bias add (with and without a residual) and its column sums
-    // at 3 sizes; the heads' splits (with and without a bias) and merges, unpadded and
-    // padded, 2 layouts one value per access and 1 by 16 bytes, in both dtypes.
-    let expected = 2 * (12 + 10 + 8) + 6 + 1 + 2 * (3 * 3 + 2 * 2 * 3 + 2 * 3);
+    // at 3 sizes; the heads' splits and merges, unpadded and padded, 2 layouts one value per
+    // access and 1 by 16 bytes; q/k/v's split and merge both ways; in both dtypes.
+    let expected = 2 * (12 + 10 + 8) + 6 + 1 + 2 * (3 * 3 + 2 * 2 * 2 + 2 * 2 + 2 * 2);
     assert_eq!(report.lines().filter(|l| l.starts_with("ok ")).count(), expected, "{report}");
 }

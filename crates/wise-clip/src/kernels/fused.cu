@@ -270,27 +270,61 @@ __device__ void col_sums(const T *g, float *out, int rows, int cols) {
 }
 
 // ---- Attention heads: [B, T, H·D] to per-head [B, H, T, D] (or [B, H, D, T], keys
-// transposed for q·kᵀ) and back, times `scale`; a split adds the f32 `bias` [H·D] first
-// unless it is null (the projection's bias, folded in). The heads side has `slots` >= t
-// token slots (the caller zeroes the padding of a split: aligned rows for the attention's
-// products). Element i of the [B, T, H, D] side
-// is visited in order (32-bit index: the caller checks the size), so that side is read or
-// written contiguously. mode: 0 split, 1 split transposed, 2 merge, 3 merge transposed.
+// transposed for q·kᵀ) and back, times `scale`. The heads side has `slots` >= t token slots
+// (the caller zeroes the padding of a split: aligned rows for the attention's products).
+// Element i of the [B, T, H, D] side is visited in order (32-bit index: the caller checks
+// the size), so that side is read or written contiguously. mode: 0 split, 1 split
+// transposed, 2 merge, 3 merge transposed.
 
 // Each thread moves W consecutive values of a head (W > 1: modes 0 and 2 only, d a
 // multiple of W).
 template <typename T, int W>
-__device__ void heads_w(const T *x, const float *bias, T *out, unsigned n, int t, int slots, int h, int d,
-                        float scale, int mode) {
+__device__ void heads_w(const T *x, T *out, unsigned n, int t, int slots, int h, int d, float scale, int mode) {
     for (unsigned i = (blockIdx.x * blockDim.x + threadIdx.x) * W; i < n; i += gridDim.x * blockDim.x * W) {
         const unsigned di = i % d, r = i / d, hi = r % h, bt = r / h, ti = bt % t, bi = bt / t;
         const unsigned bh = bi * h + hi;
         const size_t j = (mode & 1) ? ((size_t)bh * d + di) * slots + ti : ((size_t)bh * slots + ti) * d + di;
         const Pack<T, W> in = *(const Pack<T, W> *)(x + (mode < 2 ? i : j));
         Pack<T, W> o;
-        for (int e = 0; e < W; ++e)
-            o.v[e] = from_f32<T>((to_f32(in.v[e]) + (mode < 2 && bias ? bias[hi * d + di + e] : 0.0f)) * scale);
+        for (int e = 0; e < W; ++e) o.v[e] = from_f32<T>(to_f32(in.v[e]) * scale);
         *(Pack<T, W> *)(out + (mode < 2 ? j : i)) = o;
+    }
+}
+
+// ---- q, k and v together: one product's output [B, T, 3·H·D] to per-head [3, B, H, slots, D]
+// (the f32 bias [3·H·D] added, q times `scale_q`, padding slots left zero by the caller),
+// and their three gradients back into one [B, T, 3·H·D]. Index i runs over the
+// [B, T, 3, H, D] side; W consecutive values per thread (d a multiple of W).
+
+template <typename T, int W>
+__device__ void split_qkv_w(const T *x, const float *bias, T *out, unsigned n, int t, int slots, int h, int d,
+                            float scale_q) {
+    const size_t part_size = (size_t)(n / (3u * t * h * d)) * h * slots * d;
+    for (unsigned i = (blockIdx.x * blockDim.x + threadIdx.x) * W; i < n; i += gridDim.x * blockDim.x * W) {
+        const unsigned di = i % d, r = i / d, hi = r % h, r2 = r / h, part = r2 % 3, bt = r2 / 3;
+        const unsigned ti = bt % t, bi = bt / t, col = (part * h + hi) * d + di;
+        const size_t j = part * part_size + ((size_t)(bi * h + hi) * slots + ti) * d + di;
+        const float scale = part == 0 ? scale_q : 1.0f;
+        const Pack<T, W> in = *(const Pack<T, W> *)(x + i);
+        Pack<T, W> o;
+        for (int e = 0; e < W; ++e) o.v[e] = from_f32<T>((to_f32(in.v[e]) + bias[col + e]) * scale);
+        *(Pack<T, W> *)(out + j) = o;
+    }
+}
+
+template <typename T, int W>
+__device__ void merge_qkv_w(const T *dq, const T *dk, const T *dv, T *out, unsigned n, int t, int slots, int h,
+                            int d, float scale_q) {
+    for (unsigned i = (blockIdx.x * blockDim.x + threadIdx.x) * W; i < n; i += gridDim.x * blockDim.x * W) {
+        const unsigned di = i % d, r = i / d, hi = r % h, r2 = r / h, part = r2 % 3, bt = r2 / 3;
+        const unsigned ti = bt % t, bi = bt / t;
+        const size_t j = ((size_t)(bi * h + hi) * slots + ti) * d + di;
+        const T *src = part == 0 ? dq : part == 1 ? dk : dv;
+        const float scale = part == 0 ? scale_q : 1.0f;
+        const Pack<T, W> in = *(const Pack<T, W> *)(src + j);
+        Pack<T, W> o;
+        for (int e = 0; e < W; ++e) o.v[e] = from_f32<T>(to_f32(in.v[e]) * scale);
+        *(Pack<T, W> *)(out + i) = o;
     }
 }
 
@@ -331,11 +365,22 @@ __device__ void heads_w(const T *x, const float *bias, T *out, unsigned n, int t
     extern "C" __global__ void col_sums_##SUFFIX(const T *g, float *out, int rows, int cols) {       \
         col_sums(g, out, rows, cols);                                                                  \
     }                                                                                                  \
-    extern "C" __global__ void heads_##SUFFIX(const T *x, const float *bias, T *out, unsigned n,     \
-                                              int t, int slots, int h, int d, float scale, int mode,  \
-                                              int vec) {                                              \
-        if (vec) heads_w<T, VEC(T)>(x, bias, out, n, t, slots, h, d, scale, mode);                    \
-        else heads_w<T, 1>(x, bias, out, n, t, slots, h, d, scale, mode);                              \
+    extern "C" __global__ void heads_##SUFFIX(const T *x, T *out, unsigned n, int t, int slots, int h,\
+                                              int d, float scale, int mode, int vec) {                \
+        if (vec) heads_w<T, VEC(T)>(x, out, n, t, slots, h, d, scale, mode);                          \
+        else heads_w<T, 1>(x, out, n, t, slots, h, d, scale, mode);                                    \
+    }                                                                                                  \
+    extern "C" __global__ void split_qkv_##SUFFIX(const T *x, const float *bias, T *out, unsigned n,   \
+                                                  int t, int slots, int h, int d, float scale_q,      \
+                                                  int vec) {                                          \
+        if (vec) split_qkv_w<T, VEC(T)>(x, bias, out, n, t, slots, h, d, scale_q);                    \
+        else split_qkv_w<T, 1>(x, bias, out, n, t, slots, h, d, scale_q);                              \
+    }                                                                                                  \
+    extern "C" __global__ void merge_qkv_##SUFFIX(const T *dq, const T *dk, const T *dv, T *out,      \
+                                                  unsigned n, int t, int slots, int h, int d,         \
+                                                  float scale_q, int vec) {                           \
+        if (vec) merge_qkv_w<T, VEC(T)>(dq, dk, dv, out, n, t, slots, h, d, scale_q);                 \
+        else merge_qkv_w<T, 1>(dq, dk, dv, out, n, t, slots, h, d, scale_q);                           \
     }
 
 ENTRY_POINTS(float, f32)

@@ -283,23 +283,21 @@ void check_bias(const char *suffix, int rows, int cols, int vec, double tol,
 
 // Splitting [B, T, H·D] into heads, plain and with the keys transposed, with and without
 // padding token slots (left zero), against the index formulas; merging must give back the
-// input exactly (times the two scales). Then the split with the bias folded in.
-// With vec = 1 (16-byte accesses; head width 8, untransposed modes only) and without.
+// input exactly (times the two scales). With vec = 1 (16-byte accesses; head width 8,
+// untransposed modes only) and without.
 template <class T>
 void check_heads(const char *suffix, int d, int vec,
-                 void (*heads_fn)(const T *, const float *, T *, unsigned, int, int, int, int, float, int, int)) {
+                 void (*heads_fn)(const T *, T *, unsigned, int, int, int, int, float, int, int)) {
     const int b = 2, t = 5, h = 3;
     const unsigned n = b * t * h * d;
     const std::vector<T> x = random_values<T>(n, 0.0f, 1.0f);
-    const std::vector<float> bias = random_values<float>(h * d, 0.0f, 1.0f);
     for (int slots : {t, t + 3})
         for (int mode : {0, 1}) {
             if (vec && mode == 1) continue;
             const size_t heads_side = size_t(b) * h * slots * d;
-            std::vector<T> split(heads_side), biased(heads_side), merged(n);  // zeroed, as the caller does
-            launch(2, 32, [&] { heads_fn(x.data(), nullptr, split.data(), n, t, slots, h, d, 0.5f, mode, vec); });
-            launch(2, 32, [&] { heads_fn(x.data(), bias.data(), biased.data(), n, t, slots, h, d, 0.5f, mode, vec); });
-            std::vector<double> split_ref(heads_side, 0.0), merged_ref(n), biased_ref(heads_side, 0.0);
+            std::vector<T> split(heads_side), merged(n);  // zeroed, as the caller does
+            launch(2, 32, [&] { heads_fn(x.data(), split.data(), n, t, slots, h, d, 0.5f, mode, vec); });
+            std::vector<double> split_ref(heads_side, 0.0), merged_ref(n);
             for (int bi = 0; bi < b; ++bi)
                 for (int ti = 0; ti < t; ++ti)
                     for (int hi = 0; hi < h; ++hi)
@@ -308,9 +306,8 @@ void check_heads(const char *suffix, int d, int vec,
                             const size_t j = mode == 0 ? ((size_t(bi) * h + hi) * slots + ti) * d + di
                                                        : ((size_t(bi) * h + hi) * d + di) * slots + ti;
                             split_ref[j] = 0.5 * value(x[i]);
-                            biased_ref[j] = 0.5 * (value(x[i]) + bias[hi * d + di]);
                         }
-            launch(2, 32, [&] { heads_fn(split.data(), nullptr, merged.data(), n, t, slots, h, d, 4.0f, mode + 2, vec); });
+            launch(2, 32, [&] { heads_fn(split.data(), merged.data(), n, t, slots, h, d, 4.0f, mode + 2, vec); });
             for (size_t i = 0; i < n; ++i) merged_ref[i] = 2.0 * value(x[i]);
             char what[96];
             const char *access = vec ? ", 16 B" : "";
@@ -318,9 +315,40 @@ void check_heads(const char *suffix, int d, int vec,
             check(what, split, split_ref, 0.0);
             snprintf(what, sizeof what, "heads_%s merge (mode %d, %d slots%s)", suffix, mode + 2, slots, access);
             check(what, merged, merged_ref, 0.0);
-            snprintf(what, sizeof what, "heads_%s split + bias (mode %d, %d slots%s)", suffix, mode, slots, access);
-            check(what, biased, biased_ref, sizeof(T) == 4 ? 1e-6 : 1e-2);
         }
+}
+
+// q, k and v split from one [B, T, 3·H·D] output (bias added, q scaled, padding slots
+// left zero) and their gradients merged back, one value and 16 bytes per access.
+template <class T>
+void check_qkv(const char *suffix, int vec,
+               void (*split)(const T *, const float *, T *, unsigned, int, int, int, int, float, int),
+               void (*merge)(const T *, const T *, const T *, T *, unsigned, int, int, int, int, float, int)) {
+    const int b = 2, t = 5, slots = 8, h = 3, d = 8, c = h * d;
+    const unsigned n = b * t * 3 * c;
+    const size_t part = size_t(b) * h * slots * d;
+    const std::vector<T> x = random_values<T>(n, 0.0f, 1.0f);
+    const std::vector<float> bias = random_values<float>(3 * c, 0.0f, 1.0f);
+    std::vector<T> heads(3 * part), merged(n);  // zeroed, as the caller does
+    launch(2, 32, [&] { split(x.data(), bias.data(), heads.data(), n, t, slots, h, d, 0.5f, vec); });
+    std::vector<double> heads_ref(3 * part, 0.0), merged_ref(n);
+    for (int bi = 0; bi < b; ++bi)
+        for (int ti = 0; ti < t; ++ti)
+            for (int p = 0; p < 3; ++p)
+                for (int hi = 0; hi < h; ++hi)
+                    for (int di = 0; di < d; ++di) {
+                        const size_t i = (size_t(bi) * t + ti) * 3 * c + p * c + hi * d + di;
+                        const size_t j = p * part + ((size_t(bi) * h + hi) * slots + ti) * d + di;
+                        heads_ref[j] = (p == 0 ? 0.5 : 1.0) * (value(x[i]) + bias[p * c + hi * d + di]);
+                        merged_ref[i] = (p == 0 ? 0.5 : 1.0) * value(cast<T>(float(heads_ref[j])));
+                    }
+    // The three parts' gradients from separate buffers (here: the split's output).
+    launch(2, 32, [&] { merge(heads.data(), heads.data() + part, heads.data() + 2 * part, merged.data(), n, t, slots, h, d, 0.5f, vec); });
+    char what[96];
+    snprintf(what, sizeof what, "split_qkv_%s%s", suffix, vec ? ", 16 B" : "");
+    check(what, heads, heads_ref, sizeof(T) == 4 ? 1e-6 : 1e-2);
+    snprintf(what, sizeof what, "merge_qkv_%s%s", suffix, vec ? ", 16 B" : "");
+    check(what, merged, merged_ref, sizeof(T) == 4 ? 1e-6 : 1e-2);
 }
 
 int main() {
@@ -350,6 +378,10 @@ int main() {
     for (auto [d, vec] : {std::pair{4, 0}, {8, 1}}) {
         check_heads<float>("f32", d, vec, heads_f32);
         check_heads<__nv_bfloat16>("bf16", d, vec, heads_bf16);
+    }
+    for (int vec : {0, 1}) {
+        check_qkv<float>("f32", vec, split_qkv_f32, merge_qkv_f32);
+        check_qkv<__nv_bfloat16>("bf16", vec, split_qkv_bf16, merge_qkv_bf16);
     }
     check_adamw(1000);
     check_sum_squares();
