@@ -21,9 +21,9 @@ use candle_core::{CudaStorage, Device, Layout, Result, Shape, Storage, Tensor};
 const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/fused.ptx"));
 const MODULE: &str = "wise_fused";
 const THREADS: u32 = 256;
-/// `LN_ROWS_PER_BLOCK` and the widest row (`LN_MAX_COLS_PER_THREAD · THREADS`) in fused.cu.
-const LN_ROWS_PER_BLOCK: usize = 16;
-pub(crate) const LN_MAX_WIDTH: usize = 8 * THREADS as usize;
+/// fused.cu's `LN_ROWS_PER_BLOCK` (backward) and `LN_MAX_WIDTH` (the widest row).
+const LN_ROWS_PER_BLOCK: usize = 32;
+pub(crate) const LN_MAX_WIDTH: usize = 2048;
 
 /// Loads the kernel `{name}_{suffix}` of fused.cu (the module on first use); a driver
 /// that cannot load the PTX gets an error saying how to run without it.
@@ -271,16 +271,17 @@ pub(crate) fn layer_norm(
         let xs = view(xs, lx, "layer-norm")?;
         // SAFETY: every element is written by the kernel before it is read.
         let y = unsafe { dev.alloc(rows * cols)? };
-        let cols = cols as i32;
+        let (rows_i, cols_i) = (int_arg(rows, "layer-norm rows")?, int_arg(cols, "layer-norm width")?);
         let mut args = func.builder();
         args.arg(&xs);
         args.arg(&w);
         args.arg(&b);
         args.arg(&y);
-        args.arg(&cols);
+        args.arg(&rows_i);
+        args.arg(&cols_i);
         args.arg(&eps);
-        // SAFETY: the arguments match the kernel's signature; one block per row.
-        unsafe { args.launch(launch_config(rows)) }.w()?;
+        // SAFETY: the arguments match the kernel's signature; a warp per row.
+        unsafe { args.launch(launch_config(rows.div_ceil(THREADS as usize / 32))) }.w()?;
         y
     });
     Ok(storage(slice, dev))

@@ -91,82 +91,81 @@ __device__ void quick_gelu_bwd_w(const T *x, const float *b, const T *g, T *dx, 
     }
 }
 
-// ---- LayerNorm: a block per row forwards; ROWS rows per block backwards ------------------
+// ---- LayerNorm: a warp per row, forwards and backwards --------------------------------
+// (Block-wide reductions cost two barriers each, four per row backwards, for rows of only
+// a few values per thread; a warp reduces with shuffles alone. A row, re-read for each
+// pass, stays in L1.)
 
-// Mean and (var + eps)^-½ of one row, two passes (exact for large means too).
+// Mean and (var + eps)^-½ of one row, two passes (exact for large means too); every lane
+// of the warp gets them.
 template <typename T>
-__device__ void row_stats(const T *x, int cols, float eps, float *shared, float *mean, float *rstd) {
+__device__ void row_stats(const T *x, int cols, float eps, float *mean, float *rstd) {
+    const int lane = threadIdx.x % 32;
     float s = 0.0f;
-    for (int i = threadIdx.x; i < cols; i += blockDim.x) s += to_f32(x[i]);
-    const float m = block_sum(s, shared) / cols;
+    for (int i = lane; i < cols; i += 32) s += to_f32(x[i]);
+    const float m = warp_sum(s) / cols;
     float v = 0.0f;
-    for (int i = threadIdx.x; i < cols; i += blockDim.x) {
+    for (int i = lane; i < cols; i += 32) {
         const float d = to_f32(x[i]) - m;
         v += d * d;
     }
     *mean = m;
-    *rstd = 1.0f / sqrtf(block_sum(v, shared) / cols + eps);
+    *rstd = 1.0f / sqrtf(warp_sum(v) / cols + eps);
 }
 
 template <typename T>
-__device__ void layer_norm_fwd(const T *x, const float *w, const float *b, T *y, int cols, float eps) {
-    __shared__ float shared[32];
-    const T *xr = x + (size_t)blockIdx.x * cols;
-    T *yr = y + (size_t)blockIdx.x * cols;
+__device__ void layer_norm_fwd(const T *x, const float *w, const float *b, T *y, int rows, int cols, float eps) {
+    const int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (row >= rows) return;
+    const T *xr = x + (size_t)row * cols;
+    T *yr = y + (size_t)row * cols;
     float mean, rstd;
-    row_stats(xr, cols, eps, shared, &mean, &rstd);
-    for (int i = threadIdx.x; i < cols; i += blockDim.x)
-        yr[i] = from_f32<T>((to_f32(xr[i]) - mean) * rstd * w[i] + b[i]);
+    row_stats(xr, cols, eps, &mean, &rstd);
+    for (int i = lane; i < cols; i += 32) yr[i] = from_f32<T>((to_f32(xr[i]) - mean) * rstd * w[i] + b[i]);
 }
 
-// Columns per thread the backward keeps partial dw/db sums for: width ≤ 8·blockDim.x.
-#define LN_MAX_COLS_PER_THREAD 8
-#define LN_ROWS_PER_BLOCK 16
+// The widest row the backward takes (its dw, db partial sums live in shared memory).
+#define LN_MAX_WIDTH 2048
+#define LN_ROWS_PER_BLOCK 32
 
-// dx (f32, `rows × cols`) and dw, db (f32, zeroed by the caller; one atomic add per column
-// per block of rows).
+// dx (f32, `rows × cols`) and dw, db (f32, zeroed by the caller): each block's warps take
+// its LN_ROWS_PER_BLOCK rows in turn, add their rows' dw, db terms into the block's shared
+// sums, and the block adds those to dw, db (one atomic add per column per block).
 template <typename T>
 __device__ void layer_norm_bwd(const T *x, const float *w, const T *g, float *dx, float *dw, float *db,
                                int rows, int cols, float eps) {
-    __shared__ float shared[32];
-    float dw_part[LN_MAX_COLS_PER_THREAD], db_part[LN_MAX_COLS_PER_THREAD];
-#pragma unroll
-    for (int k = 0; k < LN_MAX_COLS_PER_THREAD; ++k) dw_part[k] = db_part[k] = 0.0f;
+    __shared__ float acc[2 * LN_MAX_WIDTH];  // this block's dw, then db
+    for (int i = threadIdx.x; i < 2 * cols; i += blockDim.x) acc[i] = 0.0f;
+    __syncthreads();
+    const int warps = blockDim.x / 32, lane = threadIdx.x % 32;
     const int first = blockIdx.x * LN_ROWS_PER_BLOCK;
     const int last = min(first + LN_ROWS_PER_BLOCK, rows);
-    for (int r = first; r < last; ++r) {
+    for (int r = first + threadIdx.x / 32; r < last; r += warps) {
         const T *xr = x + (size_t)r * cols;
         const T *gr = g + (size_t)r * cols;
         float *dxr = dx + (size_t)r * cols;
         float mean, rstd;
-        row_stats(xr, cols, eps, shared, &mean, &rstd);
+        row_stats(xr, cols, eps, &mean, &rstd);
         float s_gw = 0.0f, s_gwx = 0.0f;
-#pragma unroll
-        for (int k = 0; k < LN_MAX_COLS_PER_THREAD; ++k) {
-            const int i = threadIdx.x + k * blockDim.x;
-            if (i < cols) {
-                const float xh = (to_f32(xr[i]) - mean) * rstd;
-                const float gi = to_f32(gr[i]);
-                s_gw += gi * w[i];
-                s_gwx += gi * w[i] * xh;
-                dw_part[k] += gi * xh;
-                db_part[k] += gi;
-            }
+        for (int i = lane; i < cols; i += 32) {
+            const float xh = (to_f32(xr[i]) - mean) * rstd;
+            const float gi = to_f32(gr[i]);
+            s_gw += gi * w[i];
+            s_gwx += gi * w[i] * xh;
+            atomicAdd(acc + i, gi * xh);
+            atomicAdd(acc + cols + i, gi);
         }
-        const float m_gw = block_sum(s_gw, shared) / cols;
-        const float m_gwx = block_sum(s_gwx, shared) / cols;
-        for (int i = threadIdx.x; i < cols; i += blockDim.x) {
+        const float m_gw = warp_sum(s_gw) / cols;
+        const float m_gwx = warp_sum(s_gwx) / cols;
+        for (int i = lane; i < cols; i += 32) {
             const float xh = (to_f32(xr[i]) - mean) * rstd;
             dxr[i] = rstd * (to_f32(gr[i]) * w[i] - m_gw - xh * m_gwx);
         }
     }
-#pragma unroll
-    for (int k = 0; k < LN_MAX_COLS_PER_THREAD; ++k) {
-        const int i = threadIdx.x + k * blockDim.x;
-        if (i < cols) {
-            atomicAdd(dw + i, dw_part[k]);
-            atomicAdd(db + i, db_part[k]);
-        }
+    __syncthreads();
+    for (int i = threadIdx.x; i < cols; i += blockDim.x) {
+        atomicAdd(dw + i, acc[i]);
+        atomicAdd(db + i, acc[cols + i]);
     }
 }
 
@@ -342,8 +341,8 @@ __device__ void merge_qkv_w(const T *dq, const T *dk, const T *dv, T *out, unsig
         else quick_gelu_bwd_w<T, 1>(x, b, g, dx, rows, cols);                                          \
     }                                                                                                  \
     extern "C" __global__ void layer_norm_fwd_##SUFFIX(const T *x, const float *w, const float *b,  \
-                                                       T *y, int cols, float eps) {                   \
-        layer_norm_fwd(x, w, b, y, cols, eps);                                                         \
+                                                       T *y, int rows, int cols, float eps) {         \
+        layer_norm_fwd(x, w, b, y, rows, cols, eps);                                                   \
     }                                                                                                  \
     extern "C" __global__ void layer_norm_bwd_##SUFFIX(const T *x, const float *w, const T *g,      \
                                                        float *dx, float *dw, float *db, int rows,     \

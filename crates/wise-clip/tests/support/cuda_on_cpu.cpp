@@ -106,7 +106,7 @@ void check(const char *what, const std::vector<T> &got, const std::vector<double
 
 template <class T>
 void check_layer_norm(const char *suffix, int rows, int cols, double tol,
-                      void (*fwd)(const T *, const float *, const float *, T *, int, float),
+                      void (*fwd)(const T *, const float *, const float *, T *, int, int, float),
                       void (*bwd)(const T *, const float *, const T *, float *, float *, float *, int, int, float)) {
     const float eps = 1e-5f;
     // A large mean: the two-pass statistics must not lose the variance to it.
@@ -132,7 +132,7 @@ void check_layer_norm(const char *suffix, int rows, int cols, double tol,
         }
     }
     std::vector<T> y(x.size());
-    launch(rows, 256, [&] { fwd(x.data(), w.data(), b.data(), y.data(), cols, eps); });
+    launch((rows + 7) / 8, 256, [&] { fwd(x.data(), w.data(), b.data(), y.data(), rows, cols, eps); });
     std::vector<float> all((size_t(rows) + 2) * cols, 0.0f);  // dx's rows, dw, db (zeroed, as the caller does)
     float *dx = all.data(), *dw = dx + size_t(rows) * cols, *db = dw + cols;
     launch((rows + LN_ROWS_PER_BLOCK - 1) / LN_ROWS_PER_BLOCK, 256,
@@ -352,8 +352,9 @@ void check_qkv(const char *suffix, int vec,
 }
 
 int main() {
-    // Widths below, at and above the block (256 threads), up to 5 columns per thread; row
-    // counts that leave the last block of LN_ROWS_PER_BLOCK rows partly empty.
+    // Widths of 200, 768 (ViT-B) and 1030 values (none a multiple of the warp but 768); row
+    // counts that leave the last block of LN_ROWS_PER_BLOCK rows partly empty, and give
+    // each warp several rows.
     for (auto [rows, cols] : {std::pair{37, 200}, {20, 768}, {17, 1030}}) {
         check_layer_norm<float>("f32", rows, cols, 1e-5, layer_norm_fwd_f32, layer_norm_bwd_f32);
         check_layer_norm<__nv_bfloat16>("bf16", rows, cols, 1e-2, layer_norm_fwd_bf16, layer_norm_bwd_bf16);
