@@ -613,8 +613,12 @@ impl CustomOp2 for SoftmaxGrad {
 /// `y + b` over the last dim, `b` the f32 master bias (read as it is, whatever `y`'s dtype);
 /// its gradient is the column sums of `y`'s, in f32. On CUDA one kernel each way: candle's
 /// broadcast add and the sum over rows in its backward compute every element's index
-/// with 64-bit divisions, and cost more than the matrix product before them.
+/// with 64-bit divisions, and cost more than the matrix product before them. Where the
+/// fused kernels do not apply, candle's broadcast add.
 pub fn bias_add(y: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
+    if !applies(y) {
+        return y.broadcast_add(&b.to_dtype(y.dtype())?);
+    }
     y.contiguous()?.apply_op2(&b.to_dtype(DType::F32)?.contiguous()?, BiasAdd)
 }
 

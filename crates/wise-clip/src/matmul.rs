@@ -61,8 +61,7 @@ pub fn linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> candle_core::Res
             let (dims, last) = (x.dims(), x.dim(candle_core::D::Minus1)?);
             let y = matmul(&x.reshape((x.elem_count() / last, last))?, &w.t()?)?;
             let y = match bias {
-                Some(b) if crate::fused::applies(&y) => crate::fused::bias_add(&y, b)?,
-                Some(b) => y.broadcast_add(&b.to_dtype(y.dtype())?)?,
+                Some(b) => crate::fused::bias_add(&y, b)?,
                 None => y,
             };
             let mut out_dims = dims.to_vec();

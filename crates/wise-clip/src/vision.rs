@@ -71,19 +71,27 @@ impl ImageEncoder {
     }
 
     /// Token embeddings before the encoder: `[B, 1 + N, C]`.
+    ///
+    /// The class token's row gets a zero "patch", so one product gives every token's patch
+    /// term, and the class and position embeddings are one add of a `[(1 + N)·C]` row to
+    /// each image's `[(1 + N)·C]` tokens (its gradient the column sums over the batch). The
+    /// usual class-token concatenation and broadcast position add cost, on CUDA, strided
+    /// kernels over all tokens forwards and backwards.
     fn embed(&self, pixels: &Tensor) -> candle_core::Result<Tensor> {
         let (b, ch, _, _) = pixels.dims4()?;
         let (p, g, c) = (self.config.patch_size, self.config.grid_size(), self.config.hidden_size);
-        let dtype = pixels.dtype();
+        let (k, t) = (ch * p * p, g * g + 1);
         // A stride-p conv drops trailing pixels that do not fill a patch; so do we.
         let x = pixels.narrow(2, 0, g * p)?.narrow(3, 0, g * p)?;
+        let patches = x.reshape((b, ch, g, p, g, p))?.permute((0, 2, 4, 1, 3, 5))?.reshape((b, g * g, k))?;
         let patches =
-            x.reshape((b, ch, g, p, g, p))?.permute((0, 2, 4, 1, 3, 5))?.reshape((b * g * g, ch * p * p))?;
-        let w = self.patch_embedding.to_dtype(dtype)?.reshape((c, ch * p * p))?;
-        let patches = crate::matmul::matmul(&patches, &w.t()?)?.reshape((b, g * g, c))?;
-        let class = self.class_embedding.to_dtype(dtype)?.reshape((1, 1, c))?.repeat((b, 1, 1))?;
-        let tokens = Tensor::cat(&[&class, &patches], 1)?;
-        tokens.broadcast_add(&self.position_embedding.to_dtype(dtype)?.unsqueeze(0)?)
+            Tensor::cat(&[&Tensor::zeros((b, 1, k), pixels.dtype(), pixels.device())?, &patches], 1)?;
+        let w = self.patch_embedding.to_dtype(pixels.dtype())?.reshape((c, k))?;
+        let tokens = crate::matmul::matmul(&patches.reshape((b * t, k))?, &w.t()?)?.reshape((b, t * c))?;
+        let positions = self.position_embedding.as_tensor();
+        let first = (positions.narrow(0, 0, 1)? + self.class_embedding.unsqueeze(0)?)?;
+        let embeddings = Tensor::cat(&[&first, &positions.narrow(0, 1, g * g)?], 0)?.flatten_all()?;
+        crate::fused::bias_add(&tokens, &embeddings)?.reshape((b, t, c))
     }
 
     /// The encoder's input, `[B, 1 + N, C]`.
