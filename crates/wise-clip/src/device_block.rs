@@ -13,7 +13,7 @@
 //! `O = P·V`: `dP = dO·Vᵀ`, `dV = Pᵀ·dO`, `dS = P·(dP − Σ dP·P)`, `dQ = dS·K`, `dK = dSᵀ·Q`.
 //!
 //! Where the fused kernels run (CUDA; the CPU, which has its own block, in tests), for
-//! QuickGELU blocks with biases (CLIP's); `nn::EncoderLayer` runs the others op by op.
+//! blocks with biases (CLIP's); `nn::EncoderLayer` runs the others op by op.
 
 use std::sync::Mutex;
 
@@ -27,11 +27,10 @@ use crate::matmul::matmul;
 use crate::nn::{EncoderLayer, LayerNorm, Linear};
 use crate::profile;
 
-/// Whether `layer` on `x` can run as this op: fused kernels for `x`, QuickGELU, biases.
+/// Whether `layer` on `x` can run as this op: fused kernels for `x`, biases.
 pub(crate) fn applies(layer: &EncoderLayer, x: &Tensor) -> bool {
     let heads = layer.self_attn.heads;
     fused::applies(x)
-        && layer.mlp.act == Activation::QuickGelu
         && projections(layer).iter().all(|l| l.bias.is_some())
         && heads > 0
         && x.dims().last().is_some_and(|c| c % heads == 0)
@@ -81,7 +80,7 @@ impl Projection {
     }
 
     /// `x·Wᵀ` for `x` `[n, in]`: the bias goes into the op after it (split, residual add,
-    /// QuickGELU), saving a pass over the output.
+    /// activation), saving a pass over the output.
     fn product(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         matmul(x, &self.w.t()?)
     }
@@ -105,7 +104,7 @@ struct Saved {
     ctx: Tensor,
     x_mid: Tensor,
     ln2: Tensor,
-    /// fc1's product (without its bias) and `QuickGELU(h + b₁)`.
+    /// fc1's product (without its bias) and `act(h + b₁)`.
     h: Tensor,
     act: Tensor,
     /// q, k and v as one, out, fc1, fc2.
@@ -161,7 +160,7 @@ pub(crate) fn forward(
     let x_mid = profile::time("residual add", &o, || fused::residual_bias_add(&x2, &o, &proj[1].b))?;
     let ln2 = norm(&layer.layer_norm2, &x_mid)?;
     let h = profile::time("mlp fc1", &ln2, || proj[2].product(&ln2))?;
-    let act = profile::time("activation", &h, || fused::quick_gelu_with_bias(&h, &proj[2].b))?;
+    let act = profile::time("activation", &h, || fused::activation_with_bias(layer.mlp.act, &h, &proj[2].b))?;
     let h2 = profile::time("mlp fc2", &act, || proj[3].product(&act))?;
     if !crate::block::keeps_activations() {
         return fused::residual_bias_add(&x_mid, &h2, &proj[3].b)?.reshape((b, t, c));
@@ -174,7 +173,7 @@ pub(crate) fn forward(
     let params = params.map(|v| v.as_tensor().clone()).collect();
     // Shaped as the block's output, which the node's forward returns it plus x_mid and b₂ as.
     let h2 = Mutex::new(Some(h2.reshape((b, t, c))?));
-    let node = Node { h2, saved, params, heads, scale, padding };
+    let node = Node { h2, saved, params, heads, scale, padding, act: layer.mlp.act };
     x.apply_op1(node)
 }
 
@@ -190,6 +189,7 @@ struct Node {
     scale: f64,
     /// Zero token slots after the last token on the heads side ([`attention_padding`]).
     padding: usize,
+    act: Activation,
 }
 
 impl Node {
@@ -240,10 +240,10 @@ impl CustomOp1 for Node {
         let dy = grad.contiguous()?.reshape((n, c))?;
         let [qkv_p, o_p, fc1, fc2] = &s.proj;
 
-        // MLP: y = x_mid + QuickGELU(LN2(x_mid)·W₁ᵀ + b₁)·W₂ᵀ + b₂.
+        // MLP: y = x_mid + act(LN2(x_mid)·W₁ᵀ + b₁)·W₂ᵀ + b₂.
         let (dx_mid, [d_ln2_w, d_ln2_b], d_fc1, d_fc2) = profile::time("backward: mlp", &dy, || {
             let (d_act, d_fc2) = fc2.backward(&s.act, &dy)?;
-            let dh = fused::quick_gelu_with_bias_grad(&s.h, &fc1.b, &d_act)?;
+            let dh = fused::activation_with_bias_grad(self.act, &s.h, &fc1.b, &d_act)?;
             let (d_ln2, d_fc1) = fc1.backward(&s.ln2, &dh)?;
             let (dx, dw, db) = fused::layer_norm_grad(&s.x_mid, &s.ln[1].0, &d_ln2, s.ln[1].1)?;
             Ok(((dx.to_dtype(dy.dtype())? + &dy)?, [dw, db], d_fc1, d_fc2))
@@ -286,8 +286,9 @@ mod tests {
 
     /// The block as one node (run here on the CPU, whose fused kernels it uses as it does
     /// CUDA's) equals the op-by-op block, which the parity tests hold to PyTorch: output,
-    /// the input's and every parameter's gradient through [`crate::backward`], with and
-    /// without a causal mask; in inference mode the same output and no gradient.
+    /// the input's and every parameter's gradient through [`crate::backward`], for each
+    /// activation, with and without a causal mask; in inference mode the same output and
+    /// no gradient.
     #[test]
     fn matches_the_op_by_op_block() -> candle_core::Result<()> {
         let dev = Device::Cpu;
@@ -295,42 +296,43 @@ mod tests {
         let causal: Vec<f32> =
             (0..t * t).map(|i| if i % t > i / t { f32::NEG_INFINITY } else { 0.0 }).collect();
         let causal = Tensor::from_vec(causal, (t, t), &dev)?;
-        let act = Activation::QuickGelu;
-        let shape = EncoderShape { hidden: c, intermediate: 40, layers: 2, heads, act, eps: 1e-5 };
-        let mut pb = ParamBuilder::fresh(11, &dev);
-        let layer = EncoderLayer::new(&mut pb, "layer", &shape).unwrap();
-        // Fresh LayerNorms are the identity and fresh biases zero: perturb them all so their
-        // gradients mean something.
-        let mut params = pb.finish().unwrap();
-        for (name, var) in params.iter_mut() {
-            if name.contains("layer_norm") || name.ends_with("bias") {
-                var.set(&(var.as_tensor() + Tensor::randn(0f32, 0.3, var.shape(), &dev)?)?)?;
+        for act in [Activation::QuickGelu, Activation::Gelu, Activation::GeluTanh] {
+            let shape = EncoderShape { hidden: c, intermediate: 40, layers: 2, heads, act, eps: 1e-5 };
+            let mut pb = ParamBuilder::fresh(11, &dev);
+            let layer = EncoderLayer::new(&mut pb, "layer", &shape).unwrap();
+            // Fresh LayerNorms are the identity and fresh biases zero: perturb them all so their
+            // gradients mean something.
+            let mut params = pb.finish().unwrap();
+            for (name, var) in params.iter_mut() {
+                if name.contains("layer_norm") || name.ends_with("bias") {
+                    var.set(&(var.as_tensor() + Tensor::randn(0f32, 0.3, var.shape(), &dev)?)?)?;
+                }
             }
-        }
-        assert!(applies(&layer, &Tensor::zeros((b, t, c), DType::F32, &dev)?));
-        for mask in [None, Some(&causal)] {
-            let x = Var::randn(0f32, 1.0, (b, t, c), &dev)?;
-            let probe = Tensor::randn(0f32, 1.0, (b, t, c), &dev)?;
-            let ours = forward(&layer, &x, mask)?;
-            let reference = layer.forward_op_by_op(&x, mask)?;
-            let what = format!("mask {}", mask.is_some());
-            assert!(
-                rel_diff(&ours, &reference) < 1e-5,
-                "{what}: forward off by {}",
-                rel_diff(&ours, &reference)
-            );
-            let g_ours = crate::backward(&(&ours * &probe)?.sum_all()?)?;
-            let g_ref = (reference * &probe)?.sum_all()?.backward()?;
-            let vars = params.iter().map(|(n, v)| (n.as_str(), v)).chain([("x", &x)]);
-            assert_eq!(
-                assert_gradients_match(&what, vars, &g_ours, &g_ref),
-                17,
-                "16 parameters and the input"
-            );
-            let inferred = crate::inference_mode(|| forward(&layer, &x, mask))?;
-            assert_eq!(inferred.flatten_all()?.to_vec1::<f32>()?, ours.flatten_all()?.to_vec1::<f32>()?);
-            let g = crate::backward(&(inferred * &probe)?.sum_all()?)?;
-            assert!(g.get(&x).is_none() && g.get(&layer.mlp.fc1.weight).is_none(), "{what}: inference");
+            assert!(applies(&layer, &Tensor::zeros((b, t, c), DType::F32, &dev)?));
+            for mask in [None, Some(&causal)] {
+                let x = Var::randn(0f32, 1.0, (b, t, c), &dev)?;
+                let probe = Tensor::randn(0f32, 1.0, (b, t, c), &dev)?;
+                let ours = forward(&layer, &x, mask)?;
+                let reference = layer.forward_op_by_op(&x, mask)?;
+                let what = format!("{act:?}, mask {}", mask.is_some());
+                assert!(
+                    rel_diff(&ours, &reference) < 1e-5,
+                    "{what}: forward off by {}",
+                    rel_diff(&ours, &reference)
+                );
+                let g_ours = crate::backward(&(&ours * &probe)?.sum_all()?)?;
+                let g_ref = (reference * &probe)?.sum_all()?.backward()?;
+                let vars = params.iter().map(|(n, v)| (n.as_str(), v)).chain([("x", &x)]);
+                assert_eq!(
+                    assert_gradients_match(&what, vars, &g_ours, &g_ref),
+                    17,
+                    "16 parameters and the input"
+                );
+                let inferred = crate::inference_mode(|| forward(&layer, &x, mask))?;
+                assert_eq!(inferred.flatten_all()?.to_vec1::<f32>()?, ours.flatten_all()?.to_vec1::<f32>()?);
+                let g = crate::backward(&(inferred * &probe)?.sum_all()?)?;
+                assert!(g.get(&x).is_none() && g.get(&layer.mlp.fc1.weight).is_none(), "{what}: inference");
+            }
         }
         Ok(())
     }

@@ -73,9 +73,9 @@ pub fn applies_to_layer_norm(x: &Tensor) -> bool {
     applies(x)
 }
 
-/// `x · σ(1.702 x)`, fused.
-pub fn quick_gelu(x: &Tensor) -> candle_core::Result<Tensor> {
-    x.contiguous()?.apply_op1(QuickGelu)
+/// The MLP's activation `act(x)`, fused.
+pub fn activation(act: Activation, x: &Tensor) -> candle_core::Result<Tensor> {
+    x.contiguous()?.apply_op1(ActivationOp(act))
 }
 
 /// LayerNorm over the last dim with (f32) weight and bias, fused.
@@ -89,9 +89,9 @@ pub fn softmax_last_dim(x: &Tensor) -> candle_core::Result<Tensor> {
 }
 
 /// The backward kernels on their own, for a block whose backward is written out
-/// (`device_block.rs`): QuickGELU's `dx` from its input and `g`.
-pub(crate) fn quick_gelu_grad(x: &Tensor, g: &Tensor) -> candle_core::Result<Tensor> {
-    x.contiguous()?.apply_op2_no_bwd(&g.contiguous()?, &QuickGeluGrad)
+/// (`device_block.rs`): the activation's `dx` from its input and `g`.
+pub(crate) fn activation_grad(act: Activation, x: &Tensor, g: &Tensor) -> candle_core::Result<Tensor> {
+    x.contiguous()?.apply_op2_no_bwd(&g.contiguous()?, &ActivationGrad(act))
 }
 
 /// LayerNorm's `(dx, dw, db)` from its input `x` `[.., d]`, weight and `g`; all f32.
@@ -158,35 +158,35 @@ pub fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::
     }
 }
 
-struct QuickGelu;
+struct ActivationOp(Activation);
 
-impl CustomOp1 for QuickGelu {
+impl CustomOp1 for ActivationOp {
     fn name(&self) -> &'static str {
-        "quick-gelu"
+        "activation"
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let x = f32_slice(s, l, self.name())?;
         let mut y = vec![0f32; x.len()];
-        activation_rows(Activation::QuickGelu, x, &mut y);
+        activation_rows(self.0, x, &mut y);
         Ok((CpuStorage::F32(y), l.shape().clone()))
     }
 
     #[cfg(feature = "cuda")]
     fn cuda_fwd(&self, s: &CudaStorage, l: &Layout) -> candle_core::Result<(CudaStorage, Shape)> {
-        Ok((crate::fused_cuda::quick_gelu((s, l), None)?, l.shape().clone()))
+        Ok((crate::fused_cuda::activation(self.0, (s, l), None)?, l.shape().clone()))
     }
 
     fn bwd(&self, x: &Tensor, _y: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        Ok(Some(quick_gelu_grad(x, grad)?))
+        Ok(Some(activation_grad(self.0, x, grad)?))
     }
 }
 
-struct QuickGeluGrad;
+struct ActivationGrad(Activation);
 
-impl CustomOp2 for QuickGeluGrad {
+impl CustomOp2 for ActivationGrad {
     fn name(&self) -> &'static str {
-        "quick-gelu-grad"
+        "activation-grad"
     }
 
     fn cpu_fwd(
@@ -198,7 +198,7 @@ impl CustomOp2 for QuickGeluGrad {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (x, g) = (f32_slice(s1, l1, self.name())?, f32_slice(s2, l2, self.name())?);
         let mut dx = g.to_vec();
-        activation_grad_rows(Activation::QuickGelu, x, &mut dx);
+        activation_grad_rows(self.0, x, &mut dx);
         Ok((CpuStorage::F32(dx), l1.shape().clone()))
     }
 
@@ -210,7 +210,7 @@ impl CustomOp2 for QuickGeluGrad {
         s2: &CudaStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CudaStorage, Shape)> {
-        Ok((crate::fused_cuda::quick_gelu_grad((s1, l1), None, (s2, l2))?, l1.shape().clone()))
+        Ok((crate::fused_cuda::activation_grad(self.0, (s1, l1), None, (s2, l2))?, l1.shape().clone()))
     }
 }
 
@@ -726,21 +726,26 @@ pub(crate) fn residual_bias_add(residual: &Tensor, y: &Tensor, b: &Tensor) -> ca
     y.contiguous()?.apply_op3_no_bwd(b, &residual.contiguous()?, &ResidualBiasAdd)
 }
 
-/// `QuickGELU(y + b)` (no autograd: `device_block.rs`, which keeps `y` for the backward).
-pub(crate) fn quick_gelu_with_bias(y: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
-    y.contiguous()?.apply_op2_no_bwd(b, &BiasedQuickGelu)
+/// `act(y + b)` (no autograd: `device_block.rs`, which keeps `y` for the backward).
+pub(crate) fn activation_with_bias(act: Activation, y: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
+    y.contiguous()?.apply_op2_no_bwd(b, &BiasedActivation(act))
 }
 
-/// The `dy` of [`quick_gelu_with_bias`] from `y`, `b` and `g`.
-pub(crate) fn quick_gelu_with_bias_grad(y: &Tensor, b: &Tensor, g: &Tensor) -> candle_core::Result<Tensor> {
-    y.contiguous()?.apply_op3_no_bwd(b, &g.contiguous()?, &BiasedQuickGeluGrad)
+/// The `dy` of [`activation_with_bias`] from `y`, `b` and `g`.
+pub(crate) fn activation_with_bias_grad(
+    act: Activation,
+    y: &Tensor,
+    b: &Tensor,
+    g: &Tensor,
+) -> candle_core::Result<Tensor> {
+    y.contiguous()?.apply_op3_no_bwd(b, &g.contiguous()?, &BiasedActivationGrad(act))
 }
 
-struct BiasedQuickGelu;
+struct BiasedActivation(Activation);
 
-impl CustomOp2 for BiasedQuickGelu {
+impl CustomOp2 for BiasedActivation {
     fn name(&self) -> &'static str {
-        "quick-gelu-with-bias"
+        "activation-with-bias"
     }
 
     fn cpu_fwd(
@@ -752,7 +757,7 @@ impl CustomOp2 for BiasedQuickGelu {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let h = bias_add_rows((f32_slice(s1, l1, self.name())?, l1), f32_slice(s2, l2, self.name())?, None)?;
         let mut y = vec![0f32; h.len()];
-        activation_rows(Activation::QuickGelu, &h, &mut y);
+        activation_rows(self.0, &h, &mut y);
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
@@ -764,15 +769,15 @@ impl CustomOp2 for BiasedQuickGelu {
         s2: &CudaStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CudaStorage, Shape)> {
-        Ok((crate::fused_cuda::quick_gelu((s1, l1), Some((s2, l2)))?, l1.shape().clone()))
+        Ok((crate::fused_cuda::activation(self.0, (s1, l1), Some((s2, l2)))?, l1.shape().clone()))
     }
 }
 
-struct BiasedQuickGeluGrad;
+struct BiasedActivationGrad(Activation);
 
-impl CustomOp3 for BiasedQuickGeluGrad {
+impl CustomOp3 for BiasedActivationGrad {
     fn name(&self) -> &'static str {
-        "quick-gelu-with-bias-grad"
+        "activation-with-bias-grad"
     }
 
     fn cpu_fwd(
@@ -786,7 +791,7 @@ impl CustomOp3 for BiasedQuickGeluGrad {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let h = bias_add_rows((f32_slice(s1, l1, self.name())?, l1), f32_slice(s2, l2, self.name())?, None)?;
         let mut dx = f32_slice(s3, l3, self.name())?.to_vec();
-        activation_grad_rows(Activation::QuickGelu, &h, &mut dx);
+        activation_grad_rows(self.0, &h, &mut dx);
         Ok((CpuStorage::F32(dx), l1.shape().clone()))
     }
 
@@ -800,7 +805,8 @@ impl CustomOp3 for BiasedQuickGeluGrad {
         s3: &CudaStorage,
         l3: &Layout,
     ) -> candle_core::Result<(CudaStorage, Shape)> {
-        Ok((crate::fused_cuda::quick_gelu_grad((s1, l1), Some((s2, l2)), (s3, l3))?, l1.shape().clone()))
+        let dx = crate::fused_cuda::activation_grad(self.0, (s1, l1), Some((s2, l2)), (s3, l3))?;
+        Ok((dx, l1.shape().clone()))
     }
 }
 
@@ -1209,8 +1215,10 @@ mod tests {
         let w = Var::randn(1f32, 0.5, 40, &dev)?;
         let b = Var::randn(0f32, 0.5, 40, &dev)?;
         let probe = Tensor::randn(0f32, 1., (3, 7, 40), &dev)?;
-        let reference: [&dyn Fn() -> candle_core::Result<Tensor>; 3] = [
+        let reference: [&dyn Fn() -> candle_core::Result<Tensor>; 5] = [
             &|| x.as_tensor() * candle_nn::ops::sigmoid(&(x.as_tensor() * 1.702)?)?,
+            &|| x.gelu_erf(),
+            &|| x.gelu(),
             &|| {
                 let c = x.broadcast_sub(&x.mean_keepdim(D::Minus1)?)?;
                 let v = c.sqr()?.mean_keepdim(D::Minus1)?;
@@ -1221,8 +1229,13 @@ mod tests {
                 e.broadcast_div(&e.sum_keepdim(D::Minus1)?)
             },
         ];
-        let fused: [&dyn Fn() -> candle_core::Result<Tensor>; 3] =
-            [&|| quick_gelu(&x), &|| layer_norm(&x, &w, &b, 1e-5), &|| softmax_last_dim(&x)];
+        let fused: [&dyn Fn() -> candle_core::Result<Tensor>; 5] = [
+            &|| activation(Activation::QuickGelu, &x),
+            &|| activation(Activation::Gelu, &x),
+            &|| activation(Activation::GeluTanh, &x),
+            &|| layer_norm(&x, &w, &b, 1e-5),
+            &|| softmax_last_dim(&x),
+        ];
         for (i, (r, f)) in reference.iter().zip(fused).enumerate() {
             let (yr, yf) = (r()?, f()?);
             assert!(max_diff(&yr, &yf) < 2e-6, "op {i}: forward differs by {}", max_diff(&yr, &yf));

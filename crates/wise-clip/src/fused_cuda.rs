@@ -1,8 +1,8 @@
-//! The CUDA side of [`crate::fused`]: QuickGELU, LayerNorm and softmax, forward and
+//! The CUDA side of [`crate::fused`]: the MLP's activation, LayerNorm and softmax, forward and
 //! backward, the bias add (with a residual) and its column sums, the attention heads'
 //! split and merge, each one kernel (`src/kernels/fused.cu`, compiled to PTX by `build.rs`)
-//! over f32 or bf16 activations; QuickGELU and the split can add the bias of the product
-//! before them, saving the bias add's pass.
+//! over f32 or bf16 activations; the activation can add the bias of the product before
+//! it, saving the bias add's pass.
 //!
 //! Op by op on a GPU, LayerNorm is ~11 kernels in f32 with a temporary each, softmax 5,
 //! QuickGELU 3, and autograd adds a zero-filled buffer and an add per node backwards; these
@@ -17,6 +17,8 @@ use candle_core::cuda_backend::cudarc::driver::{
 };
 use candle_core::cuda_backend::{CudaDevice, CudaStorageSlice, WrapErr};
 use candle_core::{CudaStorage, Device, Layout, Result, Shape, Storage, Tensor};
+
+use crate::config::Activation;
 
 const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/fused.ptx"));
 const MODULE: &str = "wise_fused";
@@ -178,47 +180,61 @@ fn per_row<T: DeviceRepr>(
 /// An optional f32 operand `[d]` of a kernel (a bias), passed as a null pointer when absent.
 type Optional<'a> = Option<(&'a CudaStorage, &'a Layout)>;
 
-/// `QuickGELU(x + b)` over rows, the bias `b` (f32) when given.
-pub(crate) fn quick_gelu((x, lx): (&CudaStorage, &Layout), bias: Optional) -> Result<CudaStorage> {
+/// fused.cu's code for the MLP's activation.
+fn activation_code(act: Activation) -> i32 {
+    match act {
+        Activation::QuickGelu => 0,
+        Activation::Gelu => 1,
+        Activation::GeluTanh => 2,
+    }
+}
+
+/// `act(x + b)` over rows, the bias `b` (f32) when given.
+pub(crate) fn activation(
+    act: Activation,
+    (x, lx): (&CudaStorage, &Layout),
+    bias: Optional,
+) -> Result<CudaStorage> {
     let dev = &x.device;
-    let (rows, cols) = rows_cols(lx);
-    let bias = bias.map(|(b, lb)| f32_view(b, lb, "quick-gelu bias")).transpose()?;
+    let bias = bias.map(|(b, lb)| f32_view(b, lb, "activation bias")).transpose()?;
     let slice = per_dtype!([x], |xs; suffix| {
-        let xs = view(xs, lx, "quick-gelu")?;
-        per_row_with_bias(dev, ("quick_gelu_fwd", suffix), (&[&xs], bias.as_ref()), (rows, cols))?
+        let xs = view(xs, lx, "activation")?;
+        activation_launch(dev, ("activation_fwd", suffix), (&[&xs], bias.as_ref()), rows_cols(lx), act)?
     });
     Ok(storage(slice, dev))
 }
 
-/// QuickGELU's `dx` from its input `x`, the bias when it was given, and `g`.
-pub(crate) fn quick_gelu_grad(
+/// The activation's `dx` from its input `x`, the bias when it was given, and `g`.
+pub(crate) fn activation_grad(
+    act: Activation,
     (x, lx): (&CudaStorage, &Layout),
     bias: Optional,
     (g, lg): (&CudaStorage, &Layout),
 ) -> Result<CudaStorage> {
     let dev = &x.device;
-    let (rows, cols) = rows_cols(lx);
-    let bias = bias.map(|(b, lb)| f32_view(b, lb, "quick-gelu-grad bias")).transpose()?;
+    let bias = bias.map(|(b, lb)| f32_view(b, lb, "activation-grad bias")).transpose()?;
     let slice = per_dtype!([x, g], |xs, gs; suffix| {
-        let (xs, gs) = (view(xs, lx, "quick-gelu-grad")?, view(gs, lg, "quick-gelu-grad")?);
-        per_row_with_bias(dev, ("quick_gelu_bwd", suffix), (&[&xs, &gs], bias.as_ref()), (rows, cols))?
+        let (xs, gs) = (view(xs, lx, "activation-grad")?, view(gs, lg, "activation-grad")?);
+        activation_launch(dev, ("activation_bwd", suffix), (&[&xs, &gs], bias.as_ref()), rows_cols(lx), act)?
     });
     Ok(storage(slice, dev))
 }
 
-/// Launches `{name}_{suffix}(inputs[0], bias or null, inputs[1..]…, out, rows, cols)`, a
-/// block per row (grid-stride), into a fresh output.
-fn per_row_with_bias<T: DeviceRepr>(
+/// Launches `{name}_{suffix}(inputs[0], bias or null, inputs[1..]…, out, rows, cols, act,
+/// vec)`, a block per row (grid-stride), into a fresh output.
+fn activation_launch<T: DeviceRepr>(
     dev: &CudaDevice,
     (name, suffix): (&str, &str),
     (inputs, bias): (&[&CudaView<T>], Option<&CudaView<f32>>),
     (rows, cols): (usize, usize),
+    act: Activation,
 ) -> Result<CudaSlice<T>> {
     let func = kernel!(dev, name, suffix)?;
     // SAFETY: every element is written by the kernel before it is read.
     let out = unsafe { dev.alloc::<T>(rows * cols)? };
     let (rows_i, cols_i) = (int_arg(rows, name)?, int_arg(cols, name)?);
-    let null = 0u64;
+    let (null, code) = (0u64, activation_code(act));
+    let vec = vector_access::<T>(dev, cols, inputs.iter().copied().chain([&out.slice(..)]));
     let mut args = func.builder();
     args.arg(inputs[0]);
     match bias {
@@ -228,10 +244,10 @@ fn per_row_with_bias<T: DeviceRepr>(
     for x in &inputs[1..] {
         args.arg(*x);
     }
-    let vec = vector_access::<T>(dev, cols, inputs.iter().copied().chain([&out.slice(..)]));
     args.arg(&out);
     args.arg(&rows_i);
     args.arg(&cols_i);
+    args.arg(&code);
     args.arg(&vec);
     // SAFETY: the arguments match the kernel's signature (fused.cu); a null bias is none.
     unsafe { args.launch(launch_config(rows.min(1 << 16))) }.w()?;

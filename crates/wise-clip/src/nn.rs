@@ -110,7 +110,7 @@ pub fn softmax_last_dim(x: &Tensor) -> candle_core::Result<Tensor> {
 impl Activation {
     pub fn apply(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         match self {
-            Activation::QuickGelu if fused::applies(x) => fused::quick_gelu(x),
+            act if fused::applies(x) => fused::activation(*act, x),
             Activation::QuickGelu => x * candle_nn::ops::sigmoid(&(x * 1.702)?)?,
             Activation::Gelu => x.gelu_erf(),
             Activation::GeluTanh => x.gelu(),

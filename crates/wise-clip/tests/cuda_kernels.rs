@@ -1,4 +1,4 @@
-//! The CUDA kernels (`src/kernels/fused.cu`: LayerNorm, softmax, QuickGELU and their
+//! The CUDA kernels (`src/kernels/fused.cu`: LayerNorm, softmax, the MLP's activations and their
 //! backwards, the bias add and its column sums, the attention heads' split and merge, f32 and
 //! bf16; AdamW's update, the sum of squares) checked without a GPU: `tests/support/cuda_on_cpu.cpp` compiles
 //! their source as C++ with the CUDA primitives emulated by threads and barriers, runs
@@ -35,11 +35,12 @@ fn cuda_kernels_match_references_when_run_on_the_cpu() {
     println!("{report}");
     assert!(run.status.success(), "kernels off their references:\n{report}");
     // Every kernel of both dtypes was checked: 3 LayerNorm widths × 4 outputs, 5 softmax
-    // widths (2 padded) × 2, QuickGELU × 2 outputs with and without a bias at 2 widths (one
-    // value and 16 bytes per access), each in f32 and bf16; AdamW (f32) 2 steps × 3 outputs;
-    // the sum of squares; the bias add (with and without a residual) and its column sums
-    // at 3 sizes; the heads' splits and merges, unpadded and padded, 2 layouts one value per
-    // access and 1 by 16 bytes; q/k/v's split and merge both ways; in both dtypes.
-    let expected = 2 * (12 + 10 + 8) + 6 + 1 + 2 * (3 * 3 + 2 * 2 * 2 + 2 * 2 + 2 * 2);
+    // widths (2 padded) × 2, the 3 activations × 2 outputs with and without a bias at 2
+    // widths (one value and 16 bytes per access), each in f32 and bf16; AdamW (f32) 2 steps
+    // × 3 outputs; the sum of squares; the bias add (with and without a residual) and its
+    // column sums at 3 sizes; the heads' splits and merges, unpadded and padded, 2 layouts
+    // one value per access and 1 by 16 bytes; q/k/v's split and merge both ways; in both
+    // dtypes.
+    let expected = 2 * (12 + 10 + 3 * 8) + 6 + 1 + 2 * (3 * 3 + 2 * 2 * 2 + 2 * 2 + 2 * 2);
     assert_eq!(report.lines().filter(|l| l.starts_with("ok ")).count(), expected, "{report}");
 }

@@ -1,4 +1,4 @@
-// CUDA versions of the fused kernels in fused.rs: QuickGELU, LayerNorm and softmax, each
+// CUDA versions of the fused kernels in fused.rs: the MLP's activation, LayerNorm and softmax, each
 // with its backward, the bias add with its column sums, and the attention heads' split and
 // merge, for f32 and bf16 activations; and for wise-train's optimizer (through
 // `wise_clip::fused`), AdamW's one-pass update and the gradients' sum of squares (f32). Compiled to PTX by
@@ -7,7 +7,7 @@
 // Statistics and arithmetic are in f32 whatever the activations' dtype (as PyTorch autocast
 // does); LayerNorm's weight and bias are the f32 master weights, read as they are.
 // Gradients (y the output, g the incoming gradient), as in fused.rs:
-//   QuickGELU y = x·σ(1.702x):  dx = g·(σ + 1.702·x·σ·(1−σ))
+//   QuickGELU y = x·σ(1.702x):  dx = g·(σ + 1.702·x·σ·(1−σ)); GELU: dx = g·(Φ(x) + x·φ(x))
 //   LayerNorm y = x̂·w + b, x̂ = (x−μ)·r, r = (var+ε)^-½:
 //             dx = r·(gw − mean(gw) − x̂·mean(gw·x̂)), dw = Σ_rows g·x̂, db = Σ_rows g
 //   softmax   dx = y·(g − Σ g·y)
@@ -55,27 +55,41 @@ template <typename T, int W> struct alignas(W * sizeof(T)) Pack {
 };
 #define VEC(T) (16 / (int)sizeof(T))
 
-// ---- QuickGELU of x, plus a per-column f32 bias unless `b` is null (the bias of the
-// product before it, folded in): a block per row, threads along it -----------------------
+// ---- The MLP's activation of x, plus a per-column f32 bias unless `b` is null (the bias of
+// the product before it, folded in): a block per row, threads along it. act: 0 QuickGELU
+// x·σ(1.702x), 1 GELU x·Φ(x) (erf), 2 GELU's tanh approximation, as fused.rs's Activation.
+
+__device__ __forceinline__ float act_value(int act, float x) {
+    if (act == 0) return x / (1.0f + expf(-1.702f * x));
+    if (act == 1) return 0.5f * x * (1.0f + erff(x * 0.70710678f));
+    return 0.5f * x * (1.0f + tanhf(0.7978846f * (x + 0.044715f * x * x * x)));
+}
+
+__device__ __forceinline__ float act_derivative(int act, float x) {
+    if (act == 0) {
+        const float s = 1.0f / (1.0f + expf(-1.702f * x));
+        return s + 1.702f * x * s * (1.0f - s);
+    }
+    if (act == 1) return 0.5f * (1.0f + erff(x * 0.70710678f)) + x * expf(-0.5f * x * x) * 0.3989423f;
+    const float t = tanhf(0.7978846f * (x + 0.044715f * x * x * x));
+    return 0.5f * (1.0f + t) + 0.5f * x * (1.0f - t * t) * 0.7978846f * (1.0f + 3.0f * 0.044715f * x * x);
+}
 
 template <typename T, int W>
-__device__ void quick_gelu_fwd_w(const T *x, const float *b, T *y, int rows, int cols) {
+__device__ void activation_fwd_w(const T *x, const float *b, T *y, int rows, int cols, int act) {
     for (int r = blockIdx.x; r < rows; r += gridDim.x) {
         const size_t row = (size_t)r * cols;
         for (int c = threadIdx.x * W; c < cols; c += blockDim.x * W) {
             const Pack<T, W> in = *(const Pack<T, W> *)(x + row + c);
             Pack<T, W> out;
-            for (int e = 0; e < W; ++e) {
-                const float v = to_f32(in.v[e]) + (b ? b[c + e] : 0.0f);
-                out.v[e] = from_f32<T>(v / (1.0f + expf(-1.702f * v)));
-            }
+            for (int e = 0; e < W; ++e) out.v[e] = from_f32<T>(act_value(act, to_f32(in.v[e]) + (b ? b[c + e] : 0.0f)));
             *(Pack<T, W> *)(y + row + c) = out;
         }
     }
 }
 
 template <typename T, int W>
-__device__ void quick_gelu_bwd_w(const T *x, const float *b, const T *g, T *dx, int rows, int cols) {
+__device__ void activation_bwd_w(const T *x, const float *b, const T *g, T *dx, int rows, int cols, int act) {
     for (int r = blockIdx.x; r < rows; r += gridDim.x) {
         const size_t row = (size_t)r * cols;
         for (int c = threadIdx.x * W; c < cols; c += blockDim.x * W) {
@@ -83,8 +97,7 @@ __device__ void quick_gelu_bwd_w(const T *x, const float *b, const T *g, T *dx, 
             Pack<T, W> out;
             for (int e = 0; e < W; ++e) {
                 const float v = to_f32(in.v[e]) + (b ? b[c + e] : 0.0f);
-                const float s = 1.0f / (1.0f + expf(-1.702f * v));
-                out.v[e] = from_f32<T>(to_f32(gin.v[e]) * (s + 1.702f * v * s * (1.0f - s)));
+                out.v[e] = from_f32<T>(to_f32(gin.v[e]) * act_derivative(act, v));
             }
             *(Pack<T, W> *)(dx + row + c) = out;
         }
@@ -330,15 +343,15 @@ __device__ void merge_qkv_w(const T *dq, const T *dk, const T *dv, T *out, unsig
 // ---- entry points, one per dtype ---------------------------------------------------------
 
 #define ENTRY_POINTS(T, SUFFIX)                                                                        \
-    extern "C" __global__ void quick_gelu_fwd_##SUFFIX(const T *x, const float *b, T *y, int rows,  \
-                                                       int cols, int vec) {                           \
-        if (vec) quick_gelu_fwd_w<T, VEC(T)>(x, b, y, rows, cols);                                     \
-        else quick_gelu_fwd_w<T, 1>(x, b, y, rows, cols);                                              \
+    extern "C" __global__ void activation_fwd_##SUFFIX(const T *x, const float *b, T *y, int rows,  \
+                                                       int cols, int act, int vec) {                  \
+        if (vec) activation_fwd_w<T, VEC(T)>(x, b, y, rows, cols, act);                                \
+        else activation_fwd_w<T, 1>(x, b, y, rows, cols, act);                                         \
     }                                                                                                  \
-    extern "C" __global__ void quick_gelu_bwd_##SUFFIX(const T *x, const float *b, const T *g, T *dx, \
-                                                       int rows, int cols, int vec) {                 \
-        if (vec) quick_gelu_bwd_w<T, VEC(T)>(x, b, g, dx, rows, cols);                                 \
-        else quick_gelu_bwd_w<T, 1>(x, b, g, dx, rows, cols);                                          \
+    extern "C" __global__ void activation_bwd_##SUFFIX(const T *x, const float *b, const T *g, T *dx, \
+                                                       int rows, int cols, int act, int vec) {        \
+        if (vec) activation_bwd_w<T, VEC(T)>(x, b, g, dx, rows, cols, act);                            \
+        else activation_bwd_w<T, 1>(x, b, g, dx, rows, cols, act);                                     \
     }                                                                                                  \
     extern "C" __global__ void layer_norm_fwd_##SUFFIX(const T *x, const float *w, const float *b,  \
                                                        T *y, int rows, int cols, float eps) {         \

@@ -180,29 +180,46 @@ void check_softmax(const char *suffix, int rows, int cols, int valid, double tol
     check(what, dx, dx_ref, tol);
 }
 
-// QuickGELU over rows (13 rows in 3 blocks: the grid-stride loop), without and with the
-// bias folded in.
+// The three activations over rows (13 rows in 3 blocks: the grid-stride loop), without
+// and with the bias folded in.
+double act_ref(int act, double v) {
+    if (act == 0) return v / (1.0 + exp(-1.702 * v));
+    if (act == 1) return 0.5 * v * (1.0 + erf(v / sqrt(2.0)));
+    return 0.5 * v * (1.0 + tanh(sqrt(2.0 / M_PI) * (v + 0.044715 * v * v * v)));
+}
+
+double act_derivative_ref(int act, double v) {
+    if (act == 0) {
+        const double s = 1.0 / (1.0 + exp(-1.702 * v));
+        return s + 1.702 * v * s * (1.0 - s);
+    }
+    if (act == 1) return 0.5 * (1.0 + erf(v / sqrt(2.0))) + v * exp(-0.5 * v * v) / sqrt(2.0 * M_PI);
+    const double c = sqrt(2.0 / M_PI), t = tanh(c * (v + 0.044715 * v * v * v));
+    return 0.5 * (1.0 + t) + 0.5 * v * (1.0 - t * t) * c * (1.0 + 3.0 * 0.044715 * v * v);
+}
+
 template <class T>
-void check_quick_gelu(const char *suffix, int rows, int cols, int vec, double tol,
-                      void (*fwd)(const T *, const float *, T *, int, int, int),
-                      void (*bwd)(const T *, const float *, const T *, T *, int, int, int)) {
+void check_activation(const char *suffix, int act, int rows, int cols, int vec, double tol,
+                      void (*fwd)(const T *, const float *, T *, int, int, int, int),
+                      void (*bwd)(const T *, const float *, const T *, T *, int, int, int, int)) {
     const size_t n = size_t(rows) * cols;
     std::vector<T> x = random_values<T>(n, 0.0f, 3.0f), g = random_values<T>(n, 0.0f, 1.0f);
     const std::vector<float> bias = random_values<float>(cols, 0.0f, 1.0f);
     for (const float *b : {(const float *)nullptr, bias.data()}) {
         std::vector<double> y_ref(n), dx_ref(n);
         for (size_t i = 0; i < n; ++i) {
-            const double v = value(x[i]) + (b ? b[i % cols] : 0.0), s = 1.0 / (1.0 + exp(-1.702 * v));
-            y_ref[i] = v * s;
-            dx_ref[i] = value(g[i]) * (s + 1.702 * v * s * (1.0 - s));
+            const double v = value(x[i]) + (b ? b[i % cols] : 0.0);
+            y_ref[i] = act_ref(act, v);
+            dx_ref[i] = value(g[i]) * act_derivative_ref(act, v);
         }
         std::vector<T> y(n), dx(n);
-        launch(3, 64, [&] { fwd(x.data(), b, y.data(), rows, cols, vec); });
-        launch(3, 64, [&] { bwd(x.data(), b, g.data(), dx.data(), rows, cols, vec); });
+        launch(3, 64, [&] { fwd(x.data(), b, y.data(), rows, cols, act, vec); });
+        launch(3, 64, [&] { bwd(x.data(), b, g.data(), dx.data(), rows, cols, act, vec); });
         char what[96];
-        snprintf(what, sizeof what, "quick_gelu_fwd_%s %dx%d%s%s", suffix, rows, cols, b ? " + bias" : "", vec ? ", 16 B" : "");
+        const char *name[] = {"quick-gelu", "gelu", "gelu-tanh"};
+        snprintf(what, sizeof what, "activation_fwd_%s %s %dx%d%s%s", suffix, name[act], rows, cols, b ? " + bias" : "", vec ? ", 16 B" : "");
         check(what, y, y_ref, tol);
-        snprintf(what, sizeof what, "quick_gelu_bwd_%s %dx%d%s%s", suffix, rows, cols, b ? " + bias" : "", vec ? ", 16 B" : "");
+        snprintf(what, sizeof what, "activation_bwd_%s %s %dx%d%s%s", suffix, name[act], rows, cols, b ? " + bias" : "", vec ? ", 16 B" : "");
         check(what, dx, dx_ref, tol);
     }
 }
@@ -366,10 +383,11 @@ int main() {
         check_softmax<__nv_bfloat16>("bf16", 13, cols, valid, 1e-2, softmax_fwd_bf16, softmax_bwd_bf16);
     }
     // Rows of 77 values one by one; of 80, 16 bytes per access.
-    for (auto [cols, vec] : {std::pair{77, 0}, {80, 1}}) {
-        check_quick_gelu<float>("f32", 13, cols, vec, 1e-5, quick_gelu_fwd_f32, quick_gelu_bwd_f32);
-        check_quick_gelu<__nv_bfloat16>("bf16", 13, cols, vec, 1e-2, quick_gelu_fwd_bf16, quick_gelu_bwd_bf16);
-    }
+    for (int act : {0, 1, 2})
+        for (auto [cols, vec] : {std::pair{77, 0}, {80, 1}}) {
+            check_activation<float>("f32", act, 13, cols, vec, 1e-5, activation_fwd_f32, activation_bwd_f32);
+            check_activation<__nv_bfloat16>("bf16", act, 13, cols, vec, 1e-2, activation_fwd_bf16, activation_bwd_bf16);
+        }
     // ViT widths, and rows that leave the last block partly filled; one value per access,
     // and 16 bytes.
     for (auto [rows, cols, vec] : {std::tuple{130, 96, 1}, {70, 200, 0}, {33, 40, 1}}) {
