@@ -147,12 +147,7 @@ pub(crate) fn forward(
         Ok((heads.get(0)?, heads.get(1)?, heads.get(2)?))
     })?;
     let (probs, ctx) = profile::time("attention (scores, softmax, values)", &q, || {
-        let scores = matmul(&q, &k.t()?)?;
-        let scores = match mask {
-            Some(m) => scores.broadcast_add(&m.to_dtype(dtype)?)?,
-            None => scores,
-        };
-        let probs = fused::softmax_of_first(&scores, t)?;
+        let probs = fused::softmax_of_first(&matmul(&q, &k.t()?)?, t, mask)?;
         let ctx = fused::merge_heads_padded(&matmul(&probs, &v)?, 1.0, HeadsLayout::TokensByWidth, padding)?;
         Ok((probs, ctx.reshape((n, c))?))
     })?;

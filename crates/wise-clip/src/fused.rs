@@ -531,10 +531,21 @@ struct Softmax {
     valid: Option<usize>,
 }
 
-/// Softmax over the first `valid` of each row's values, the rest 0 (no autograd:
+/// Softmax over the first `valid` of each row's values, the rest 0, after adding the
+/// additive `mask` `[T, T]` (row `row % T` to each row) when given (no autograd:
 /// `device_block.rs`, whose backward is [`softmax_grad`], right for these rows too).
-pub(crate) fn softmax_of_first(x: &Tensor, valid: usize) -> candle_core::Result<Tensor> {
-    x.contiguous()?.apply_op1_no_bwd(&Softmax { valid: Some(valid) })
+pub(crate) fn softmax_of_first(
+    x: &Tensor,
+    valid: usize,
+    mask: Option<&Tensor>,
+) -> candle_core::Result<Tensor> {
+    let op = Softmax { valid: Some(valid) };
+    match mask {
+        Some(m) => {
+            x.contiguous()?.apply_op2_no_bwd(&m.to_dtype(DType::F32)?.contiguous()?, &MaskedSoftmax(op))
+        }
+        None => x.contiguous()?.apply_op1_no_bwd(&op),
+    }
 }
 
 impl CustomOp1 for Softmax {
@@ -563,11 +574,49 @@ impl CustomOp1 for Softmax {
 
     #[cfg(feature = "cuda")]
     fn cuda_fwd(&self, s: &CudaStorage, l: &Layout) -> candle_core::Result<(CudaStorage, Shape)> {
-        Ok((crate::fused_cuda::softmax(s, l, self.valid)?, l.shape().clone()))
+        Ok((crate::fused_cuda::softmax(s, l, self.valid, None)?, l.shape().clone()))
     }
 
     fn bwd(&self, _x: &Tensor, y: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
         Ok(Some(softmax_grad(y, grad)?))
+    }
+}
+
+/// [`Softmax`] of `x + mask`, the mask `[T, T]` (f32) added to the rows of each `[T, T]`
+/// matrix of `x` in turn.
+struct MaskedSoftmax(Softmax);
+
+impl CustomOp2 for MaskedSoftmax {
+    fn name(&self) -> &'static str {
+        "masked-softmax"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (x, mask) = (f32_slice(s1, l1, self.name())?, f32_slice(s2, l2, self.name())?);
+        let d = l1.dims().last().copied().unwrap_or(1).max(1);
+        if mask.len() != d * d || self.0.valid.is_some_and(|v| v < d) {
+            candle_core::bail!("masked softmax: a mask of {} values for rows of {d}, all valid", mask.len());
+        }
+        let mut y = x.to_vec();
+        y.par_chunks_mut(d * d).for_each(|m| softmax_rows(m, d, Some(mask)));
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &CudaStorage,
+        l1: &Layout,
+        s2: &CudaStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CudaStorage, Shape)> {
+        Ok((crate::fused_cuda::softmax(s1, l1, self.0.valid, Some((s2, l2)))?, l1.shape().clone()))
     }
 }
 

@@ -149,19 +149,17 @@ fn storage(slice: CudaStorageSlice, dev: &CudaDevice) -> CudaStorage {
     CudaStorage { slice, device: dev.clone() }
 }
 
-/// Launches `{name}_{suffix}(inputs…, out, rows, cols[, last])`, a warp per row, into a
-/// fresh output.
+/// Launches `{name}_{suffix}(inputs…, out, rows, cols)`, a warp per row, into a fresh output.
 fn per_row<T: DeviceRepr>(
     dev: &CudaDevice,
     (name, suffix): (&str, &str),
     inputs: &[&CudaView<T>],
     (rows, cols): (usize, usize),
-    last: Option<i32>,
 ) -> Result<CudaSlice<T>> {
     let func = kernel!(dev, name, suffix)?;
     // SAFETY: every element is written by the kernel before it is read.
     let out = unsafe { dev.alloc::<T>(rows * cols)? };
-    let (rows_i, cols_i) = (rows as i32, cols as i32);
+    let (rows_i, cols_i) = (int_arg(rows, name)?, int_arg(cols, name)?);
     let mut args = func.builder();
     for x in inputs {
         args.arg(*x);
@@ -169,9 +167,6 @@ fn per_row<T: DeviceRepr>(
     args.arg(&out);
     args.arg(&rows_i);
     args.arg(&cols_i);
-    if let Some(last) = &last {
-        args.arg(last);
-    }
     // SAFETY: the arguments match the kernel's signature (fused.cu).
     unsafe { args.launch(launch_config(rows.div_ceil(THREADS as usize / 32))) }.w()?;
     Ok(out)
@@ -366,13 +361,44 @@ fn layer_norm_grad_launch<T: DeviceRepr>(
     Ok(())
 }
 
-/// Softmax over the first `valid` values of each row (all when `None`), the rest 0.
-pub(crate) fn softmax(x: &CudaStorage, lx: &Layout, valid: Option<usize>) -> Result<CudaStorage> {
+/// Softmax over the first `valid` values of each row (all when `None`), the rest 0; plus
+/// the f32 additive `mask` `[m, cols]` (row `row % m` for each row) when given.
+pub(crate) fn softmax(
+    x: &CudaStorage,
+    lx: &Layout,
+    valid: Option<usize>,
+    mask: Optional,
+) -> Result<CudaStorage> {
     let dev = &x.device;
     let (rows, cols) = rows_cols(lx);
     let valid = int_arg(valid.unwrap_or(cols).min(cols), "softmax columns")?;
+    let mask_rows =
+        int_arg(mask.map_or(1, |(_, l)| l.shape().elem_count() / cols.max(1)).max(1), "mask rows")?;
+    if mask.is_some_and(|(_, l)| l.dims().last() != Some(&cols)) {
+        candle_core::bail!("softmax: a mask whose rows are not {cols} wide");
+    }
+    let mask = mask.map(|(m, lm)| f32_view(m, lm, "softmax mask")).transpose()?;
+    let null = 0u64;
     let slice = per_dtype!([x], |xs; suffix| {
-        per_row(dev, ("softmax_fwd", suffix), &[&view(xs, lx, "softmax")?], (rows, cols), Some(valid))?
+        let func = kernel!(dev, "softmax_fwd", suffix)?;
+        let xs = view(xs, lx, "softmax")?;
+        // SAFETY: every element is written by the kernel before it is read.
+        let out = unsafe { dev.alloc(rows * cols)? };
+        let (rows_i, cols_i) = (int_arg(rows, "softmax rows")?, int_arg(cols, "softmax width")?);
+        let mut args = func.builder();
+        args.arg(&xs);
+        match &mask {
+            Some(m) => args.arg(m),
+            None => args.arg(&null),
+        };
+        args.arg(&out);
+        args.arg(&rows_i);
+        args.arg(&cols_i);
+        args.arg(&valid);
+        args.arg(&mask_rows);
+        // SAFETY: the arguments match the kernel's signature (fused.cu); a null mask is none.
+        unsafe { args.launch(launch_config(rows.div_ceil(THREADS as usize / 32))) }.w()?;
+        out
     });
     Ok(storage(slice, dev))
 }
@@ -386,7 +412,7 @@ pub(crate) fn softmax_grad(
     let dev = &y.device;
     let slice = per_dtype!([y, g], |ys, gs; suffix| {
         let (ys, gs) = (view(ys, ly, "softmax-grad")?, view(gs, lg, "softmax-grad")?);
-        per_row(dev, ("softmax_bwd", suffix), &[&ys, &gs], rows_cols(ly), None)?
+        per_row(dev, ("softmax_bwd", suffix), &[&ys, &gs], rows_cols(ly))?
     });
     Ok(storage(slice, dev))
 }

@@ -184,20 +184,24 @@ __device__ void layer_norm_bwd(const T *x, const float *w, const T *g, float *dx
 
 // ---- softmax over the last dim: a warp per row -------------------------------------------
 
-// Over the first `valid` columns of each row; the rest (padding key slots) get 0.
+// Over the first `valid` columns of each row, the rest (padding key slots) getting 0; plus
+// row `row % mask_rows` of the f32 additive `mask` [mask_rows, cols] unless it is null (the
+// text tower's causal mask, folded in).
 template <typename T>
-__device__ void softmax_fwd(const T *x, T *y, int rows, int cols, int valid) {
+__device__ void softmax_fwd(const T *x, const float *mask, T *y, int rows, int cols, int valid, int mask_rows) {
     const int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
     if (row >= rows) return;
     const T *xr = x + (size_t)row * cols;
+    const float *mr = mask ? mask + (size_t)(row % mask_rows) * cols : nullptr;
     T *yr = y + (size_t)row * cols;
     float m = -INFINITY;
-    for (int i = lane; i < valid; i += 32) m = fmaxf(m, to_f32(xr[i]));
+    for (int i = lane; i < valid; i += 32) m = fmaxf(m, to_f32(xr[i]) + (mr ? mr[i] : 0.0f));
     m = warp_max(m);
     float s = 0.0f;
-    for (int i = lane; i < valid; i += 32) s += expf(to_f32(xr[i]) - m);
+    for (int i = lane; i < valid; i += 32) s += expf(to_f32(xr[i]) + (mr ? mr[i] : 0.0f) - m);
     const float inv = 1.0f / warp_sum(s);
-    for (int i = lane; i < cols; i += 32) yr[i] = from_f32<T>(i < valid ? expf(to_f32(xr[i]) - m) * inv : 0.0f);
+    for (int i = lane; i < cols; i += 32)
+        yr[i] = from_f32<T>(i < valid ? expf(to_f32(xr[i]) + (mr ? mr[i] : 0.0f) - m) * inv : 0.0f);
 }
 
 template <typename T>
@@ -362,8 +366,9 @@ __device__ void merge_qkv_w(const T *dq, const T *dk, const T *dv, T *out, unsig
                                                        int cols, float eps) {                         \
         layer_norm_bwd(x, w, g, dx, dw, db, rows, cols, eps);                                          \
     }                                                                                                  \
-    extern "C" __global__ void softmax_fwd_##SUFFIX(const T *x, T *y, int rows, int cols, int valid) {\
-        softmax_fwd(x, y, rows, cols, valid);                                                          \
+    extern "C" __global__ void softmax_fwd_##SUFFIX(const T *x, const float *mask, T *y, int rows,     \
+                                                    int cols, int valid, int mask_rows) {             \
+        softmax_fwd(x, mask, y, rows, cols, valid, mask_rows);                                         \
     }                                                                                                  \
     extern "C" __global__ void softmax_bwd_##SUFFIX(const T *y, const T *g, T *dx, int rows,        \
                                                     int cols) {                                       \

@@ -149,20 +149,27 @@ void check_layer_norm(const char *suffix, int rows, int cols, double tol,
 }
 
 // Softmax over the first `valid` of `cols` values per row (the rest, padding key slots,
-// must come out 0), and its backward.
+// must come out 0), with and without an additive mask (the rows of a causal one, in turn),
+// and its backward.
 template <class T>
-void check_softmax(const char *suffix, int rows, int cols, int valid, double tol,
-                   void (*fwd)(const T *, T *, int, int, int), void (*bwd)(const T *, const T *, T *, int, int)) {
+void check_softmax(const char *suffix, int rows, int cols, int valid, bool masked, double tol,
+                   void (*fwd)(const T *, const float *, T *, int, int, int, int),
+                   void (*bwd)(const T *, const T *, T *, int, int)) {
     std::vector<T> x = random_values<T>(size_t(rows) * cols, 0.0f, 4.0f), g = random_values<T>(size_t(rows) * cols, 0.0f, 1.0f);
     x[0] = cast<T>(80.0f);  // exp(80) overflows f32 unless the row's maximum is subtracted
+    std::vector<float> mask(size_t(cols) * cols);
+    for (int r = 0; r < cols; ++r)
+        for (int c = 0; c < cols; ++c) mask[r * cols + c] = c > r ? -INFINITY : 0.0f;
     std::vector<double> y_ref(x.size(), 0.0), dx_ref(x.size());
     std::vector<T> y_in(x.size());  // the backward's input: the reference output, as T
     for (int r = 0; r < rows; ++r) {
+        const float *mr = masked ? &mask[size_t(r % cols) * cols] : nullptr;
+        auto score = [&](int c) { return value(x[r * cols + c]) + (mr ? mr[c] : 0.0); };
         double m = -INFINITY, s = 0, dot = 0;
-        for (int c = 0; c < valid; ++c) m = std::max(m, value(x[r * cols + c]));
-        for (int c = 0; c < valid; ++c) s += exp(value(x[r * cols + c]) - m);
+        for (int c = 0; c < valid; ++c) m = std::max(m, score(c));
+        for (int c = 0; c < valid; ++c) s += exp(score(c) - m);
         for (int c = 0; c < cols; ++c) {
-            if (c < valid) y_ref[r * cols + c] = exp(value(x[r * cols + c]) - m) / s;
+            if (c < valid) y_ref[r * cols + c] = exp(score(c) - m) / s;
             y_in[r * cols + c] = cast<T>(float(y_ref[r * cols + c]));
             dot += value(g[r * cols + c]) * value(y_in[r * cols + c]);
         }
@@ -171,12 +178,13 @@ void check_softmax(const char *suffix, int rows, int cols, int valid, double tol
     }
     std::vector<T> y(x.size(), cast<T>(1.0f)), dx(x.size());
     const int rows_per_block = 256 / 32;
-    launch((rows + rows_per_block - 1) / rows_per_block, 256, [&] { fwd(x.data(), y.data(), rows, cols, valid); });
+    const float *mask_arg = masked ? mask.data() : nullptr;
+    launch((rows + rows_per_block - 1) / rows_per_block, 256, [&] { fwd(x.data(), mask_arg, y.data(), rows, cols, valid, cols); });
     launch((rows + rows_per_block - 1) / rows_per_block, 256, [&] { bwd(y_in.data(), g.data(), dx.data(), rows, cols); });
     char what[96];
-    snprintf(what, sizeof what, "softmax_fwd_%s %dx%d, first %d", suffix, rows, cols, valid);
+    snprintf(what, sizeof what, "softmax_fwd_%s %dx%d, first %d%s", suffix, rows, cols, valid, masked ? ", causal" : "");
     check(what, y, y_ref, tol);
-    snprintf(what, sizeof what, "softmax_bwd_%s %dx%d, first %d", suffix, rows, cols, valid);
+    snprintf(what, sizeof what, "softmax_bwd_%s %dx%d, first %d%s", suffix, rows, cols, valid, masked ? ", causal" : "");
     check(what, dx, dx_ref, tol);
 }
 
@@ -379,8 +387,13 @@ int main() {
     // A ViT-B/32's attention rows (50), a ViT-B/16's (197), and a short one; 13 rows leave
     // warps with no row. Then the same rows padded to a multiple of 8 slots.
     for (auto [cols, valid] : {std::pair{50, 50}, {197, 197}, {7, 7}, {56, 50}, {200, 197}}) {
-        check_softmax<float>("f32", 13, cols, valid, 1e-5, softmax_fwd_f32, softmax_bwd_f32);
-        check_softmax<__nv_bfloat16>("bf16", 13, cols, valid, 1e-2, softmax_fwd_bf16, softmax_bwd_bf16);
+        check_softmax<float>("f32", 13, cols, valid, false, 1e-5, softmax_fwd_f32, softmax_bwd_f32);
+        check_softmax<__nv_bfloat16>("bf16", 13, cols, valid, false, 1e-2, softmax_fwd_bf16, softmax_bwd_bf16);
+    }
+    // Two sequences of 7 tokens under a causal mask, and 77 (CLIP's text) in part.
+    for (auto [rows, cols] : {std::pair{14, 7}, {13, 77}}) {
+        check_softmax<float>("f32", rows, cols, cols, true, 1e-5, softmax_fwd_f32, softmax_bwd_f32);
+        check_softmax<__nv_bfloat16>("bf16", rows, cols, cols, true, 1e-2, softmax_fwd_bf16, softmax_bwd_bf16);
     }
     // Rows of 77 values one by one; of 80, 16 bytes per access.
     for (int act : {0, 1, 2})
