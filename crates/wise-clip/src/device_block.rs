@@ -44,15 +44,15 @@ fn projections(layer: &EncoderLayer) -> [&Linear; 6] {
 
 /// Zero token slots to add after the `t` tokens of each head, so that the attention's
 /// products see rows of a multiple of 8 values (16 bytes in bf16): cuBLAS runs tensor-core
-/// kernels on aligned rows only, and a ViT's 50 or 197 tokens are not. The padded keys'
-/// probabilities are 0 (softmax over the first `t` only) and the padded queries' outputs
-/// are dropped by the merge, so the result is the same. Not with a mask (the text tower):
-/// it would need padding too. `WISE_ATTENTION_PADDING=off` turns it off (to measure it).
-fn attention_padding(t: usize, masked: bool) -> usize {
+/// kernels on aligned rows only, and a ViT's 50 or 197 tokens (or the text's 77) are not.
+/// The padded keys' probabilities are 0 (softmax over the first `t` only) and the padded
+/// queries' outputs are dropped by the merge, so the result is the same.
+/// `WISE_ATTENTION_PADDING=off` turns it off (to measure it).
+fn attention_padding(t: usize) -> usize {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     let on =
         *ON.get_or_init(|| std::env::var("WISE_ATTENTION_PADDING").map_or(true, |v| v != "off" && v != "0"));
-    if on && !masked {
+    if on {
         t.next_multiple_of(8) - t
     } else {
         0
@@ -136,7 +136,9 @@ pub(crate) fn forward(
 
     let x2 = x.detach().reshape((n, c))?;
     let ln1 = norm(&layer.layer_norm1, &x2)?;
-    let padding = attention_padding(t, mask.is_some());
+    let padding = attention_padding(t);
+    // A mask of the padded size: the padded rows and columns' values are never used.
+    let mask = mask.map(|m| m.pad_with_zeros(0, 0, padding)?.pad_with_zeros(1, 0, padding)).transpose()?;
     // q, k and v from one product, split into heads in one pass (their biases added, q
     // scaled). Keys as [B, H, T, D] like the others, read transposed by the products (the
     // op-by-op block splits them transposed instead: there autograd would add the gradient
@@ -147,7 +149,7 @@ pub(crate) fn forward(
         Ok((heads.get(0)?, heads.get(1)?, heads.get(2)?))
     })?;
     let (probs, ctx) = profile::time("attention (scores, softmax, values)", &q, || {
-        let probs = fused::softmax_of_first(&matmul(&q, &k.t()?)?, t, mask)?;
+        let probs = fused::softmax_of_first(&matmul(&q, &k.t()?)?, t, mask.as_ref())?;
         let ctx = fused::merge_heads_padded(&matmul(&probs, &v)?, 1.0, HeadsLayout::TokensByWidth, padding)?;
         Ok((probs, ctx.reshape((n, c))?))
     })?;

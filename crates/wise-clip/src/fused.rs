@@ -532,7 +532,7 @@ struct Softmax {
 }
 
 /// Softmax over the first `valid` of each row's values, the rest 0, after adding the
-/// additive `mask` `[T, T]` (row `row % T` to each row) when given (no autograd:
+/// additive `mask` `[S, S]` (row `row % S` to each row, `S` the rows' width) when given (no autograd:
 /// `device_block.rs`, whose backward is [`softmax_grad`], right for these rows too).
 pub(crate) fn softmax_of_first(
     x: &Tensor,
@@ -582,7 +582,7 @@ impl CustomOp1 for Softmax {
     }
 }
 
-/// [`Softmax`] of `x + mask`, the mask `[T, T]` (f32) added to the rows of each `[T, T]`
+/// [`Softmax`] of `x + mask`, the mask `[S, S]` (f32) added to the rows of each `[S, S]`
 /// matrix of `x` in turn.
 struct MaskedSoftmax(Softmax);
 
@@ -600,11 +600,17 @@ impl CustomOp2 for MaskedSoftmax {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (x, mask) = (f32_slice(s1, l1, self.name())?, f32_slice(s2, l2, self.name())?);
         let d = l1.dims().last().copied().unwrap_or(1).max(1);
-        if mask.len() != d * d || self.0.valid.is_some_and(|v| v < d) {
-            candle_core::bail!("masked softmax: a mask of {} values for rows of {d}, all valid", mask.len());
+        if mask.len() != d * d {
+            candle_core::bail!("masked softmax: a mask of {} values for rows of {d}", mask.len());
         }
+        let valid = self.0.valid.unwrap_or(d).min(d);
         let mut y = x.to_vec();
-        y.par_chunks_mut(d * d).for_each(|m| softmax_rows(m, d, Some(mask)));
+        y.par_chunks_mut(d * d).for_each(|m| {
+            for (row, mask) in m.chunks_exact_mut(d).zip(mask.chunks_exact(d)) {
+                softmax_rows(&mut row[..valid], valid, Some(&mask[..valid]));
+                row[valid..].fill(0.0);
+            }
+        });
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
