@@ -18,7 +18,7 @@
 # device: LD_LIBRARY_PATH points at the CUDA libraries of the machine's PyTorch (its
 #   nvidia/cu13/lib); the driver provides libcuda. Then
 #   (a) parity: `wise embed` of the fixture CLIP (tests/fixtures) on CPU and on CUDA in f32
-#       and bf16, and 3 `wise train` steps of a fixture classifier on a tiny ImageFolder made
+#       and bf16 (and of the GELU fixture in f32), and 3 `wise train` steps of a fixture classifier on a tiny ImageFolder made
 #       from tests/fixtures/images, CPU vs CUDA; max differences printed and checked;
 #   (b) throughput, `wise bench` against scripts/bench_torch.py (HF transformers, AMP bf16
 #       via torch.autocast) in the same run, ViT-B/32 and ViT-B/16, inference and training
@@ -134,6 +134,10 @@ parity() {
     WISE_CUDA_FUSED=off WISE_COMPUTE_DTYPE=f32 "$wise" "${embed[@]}" --device "$GPU_DEVICE" \
         --out "$work/embed-cuda-f32-opbyop.safetensors"
     WISE_COMPUTE_DTYPE=bf16 "$wise" "${embed[@]}" --device "$GPU_DEVICE" --out "$work/embed-cuda-bf16.safetensors"
+    # A GELU (erf) model too: its blocks take the other activation kernels.
+    local gelu=(embed --model tests/fixtures/clip-tiny-gelu --images tests/fixtures/images --texts tests/fixtures/texts.txt)
+    "$wise" "${gelu[@]}" --device cpu --out "$work/embed-gelu-cpu.safetensors"
+    WISE_COMPUTE_DTYPE=f32 "$wise" "${gelu[@]}" --device "$GPU_DEVICE" --out "$work/embed-gelu-cuda-f32.safetensors"
 
     echo "== parity: 3 wise train steps, CPU vs CUDA"
     mkdir -p "$work/tiny/a" "$work/tiny/b"
@@ -186,6 +190,7 @@ checks = [
     ("embed-cpu.safetensors", "embed-cuda-f32.safetensors", embed_diff, "max_rel_diff", 1e-4),
     ("embed-cpu.safetensors", "embed-cuda-f32-opbyop.safetensors", embed_diff, "max_rel_diff", 1e-4),
     ("embed-cpu.safetensors", "embed-cuda-bf16.safetensors", embed_diff, "max_rel_diff", 5e-2),
+    ("embed-gelu-cpu.safetensors", "embed-gelu-cuda-f32.safetensors", embed_diff, "max_rel_diff", 1e-4),
     ("train-cpu/finetuned.safetensors", "train-cuda-f32/finetuned.safetensors", update_diff,
      "update_rel_diff", 1e-2),
     ("train-cpu/finetuned.safetensors", "train-cuda-f32-opbyop/finetuned.safetensors", update_diff,
