@@ -13,7 +13,7 @@
 //! one pass, [`sum_of_squares`] its gradient norm.
 
 use candle_core::cuda_backend::cudarc::driver::{
-    CudaSlice, CudaView, CudaViewMut, DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg,
+    CudaSlice, CudaView, CudaViewMut, DevicePtr, DeviceRepr, LaunchArgs, LaunchConfig, PushKernelArg,
 };
 use candle_core::cuda_backend::{CudaDevice, CudaStorageSlice, WrapErr};
 use candle_core::{CudaStorage, Device, Layout, Result, Shape, Storage, Tensor};
@@ -615,14 +615,7 @@ pub(crate) fn split_qkv(
         args.arg(&xs);
         args.arg(&bias);
         args.arg(&out);
-        args.arg(&n);
-        for size in &sizes {
-            args.arg(size);
-        }
-        args.arg(&scale_q);
-        args.arg(&vec);
-        // SAFETY: the arguments match the kernel's signature (fused.cu).
-        unsafe { args.launch(launch_config((n as usize).div_ceil(THREADS as usize).min(1 << 16))) }.w()?;
+        launch_qkv(args, &n, &sizes, &scale_q, &vec)?;
         out
     });
     Ok(storage(slice, dev))
@@ -650,17 +643,31 @@ pub(crate) fn merge_qkv(
         args.arg(&ks);
         args.arg(&vs);
         args.arg(&out);
-        args.arg(&n);
-        for size in &sizes {
-            args.arg(size);
-        }
-        args.arg(&scale_q);
-        args.arg(&vec);
-        // SAFETY: the arguments match the kernel's signature (fused.cu).
-        unsafe { args.launch(launch_config((n as usize).div_ceil(THREADS as usize).min(1 << 16))) }.w()?;
+        launch_qkv(args, &n, &sizes, &scale_q, &vec)?;
         out
     });
     Ok(storage(slice, dev))
+}
+
+/// Launches `split_qkv` or `merge_qkv` (fused.cu), whose pointer arguments `args` holds:
+/// the sizes after them, a thread per value (or 16 bytes) of the `n`-long side.
+fn launch_qkv<'a>(
+    mut args: LaunchArgs<'a>,
+    n: &'a u32,
+    sizes: &'a [i32; 4],
+    scale_q: &'a f32,
+    vec: &'a i32,
+) -> Result<()> {
+    args.arg(n);
+    for size in sizes {
+        args.arg(size);
+    }
+    args.arg(scale_q);
+    args.arg(vec);
+    // SAFETY: with the pointers the caller pushed, the arguments match the kernels'
+    // signatures (fused.cu).
+    unsafe { args.launch(launch_config((*n as usize).div_ceil(THREADS as usize).min(1 << 16))) }.w()?;
+    Ok(())
 }
 
 /// `n` values as the heads kernels' 32-bit index.
