@@ -149,7 +149,8 @@ fn storage(slice: CudaStorageSlice, dev: &CudaDevice) -> CudaStorage {
     CudaStorage { slice, device: dev.clone() }
 }
 
-/// Launches `{name}_{suffix}(inputs…, out, rows, cols)`, a warp per row, into a fresh output.
+/// Launches `{name}_{suffix}(inputs…, out, rows, cols, vec)`, a warp per row, into a fresh
+/// output.
 fn per_row<T: DeviceRepr>(
     dev: &CudaDevice,
     (name, suffix): (&str, &str),
@@ -160,6 +161,7 @@ fn per_row<T: DeviceRepr>(
     // SAFETY: every element is written by the kernel before it is read.
     let out = unsafe { dev.alloc::<T>(rows * cols)? };
     let (rows_i, cols_i) = (int_arg(rows, name)?, int_arg(cols, name)?);
+    let vec = vector_access::<T>(dev, cols, inputs.iter().copied().chain([&out.slice(..)]));
     let mut args = func.builder();
     for x in inputs {
         args.arg(*x);
@@ -167,6 +169,7 @@ fn per_row<T: DeviceRepr>(
     args.arg(&out);
     args.arg(&rows_i);
     args.arg(&cols_i);
+    args.arg(&vec);
     // SAFETY: the arguments match the kernel's signature (fused.cu).
     unsafe { args.launch(launch_config(rows.div_ceil(THREADS as usize / 32))) }.w()?;
     Ok(out)
@@ -385,6 +388,7 @@ pub(crate) fn softmax(
         // SAFETY: every element is written by the kernel before it is read.
         let out = unsafe { dev.alloc(rows * cols)? };
         let (rows_i, cols_i) = (int_arg(rows, "softmax rows")?, int_arg(cols, "softmax width")?);
+        let vec = vector_access(dev, cols, [&xs, &out.slice(..)]);
         let mut args = func.builder();
         args.arg(&xs);
         match &mask {
@@ -396,6 +400,7 @@ pub(crate) fn softmax(
         args.arg(&cols_i);
         args.arg(&valid);
         args.arg(&mask_rows);
+        args.arg(&vec);
         // SAFETY: the arguments match the kernel's signature (fused.cu); a null mask is none.
         unsafe { args.launch(launch_config(rows.div_ceil(THREADS as usize / 32))) }.w()?;
         out

@@ -34,13 +34,13 @@ fn cuda_kernels_match_references_when_run_on_the_cpu() {
     let report = String::from_utf8_lossy(&run.stdout);
     println!("{report}");
     assert!(run.status.success(), "kernels off their references:\n{report}");
-    // Every kernel of both dtypes was checked: 3 LayerNorm widths × 4 outputs, 7 softmax
-    // widths (2 padded, 2 masked) × 2, the 3 activations × 2 outputs with and without a bias at 2
+    // Every kernel of both dtypes was checked: 3 LayerNorm widths × 4 outputs, 8 softmax
+    // widths (3 padded and by 16 bytes, 3 masked) × 2, the 3 activations × 2 outputs with and without a bias at 2
     // widths (one value and 16 bytes per access), each in f32 and bf16; AdamW (f32) 2 steps
     // × 3 outputs; the sum of squares; the bias add (with and without a residual) and its
     // column sums at 3 sizes; the heads' splits and merges, unpadded and padded, 2 layouts
     // one value per access and 1 by 16 bytes; q/k/v's split and merge both ways; in both
     // dtypes.
-    let expected = 2 * (12 + 14 + 3 * 8) + 6 + 1 + 2 * (3 * 3 + 2 * 2 * 2 + 2 * 2 + 2 * 2);
+    let expected = 2 * (12 + 16 + 3 * 8) + 6 + 1 + 2 * (3 * 3 + 2 * 2 * 2 + 2 * 2 + 2 * 2);
     assert_eq!(report.lines().filter(|l| l.starts_with("ok ")).count(), expected, "{report}");
 }

@@ -186,35 +186,57 @@ __device__ void layer_norm_bwd(const T *x, const float *w, const T *g, float *dx
 
 // Over the first `valid` columns of each row, the rest (padding key slots) getting 0; plus
 // row `row % mask_rows` of the f32 additive `mask` [mask_rows, cols] unless it is null (the
-// text tower's causal mask, folded in).
-template <typename T>
-__device__ void softmax_fwd(const T *x, const float *mask, T *y, int rows, int cols, int valid, int mask_rows) {
+// text tower's causal mask, folded in). Lanes take W consecutive values at a time.
+template <typename T, int W>
+__device__ void softmax_fwd_w(const T *x, const float *mask, T *y, int rows, int cols, int valid, int mask_rows) {
     const int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
     if (row >= rows) return;
     const T *xr = x + (size_t)row * cols;
     const float *mr = mask ? mask + (size_t)(row % mask_rows) * cols : nullptr;
     T *yr = y + (size_t)row * cols;
+    // The score of column c + e from the values loaded at c.
+    auto score = [&](const Pack<T, W> &in, int c, int e) { return to_f32(in.v[e]) + (mr ? mr[c + e] : 0.0f); };
     float m = -INFINITY;
-    for (int i = lane; i < valid; i += 32) m = fmaxf(m, to_f32(xr[i]) + (mr ? mr[i] : 0.0f));
+    for (int c = lane * W; c < valid; c += 32 * W) {
+        const Pack<T, W> in = *(const Pack<T, W> *)(xr + c);
+        for (int e = 0; e < W; ++e)
+            if (c + e < valid) m = fmaxf(m, score(in, c, e));
+    }
     m = warp_max(m);
     float s = 0.0f;
-    for (int i = lane; i < valid; i += 32) s += expf(to_f32(xr[i]) + (mr ? mr[i] : 0.0f) - m);
+    for (int c = lane * W; c < valid; c += 32 * W) {
+        const Pack<T, W> in = *(const Pack<T, W> *)(xr + c);
+        for (int e = 0; e < W; ++e)
+            if (c + e < valid) s += expf(score(in, c, e) - m);
+    }
     const float inv = 1.0f / warp_sum(s);
-    for (int i = lane; i < cols; i += 32)
-        yr[i] = from_f32<T>(i < valid ? expf(to_f32(xr[i]) + (mr ? mr[i] : 0.0f) - m) * inv : 0.0f);
+    for (int c = lane * W; c < cols; c += 32 * W) {
+        const Pack<T, W> in = *(const Pack<T, W> *)(xr + c);
+        Pack<T, W> out;
+        for (int e = 0; e < W; ++e) out.v[e] = from_f32<T>(c + e < valid ? expf(score(in, c, e) - m) * inv : 0.0f);
+        *(Pack<T, W> *)(yr + c) = out;
+    }
 }
 
-template <typename T>
-__device__ void softmax_bwd(const T *y, const T *g, T *dx, int rows, int cols) {
+template <typename T, int W>
+__device__ void softmax_bwd_w(const T *y, const T *g, T *dx, int rows, int cols) {
     const int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
     if (row >= rows) return;
     const T *yr = y + (size_t)row * cols;
     const T *gr = g + (size_t)row * cols;
     T *dxr = dx + (size_t)row * cols;
     float dot = 0.0f;
-    for (int i = lane; i < cols; i += 32) dot += to_f32(gr[i]) * to_f32(yr[i]);
+    for (int c = lane * W; c < cols; c += 32 * W) {
+        const Pack<T, W> yi = *(const Pack<T, W> *)(yr + c), gi = *(const Pack<T, W> *)(gr + c);
+        for (int e = 0; e < W; ++e) dot += to_f32(gi.v[e]) * to_f32(yi.v[e]);
+    }
     dot = warp_sum(dot);
-    for (int i = lane; i < cols; i += 32) dxr[i] = from_f32<T>(to_f32(yr[i]) * (to_f32(gr[i]) - dot));
+    for (int c = lane * W; c < cols; c += 32 * W) {
+        const Pack<T, W> yi = *(const Pack<T, W> *)(yr + c), gi = *(const Pack<T, W> *)(gr + c);
+        Pack<T, W> out;
+        for (int e = 0; e < W; ++e) out.v[e] = from_f32<T>(to_f32(yi.v[e]) * (to_f32(gi.v[e]) - dot));
+        *(Pack<T, W> *)(dxr + c) = out;
+    }
 }
 
 // ---- AdamW: one in-place pass over f32 weights and moments ------------------------------
@@ -367,12 +389,14 @@ __device__ void merge_qkv_w(const T *dq, const T *dk, const T *dv, T *out, unsig
         layer_norm_bwd(x, w, g, dx, dw, db, rows, cols, eps);                                          \
     }                                                                                                  \
     extern "C" __global__ void softmax_fwd_##SUFFIX(const T *x, const float *mask, T *y, int rows,     \
-                                                    int cols, int valid, int mask_rows) {             \
-        softmax_fwd(x, mask, y, rows, cols, valid, mask_rows);                                         \
+                                                    int cols, int valid, int mask_rows, int vec) {    \
+        if (vec) softmax_fwd_w<T, VEC(T)>(x, mask, y, rows, cols, valid, mask_rows);                   \
+        else softmax_fwd_w<T, 1>(x, mask, y, rows, cols, valid, mask_rows);                            \
     }                                                                                                  \
-    extern "C" __global__ void softmax_bwd_##SUFFIX(const T *y, const T *g, T *dx, int rows,        \
-                                                    int cols) {                                       \
-        softmax_bwd(y, g, dx, rows, cols);                                                             \
+    extern "C" __global__ void softmax_bwd_##SUFFIX(const T *y, const T *g, T *dx, int rows, int cols, \
+                                                    int vec) {                                        \
+        if (vec) softmax_bwd_w<T, VEC(T)>(y, g, dx, rows, cols);                                       \
+        else softmax_bwd_w<T, 1>(y, g, dx, rows, cols);                                                \
     }                                                                                                  \
     extern "C" __global__ void bias_add_##SUFFIX(const T *y, const float *b, const T *residual,     \
                                                  T *out, int rows, int cols, int vec) {               \

@@ -152,9 +152,9 @@ void check_layer_norm(const char *suffix, int rows, int cols, double tol,
 // must come out 0), with and without an additive mask (the rows of a causal one, in turn),
 // and its backward.
 template <class T>
-void check_softmax(const char *suffix, int rows, int cols, int valid, bool masked, double tol,
-                   void (*fwd)(const T *, const float *, T *, int, int, int, int),
-                   void (*bwd)(const T *, const T *, T *, int, int)) {
+void check_softmax(const char *suffix, int rows, int cols, int valid, bool masked, int vec, double tol,
+                   void (*fwd)(const T *, const float *, T *, int, int, int, int, int),
+                   void (*bwd)(const T *, const T *, T *, int, int, int)) {
     std::vector<T> x = random_values<T>(size_t(rows) * cols, 0.0f, 4.0f), g = random_values<T>(size_t(rows) * cols, 0.0f, 1.0f);
     x[0] = cast<T>(80.0f);  // exp(80) overflows f32 unless the row's maximum is subtracted
     std::vector<float> mask(size_t(cols) * cols);
@@ -179,12 +179,13 @@ void check_softmax(const char *suffix, int rows, int cols, int valid, bool maske
     std::vector<T> y(x.size(), cast<T>(1.0f)), dx(x.size());
     const int rows_per_block = 256 / 32;
     const float *mask_arg = masked ? mask.data() : nullptr;
-    launch((rows + rows_per_block - 1) / rows_per_block, 256, [&] { fwd(x.data(), mask_arg, y.data(), rows, cols, valid, cols); });
-    launch((rows + rows_per_block - 1) / rows_per_block, 256, [&] { bwd(y_in.data(), g.data(), dx.data(), rows, cols); });
+    launch((rows + rows_per_block - 1) / rows_per_block, 256, [&] { fwd(x.data(), mask_arg, y.data(), rows, cols, valid, cols, vec); });
+    launch((rows + rows_per_block - 1) / rows_per_block, 256, [&] { bwd(y_in.data(), g.data(), dx.data(), rows, cols, vec); });
     char what[96];
-    snprintf(what, sizeof what, "softmax_fwd_%s %dx%d, first %d%s", suffix, rows, cols, valid, masked ? ", causal" : "");
+    const char *access = vec ? ", 16 B" : "";
+    snprintf(what, sizeof what, "softmax_fwd_%s %dx%d, first %d%s%s", suffix, rows, cols, valid, masked ? ", causal" : "", access);
     check(what, y, y_ref, tol);
-    snprintf(what, sizeof what, "softmax_bwd_%s %dx%d, first %d%s", suffix, rows, cols, valid, masked ? ", causal" : "");
+    snprintf(what, sizeof what, "softmax_bwd_%s %dx%d, first %d%s%s", suffix, rows, cols, valid, masked ? ", causal" : "", access);
     check(what, dx, dx_ref, tol);
 }
 
@@ -386,14 +387,16 @@ int main() {
     }
     // A ViT-B/32's attention rows (50), a ViT-B/16's (197), and a short one; 13 rows leave
     // warps with no row. Then the same rows padded to a multiple of 8 slots.
-    for (auto [cols, valid] : {std::pair{50, 50}, {197, 197}, {7, 7}, {56, 50}, {200, 197}}) {
-        check_softmax<float>("f32", 13, cols, valid, false, 1e-5, softmax_fwd_f32, softmax_bwd_f32);
-        check_softmax<__nv_bfloat16>("bf16", 13, cols, valid, false, 1e-2, softmax_fwd_bf16, softmax_bwd_bf16);
+    // The padded widths also 16 bytes per access.
+    for (auto [cols, valid, vec] : {std::tuple{50, 50, 0}, {197, 197, 0}, {7, 7, 0}, {56, 50, 1}, {200, 197, 1}}) {
+        check_softmax<float>("f32", 13, cols, valid, false, vec, 1e-5, softmax_fwd_f32, softmax_bwd_f32);
+        check_softmax<__nv_bfloat16>("bf16", 13, cols, valid, false, vec, 1e-2, softmax_fwd_bf16, softmax_bwd_bf16);
     }
-    // Two sequences of 7 tokens under a causal mask, and 77 (CLIP's text) in part.
-    for (auto [rows, cols] : {std::pair{14, 7}, {13, 77}}) {
-        check_softmax<float>("f32", rows, cols, cols, true, 1e-5, softmax_fwd_f32, softmax_bwd_f32);
-        check_softmax<__nv_bfloat16>("bf16", rows, cols, cols, true, 1e-2, softmax_fwd_bf16, softmax_bwd_bf16);
+    // Two sequences of 7 tokens under a causal mask, 77 (CLIP's text) in part, and 77 padded
+    // to 80 slots, 16 bytes per access.
+    for (auto [rows, cols, valid, vec] : {std::tuple{14, 7, 7, 0}, {13, 77, 77, 0}, {13, 80, 77, 1}}) {
+        check_softmax<float>("f32", rows, cols, valid, true, vec, 1e-5, softmax_fwd_f32, softmax_bwd_f32);
+        check_softmax<__nv_bfloat16>("bf16", rows, cols, valid, true, vec, 1e-2, softmax_fwd_bf16, softmax_bwd_bf16);
     }
     // Rows of 77 values one by one; of 80, 16 bytes per access.
     for (int act : {0, 1, 2})
