@@ -5,7 +5,8 @@
 //! zero-filled gradient buffer and an add: on a GPU two more memory-bound passes over
 //! each of the block's activations, the largest ones `[B·T, 4C]`. Here the forward runs on
 //! detached tensors (no graph), keeps what the backward needs, and enters the graph as one
-//! node (its last op, fc2's bias add) whose backward is the products and kernels below;
+//! node (its last op, the residual add with fc2's bias) whose backward is the products and
+//! kernels below;
 //! the parameters' gradients go to [`crate::backward`] as the CPU block's do (`block.rs`).
 //!
 //! Gradients, with `n = B·T` rows, `Y = X·Wᵀ + b` for every projection (`dW = dYᵀ·X`,
