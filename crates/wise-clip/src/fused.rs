@@ -1,5 +1,7 @@
-//! Fused kernels, each with its backward pass: QuickGELU, LayerNorm, softmax, the bias add
-//! and the attention heads' split and merge (CPU here; CUDA in `fused_cuda.rs`).
+//! Fused kernels, each with its backward pass: the MLP's activation (QuickGELU, GELU),
+//! LayerNorm, softmax, the bias add and the attention heads' split and merge (CPU here;
+//! CUDA in `fused_cuda.rs`); and, for the CUDA block (`device_block.rs`), the same with
+//! a bias or mask folded in, q/k/v's split from one product, and the residual add.
 //!
 //! Written from candle's elementwise ops, a LayerNorm is 9 passes over the activations
 //! with a temporary each (forward alone), QuickGELU 3 passes through libm's scalar `expf`,
@@ -10,7 +12,10 @@
 //! CUDA — other devices and dtypes take the differentiable op-by-op versions in `nn.rs`.
 //!
 //! Gradients (`y` the output, `g` the incoming gradient):
-//! - QuickGELU `y = x·σ(1.702x)`: `dx = g·(σ + 1.702·x·σ·(1−σ))`.
+//! - QuickGELU `y = x·σ(1.702x)`: `dx = g·(σ + 1.702·x·σ·(1−σ))`; GELU `y = x·Φ(x)`:
+//!   `dx = g·(Φ(x) + x·φ(x))` (its tanh form: [`Activation::derivative`]).
+//! - bias add `y = x + b`: `dx = g`, `db = Σ_rows g`; the heads' split and merge: each
+//!   other's inverse permutation.
 //! - LayerNorm `y = x̂·w + b`, `x̂ = (x−μ)·r`, `r = (var+ε)^-½`:
 //!   `dx = r·(gw − mean(gw) − x̂·mean(gw·x̂))`, `dw = Σ_rows g·x̂`, `db = Σ_rows g`.
 //! - softmax: `dx = y·(g − Σ g·y)`.
