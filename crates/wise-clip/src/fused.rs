@@ -13,7 +13,7 @@
 //!
 //! Gradients (`y` the output, `g` the incoming gradient):
 //! - QuickGELU `y = x·σ(1.702x)`: `dx = g·(σ + 1.702·x·σ·(1−σ))`; GELU `y = x·Φ(x)`:
-//!   `dx = g·(Φ(x) + x·φ(x))` (its tanh form: [`Activation::derivative`]).
+//!   `dx = g·(Φ(x) + x·φ(x))` (its tanh form: `Activation::derivative`).
 //! - bias add `y = x + b`: `dx = g`, `db = Σ_rows g`; the heads' split and merge: each
 //!   other's inverse permutation.
 //! - LayerNorm `y = x̂·w + b`, `x̂ = (x−μ)·r`, `r = (var+ε)^-½`:
