@@ -231,14 +231,11 @@ fn activation_launch<T: DeviceRepr>(
     // SAFETY: every element is written by the kernel before it is read.
     let out = unsafe { dev.alloc::<T>(rows * cols)? };
     let (rows_i, cols_i) = (int_arg(rows, name)?, int_arg(cols, name)?);
-    let (null, code) = (0u64, activation_code(act));
+    let code = activation_code(act);
     let vec = vector_access::<T>(dev, cols, inputs.iter().copied().chain([&out.slice(..)]));
     let mut args = func.builder();
     args.arg(inputs[0]);
-    match bias {
-        Some(b) => args.arg(b),
-        None => args.arg(&null),
-    };
+    arg_or_null(&mut args, bias);
     for x in &inputs[1..] {
         args.arg(*x);
     }
@@ -250,6 +247,15 @@ fn activation_launch<T: DeviceRepr>(
     // SAFETY: the arguments match the kernel's signature (fused.cu); a null bias is none.
     unsafe { args.launch(launch_config(rows.min(1 << 16))) }.w()?;
     Ok(out)
+}
+
+/// Pushes a kernel's optional operand: `v`, or a null pointer when absent.
+fn arg_or_null<'a, 'b: 'a, 'c: 'b, T>(args: &mut LaunchArgs<'a>, v: Option<&'b CudaView<'c, T>>) {
+    const NULL: u64 = 0;
+    match v {
+        Some(v) => args.arg(v),
+        None => args.arg(&NULL),
+    };
 }
 
 /// fused.cu's `vec`: 1 when rows of `cols` values split into 16-byte accesses and every
@@ -381,7 +387,6 @@ pub(crate) fn softmax(
         candle_core::bail!("softmax: a mask whose rows are not {cols} wide");
     }
     let mask = mask.map(|(m, lm)| f32_view(m, lm, "softmax mask")).transpose()?;
-    let null = 0u64;
     let slice = per_dtype!([x], |xs; suffix| {
         let func = kernel!(dev, "softmax_fwd", suffix)?;
         let xs = view(xs, lx, "softmax")?;
@@ -391,10 +396,7 @@ pub(crate) fn softmax(
         let vec = vector_access(dev, cols, [&xs, &out.slice(..)]);
         let mut args = func.builder();
         args.arg(&xs);
-        match &mask {
-            Some(m) => args.arg(m),
-            None => args.arg(&null),
-        };
+        arg_or_null(&mut args, mask.as_ref());
         args.arg(&out);
         args.arg(&rows_i);
         args.arg(&cols_i);
@@ -473,15 +475,11 @@ fn bias_add_launch<T: DeviceRepr>(
     // SAFETY: every element is written by the kernel before it is read.
     let out = unsafe { dev.alloc::<T>(rows * cols)? };
     let (rows_i, cols_i) = (int_arg(rows, "bias-add rows")?, int_arg(cols, "bias-add width")?);
-    let null = 0u64;
     let vec = vector_access::<T>(dev, cols, [&y, &out.slice(..)].into_iter().chain(residual.as_ref()));
     let mut args = func.builder();
     args.arg(&y);
     args.arg(b);
-    match &residual {
-        Some(r) => args.arg(r),
-        None => args.arg(&null),
-    };
+    arg_or_null(&mut args, residual.as_ref());
     args.arg(&out);
     args.arg(&rows_i);
     args.arg(&cols_i);
