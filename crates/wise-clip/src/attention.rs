@@ -10,8 +10,13 @@
 //! live in a scratch buffer, and the backward recomputes them (as flash attention does)
 //! instead of storing them:
 //!
+//! In the pooled last block (`Encoder::forward_at`) only one query per sequence is needed:
+//! the same code with a one-row range of queries.
+//!
 //! `dV = Pᵀ·dY`, `dP = dY·Vᵀ`, `dS = P∘(dP − rowsum(dP∘P))`, `dQ = scale·dS·K`,
 //! `dK = scale·dSᵀ·Q`.
+
+use std::ops::Range;
 
 use crate::fused::{softmax_grad_rows, softmax_rows};
 use crate::matmul::sgemm;
@@ -30,39 +35,67 @@ impl Heads<'_> {
         self.heads * self.d
     }
 
-    /// `P = softmax(scale·Q_h·K_hᵀ + mask)` into `p` (`T×T`) from one sequence's `[T, 3C]`.
-    fn probs(&self, qkv: &[f32], h: usize, p: &mut [f32]) {
+    /// `P = softmax(scale·Q_h·K_hᵀ + mask)` into `p` (`queries × T`) from one sequence's
+    /// `[T, 3C]`, for the queries at those positions.
+    fn probs(&self, qkv: &[f32], queries: &Range<usize>, h: usize, p: &mut [f32]) {
         let (t, d, c) = (self.t, self.d, self.width());
         let scale = (d as f32).powf(-0.5);
-        let (q, k) = (&qkv[h * d..], &qkv[c + h * d..]);
-        sgemm((false, true), (t, t, d), scale, (q, 3 * c), (k, 3 * c), 0.0, (p, t));
-        softmax_rows(p, t, self.mask);
+        let (q, k) = (&qkv[queries.start * 3 * c + h * d..], &qkv[c + h * d..]);
+        sgemm((false, true), (queries.len(), t, d), scale, (q, 3 * c), (k, 3 * c), 0.0, (p, t));
+        softmax_rows(p, t, self.mask.map(|m| &m[queries.start * t..queries.end * t]));
     }
 
-    /// One sequence: `qkv` `[T, 3C]` → `y` `[T, C]`; `p` is `T×T` scratch.
-    pub fn forward(&self, qkv: &[f32], y: &mut [f32], p: &mut [f32]) {
+    /// One sequence: `qkv` `[T, 3C]` → `y` `[queries, C]`, the outputs at the `queries`'
+    /// positions (all `T` in a full block, one in the pooled last block); `p` is
+    /// `queries × T` scratch.
+    pub fn forward(&self, qkv: &[f32], queries: Range<usize>, y: &mut [f32], p: &mut [f32]) {
         let (t, d, c) = (self.t, self.d, self.width());
         for h in 0..self.heads {
-            self.probs(qkv, h, p);
+            self.probs(qkv, &queries, h, p);
             let v = &qkv[2 * c + h * d..];
-            sgemm((false, false), (t, d, t), 1.0, (p, t), (v, 3 * c), 0.0, (&mut y[h * d..], c));
+            sgemm((false, false), (queries.len(), d, t), 1.0, (p, t), (v, 3 * c), 0.0, (&mut y[h * d..], c));
         }
     }
 
-    /// One sequence's backward: `dy` `[T, C]` → `dqkv` `[T, 3C]` (overwritten); `p` and
-    /// `ds` are `T×T` scratch.
-    pub fn backward(&self, qkv: &[f32], dy: &[f32], dqkv: &mut [f32], (p, ds): (&mut [f32], &mut [f32])) {
-        let (t, d, c) = (self.t, self.d, self.width());
+    /// One sequence's backward: `dy` `[queries, C]` → `dqkv` `[T, 3C]`: K and V columns
+    /// overwritten, Q columns at the `queries`' rows only; `p` and `ds` are `queries × T`
+    /// scratch.
+    pub fn backward(
+        &self,
+        qkv: &[f32],
+        queries: Range<usize>,
+        dy: &[f32],
+        dqkv: &mut [f32],
+        (p, ds): (&mut [f32], &mut [f32]),
+    ) {
+        let (t, d, c, m) = (self.t, self.d, self.width(), queries.len());
         let scale = (d as f32).powf(-0.5);
         let ld = 3 * c;
+        let first = queries.start * ld;
         for h in 0..self.heads {
             let (oq, ok, ov) = (h * d, c + h * d, 2 * c + h * d);
-            self.probs(qkv, h, p);
-            sgemm((true, false), (t, d, t), 1.0, (p, t), (&dy[oq..], c), 0.0, (&mut dqkv[ov..], ld));
-            sgemm((false, true), (t, t, d), 1.0, (&dy[oq..], c), (&qkv[ov..], ld), 0.0, (ds, t));
+            self.probs(qkv, &queries, h, p);
+            sgemm((true, false), (t, d, m), 1.0, (p, t), (&dy[oq..], c), 0.0, (&mut dqkv[ov..], ld));
+            sgemm((false, true), (m, t, d), 1.0, (&dy[oq..], c), (&qkv[ov..], ld), 0.0, (ds, t));
             softmax_grad_rows(ds, p, t);
-            sgemm((false, false), (t, d, t), scale, (ds, t), (&qkv[ok..], ld), 0.0, (&mut dqkv[oq..], ld));
-            sgemm((true, false), (t, d, t), scale, (ds, t), (&qkv[oq..], ld), 0.0, (&mut dqkv[ok..], ld));
+            sgemm(
+                (false, false),
+                (m, d, t),
+                scale,
+                (ds, t),
+                (&qkv[ok..], ld),
+                0.0,
+                (&mut dqkv[first + oq..], ld),
+            );
+            sgemm(
+                (true, false),
+                (t, d, m),
+                scale,
+                (ds, t),
+                (&qkv[first + oq..], ld),
+                0.0,
+                (&mut dqkv[ok..], ld),
+            );
         }
     }
 }

@@ -20,6 +20,7 @@
 //! f32 on CPU with a BLAS only (`nn::EncoderLayer` keeps the op-by-op block elsewhere).
 
 use std::cell::{Cell, RefCell};
+use std::ops::Range;
 use std::sync::Mutex;
 
 use candle_core::backprop::GradStore;
@@ -160,13 +161,16 @@ const FC2_W: usize = 14;
 const FC2_B: usize = 15;
 
 /// `layer(x)` for `x` `[B, T, C]` as one op, or `None` when the layer lacks a bias (not
-/// a CLIP block: the caller runs it op by op).
+/// a CLIP block: the caller runs it op by op). With `pooled` (a position per sequence),
+/// only the output at those positions, `[B, C]`: keys and values need every token, all
+/// else runs on one row per sequence (`Encoder::forward_at`'s last block).
 pub(crate) fn forward(
     layer: &EncoderLayer,
     x: &Tensor,
     mask: Option<&Tensor>,
+    pooled: Option<&[usize]>,
 ) -> candle_core::Result<Option<Tensor>> {
-    let (_, t, c) = x.dims3()?;
+    let (b, t, c) = x.dims3()?;
     let attn = &layer.self_attn;
     let mut params =
         vec![layer.layer_norm1.weight.as_tensor().clone(), layer.layer_norm1.bias.as_tensor().clone()];
@@ -192,8 +196,16 @@ pub(crate) fn forward(
         }
         None => None,
     };
+    let pooled = match pooled {
+        Some(positions) if positions.len() != b || positions.iter().any(|&p| p >= t) => {
+            candle_core::bail!("block: pooling positions {positions:?} for {b} sequences of {t} tokens")
+        }
+        Some(positions) => Some(positions.to_vec()),
+        None => None,
+    };
     let op = Block {
         params,
+        pooled,
         heads: attn.heads,
         eps: (layer.layer_norm1.eps as f32, layer.layer_norm2.eps as f32),
         act: layer.mlp.act,
@@ -207,6 +219,9 @@ pub(crate) fn forward(
 
 struct Block {
     params: Vec<Tensor>,
+    /// The one position per sequence whose output is wanted (the pooled last block), or
+    /// `None` for every position.
+    pooled: Option<Vec<usize>>,
     heads: usize,
     eps: (f32, f32),
     act: Activation,
@@ -217,9 +232,14 @@ struct Block {
     saved: Mutex<Option<Saved>>,
 }
 
+/// What the backward needs, of `N` tokens of which `M` are outputs (`M = N` but in the
+/// pooled block).
 struct Saved {
+    /// `[N, C]`.
     ln1: Vec<f32>,
+    /// `[N, 3C]`; the pooled block's Q columns hold only its `M` rows.
     qkv: Vec<f32>,
+    /// From here on `M` rows.
     attn: Vec<f32>,
     x_mid: Vec<f32>,
     ln2: Vec<f32>,
@@ -281,9 +301,37 @@ fn col_sums(g: &[f32], cols: usize) -> Vec<f32> {
         )
 }
 
+/// Rows `rows` of `[_, c]` `src`, in that order.
+fn gather(src: &[f32], rows: &[usize], c: usize) -> Vec<f32> {
+    let mut out = take(rows.len() * c);
+    out.chunks_exact_mut(c).zip(rows).for_each(|(o, &r)| o.copy_from_slice(&src[r * c..(r + 1) * c]));
+    out
+}
+
+/// Adds the rows of `[rows.len(), c]` `src` to rows `rows` of `dst` (row stride `ld`).
+fn scatter_add(src: &[f32], rows: &[usize], (dst, ld): (&mut [f32], usize)) {
+    let c = src.len() / rows.len().max(1);
+    for (s, &r) in src.chunks_exact(c).zip(rows) {
+        dst[r * ld..r * ld + c].iter_mut().zip(s).for_each(|(d, s)| *d += s);
+    }
+}
+
 impl Block {
     fn heads(&self, t: usize, c: usize) -> Heads<'_> {
         Heads { heads: self.heads, d: c / self.heads, t, mask: self.mask.as_deref() }
+    }
+
+    /// Sequence `i`'s query positions: all `t`, or the pooled one.
+    fn queries(&self, i: usize, t: usize) -> Range<usize> {
+        match &self.pooled {
+            Some(positions) => positions[i]..positions[i] + 1,
+            None => 0..t,
+        }
+    }
+
+    /// The pooled block's output rows among the `[B·T]` tokens.
+    fn pooled_rows(&self, t: usize) -> Option<Vec<usize>> {
+        Some(crate::nn::pooled_rows(self.pooled.as_ref()?, t))
     }
 
     fn check(&self, w: &[&[f32]], c: usize) -> candle_core::Result<usize> {
@@ -294,6 +342,27 @@ impl Block {
         }
         Ok(inter)
     }
+
+    /// `[Q | K | V] = LN1(x)·Wqkvᵀ + bqkv`, `[N, 3C]`, from `ln1` `[N, C]`: three products
+    /// reading the weights where they are, writing column blocks of one buffer. Pooled, Q
+    /// only at the pooled rows (its other rows hold bias values nothing reads).
+    fn input_projections(&self, ln1: &[f32], w: &[&[f32]], (t, c): (usize, usize)) -> Vec<f32> {
+        let n = ln1.len() / c;
+        let bqkv = [w[Q_W + 1], w[K_W + 1], w[V_W + 1]].concat();
+        let mut qkv = start(take(n * 3 * c), &bqkv, None);
+        let rows = self.pooled_rows(t);
+        let first = if rows.is_some() { 1 } else { 0 };
+        for (i, wi) in [w[Q_W], w[K_W], w[V_W]].into_iter().enumerate().skip(first) {
+            par_sgemm((false, true), (n, c, c), 1.0, (ln1, c), (wi, c), 1.0, (&mut qkv[i * c..], 3 * c));
+        }
+        if let Some(rows) = rows {
+            let ln1_at = gather(ln1, &rows, c);
+            let q = product((false, true), (rows.len(), c, c), (&ln1_at, c), (w[Q_W], c));
+            scatter_add(&q, &rows, (&mut qkv, 3 * c));
+            give([ln1_at]);
+        }
+        qkv
+    }
 }
 
 impl CustomOp1 for Block {
@@ -303,39 +372,43 @@ impl CustomOp1 for Block {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let x = f32_slice(s, l, self.name())?;
-        let (_, t, c) = l.shape().dims3()?;
-        let n = x.len() / c;
+        let (b, t, c) = l.shape().dims3()?;
+        let rows = self.pooled_rows(t);
+        // Output rows: every token, or one per sequence.
+        let m = rows.as_ref().map_or(b * t, Vec::len);
         let params: Vec<&Tensor> = self.params.iter().collect();
         let (y, saved) = with_slices(&params, |w| {
             let inter = self.check(w, c)?;
-            let bqkv = [w[Q_W + 1], w[K_W + 1], w[V_W + 1]].concat();
-            let mut ln1 = take(n * c);
+            let mut ln1 = take(b * t * c);
             layer_norm_rows(x, (w[LN1_W], w[LN1_B]), self.eps.0, &mut ln1);
-            let mut qkv = start(take(n * 3 * c), &bqkv, None);
-            for (i, wi) in [w[Q_W], w[K_W], w[V_W]].into_iter().enumerate() {
-                par_sgemm((false, true), (n, c, c), 1.0, (&ln1, c), (wi, c), 1.0, (&mut qkv[i * c..], 3 * c));
-            }
-            let mut attn = take(n * c);
+            let qkv = self.input_projections(&ln1, w, (t, c));
+            let mut attn = take(m * c);
             let heads = self.heads(t, c);
-            attn.par_chunks_mut(t * c).zip(qkv.par_chunks(t * 3 * c)).for_each(|(y, qkv)| {
-                heads.forward(qkv, y, &mut vec![0f32; t * t]);
-            });
-            let mut x_mid = start(take(n * c), w[OUT_B], Some(x));
-            par_sgemm((false, true), (n, c, c), 1.0, (&attn, c), (w[OUT_W], c), 1.0, (&mut x_mid, c));
-            let mut ln2 = take(n * c);
+            attn.par_chunks_mut(m / b * c).zip(qkv.par_chunks(t * 3 * c)).enumerate().for_each(
+                |(i, (y, qkv))| {
+                    let queries = self.queries(i, t);
+                    heads.forward(qkv, queries.clone(), y, &mut vec![0f32; queries.len() * t]);
+                },
+            );
+            let x_at = rows.as_ref().map(|rows| gather(x, rows, c));
+            let mut x_mid = start(take(m * c), w[OUT_B], Some(x_at.as_deref().unwrap_or(x)));
+            give(x_at);
+            par_sgemm((false, true), (m, c, c), 1.0, (&attn, c), (w[OUT_W], c), 1.0, (&mut x_mid, c));
+            let mut ln2 = take(m * c);
             layer_norm_rows(&x_mid, (w[LN2_W], w[LN2_B]), self.eps.1, &mut ln2);
-            let mut h = start(take(n * inter), w[FC1_B], None);
-            par_sgemm((false, true), (n, inter, c), 1.0, (&ln2, c), (w[FC1_W], c), 1.0, (&mut h, inter));
-            let mut act = take(n * inter);
+            let mut h = start(take(m * inter), w[FC1_B], None);
+            par_sgemm((false, true), (m, inter, c), 1.0, (&ln2, c), (w[FC1_W], c), 1.0, (&mut h, inter));
+            let mut act = take(m * inter);
             activation_rows(self.act, &h, &mut act);
-            let mut y = start(vec![0f32; n * c], w[FC2_B], Some(&x_mid));
-            par_sgemm((false, true), (n, c, inter), 1.0, (&act, inter), (w[FC2_W], inter), 1.0, (&mut y, c));
+            let mut y = start(vec![0f32; m * c], w[FC2_B], Some(&x_mid));
+            par_sgemm((false, true), (m, c, inter), 1.0, (&act, inter), (w[FC2_W], inter), 1.0, (&mut y, c));
             Ok((y, Saved { ln1, qkv, attn, x_mid, ln2, h, act }))
         })?;
         if self.keep {
             *self.saved.lock().map_err(|_| candle_core::Error::msg("block: poisoned lock"))? = Some(saved);
         }
-        Ok((CpuStorage::F32(y), l.shape().clone()))
+        let shape = if rows.is_some() { Shape::from((b, c)) } else { l.shape().clone() };
+        Ok((CpuStorage::F32(y), shape))
     }
 
     fn bwd(&self, x: &Tensor, _y: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
@@ -343,58 +416,112 @@ impl CustomOp1 for Block {
         let grad = grad.contiguous()?;
         let saved = self.saved.lock().map_err(|_| candle_core::Error::msg("block: poisoned lock"))?;
         let s = saved.as_ref().ok_or_else(|| candle_core::Error::msg("block: backward before forward"))?;
+        let rows = self.pooled_rows(t);
         let mut inputs: Vec<&Tensor> = vec![x, &grad];
         inputs.extend(&self.params);
         let (dx, param_grads) = with_slices(&inputs, |all| {
             let (x, dy, w) = (all[0], all[1], &all[2..]);
             let inter = self.check(w, c)?;
-            let n = x.len() / c;
-            // The MLP: y = x_mid + act(LN2(x_mid)·W1ᵀ + b1)·W2ᵀ + b2.
-            let mut dx = dy.to_vec();
-            let mut dh = take(n * inter);
-            par_sgemm((false, false), (n, inter, c), 1.0, (dy, c), (w[FC2_W], inter), 0.0, (&mut dh, inter));
-            let d_fc2 = product((true, false), (c, inter, n), (dy, c), (&s.act, inter));
+            let (n, m) = (x.len() / c, dy.len() / c);
+            // The MLP: y = x_mid + act(LN2(x_mid)·W1ᵀ + b1)·W2ᵀ + b2 (M rows).
+            let mut d_mid = dy.to_vec();
+            let mut dh = take(m * inter);
+            par_sgemm((false, false), (m, inter, c), 1.0, (dy, c), (w[FC2_W], inter), 0.0, (&mut dh, inter));
+            let d_fc2 = product((true, false), (c, inter, m), (dy, c), (&s.act, inter));
             activation_grad_rows(self.act, &s.h, &mut dh);
-            let mut d_ln2 = take(n * c);
-            par_sgemm((false, false), (n, c, inter), 1.0, (&dh, inter), (w[FC1_W], c), 0.0, (&mut d_ln2, c));
-            let d_fc1 = product((true, false), (inter, c, n), (&dh, inter), (&s.ln2, c));
+            let mut d_ln2 = take(m * c);
+            par_sgemm((false, false), (m, c, inter), 1.0, (&dh, inter), (w[FC1_W], c), 0.0, (&mut d_ln2, c));
+            let d_fc1 = product((true, false), (inter, c, m), (&dh, inter), (&s.ln2, c));
             let (mut d_ln2_w, mut d_ln2_b) = (vec![0f32; c], vec![0f32; c]);
             layer_norm_grad_rows(
                 &s.x_mid,
                 w[LN2_W],
                 &d_ln2,
                 self.eps.1,
-                (&mut dx, true),
+                (&mut d_mid, true),
                 (&mut d_ln2_w, &mut d_ln2_b),
             );
             // Attention: x_mid = x + attention(LN1(x)·Wqkvᵀ + bqkv)·Woᵀ + bo.
-            let mut d_attn = take(n * c);
-            par_sgemm((false, false), (n, c, c), 1.0, (&dx, c), (w[OUT_W], c), 0.0, (&mut d_attn, c));
-            let d_out = product((true, false), (c, c, n), (&dx, c), (&s.attn, c));
+            let mut d_attn = take(m * c);
+            par_sgemm((false, false), (m, c, c), 1.0, (&d_mid, c), (w[OUT_W], c), 0.0, (&mut d_attn, c));
+            let d_out = product((true, false), (c, c, m), (&d_mid, c), (&s.attn, c));
+            // Pooled, dQ is 0 off the pooled rows: zeroed, the bias gradient is plain column sums.
             let mut dqkv = take(n * 3 * c);
+            if rows.is_some() {
+                dqkv.fill(0.0);
+            }
             let heads = self.heads(t, c);
             dqkv.par_chunks_mut(t * 3 * c)
-                .zip(s.qkv.par_chunks(t * 3 * c).zip(d_attn.par_chunks(t * c)))
-                .for_each(|(dqkv, (qkv, dy))| {
-                    let (mut p, mut ds) = (vec![0f32; t * t], vec![0f32; t * t]);
-                    heads.backward(qkv, dy, dqkv, (&mut p, &mut ds));
+                .zip(s.qkv.par_chunks(t * 3 * c).zip(d_attn.par_chunks(m / (n / t) * c)))
+                .enumerate()
+                .for_each(|(i, (dqkv, (qkv, dy)))| {
+                    let queries = self.queries(i, t);
+                    let scratch = queries.len() * t;
+                    heads.backward(
+                        qkv,
+                        queries,
+                        dy,
+                        dqkv,
+                        (&mut vec![0f32; scratch], &mut vec![0f32; scratch]),
+                    );
                 });
             let mut d_ln1 = take(n * c);
-            for (i, wi) in [w[Q_W], w[K_W], w[V_W]].into_iter().enumerate() {
-                let beta = if i == 0 { 0.0 } else { 1.0 };
-                par_sgemm(
-                    (false, false),
-                    (n, c, c),
-                    1.0,
-                    (&dqkv[i * c..], 3 * c),
-                    (wi, c),
-                    beta,
-                    (&mut d_ln1, c),
-                );
-            }
-            let d_wqkv = product((true, false), (3 * c, c, n), (&dqkv, 3 * c), (&s.ln1, c));
-            let d_bqkv = col_sums(&dqkv, 3 * c);
-            let d_out_b = col_sums(&dx, c);
+            let (d_wq, d_wkv) = match &rows {
+                None => {
+                    for (i, wi) in [w[Q_W], w[K_W], w[V_W]].into_iter().enumerate() {
+                        let beta = if i == 0 { 0.0 } else { 1.0 };
+                        par_sgemm(
+                            (false, false),
+                            (n, c, c),
+                            1.0,
+                            (&dqkv[i * c..], 3 * c),
+                            (wi, c),
+                            beta,
+                            (&mut d_ln1, c),
+                        );
+                    }
+                    // One product; the q/k/v gradients are row blocks of it.
+                    let d_wqkv = product((true, false), (3 * c, c, n), (&dqkv, 3 * c), (&s.ln1, c));
+                    let d_wqkv = Tensor::from_vec(d_wqkv, (3 * c, c), &Device::Cpu)?;
+                    (d_wqkv.narrow(0, 0, c)?, d_wqkv.narrow(0, c, 2 * c)?)
+                }
+                Some(rows) => {
+                    for (i, wi) in [w[K_W], w[V_W]].into_iter().enumerate() {
+                        let beta = if i == 0 { 0.0 } else { 1.0 };
+                        par_sgemm(
+                            (false, false),
+                            (n, c, c),
+                            1.0,
+                            (&dqkv[(i + 1) * c..], 3 * c),
+                            (wi, c),
+                            beta,
+                            (&mut d_ln1, c),
+                        );
+                    }
+                    let dq = gather(&dqkv, rows, 3 * c);
+                    let d_ln1_at = product((false, false), (m, c, c), (&dq, 3 * c), (w[Q_W], c));
+                    scatter_add(&d_ln1_at, rows, (&mut d_ln1, c));
+                    let ln1_at = gather(&s.ln1, rows, c);
+                    let d_wq = product((true, false), (c, c, m), (&dq, 3 * c), (&ln1_at, c));
+                    let d_wkv = product((true, false), (2 * c, c, n), (&dqkv[c..], 3 * c), (&s.ln1, c));
+                    give([dq, ln1_at]);
+                    (
+                        Tensor::from_vec(d_wq, (c, c), &Device::Cpu)?,
+                        Tensor::from_vec(d_wkv, (2 * c, c), &Device::Cpu)?,
+                    )
+                }
+            };
+            let d_bqkv = Tensor::from_vec(col_sums(&dqkv, 3 * c), 3 * c, &Device::Cpu)?;
+            let d_out_b = col_sums(&d_mid, c);
+            // The residual stream's gradient at every token: the pooled block's only at its rows.
+            let mut dx = match &rows {
+                None => d_mid,
+                Some(rows) => {
+                    let mut dx = vec![0f32; n * c];
+                    scatter_add(&d_mid, rows, (&mut dx, c));
+                    dx
+                }
+            };
             let (mut d_ln1_w, mut d_ln1_b) = (vec![0f32; c], vec![0f32; c]);
             layer_norm_grad_rows(
                 x,
@@ -404,16 +531,13 @@ impl CustomOp1 for Block {
                 (&mut dx, true),
                 (&mut d_ln1_w, &mut d_ln1_b),
             );
-            // The q/k/v gradients are row blocks of one product: views, not copies.
-            let d_wqkv = Tensor::from_vec(d_wqkv, (3 * c, c), &Device::Cpu)?;
-            let d_bqkv = Tensor::from_vec(d_bqkv, 3 * c, &Device::Cpu)?;
             let vec = |v: Vec<f32>| {
                 let n = v.len();
                 Tensor::from_vec(v, n, &Device::Cpu)
             };
-            let mut grads = vec![vec(d_ln1_w)?, vec(d_ln1_b)?];
-            for i in 0..3 {
-                grads.extend([d_wqkv.narrow(0, i * c, c)?, d_bqkv.narrow(0, i * c, c)?]);
+            let mut grads = vec![vec(d_ln1_w)?, vec(d_ln1_b)?, d_wq, d_bqkv.narrow(0, 0, c)?];
+            for i in 0..2 {
+                grads.extend([d_wkv.narrow(0, i * c, c)?, d_bqkv.narrow(0, (i + 1) * c, c)?]);
             }
             grads.extend([vec(d_out)?, vec(d_out_b)?, vec(d_ln2_w)?, vec(d_ln2_b)?]);
             grads.extend([vec(d_fc1)?, vec(col_sums(&dh, inter))?, vec(d_fc2)?, vec(col_sums(dy, c))?]);

@@ -13,7 +13,7 @@
 //! Weights are f32 master copies ([`Var`]); each layer casts them to the activations'
 //! dtype, so the same model runs f32 on CPU and bf16 compute on CUDA.
 
-use candle_core::{DType, Module, Tensor, Var, D};
+use candle_core::{DType, Device, Module, Tensor, Var, D};
 
 use crate::config::Activation;
 use crate::fused::{self, HeadsLayout};
@@ -264,7 +264,7 @@ impl EncoderLayer {
     pub fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> candle_core::Result<Tensor> {
         if on_blas(&[x]) {
             if let Some(y) =
-                profile::time("transformer block (fused)", x, || crate::block::forward(self, x, mask))?
+                profile::time("transformer block (fused)", x, || crate::block::forward(self, x, mask, None))?
             {
                 return Ok(y);
             }
@@ -274,19 +274,32 @@ impl EncoderLayer {
         self.forward_op_by_op(x, mask)
     }
 
-    /// The block's output at one position per sequence, `[B, C]`: row `rows[b]` of `x`
-    /// flattened to `[B·T, C]` (u32 `[B]`); `mask`: additive `[B, T]`, the causal mask's
-    /// rows at those positions. Keys and values need every token; all else runs on B rows.
+    /// The block's output at one position per sequence, `[B, C]`: `positions[b]` of
+    /// sequence b (each checked to be `< T`); `mask`: the additive `[T, T]` mask, as for
+    /// [`EncoderLayer::forward`]. Keys and values need every token; all else runs on B rows.
     pub fn forward_at(
         &self,
         x: &Tensor,
-        rows: &Tensor,
+        positions: &[usize],
         mask: Option<&Tensor>,
     ) -> candle_core::Result<Tensor> {
+        if on_blas(&[x]) {
+            if let Some(y) = crate::block::forward(self, x, mask, Some(positions))? {
+                return Ok(y);
+            }
+        }
         let (b, t, c) = x.dims3()?;
-        let at = |y: &Tensor| y.reshape((b * t, c))?.index_select(rows, 0);
+        let rows = pooled_rows_tensor(positions, t, x.device())?;
+        let mask = match mask {
+            Some(m) => {
+                let at = Tensor::from_vec(positions.iter().map(|&p| p as u32).collect(), b, x.device())?;
+                Some(m.index_select(&at, 0)?)
+            }
+            None => None,
+        };
+        let at = |y: &Tensor| y.reshape((b * t, c))?.index_select(&rows, 0);
         let h = self.layer_norm1.forward(x)?;
-        let x = (at(x)? + self.self_attn.forward_at(&h, &at(&h)?, mask)?)?;
+        let x = (at(x)? + self.self_attn.forward_at(&h, &at(&h)?, mask.as_ref())?)?;
         let h = self
             .mlp
             .fc2
@@ -339,25 +352,26 @@ impl Encoder {
         if positions.len() != b || positions.iter().any(|&p| p >= t) {
             candle_core::bail!("pooling positions {positions:?} for {b} sequences of {t} tokens");
         }
-        let rows: Vec<u32> = positions.iter().enumerate().map(|(i, &p)| (i * t + p) as u32).collect();
-        let rows = Tensor::from_vec(rows, b, x.device())?;
         let Some((last, first)) = self.layers.split_last() else {
+            let rows = pooled_rows_tensor(positions, t, x.device())?;
             return x.reshape((b * t, c))?.index_select(&rows, 0);
-        };
-        let last_mask = match mask {
-            Some(m) => {
-                let at = Tensor::from_vec(positions.iter().map(|&p| p as u32).collect(), b, x.device())?;
-                Some(m.index_select(&at, 0)?)
-            }
-            None => None,
         };
         crate::on_compute_threads(x.device(), || {
             let x = first.iter().try_fold(x.clone(), |x, layer| layer.forward(&x, mask))?;
-            profile::time("last block (pooled position only)", &x, || {
-                last.forward_at(&x, &rows, last_mask.as_ref())
-            })
+            profile::time("last block (pooled position only)", &x, || last.forward_at(&x, positions, mask))
         })
     }
+}
+
+/// The rows of `positions[b]` of sequence b among `[B·T]` tokens.
+pub(crate) fn pooled_rows(positions: &[usize], t: usize) -> Vec<usize> {
+    positions.iter().enumerate().map(|(i, &p)| i * t + p).collect()
+}
+
+/// [`pooled_rows`] as an index tensor.
+fn pooled_rows_tensor(positions: &[usize], t: usize, device: &Device) -> candle_core::Result<Tensor> {
+    let rows: Vec<u32> = pooled_rows(positions, t).into_iter().map(|r| r as u32).collect();
+    Tensor::from_vec(rows, positions.len(), device)
 }
 
 #[cfg(test)]
