@@ -19,7 +19,9 @@
 #   nvidia/cu13/lib); the driver provides libcuda. Then
 #   (a) parity: `wise embed` of the fixture CLIP (tests/fixtures) on CPU and on CUDA in f32
 #       and bf16 (and of the GELU fixture in f32), and 3 `wise train` steps of a fixture classifier on a tiny ImageFolder made
-#       from tests/fixtures/images, CPU vs CUDA; max differences printed and checked;
+#       from tests/fixtures/images, CPU vs CUDA; the same in bf16 for the fixture with 64-wide
+#       heads (made here), where flash attention runs, with and without it
+#       (WISE_FLASH_ATTENTION=off); max differences printed and checked;
 #   (b) throughput, `wise bench` against scripts/bench_torch.py (HF transformers, AMP bf16
 #       via torch.autocast) in the same run, ViT-B/32 and ViT-B/16, inference and training
 #       steps, with the ratio and MFU (model FLOPs / H100 SXM dense bf16 peak, 989 TFLOP/s);
@@ -28,7 +30,8 @@
 #       synchronisations, as built and in variants with one setting each: fused=off
 #       (WISE_CUDA_FUSED=off: candle's op-by-op kernels), allocator=candle
 #       (WISE_CUDA_ALLOCATOR=candle: candle's memory pool settings), padding=off
-#       (WISE_ATTENTION_PADDING=off). PROFILE_VARIANTS="default padding=off" picks some.
+#       (WISE_ATTENTION_PADDING=off), flash=off (WISE_FLASH_ATTENTION=off: cuBLAS products
+#       around a softmax kernel). PROFILE_VARIANTS="default flash=off" picks some.
 #   Everything lands in OUTDIR: gpu-check.log, parity.jsonl, bench.jsonl, summary.md,
 #   profile.jsonl.
 set -euo pipefail
@@ -139,6 +142,28 @@ parity() {
     "$wise" "${gelu[@]}" --device cpu --out "$work/embed-gelu-cpu.safetensors"
     WISE_COMPUTE_DTYPE=f32 "$wise" "${gelu[@]}" --device "$GPU_DEVICE" --out "$work/embed-gelu-cuda-f32.safetensors"
 
+    # Flash attention (bf16, 64-wide heads) runs on none of the fixtures (8-wide heads): the
+    # same tiny CLIP with 64-wide heads (fresh HF weights, made here), bf16 with and
+    # without it against the CPU in f32.
+    local wide="$work/clip-tiny-d64"
+    "$py" - "$model" "$wide" <<'PY'
+import json, shutil, sys
+import torch
+from transformers import CLIPConfig, CLIPModel
+src, dst = sys.argv[1], sys.argv[2]
+shutil.copytree(src, dst)
+config = json.load(open(f"{src}/config.json"))
+for tower in ("vision_config", "text_config"):
+    config[tower].update(hidden_size=128, intermediate_size=256, num_attention_heads=2)
+torch.manual_seed(0)
+CLIPModel(CLIPConfig(**config)).save_pretrained(dst, safe_serialization=True)
+PY
+    local wide_embed=(embed --model "$wide" --images tests/fixtures/images --texts tests/fixtures/texts.txt)
+    "$wise" "${wide_embed[@]}" --device cpu --out "$work/embed-d64-cpu.safetensors"
+    WISE_COMPUTE_DTYPE=bf16 "$wise" "${wide_embed[@]}" --device "$GPU_DEVICE" --out "$work/embed-d64-bf16.safetensors"
+    WISE_FLASH_ATTENTION=off WISE_COMPUTE_DTYPE=bf16 "$wise" "${wide_embed[@]}" --device "$GPU_DEVICE" \
+        --out "$work/embed-d64-bf16-noflash.safetensors"
+
     echo "== parity: 3 wise train steps, CPU vs CUDA"
     mkdir -p "$work/tiny/a" "$work/tiny/b"
     local i=0
@@ -156,6 +181,15 @@ parity() {
     WISE_CUDA_FUSED=off WISE_COMPUTE_DTYPE=f32 "$wise" "${train[@]}" --device "$GPU_DEVICE" \
         --out "$work/train-cuda-f32-opbyop"
     WISE_COMPUTE_DTYPE=bf16 "$wise" "${train[@]}" --device "$GPU_DEVICE" --out "$work/train-cuda-bf16"
+    # The 64-wide heads, with and without flash attention (its backward).
+    "$wise" zeroshot --model "$wide" --classes "$work/classes.txt" --templates simple \
+        --out "$work/zeroshot-d64.safetensors"
+    local wide_train=(train --model "$work/zeroshot-d64.safetensors" --data "$work/tiny" --max-steps 3 --warmup 0
+        --lr 1e-3 --batch-size 16 --no-augment)
+    "$wise" "${wide_train[@]}" --device cpu --out "$work/train-d64-cpu"
+    WISE_COMPUTE_DTYPE=bf16 "$wise" "${wide_train[@]}" --device "$GPU_DEVICE" --out "$work/train-d64-bf16"
+    WISE_FLASH_ATTENTION=off WISE_COMPUTE_DTYPE=bf16 "$wise" "${wide_train[@]}" --device "$GPU_DEVICE" \
+        --out "$work/train-d64-bf16-noflash"
 
     "$py" - "$work" "$out/parity.jsonl" <<'PY'
 import json, sys
@@ -170,16 +204,20 @@ def embed_diff(ref, cand):
                 for k in a if a[k].is_floating_point())
     return {"max_rel_diff": worst[0], "worst_tensor": worst[1]}
 
-def update_diff(ref, cand):
-    """Training moves the weights by d = theta - theta0: |d_cand - d_ref| / |d_ref| over all
-    tensors, and the cosine of the two updates. (Per tensor would be meaningless: Adam's
-    first steps are +-lr wherever a gradient is nonzero, even rounding noise.)"""
-    t0 = load_file(f"{work}/zeroshot.safetensors")
+def update_diff(ref, cand, start="zeroshot.safetensors"):
+    """Training moves the weights by d = theta - theta0 (theta0: `start`): |d_cand - d_ref| /
+    |d_ref| over all tensors, and the cosine of the two updates. (Per tensor would be
+    meaningless: Adam's first steps are +-lr wherever a gradient is nonzero, even rounding
+    noise.)"""
+    t0 = load_file(f"{work}/{start}")
     a, b = load_file(f"{work}/{ref}"), load_file(f"{work}/{cand}")
     da = torch.cat([(a[k].double() - t0[k].double()).flatten() for k in sorted(t0)])
     db = torch.cat([(b[k].double() - t0[k].double()).flatten() for k in sorted(t0)])
     return {"update_rel_diff": ((da - db).norm() / da.norm()).item(),
             "update_cosine": (da @ db / (da.norm() * db.norm())).item()}
+
+def d64_update_diff(ref, cand):
+    return update_diff(ref, cand, "zeroshot-d64.safetensors")
 
 # f32 on the GPU must agree with the CPU to rounding: features to 1e-4. Training updates
 # get 1e-2: Adam's first steps move every weight by about lr * g/|g|, so gradients at the
@@ -197,6 +235,13 @@ checks = [
      "update_rel_diff", 1e-2),
     ("train-cpu/finetuned.safetensors", "train-cuda-bf16/finetuned.safetensors", update_diff,
      "update_rel_diff", 0.3),
+    # 64-wide heads: bf16 with flash attention, and without (a failure in one only points at it).
+    ("embed-d64-cpu.safetensors", "embed-d64-bf16.safetensors", embed_diff, "max_rel_diff", 5e-2),
+    ("embed-d64-cpu.safetensors", "embed-d64-bf16-noflash.safetensors", embed_diff, "max_rel_diff", 5e-2),
+    ("train-d64-cpu/finetuned.safetensors", "train-d64-bf16/finetuned.safetensors", d64_update_diff,
+     "update_rel_diff", 0.3),
+    ("train-d64-cpu/finetuned.safetensors", "train-d64-bf16-noflash/finetuned.safetensors",
+     d64_update_diff, "update_rel_diff", 0.3),
 ]
 failed = 0
 with open(out, "w") as f:
@@ -231,14 +276,16 @@ benchmarks() {
     echo "== where wise's GPU time goes (WISE_PROFILE=1: every part waits for the GPU), as built,"
     echo "   and without one change each: the fused CUDA kernels and the one-node block"
     echo "   (WISE_CUDA_FUSED=off), the memory pool and event settings (WISE_CUDA_ALLOCATOR=candle),"
-    echo "   the attention's padding to aligned rows (WISE_ATTENTION_PADDING=off)"
+    echo "   the attention's padding to aligned rows (WISE_ATTENTION_PADDING=off), flash attention"
+    echo "   (WISE_FLASH_ATTENTION=off)"
     : > "$out/profile.jsonl"
     local variant setting
-    for variant in ${PROFILE_VARIANTS:-default fused=off allocator=candle padding=off}; do
+    for variant in ${PROFILE_VARIANTS:-default flash=off fused=off allocator=candle padding=off}; do
         case $variant in
             fused=off) setting=WISE_CUDA_FUSED=off ;;
             allocator=candle) setting=WISE_CUDA_ALLOCATOR=candle ;;
             padding=off) setting=WISE_ATTENTION_PADDING=off ;;
+            flash=off) setting=WISE_FLASH_ATTENTION=off ;;
             *) setting=WISE_PROFILE=1 ;;
         esac
         for mode in infer train; do

@@ -1,5 +1,6 @@
 //! With the `cuda` feature, compiles `src/kernels/fused.cu` (the CUDA fused LayerNorm,
-//! softmax and QuickGELU kernels, `fused_cuda.rs`) to PTX with `nvcc`, as candle-kernels
+//! softmax and QuickGELU kernels, `fused_cuda.rs`, and the flash attention it includes,
+//! `attention.cu`) to PTX with `nvcc`, as candle-kernels
 //! does for candle's own. PTX for `compute_$CUDA_COMPUTE_CAP` (default 80) is compiled for
 //! the actual GPU by its driver when first loaded. Without the feature: nothing to do.
 
@@ -12,6 +13,7 @@ fn main() {
         return;
     }
     println!("cargo:rerun-if-changed=src/kernels/fused.cu");
+    println!("cargo:rerun-if-changed=src/kernels/attention.cu"); // included by fused.cu
     println!("cargo:rerun-if-env-changed=CUDA_COMPUTE_CAP");
     println!("cargo:rerun-if-env-changed=NVCC");
     let cap = std::env::var("CUDA_COMPUTE_CAP").unwrap_or_else(|_| "80".into());

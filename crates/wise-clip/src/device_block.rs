@@ -93,15 +93,23 @@ impl Projection {
     }
 }
 
+/// What the attention's backward needs besides q, k and v.
+enum Attention {
+    /// The probabilities `[B, H, slots, slots]` (cuBLAS products around a softmax).
+    Probs(Tensor),
+    /// Flash attention's output per head `[B, H, slots, D]`, its lse, and the padded mask.
+    Flash { o: Tensor, lse: Tensor, mask: Option<Tensor> },
+}
+
 /// What the backward needs: the block's input, activations (all `[n, ·]` but the
-/// per-head q, k, v and probabilities) and its weights as the forward used them.
+/// per-head q, k, v and the attention's) and its weights as the forward used them.
 struct Saved {
     x: Tensor,
     ln1: Tensor,
     q: Tensor,
     k: Tensor,
     v: Tensor,
-    probs: Tensor,
+    attention: Attention,
     ctx: Tensor,
     x_mid: Tensor,
     ln2: Tensor,
@@ -118,6 +126,17 @@ pub(crate) fn forward(
     layer: &EncoderLayer,
     x: &Tensor,
     mask: Option<&Tensor>,
+) -> candle_core::Result<Tensor> {
+    forward_with(layer, x, mask, None)
+}
+
+/// [`forward`], with flash attention (`crate::flash`) or not as `flash` says, or where it
+/// applies when `None`.
+fn forward_with(
+    layer: &EncoderLayer,
+    x: &Tensor,
+    mask: Option<&Tensor>,
+    flash: Option<bool>,
 ) -> candle_core::Result<Tensor> {
     let (b, t, c) = x.dims3()?;
     let (heads, n, dtype) = (layer.self_attn.heads, b * t, x.dtype());
@@ -149,10 +168,20 @@ pub(crate) fn forward(
         let heads = fused::split_qkv(&qkv, &proj[0].b, (heads, scale), padding)?;
         Ok((heads.get(0)?, heads.get(1)?, heads.get(2)?))
     })?;
-    let (probs, ctx) = profile::time("attention (scores, softmax, values)", &q, || {
-        let probs = fused::softmax_of_first(&matmul(&q, &k.t()?)?, t, mask.as_ref())?;
-        let ctx = fused::merge_heads_padded(&matmul(&probs, &v)?, 1.0, HeadsLayout::TokensByWidth, padding)?;
-        Ok((probs, ctx.reshape((n, c))?))
+    let (attention, ctx) = profile::time("attention (scores, softmax, values)", &q, || {
+        let (attention, o) = match flash.unwrap_or_else(|| crate::flash::applies(&q)) {
+            true => {
+                let (o, lse) = crate::flash::attention(&q, &k, &v, t, mask.as_ref())?;
+                (Attention::Flash { o: o.clone(), lse, mask: mask.clone() }, o)
+            }
+            false => {
+                let probs = fused::softmax_of_first(&matmul(&q, &k.t()?)?, t, mask.as_ref())?;
+                let o = matmul(&probs, &v)?;
+                (Attention::Probs(probs), o)
+            }
+        };
+        let ctx = fused::merge_heads_padded(&o, 1.0, HeadsLayout::TokensByWidth, padding)?;
+        Ok((attention, ctx.reshape((n, c))?))
     })?;
     let o = profile::time("out projection", &ctx, || proj[1].product(&ctx))?;
     let x_mid = profile::time("residual add", &o, || fused::residual_bias_add(&x2, &o, &proj[1].b))?;
@@ -164,7 +193,7 @@ pub(crate) fn forward(
         return fused::residual_bias_add(&x_mid, &h2, &proj[3].b)?.reshape((b, t, c));
     }
     let ln = [&layer.layer_norm1, &layer.layer_norm2].map(|ln| (ln.weight.as_tensor().detach(), ln.eps));
-    let saved = Saved { x: x2, ln1, q, k, v, probs, ctx, x_mid, ln2, h, act, proj, ln };
+    let saved = Saved { x: x2, ln1, q, k, v, attention, ctx, x_mid, ln2, h, act, proj, ln };
     let lns = [&layer.layer_norm1, &layer.layer_norm2].map(|ln| [&ln.weight, &ln.bias]);
     let linears = projections(layer).map(|l| [Some(&l.weight), l.bias.as_ref()]);
     let params = lns.into_iter().flatten().chain(linears.into_iter().flatten().flatten());
@@ -252,11 +281,17 @@ impl CustomOp1 for Node {
             let (d_ctx, d_o) = o_p.backward(&s.ctx, &dx_mid)?;
             let heads = (self.heads, 1.0, HeadsLayout::TokensByWidth);
             let d_ctx = fused::split_heads_padded(&d_ctx.reshape((b, t, c))?, heads, self.padding)?;
-            let d_probs = matmul(&d_ctx, &s.v.t()?)?;
-            let dv_heads = matmul(&s.probs.t()?, &d_ctx)?;
-            let d_scores = fused::softmax_grad(&s.probs, &d_probs)?;
-            let dq_heads = matmul(&d_scores, &s.k)?;
-            let dk_heads = matmul(&d_scores.t()?, &s.q)?;
+            let (dq_heads, dk_heads, dv_heads) = match &s.attention {
+                Attention::Probs(probs) => {
+                    let d_probs = matmul(&d_ctx, &s.v.t()?)?;
+                    let dv_heads = matmul(&probs.t()?, &d_ctx)?;
+                    let d_scores = fused::softmax_grad(probs, &d_probs)?;
+                    (matmul(&d_scores, &s.k)?, matmul(&d_scores.t()?, &s.q)?, dv_heads)
+                }
+                Attention::Flash { o, lse, mask } => {
+                    crate::flash::attention_grad((&s.q, &s.k, &s.v), (o, lse), &d_ctx, t, mask.as_ref())?
+                }
+            };
             let dqkv = fused::merge_qkv([&dq_heads, &dk_heads, &dv_heads], self.scale, self.padding)?;
             let (d_ln1, [d_w, d_b]) = qkv_p.backward(&s.ln1, &dqkv.reshape((n, 3 * c))?)?;
             let part = |i| Ok::<_, candle_core::Error>([d_w.narrow(0, i * c, c)?, d_b.narrow(0, i * c, c)?]);
@@ -285,8 +320,9 @@ mod tests {
     /// The block as one node (run here on the CPU, whose fused kernels it uses as it does
     /// CUDA's) equals the op-by-op block, which the parity tests hold to PyTorch: output,
     /// the input's and every parameter's gradient through [`crate::backward`], for each
-    /// activation, with and without a causal mask; in inference mode the same output and
-    /// no gradient.
+    /// activation, with and without a causal mask, with the attention unfused and as
+    /// flash attention (`crate::flash`'s CPU version of the CUDA kernels' op); in inference
+    /// mode the same output and no gradient.
     #[test]
     fn matches_the_op_by_op_block() -> candle_core::Result<()> {
         let dev = Device::Cpu;
@@ -307,12 +343,12 @@ mod tests {
                 }
             }
             assert!(applies(&layer, &Tensor::zeros((b, t, c), DType::F32, &dev)?));
-            for mask in [None, Some(&causal)] {
+            for (mask, flash) in [None, Some(&causal)].into_iter().flat_map(|m| [(m, false), (m, true)]) {
                 let x = Var::randn(0f32, 1.0, (b, t, c), &dev)?;
                 let probe = Tensor::randn(0f32, 1.0, (b, t, c), &dev)?;
-                let ours = forward(&layer, &x, mask)?;
+                let ours = forward_with(&layer, &x, mask, Some(flash))?;
                 let reference = layer.forward_op_by_op(&x, mask)?;
-                let what = format!("{act:?}, mask {}", mask.is_some());
+                let what = format!("{act:?}, mask {}, flash attention {flash}", mask.is_some());
                 assert!(
                     rel_diff(&ours, &reference) < 1e-5,
                     "{what}: forward off by {}",
@@ -326,7 +362,7 @@ mod tests {
                     17,
                     "16 parameters and the input"
                 );
-                let inferred = crate::inference_mode(|| forward(&layer, &x, mask))?;
+                let inferred = crate::inference_mode(|| forward_with(&layer, &x, mask, Some(flash)))?;
                 assert_eq!(inferred.flatten_all()?.to_vec1::<f32>()?, ours.flatten_all()?.to_vec1::<f32>()?);
                 let g = crate::backward(&(inferred * &probe)?.sum_all()?)?;
                 assert!(g.get(&x).is_none() && g.get(&layer.mlp.fc1.weight).is_none(), "{what}: inference");

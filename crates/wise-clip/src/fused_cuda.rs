@@ -679,3 +679,110 @@ fn index_len(n: usize) -> Result<u32> {
         candle_core::Error::Msg(format!("attention heads: {n} values, the CUDA kernels take < 2^31"))
     })
 }
+
+/// attention.cu's head width, query (key) rows per block, and threads per block.
+pub(crate) const FLASH_HEAD_WIDTH: usize = 64;
+const FLASH_ROWS: usize = 64;
+const FLASH_THREADS: u32 = 128;
+
+/// The bf16 views of flash attention's `[BH, S, 64]` operands, each checked to start
+/// 16-byte aligned (attention.cu moves rows 16 bytes at a time).
+fn flash_views<'a, const N: usize>(
+    dev: &CudaDevice,
+    operands: [(&'a CudaStorage, &'a Layout); N],
+) -> Result<[CudaView<'a, half::bf16>; N]> {
+    let stream = dev.cuda_stream();
+    let mut views = Vec::with_capacity(N);
+    for (s, l) in operands {
+        let CudaStorageSlice::BF16(x) = &s.slice else {
+            candle_core::bail!("flash attention: bf16 operands expected");
+        };
+        let x = view(x, l, "flash attention")?;
+        if x.device_ptr(&stream).0 % 16 != 0 {
+            candle_core::bail!("flash attention: an operand not 16-byte aligned");
+        }
+        views.push(x);
+    }
+    Ok(views.try_into().unwrap_or_else(|_| unreachable!("N views pushed")))
+}
+
+fn flash_launch(blocks: usize) -> LaunchConfig {
+    LaunchConfig { grid_dim: (blocks as u32, 1, 1), block_dim: (FLASH_THREADS, 1, 1), shared_mem_bytes: 0 }
+}
+
+/// attention.cu's forward: `O` `[BH, S, 64]` (bf16) and `lse` `[BH, S]` (f32) from q, k, v
+/// `[BH, S, 64]`, keys past `valid` off, the f32 additive `mask` `[S, S]` when given.
+pub(crate) fn flash_attention(
+    [q, k, v]: [(&CudaStorage, &Layout); 3],
+    mask: Optional,
+    (bh, s, valid): (usize, usize, usize),
+) -> Result<(CudaStorage, CudaStorage)> {
+    let dev = &q.0.device;
+    let [qs, ks, vs] = flash_views(dev, [q, k, v])?;
+    let mask = mask.map(|(m, lm)| f32_view(m, lm, "attention mask")).transpose()?;
+    let n = bh * s * FLASH_HEAD_WIDTH;
+    // SAFETY: the kernel writes every row of both before anything reads them.
+    let (o, lse) = unsafe { (dev.alloc::<half::bf16>(n)?, dev.alloc::<f32>(bh * s)?) };
+    let (s_i, valid_i) = (int_arg(s, "attention slots")?, int_arg(valid, "attention tokens")?);
+    let func = kernel!(dev, "flash_fwd", "bf16")?;
+    let mut args = func.builder();
+    args.arg(&qs);
+    args.arg(&ks);
+    args.arg(&vs);
+    arg_or_null(&mut args, mask.as_ref());
+    args.arg(&o);
+    args.arg(&lse);
+    args.arg(&s_i);
+    args.arg(&valid_i);
+    // SAFETY: the arguments match the kernel's signature (attention.cu); a null mask is none.
+    unsafe { args.launch(flash_launch(bh * s.div_ceil(FLASH_ROWS))) }.w()?;
+    Ok((storage(CudaStorageSlice::BF16(o), dev), storage(CudaStorageSlice::F32(lse), dev)))
+}
+
+/// attention.cu's backward: `[dq; dk; dv]` as one `[3, BH, S, 64]` bf16 buffer from the
+/// forward's operands, its `O` and `lse`, and `dO`.
+pub(crate) fn flash_attention_grad(
+    [q, k, v, o, d_o]: [(&CudaStorage, &Layout); 5],
+    lse: (&CudaStorage, &Layout),
+    mask: Optional,
+    (bh, s, valid): (usize, usize, usize),
+) -> Result<CudaStorage> {
+    let dev = &q.0.device;
+    let [qs, ks, vs, os, dos] = flash_views(dev, [q, k, v, o, d_o])?;
+    let lse = f32_view(lse.0, lse.1, "attention lse")?;
+    let mask = mask.map(|(m, lm)| f32_view(m, lm, "attention mask")).transpose()?;
+    let n = bh * s * FLASH_HEAD_WIDTH;
+    let rows = int_arg(bh * s, "attention rows")?;
+    let (s_i, valid_i) = (int_arg(s, "attention slots")?, int_arg(valid, "attention tokens")?);
+    // SAFETY: each kernel writes every row of its outputs before anything reads them.
+    let (delta, grads) = unsafe { (dev.alloc::<f32>(bh * s)?, dev.alloc::<half::bf16>(3 * n)?) };
+    let func = kernel!(dev, "flash_delta", "bf16")?;
+    let mut args = func.builder();
+    args.arg(&os);
+    args.arg(&dos);
+    args.arg(&delta);
+    args.arg(&rows);
+    // SAFETY: the arguments match the kernel's signature (attention.cu).
+    unsafe { args.launch(launch_config((bh * s).div_ceil(THREADS as usize / 32))) }.w()?;
+    let (dq, dk, dv) = (grads.slice(..n), grads.slice(n..2 * n), grads.slice(2 * n..));
+    let blocks = bh * s.div_ceil(FLASH_ROWS);
+    for (name, outputs) in [("flash_bwd_kv", vec![&dk, &dv]), ("flash_bwd_q", vec![&dq])] {
+        let func = kernel!(dev, name, "bf16")?;
+        let mut args = func.builder();
+        for x in [&qs, &ks, &vs, &dos] {
+            args.arg(x);
+        }
+        args.arg(&lse);
+        args.arg(&delta);
+        arg_or_null(&mut args, mask.as_ref());
+        for x in outputs {
+            args.arg(x);
+        }
+        args.arg(&s_i);
+        args.arg(&valid_i);
+        // SAFETY: the arguments match the kernels' signatures (attention.cu); a null mask
+        // is none; dq, dk and dv are disjoint slices of `grads`.
+        unsafe { args.launch(flash_launch(blocks)) }.w()?;
+    }
+    Ok(storage(CudaStorageSlice::BF16(grads), dev))
+}

@@ -24,6 +24,7 @@ pub mod config;
 pub mod device;
 mod device_block;
 pub mod error;
+mod flash;
 pub mod fused;
 #[cfg(feature = "cuda")]
 mod fused_cuda;

@@ -1,9 +1,10 @@
-//! The CUDA kernels (`src/kernels/fused.cu`: LayerNorm, softmax, the MLP's activations and their
-//! backwards, the bias add and its column sums, the attention heads' split and merge, f32 and
-//! bf16; AdamW's update, the sum of squares) checked without a GPU: `tests/support/cuda_on_cpu.cpp` compiles
-//! their source as C++ with the CUDA primitives emulated by threads and barriers, runs
-//! each against a double-precision reference, and fails on any error above tolerance.
-//! (On a GPU, `scripts/gpu-check.sh` compares the CUDA build against the CPU end to end.)
+//! The CUDA kernels (`src/kernels/fused.cu`: LayerNorm, softmax, the MLP's activations and
+//! their backwards, the bias add and its column sums, the attention heads' split and merge,
+//! f32 and bf16; AdamW's update, the sum of squares; `attention.cu`: flash attention on
+//! tensor cores) checked without a GPU: `tests/support/cuda_on_cpu.cpp` compiles their
+//! source as C++ with the CUDA primitives emulated by threads and barriers, runs each
+//! against a double-precision reference, and fails on any error above tolerance. (On a
+//! GPU, `scripts/gpu-check.sh` compares the CUDA build against the CPU end to end.)
 
 use std::path::Path;
 use std::process::Command;
@@ -40,7 +41,7 @@ fn cuda_kernels_match_references_when_run_on_the_cpu() {
     // × 3 outputs; the sum of squares; the bias add (with and without a residual) and its
     // column sums at 3 sizes; the heads' splits and merges, unpadded and padded, 2 layouts
     // one value per access and 1 by 16 bytes; q/k/v's split and merge both ways; in both
-    // dtypes.
-    let expected = 2 * (12 + 16 + 3 * 8) + 6 + 1 + 2 * (3 * 3 + 2 * 2 * 2 + 2 * 2 + 2 * 2);
+    // dtypes; flash attention (bf16) at 3 sizes × 5 outputs.
+    let expected = 2 * (12 + 16 + 3 * 8) + 6 + 1 + 2 * (3 * 3 + 2 * 2 * 2 + 2 * 2 + 2 * 2) + 3 * 5;
     assert_eq!(report.lines().filter(|l| l.starts_with("ok ")).count(), expected, "{report}");
 }

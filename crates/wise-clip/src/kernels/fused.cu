@@ -426,3 +426,6 @@ __device__ void merge_qkv_w(const T *dq, const T *dk, const T *dv, T *out, unsig
 
 ENTRY_POINTS(float, f32)
 ENTRY_POINTS(__nv_bfloat16, bf16)
+
+// Attention on tensor cores (bf16, head width 64).
+#include "attention.cu"

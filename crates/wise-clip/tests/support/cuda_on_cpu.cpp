@@ -3,7 +3,8 @@
 //
 // A machine without a GPU cannot run the kernels, but it can run their source: each CUDA
 // block runs as one std::thread per CUDA thread, `__syncthreads` is a barrier over the
-// block, `__shfl_xor_sync` an exchange through memory between two barriers over the warp,
+// block, `__syncwarp` one over the warp (as are the WMMA operations of cuda_shim/mma.h, which
+// hold whole tiles per lane), `__shfl_xor_sync` an exchange through memory between two barriers over the warp,
 // `__shared__` memory a static (blocks run one after another), `atomicAdd` an atomic_ref.
 // What this checks is the kernels' logic: indexing, tails, the reductions, the formulas.
 // What it cannot check (coalescing, occupancy, the real bf16 intrinsics) needs a GPU:
@@ -34,8 +35,16 @@ static float warp_exchange[1024];
 #define __device__
 #define __forceinline__ inline
 #define __shared__ static
+#define __align__(n) __attribute__((aligned(n)))
 
 inline void __syncthreads() { block_barrier->arrive_and_wait(); }
+inline void __syncwarp(unsigned = 0xffffffffu) { warp_barriers[threadIdx.x / 32]->arrive_and_wait(); }
+
+// For the WMMA stand-in (cuda_shim/mma.h).
+namespace nvcuda::wmma {
+void warp_sync() { __syncwarp(); }
+bool lane_zero() { return threadIdx.x % 32 == 0; }
+}  // namespace nvcuda::wmma
 
 inline float __shfl_xor_sync(unsigned, float v, int lane_mask) {
     const unsigned t = threadIdx.x;
@@ -377,6 +386,78 @@ void check_qkv(const char *suffix, int vec,
     check(what, merged, merged_ref, sizeof(T) == 4 ? 1e-6 : 1e-2);
 }
 
+// Flash attention (attention.cu), bf16, head width 64: `heads` heads of `slots` rows, keys
+// past `valid` masked off, a causal mask when `masked`; forward (O, lse) and backward (dq,
+// dk, dv) against the unfused formulas in double.
+void check_flash(int heads, int slots, int valid, bool masked) {
+    const int D = flash::D;
+    const size_t n = size_t(heads) * slots * D;
+    using bf = __nv_bfloat16;
+    std::vector<bf> q = random_values<bf>(n, 0.0f, 0.5f), k = random_values<bf>(n, 0.0f, 0.5f),
+                    v = random_values<bf>(n, 0.0f, 1.0f), d_o = random_values<bf>(n, 0.0f, 1.0f);
+    std::vector<float> mask;
+    if (masked)
+        for (int i = 0; i < slots; ++i)
+            for (int j = 0; j < slots; ++j) mask.push_back(j > i ? -INFINITY : 0.0f);
+    const float *mask_arg = masked ? mask.data() : nullptr;
+    std::vector<double> o_ref(n), lse_ref(size_t(heads) * slots), dq_ref(n, 0.0), dk_ref(n, 0.0), dv_ref(n, 0.0);
+    for (int h = 0; h < heads; ++h) {
+        auto at = [&](const std::vector<bf> &x, int r, int c) { return value(x[(size_t(h) * slots + r) * D + c]); };
+        for (int i = 0; i < slots; ++i) {
+            std::vector<double> s(slots), p(slots, 0.0), dp(slots);
+            double m = -INFINITY, sum = 0, dlt = 0;
+            for (int j = 0; j < valid; ++j) {
+                s[j] = masked ? mask[size_t(i) * slots + j] : 0.0;
+                for (int c = 0; c < D; ++c) s[j] += at(q, i, c) * at(k, j, c);
+                m = std::max(m, s[j]);
+            }
+            for (int j = 0; j < valid; ++j) sum += exp(s[j] - m);
+            for (int j = 0; j < valid; ++j) p[j] = exp(s[j] - m) / sum;
+            lse_ref[size_t(h) * slots + i] = m + log(sum);
+            for (int c = 0; c < D; ++c) {
+                double y = 0;
+                for (int j = 0; j < valid; ++j) y += p[j] * at(v, j, c);
+                o_ref[(size_t(h) * slots + i) * D + c] = y;
+                dlt += y * at(d_o, i, c);
+            }
+            for (int j = 0; j < valid; ++j) {
+                dp[j] = 0;
+                for (int c = 0; c < D; ++c) dp[j] += at(d_o, i, c) * at(v, j, c);
+                const double ds = p[j] * (dp[j] - dlt);
+                for (int c = 0; c < D; ++c) {
+                    dq_ref[(size_t(h) * slots + i) * D + c] += ds * at(k, j, c);
+                    dk_ref[(size_t(h) * slots + j) * D + c] += ds * at(q, i, c);
+                    dv_ref[(size_t(h) * slots + j) * D + c] += p[j] * at(d_o, i, c);
+                }
+            }
+        }
+    }
+    const int blocks = heads * ((slots + flash::ROWS - 1) / flash::ROWS), threads = 32 * flash::WARPS;
+    std::vector<bf> o(n), dq(n), dk(n), dv(n);
+    std::vector<float> lse(size_t(heads) * slots), dlt(lse.size());
+    launch(blocks, threads, [&] { flash_fwd_bf16(q.data(), k.data(), v.data(), mask_arg, o.data(), lse.data(), slots, valid); });
+    // Δ from the kernel's own O, as the backward gets it.
+    launch((heads * slots + 7) / 8, 256, [&] { flash_delta_bf16(o.data(), d_o.data(), dlt.data(), heads * slots); });
+    launch(blocks, threads, [&] {
+        flash_bwd_kv_bf16(q.data(), k.data(), v.data(), d_o.data(), lse.data(), dlt.data(), mask_arg, dk.data(), dv.data(), slots, valid);
+    });
+    launch(blocks, threads, [&] {
+        flash_bwd_q_bf16(q.data(), k.data(), v.data(), d_o.data(), lse.data(), dlt.data(), mask_arg, dq.data(), slots, valid);
+    });
+    char what[96];
+    const char *m = masked ? ", causal" : "";
+    snprintf(what, sizeof what, "flash attention %dx%d of %d%s: O", heads, slots, valid, m);
+    check(what, o, o_ref, 1e-2);
+    snprintf(what, sizeof what, "flash attention %dx%d of %d%s: lse", heads, slots, valid, m);
+    check(what, lse, lse_ref, 1e-5);
+    snprintf(what, sizeof what, "flash attention %dx%d of %d%s: dq", heads, slots, valid, m);
+    check(what, dq, dq_ref, 2e-2);
+    snprintf(what, sizeof what, "flash attention %dx%d of %d%s: dk", heads, slots, valid, m);
+    check(what, dk, dk_ref, 2e-2);
+    snprintf(what, sizeof what, "flash attention %dx%d of %d%s: dv", heads, slots, valid, m);
+    check(what, dv, dv_ref, 2e-2);
+}
+
 int main() {
     // Widths of 200, 768 (ViT-B) and 1030 values (none a multiple of the warp but 768); row
     // counts that leave the last block of LN_ROWS_PER_BLOCK rows partly empty, and give
@@ -418,6 +499,11 @@ int main() {
         check_qkv<float>("f32", vec, split_qkv_f32, merge_qkv_f32);
         check_qkv<__nv_bfloat16>("bf16", vec, split_qkv_bf16, merge_qkv_bf16);
     }
+    // A ViT-B/32's 50 tokens padded to 56 slots (one tile of queries, two of keys, both
+    // partly past the end), a ViT-B/16's 197 in 200 (four tiles), CLIP's text: 77 in 80
+    // under the causal mask.
+    for (auto [heads, slots, valid, masked] : {std::tuple{3, 56, 50, false}, {2, 200, 197, false}, {2, 80, 77, true}})
+        check_flash(heads, slots, valid, masked);
     check_adamw(1000);
     check_sum_squares();
     printf("%d failed\n", failures);
