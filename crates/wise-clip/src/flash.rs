@@ -13,8 +13,8 @@
 //! The unfused attention (cuBLAS products around the softmax kernel) writes the scores,
 //! reads them, writes the probabilities and reads them again, forwards and backwards, and
 //! keeps the probabilities for the backward: for a ViT-B/16 (197 tokens, 64-wide heads)
-//! they are 3× the size of q, k and v together. Here they live in on-chip tiles only, and
-//! the backward recomputes them from `lse`, one f32 per query.
+//! they are as large as q, k and v together. Here they live in on-chip tiles only, and the
+//! backward recomputes them from `lse`, one f32 per query.
 //!
 //! `WISE_FLASH_ATTENTION=off` keeps the unfused attention on CUDA (to compare the two).
 

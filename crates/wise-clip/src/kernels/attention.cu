@@ -9,7 +9,7 @@
 // (dq is the gradient of the scaled q; the merge of q/k/v's gradients scales it).
 //
 // The unfused attention writes and reads the [S, S] scores and probabilities several
-// times (a ViT-B/16's 197 tokens make them 3× the size of q, k and v together); here each
+// times (with a ViT-B/16's 197 tokens, as large as q, k and v together); here each
 // block keeps a tile of queries (or keys) on chip and streams the other side's tiles
 // through shared memory, the softmax running over the key tiles with a rescaled sum (the
 // online softmax). Layouts: q, k, v, O, dO and the gradients [BH, S, D] bf16, lse and Δ
