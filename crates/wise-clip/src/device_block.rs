@@ -20,7 +20,7 @@ use std::sync::Mutex;
 
 #[cfg(feature = "cuda")]
 use candle_core::CudaStorage;
-use candle_core::{CpuStorage, CustomOp1, CustomOp3, DType, Layout, Shape, Storage, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp3, DType, Device, Layout, Shape, Storage, Tensor};
 
 use crate::config::Activation;
 use crate::fused::{self, HeadsLayout, ResidualBiasAdd};
@@ -127,19 +127,75 @@ pub(crate) fn forward(
     x: &Tensor,
     mask: Option<&Tensor>,
 ) -> candle_core::Result<Tensor> {
-    forward_with(layer, x, mask, None)
+    forward_with(layer, x, mask, None, None)
 }
 
-/// [`forward`], with flash attention (`crate::flash`) or not as `flash` says, or where it
-/// applies when `None`.
+/// The block's output at `positions[b]` of each sequence b, `[B, C]` (`Encoder::forward_at`'s
+/// last block), when [`applies`]: keys and values on every token, the rest on B rows.
+pub(crate) fn forward_at(
+    layer: &EncoderLayer,
+    x: &Tensor,
+    positions: &[usize],
+    mask: Option<&Tensor>,
+) -> candle_core::Result<Tensor> {
+    forward_with(layer, x, mask, Some(positions), None)
+}
+
+/// The pooled block's rows: one query per sequence.
+struct Pooled {
+    /// The pooled tokens among the `B·T` (u32 `[B]`).
+    rows: Tensor,
+    /// Their queries among the `B·H·slots` rows of the heads (u32 `[B·H]`).
+    head_rows: Tensor,
+}
+
+impl Pooled {
+    fn new(
+        positions: &[usize],
+        (t, slots, heads): (usize, usize, usize),
+        dev: &Device,
+    ) -> candle_core::Result<Self> {
+        let rows = crate::nn::pooled_rows(positions, t).into_iter().map(|r| r as u32).collect::<Vec<_>>();
+        let head_rows = positions
+            .iter()
+            .enumerate()
+            .flat_map(|(i, &p)| (0..heads).map(move |h| ((i * heads + h) * slots + p) as u32))
+            .collect::<Vec<_>>();
+        let (b, bh) = (rows.len(), head_rows.len());
+        Ok(Self { rows: Tensor::from_vec(rows, b, dev)?, head_rows: Tensor::from_vec(head_rows, bh, dev)? })
+    }
+
+    /// The pooled queries `[B, H, 1, D]` of all `[B, H, slots, D]`.
+    fn select(&self, q: &Tensor) -> candle_core::Result<Tensor> {
+        let (b, h, slots, d) = q.dims4()?;
+        q.reshape((b * h * slots, d))?.index_select(&self.head_rows, 0)?.reshape((b, h, 1, d))
+    }
+
+    /// `[B, H, slots, D]` zeros but for the pooled queries' `dq` `[B, H, 1, D]`.
+    fn spread(&self, dq: &Tensor, slots: usize) -> candle_core::Result<Tensor> {
+        let (b, h, _, d) = dq.dims4()?;
+        let zeros = Tensor::zeros((b * h * slots, d), dq.dtype(), dq.device())?;
+        zeros.index_add(&self.head_rows, &dq.reshape((b * h, d))?, 0)?.reshape((b, h, slots, d))
+    }
+}
+
+/// [`forward`], or [`forward_at`] with `positions`; with flash attention (`crate::flash`)
+/// or not as `flash` says, or where it applies when `None` (the pooled block's single
+/// queries never).
 fn forward_with(
     layer: &EncoderLayer,
     x: &Tensor,
     mask: Option<&Tensor>,
+    positions: Option<&[usize]>,
     flash: Option<bool>,
 ) -> candle_core::Result<Tensor> {
     let (b, t, c) = x.dims3()?;
     let (heads, n, dtype) = (layer.self_attn.heads, b * t, x.dtype());
+    // Output rows: every token, or one per sequence.
+    let m = if positions.is_some() { b } else { n };
+    if positions.is_some_and(|p| p.len() != b || p.iter().any(|&p| p >= t)) {
+        candle_core::bail!("block: pooling positions {positions:?} for {b} sequences of {t} tokens");
+    }
     let scale = ((c / heads) as f64).powf(-0.5);
     let [q, k, v, out, fc1, fc2] = projections(layer);
     let proj = [
@@ -157,6 +213,7 @@ fn forward_with(
     let x2 = x.detach().reshape((n, c))?;
     let ln1 = norm(&layer.layer_norm1, &x2)?;
     let padding = attention_padding(t);
+    let pooled = positions.map(|p| Pooled::new(p, (t, t + padding, heads), x.device())).transpose()?;
     // A mask of the padded size: the padded rows and columns' values are never used.
     let mask = mask.map(|m| m.pad_with_zeros(0, 0, padding)?.pad_with_zeros(1, 0, padding)).transpose()?;
     // q, k and v from one product, split into heads in one pass (their biases added, q
@@ -166,31 +223,57 @@ fn forward_with(
     let (q, k, v) = profile::time("q/k/v projections", &ln1, || {
         let qkv = proj[0].product(&ln1)?.reshape((b, t, 3 * c))?;
         let heads = fused::split_qkv(&qkv, &proj[0].b, (heads, scale), padding)?;
-        Ok((heads.get(0)?, heads.get(1)?, heads.get(2)?))
+        let q = heads.get(0)?;
+        let q = match &pooled {
+            Some(pooled) => pooled.select(&q)?,
+            None => q,
+        };
+        Ok((q, heads.get(1)?, heads.get(2)?))
     })?;
     let (attention, ctx) = profile::time("attention (scores, softmax, values)", &q, || {
-        let (attention, o) = match flash.unwrap_or_else(|| crate::flash::applies(&q)) {
+        let flash = pooled.is_none() && flash.unwrap_or_else(|| crate::flash::applies(&q));
+        let (attention, o) = match flash {
             true => {
                 let (o, lse) = crate::flash::attention(&q, &k, &v, t, mask.as_ref())?;
                 (Attention::Flash { o: o.clone(), lse, mask: mask.clone() }, o)
             }
             false => {
-                let probs = fused::softmax_of_first(&matmul(&q, &k.t()?)?, t, mask.as_ref())?;
+                let scores = matmul(&q, &k.t()?)?;
+                let probs = match (&pooled, &mask, positions) {
+                    // One query per sequence: the mask's rows at the pooled positions.
+                    (Some(_), Some(mask), Some(positions)) => {
+                        let at: Vec<u32> = positions.iter().map(|&p| p as u32).collect();
+                        let rows = mask.index_select(&Tensor::from_vec(at, b, x.device())?, 0)?;
+                        let scores =
+                            scores.broadcast_add(&rows.reshape((b, 1, 1, t + padding))?.to_dtype(dtype)?)?;
+                        fused::softmax_of_first(&scores, t, None)?
+                    }
+                    _ => fused::softmax_of_first(&scores, t, mask.as_ref())?,
+                };
                 let o = matmul(&probs, &v)?;
                 (Attention::Probs(probs), o)
             }
         };
-        let ctx = fused::merge_heads_padded(&o, 1.0, HeadsLayout::TokensByWidth, padding)?;
-        Ok((attention, ctx.reshape((n, c))?))
+        // [B, H, 1, D] is [B, C] in memory: heads side by side, as the merge's.
+        let ctx = match pooled {
+            Some(_) => o,
+            None => fused::merge_heads_padded(&o, 1.0, HeadsLayout::TokensByWidth, padding)?,
+        };
+        Ok((attention, ctx.reshape((m, c))?))
     })?;
     let o = profile::time("out projection", &ctx, || proj[1].product(&ctx))?;
-    let x_mid = profile::time("residual add", &o, || fused::residual_bias_add(&x2, &o, &proj[1].b))?;
+    let x_at = match &pooled {
+        Some(pooled) => x2.index_select(&pooled.rows, 0)?,
+        None => x2.clone(),
+    };
+    let x_mid = profile::time("residual add", &o, || fused::residual_bias_add(&x_at, &o, &proj[1].b))?;
     let ln2 = norm(&layer.layer_norm2, &x_mid)?;
     let h = profile::time("mlp fc1", &ln2, || proj[2].product(&ln2))?;
     let act = profile::time("activation", &h, || fused::activation_with_bias(layer.mlp.act, &h, &proj[2].b))?;
     let h2 = profile::time("mlp fc2", &act, || proj[3].product(&act))?;
+    let out_shape = if pooled.is_some() { Shape::from((b, c)) } else { Shape::from((b, t, c)) };
     if !crate::block::keeps_activations() {
-        return fused::residual_bias_add(&x_mid, &h2, &proj[3].b)?.reshape((b, t, c));
+        return fused::residual_bias_add(&x_mid, &h2, &proj[3].b)?.reshape(out_shape);
     }
     let ln = [&layer.layer_norm1, &layer.layer_norm2].map(|ln| (ln.weight.as_tensor().detach(), ln.eps));
     let saved = Saved { x: x2, ln1, q, k, v, attention, ctx, x_mid, ln2, h, act, proj, ln };
@@ -199,8 +282,8 @@ fn forward_with(
     let params = lns.into_iter().flatten().chain(linears.into_iter().flatten().flatten());
     let params = params.map(|v| v.as_tensor().clone()).collect();
     // Shaped as the block's output, which the node's forward returns it plus x_mid and b₂ as.
-    let h2 = Mutex::new(Some(h2.reshape((b, t, c))?));
-    let node = Node { h2, saved, params, heads, scale, padding, act: layer.mlp.act };
+    let h2 = Mutex::new(Some(h2.reshape(out_shape)?));
+    let node = Node { h2, saved, params, heads, scale, padding, pooled, act: layer.mlp.act };
     x.apply_op1(node)
 }
 
@@ -216,6 +299,8 @@ struct Node {
     scale: f64,
     /// Zero token slots after the last token on the heads side ([`attention_padding`]).
     padding: usize,
+    /// The pooled block's rows, if it is one.
+    pooled: Option<Pooled>,
     act: Activation,
 }
 
@@ -264,7 +349,9 @@ impl CustomOp1 for Node {
         let s = &self.saved;
         let (b, t, c) = x.dims3()?;
         let n = b * t;
-        let dy = grad.contiguous()?.reshape((n, c))?;
+        // Rows of the output: every token, or one per sequence.
+        let m = if self.pooled.is_some() { b } else { n };
+        let dy = grad.contiguous()?.reshape((m, c))?;
         let [qkv_p, o_p, fc1, fc2] = &s.proj;
 
         // MLP: y = x_mid + act(LN2(x_mid)·W₁ᵀ + b₁)·W₂ᵀ + b₂.
@@ -279,8 +366,13 @@ impl CustomOp1 for Node {
         // Attention: x_mid = x + softmax(Q·Kᵀ)·V·Woᵀ + bo, Q, K, V from LN1(x).
         let (d_ln1, [d_q, d_k, d_v, d_o]) = profile::time("backward: attention", &dx_mid, || {
             let (d_ctx, d_o) = o_p.backward(&s.ctx, &dx_mid)?;
-            let heads = (self.heads, 1.0, HeadsLayout::TokensByWidth);
-            let d_ctx = fused::split_heads_padded(&d_ctx.reshape((b, t, c))?, heads, self.padding)?;
+            let d_ctx = match &self.pooled {
+                Some(_) => d_ctx.reshape((b, self.heads, 1, c / self.heads))?,
+                None => {
+                    let heads = (self.heads, 1.0, HeadsLayout::TokensByWidth);
+                    fused::split_heads_padded(&d_ctx.reshape((b, t, c))?, heads, self.padding)?
+                }
+            };
             let (dq_heads, dk_heads, dv_heads) = match &s.attention {
                 Attention::Probs(probs) => {
                     let d_probs = matmul(&d_ctx, &s.v.t()?)?;
@@ -292,6 +384,10 @@ impl CustomOp1 for Node {
                     crate::flash::attention_grad((&s.q, &s.k, &s.v), (o, lse), &d_ctx, t, mask.as_ref())?
                 }
             };
+            let dq_heads = match &self.pooled {
+                Some(pooled) => pooled.spread(&dq_heads, t + self.padding)?,
+                None => dq_heads,
+            };
             let dqkv = fused::merge_qkv([&dq_heads, &dk_heads, &dv_heads], self.scale, self.padding)?;
             let (d_ln1, [d_w, d_b]) = qkv_p.backward(&s.ln1, &dqkv.reshape((n, 3 * c))?)?;
             let part = |i| Ok::<_, candle_core::Error>([d_w.narrow(0, i * c, c)?, d_b.narrow(0, i * c, c)?]);
@@ -300,7 +396,12 @@ impl CustomOp1 for Node {
         let (dx, d_ln1_w, d_ln1_b) = profile::time("backward: layer norm 1", &d_ln1, || {
             fused::layer_norm_grad(&s.x, &s.ln[0].0, &d_ln1, s.ln[0].1)
         })?;
-        let dx = (dx.to_dtype(dx_mid.dtype())? + dx_mid)?.reshape((b, t, c))?;
+        let dx = dx.to_dtype(dx_mid.dtype())?;
+        let dx = match &self.pooled {
+            Some(pooled) => dx.index_add(&pooled.rows, &dx_mid, 0)?,
+            None => (dx + dx_mid)?,
+        };
+        let dx = dx.reshape((b, t, c))?;
 
         let grads = [[d_ln1_w, d_ln1_b], [d_ln2_w, d_ln2_b]].into_iter().flatten();
         let grads = grads.chain([d_q, d_k, d_v, d_o, d_fc1, d_fc2].into_iter().flatten());
@@ -346,7 +447,7 @@ mod tests {
             for (mask, flash) in [None, Some(&causal)].into_iter().flat_map(|m| [(m, false), (m, true)]) {
                 let x = Var::randn(0f32, 1.0, (b, t, c), &dev)?;
                 let probe = Tensor::randn(0f32, 1.0, (b, t, c), &dev)?;
-                let ours = forward_with(&layer, &x, mask, Some(flash))?;
+                let ours = forward_with(&layer, &x, mask, None, Some(flash))?;
                 let reference = layer.forward_op_by_op(&x, mask)?;
                 let what = format!("{act:?}, mask {}, flash attention {flash}", mask.is_some());
                 assert!(
@@ -362,12 +463,53 @@ mod tests {
                     17,
                     "16 parameters and the input"
                 );
-                let inferred = crate::inference_mode(|| forward_with(&layer, &x, mask, Some(flash)))?;
+                let inferred = crate::inference_mode(|| forward_with(&layer, &x, mask, None, Some(flash)))?;
                 assert_eq!(inferred.flatten_all()?.to_vec1::<f32>()?, ours.flatten_all()?.to_vec1::<f32>()?);
                 let g = crate::backward(&(inferred * &probe)?.sum_all()?)?;
                 assert!(g.get(&x).is_none() && g.get(&layer.mlp.fc1.weight).is_none(), "{what}: inference");
             }
         }
+        Ok(())
+    }
+
+    /// The pooled block ([`forward_at`]: one query per sequence) equals the op-by-op
+    /// pooled block: output, the input's and every parameter's gradient, with and without
+    /// the causal mask (pooled at different positions, as the text tower's end tokens).
+    #[test]
+    fn pooled_matches_the_op_by_op_pooled_block() -> candle_core::Result<()> {
+        let dev = Device::Cpu;
+        let (b, t, c, heads) = (3, 7, 24, 4);
+        let causal: Vec<f32> =
+            (0..t * t).map(|i| if i % t > i / t { f32::NEG_INFINITY } else { 0.0 }).collect();
+        let causal = Tensor::from_vec(causal, (t, t), &dev)?;
+        let positions = [t - 1, 0, 3];
+        let act = Activation::QuickGelu;
+        let shape = EncoderShape { hidden: c, intermediate: 40, layers: 2, heads, act, eps: 1e-5 };
+        let mut pb = ParamBuilder::fresh(5, &dev);
+        let layer = EncoderLayer::new(&mut pb, "layer", &shape).unwrap();
+        let mut params = pb.finish().unwrap();
+        for (name, var) in params.iter_mut() {
+            if name.contains("layer_norm") || name.ends_with("bias") {
+                var.set(&(var.as_tensor() + Tensor::randn(0f32, 0.3, var.shape(), &dev)?)?)?;
+            }
+        }
+        for mask in [None, Some(&causal)] {
+            let x = Var::randn(0f32, 1.0, (b, t, c), &dev)?;
+            let probe = Tensor::randn(0f32, 1.0, (b, c), &dev)?;
+            let ours = forward_at(&layer, &x, &positions, mask)?;
+            let reference = layer.forward_at_op_by_op(&x, &positions, mask)?;
+            let what = format!("pooled, mask {}", mask.is_some());
+            assert!(rel_diff(&ours, &reference) < 1e-5, "{what}: off by {}", rel_diff(&ours, &reference));
+            let g_ours = crate::backward(&(&ours * &probe)?.sum_all()?)?;
+            let g_ref = (reference * &probe)?.sum_all()?.backward()?;
+            let vars = params.iter().map(|(n, v)| (n.as_str(), v)).chain([("x", &x)]);
+            assert_eq!(
+                assert_gradients_match(&what, vars, &g_ours, &g_ref),
+                17,
+                "16 parameters and the input"
+            );
+        }
+        assert!(forward_at(&layer, &Tensor::zeros((b, t, c), DType::F32, &dev)?, &[0, t, 1], None).is_err());
         Ok(())
     }
 }

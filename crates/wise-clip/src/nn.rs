@@ -287,7 +287,19 @@ impl EncoderLayer {
             if let Some(y) = crate::block::forward(self, x, mask, Some(positions))? {
                 return Ok(y);
             }
+        } else if !x.device().is_cpu() && crate::device_block::applies(self, x) {
+            return crate::device_block::forward_at(self, x, positions, mask);
         }
+        self.forward_at_op_by_op(x, positions, mask)
+    }
+
+    /// [`EncoderLayer::forward_at`] from differentiable tensor ops (any device and dtype).
+    pub fn forward_at_op_by_op(
+        &self,
+        x: &Tensor,
+        positions: &[usize],
+        mask: Option<&Tensor>,
+    ) -> candle_core::Result<Tensor> {
         let (b, t, c) = x.dims3()?;
         let rows = pooled_rows_tensor(positions, t, x.device())?;
         let mask = match mask {
