@@ -128,19 +128,32 @@ device() {
 # CPU vs CUDA on the fixtures: features, and 3 training steps.
 parity() {
     local wise=$1 py=$2 work=$3 out=$4
+    # `wise embed` of fixture model $1 into $work/$2.safetensors on device $3, with the
+    # environment settings after them; `wise train` (3 steps) of classifier $work/$1 into
+    # $work/$2 likewise.
+    embed_run() {
+        local m=$1 name=$2 dev=$3
+        shift 3
+        env "$@" "$wise" embed --model "$m" --images tests/fixtures/images --texts tests/fixtures/texts.txt \
+            --device "$dev" --out "$work/$name.safetensors"
+    }
+    train_run() {
+        local classifier=$1 name=$2 dev=$3
+        shift 3
+        env "$@" "$wise" train --model "$work/$classifier.safetensors" --data "$work/tiny" --max-steps 3 \
+            --warmup 0 --lr 1e-3 --batch-size 16 --no-augment --device "$dev" --out "$work/$name"
+    }
+
     echo "== parity: wise embed, CPU vs CUDA"
-    local model=tests/fixtures/clip-tiny-quickgelu
-    local embed=(embed --model "$model" --images tests/fixtures/images --texts tests/fixtures/texts.txt)
-    "$wise" "${embed[@]}" --device cpu --out "$work/embed-cpu.safetensors"
-    WISE_COMPUTE_DTYPE=f32 "$wise" "${embed[@]}" --device "$GPU_DEVICE" --out "$work/embed-cuda-f32.safetensors"
+    local model=tests/fixtures/clip-tiny-quickgelu gpu=$GPU_DEVICE
+    embed_run "$model" embed-cpu cpu
+    embed_run "$model" embed-cuda-f32 "$gpu" WISE_COMPUTE_DTYPE=f32
     # Without the fused CUDA kernels too: a failure in one and not the other points at them.
-    WISE_CUDA_FUSED=off WISE_COMPUTE_DTYPE=f32 "$wise" "${embed[@]}" --device "$GPU_DEVICE" \
-        --out "$work/embed-cuda-f32-opbyop.safetensors"
-    WISE_COMPUTE_DTYPE=bf16 "$wise" "${embed[@]}" --device "$GPU_DEVICE" --out "$work/embed-cuda-bf16.safetensors"
+    embed_run "$model" embed-cuda-f32-opbyop "$gpu" WISE_CUDA_FUSED=off WISE_COMPUTE_DTYPE=f32
+    embed_run "$model" embed-cuda-bf16 "$gpu" WISE_COMPUTE_DTYPE=bf16
     # A GELU (erf) model too: its blocks take the other activation kernels.
-    local gelu=(embed --model tests/fixtures/clip-tiny-gelu --images tests/fixtures/images --texts tests/fixtures/texts.txt)
-    "$wise" "${gelu[@]}" --device cpu --out "$work/embed-gelu-cpu.safetensors"
-    WISE_COMPUTE_DTYPE=f32 "$wise" "${gelu[@]}" --device "$GPU_DEVICE" --out "$work/embed-gelu-cuda-f32.safetensors"
+    embed_run tests/fixtures/clip-tiny-gelu embed-gelu-cpu cpu
+    embed_run tests/fixtures/clip-tiny-gelu embed-gelu-cuda-f32 "$gpu" WISE_COMPUTE_DTYPE=f32
 
     # Flash attention (bf16, 64-wide heads) runs on none of the fixtures (8-wide heads): the
     # same tiny CLIP with 64-wide heads (fresh HF weights, made here), bf16 with and
@@ -158,11 +171,9 @@ for tower in ("vision_config", "text_config"):
 torch.manual_seed(0)
 CLIPModel(CLIPConfig(**config)).save_pretrained(dst, safe_serialization=True)
 PY
-    local wide_embed=(embed --model "$wide" --images tests/fixtures/images --texts tests/fixtures/texts.txt)
-    "$wise" "${wide_embed[@]}" --device cpu --out "$work/embed-d64-cpu.safetensors"
-    WISE_COMPUTE_DTYPE=bf16 "$wise" "${wide_embed[@]}" --device "$GPU_DEVICE" --out "$work/embed-d64-bf16.safetensors"
-    WISE_FLASH_ATTENTION=off WISE_COMPUTE_DTYPE=bf16 "$wise" "${wide_embed[@]}" --device "$GPU_DEVICE" \
-        --out "$work/embed-d64-bf16-noflash.safetensors"
+    embed_run "$wide" embed-d64-cpu cpu
+    embed_run "$wide" embed-d64-bf16 "$gpu" WISE_COMPUTE_DTYPE=bf16
+    embed_run "$wide" embed-d64-bf16-noflash "$gpu" WISE_FLASH_ATTENTION=off WISE_COMPUTE_DTYPE=bf16
 
     echo "== parity: 3 wise train steps, CPU vs CUDA"
     mkdir -p "$work/tiny/a" "$work/tiny/b"
@@ -174,22 +185,16 @@ PY
     printf 'a\nb\n' > "$work/classes.txt"
     "$wise" zeroshot --model "$model" --classes "$work/classes.txt" --templates simple \
         --out "$work/zeroshot.safetensors"
-    local train=(train --model "$work/zeroshot.safetensors" --data "$work/tiny" --max-steps 3 --warmup 0
-        --lr 1e-3 --batch-size 16 --no-augment)
-    "$wise" "${train[@]}" --device cpu --out "$work/train-cpu"
-    WISE_COMPUTE_DTYPE=f32 "$wise" "${train[@]}" --device "$GPU_DEVICE" --out "$work/train-cuda-f32"
-    WISE_CUDA_FUSED=off WISE_COMPUTE_DTYPE=f32 "$wise" "${train[@]}" --device "$GPU_DEVICE" \
-        --out "$work/train-cuda-f32-opbyop"
-    WISE_COMPUTE_DTYPE=bf16 "$wise" "${train[@]}" --device "$GPU_DEVICE" --out "$work/train-cuda-bf16"
+    train_run zeroshot train-cpu cpu
+    train_run zeroshot train-cuda-f32 "$gpu" WISE_COMPUTE_DTYPE=f32
+    train_run zeroshot train-cuda-f32-opbyop "$gpu" WISE_CUDA_FUSED=off WISE_COMPUTE_DTYPE=f32
+    train_run zeroshot train-cuda-bf16 "$gpu" WISE_COMPUTE_DTYPE=bf16
     # The 64-wide heads, with and without flash attention (its backward).
     "$wise" zeroshot --model "$wide" --classes "$work/classes.txt" --templates simple \
         --out "$work/zeroshot-d64.safetensors"
-    local wide_train=(train --model "$work/zeroshot-d64.safetensors" --data "$work/tiny" --max-steps 3 --warmup 0
-        --lr 1e-3 --batch-size 16 --no-augment)
-    "$wise" "${wide_train[@]}" --device cpu --out "$work/train-d64-cpu"
-    WISE_COMPUTE_DTYPE=bf16 "$wise" "${wide_train[@]}" --device "$GPU_DEVICE" --out "$work/train-d64-bf16"
-    WISE_FLASH_ATTENTION=off WISE_COMPUTE_DTYPE=bf16 "$wise" "${wide_train[@]}" --device "$GPU_DEVICE" \
-        --out "$work/train-d64-bf16-noflash"
+    train_run zeroshot-d64 train-d64-cpu cpu
+    train_run zeroshot-d64 train-d64-bf16 "$gpu" WISE_COMPUTE_DTYPE=bf16
+    train_run zeroshot-d64 train-d64-bf16-noflash "$gpu" WISE_FLASH_ATTENTION=off WISE_COMPUTE_DTYPE=bf16
 
     "$py" - "$work" "$out/parity.jsonl" <<'PY'
 import json, sys

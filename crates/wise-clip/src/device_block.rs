@@ -417,6 +417,7 @@ mod tests {
     use crate::params::ParamBuilder;
     use crate::tests::{assert_gradients_match, rel_diff};
     use candle_core::{Device, Var};
+    use std::collections::BTreeMap;
 
     /// The block as one node (run here on the CPU, whose fused kernels it uses as it does
     /// CUDA's) equals the op-by-op block, which the parity tests hold to PyTorch: output,
@@ -424,25 +425,58 @@ mod tests {
     /// activation, with and without a causal mask, with the attention unfused and as
     /// flash attention (`crate::flash`'s CPU version of the CUDA kernels' op); in inference
     /// mode the same output and no gradient.
+    const B: usize = 3;
+    const T: usize = 7;
+    const C: usize = 24;
+
+    /// A fresh block of width C (4 heads) and its parameters, LayerNorms and biases
+    /// perturbed (fresh, they are the identity and zero: their gradients would mean little).
+    fn perturbed_layer(
+        act: Activation,
+        seed: u64,
+    ) -> candle_core::Result<(EncoderLayer, BTreeMap<String, Var>)> {
+        let dev = Device::Cpu;
+        let shape = EncoderShape { hidden: C, intermediate: 40, layers: 2, heads: 4, act, eps: 1e-5 };
+        let mut pb = ParamBuilder::fresh(seed, &dev);
+        let layer = EncoderLayer::new(&mut pb, "layer", &shape).unwrap();
+        let mut params = pb.finish().unwrap();
+        for (name, var) in params.iter_mut() {
+            if name.contains("layer_norm") || name.ends_with("bias") {
+                var.set(&(var.as_tensor() + Tensor::randn(0f32, 0.3, var.shape(), &dev)?)?)?;
+            }
+        }
+        Ok((layer, params))
+    }
+
+    /// The text tower's causal mask over T tokens.
+    fn causal() -> candle_core::Result<Tensor> {
+        let mask = (0..T * T).map(|i| if i % T > i / T { f32::NEG_INFINITY } else { 0.0 }).collect();
+        Tensor::from_vec(mask, (T, T), &Device::Cpu)
+    }
+
+    /// `ours` equals the op-by-op `reference`: output, and the gradients of `probe · output`
+    /// for all 16 parameters (ours through [`crate::backward`]) and the input `x`.
+    fn assert_matches(
+        what: &str,
+        (ours, reference): (&Tensor, Tensor),
+        probe: &Tensor,
+        params: &BTreeMap<String, Var>,
+        x: &Var,
+    ) -> candle_core::Result<()> {
+        assert!(rel_diff(ours, &reference) < 1e-5, "{what}: forward off by {}", rel_diff(ours, &reference));
+        let g_ours = crate::backward(&(ours * probe)?.sum_all()?)?;
+        let g_ref = (reference * probe)?.sum_all()?.backward()?;
+        let vars = params.iter().map(|(n, v)| (n.as_str(), v)).chain([("x", x)]);
+        assert_eq!(assert_gradients_match(what, vars, &g_ours, &g_ref), 17, "16 parameters and the input");
+        Ok(())
+    }
+
     #[test]
     fn matches_the_op_by_op_block() -> candle_core::Result<()> {
-        let dev = Device::Cpu;
-        let (b, t, c, heads) = (3, 7, 24, 4);
-        let causal: Vec<f32> =
-            (0..t * t).map(|i| if i % t > i / t { f32::NEG_INFINITY } else { 0.0 }).collect();
-        let causal = Tensor::from_vec(causal, (t, t), &dev)?;
+        let (dev, (b, t, c)) = (Device::Cpu, (B, T, C));
+        let causal = causal()?;
         for act in [Activation::QuickGelu, Activation::Gelu, Activation::GeluTanh] {
-            let shape = EncoderShape { hidden: c, intermediate: 40, layers: 2, heads, act, eps: 1e-5 };
-            let mut pb = ParamBuilder::fresh(11, &dev);
-            let layer = EncoderLayer::new(&mut pb, "layer", &shape).unwrap();
-            // Fresh LayerNorms are the identity and fresh biases zero: perturb them all so their
-            // gradients mean something.
-            let mut params = pb.finish().unwrap();
-            for (name, var) in params.iter_mut() {
-                if name.contains("layer_norm") || name.ends_with("bias") {
-                    var.set(&(var.as_tensor() + Tensor::randn(0f32, 0.3, var.shape(), &dev)?)?)?;
-                }
-            }
+            let (layer, params) = perturbed_layer(act, 11)?;
             assert!(applies(&layer, &Tensor::zeros((b, t, c), DType::F32, &dev)?));
             for (mask, flash) in [None, Some(&causal)].into_iter().flat_map(|m| [(m, false), (m, true)]) {
                 let x = Var::randn(0f32, 1.0, (b, t, c), &dev)?;
@@ -450,19 +484,7 @@ mod tests {
                 let ours = forward_with(&layer, &x, mask, None, Some(flash))?;
                 let reference = layer.forward_op_by_op(&x, mask)?;
                 let what = format!("{act:?}, mask {}, flash attention {flash}", mask.is_some());
-                assert!(
-                    rel_diff(&ours, &reference) < 1e-5,
-                    "{what}: forward off by {}",
-                    rel_diff(&ours, &reference)
-                );
-                let g_ours = crate::backward(&(&ours * &probe)?.sum_all()?)?;
-                let g_ref = (reference * &probe)?.sum_all()?.backward()?;
-                let vars = params.iter().map(|(n, v)| (n.as_str(), v)).chain([("x", &x)]);
-                assert_eq!(
-                    assert_gradients_match(&what, vars, &g_ours, &g_ref),
-                    17,
-                    "16 parameters and the input"
-                );
+                assert_matches(&what, (&ours, reference), &probe, &params, &x)?;
                 let inferred = crate::inference_mode(|| forward_with(&layer, &x, mask, None, Some(flash)))?;
                 assert_eq!(inferred.flatten_all()?.to_vec1::<f32>()?, ours.flatten_all()?.to_vec1::<f32>()?);
                 let g = crate::backward(&(inferred * &probe)?.sum_all()?)?;
@@ -477,37 +499,17 @@ mod tests {
     /// the causal mask (pooled at different positions, as the text tower's end tokens).
     #[test]
     fn pooled_matches_the_op_by_op_pooled_block() -> candle_core::Result<()> {
-        let dev = Device::Cpu;
-        let (b, t, c, heads) = (3, 7, 24, 4);
-        let causal: Vec<f32> =
-            (0..t * t).map(|i| if i % t > i / t { f32::NEG_INFINITY } else { 0.0 }).collect();
-        let causal = Tensor::from_vec(causal, (t, t), &dev)?;
+        let (dev, (b, t, c)) = (Device::Cpu, (B, T, C));
+        let causal = causal()?;
         let positions = [t - 1, 0, 3];
-        let act = Activation::QuickGelu;
-        let shape = EncoderShape { hidden: c, intermediate: 40, layers: 2, heads, act, eps: 1e-5 };
-        let mut pb = ParamBuilder::fresh(5, &dev);
-        let layer = EncoderLayer::new(&mut pb, "layer", &shape).unwrap();
-        let mut params = pb.finish().unwrap();
-        for (name, var) in params.iter_mut() {
-            if name.contains("layer_norm") || name.ends_with("bias") {
-                var.set(&(var.as_tensor() + Tensor::randn(0f32, 0.3, var.shape(), &dev)?)?)?;
-            }
-        }
+        let (layer, params) = perturbed_layer(Activation::QuickGelu, 5)?;
         for mask in [None, Some(&causal)] {
             let x = Var::randn(0f32, 1.0, (b, t, c), &dev)?;
             let probe = Tensor::randn(0f32, 1.0, (b, c), &dev)?;
             let ours = forward_at(&layer, &x, &positions, mask)?;
             let reference = layer.forward_at_op_by_op(&x, &positions, mask)?;
             let what = format!("pooled, mask {}", mask.is_some());
-            assert!(rel_diff(&ours, &reference) < 1e-5, "{what}: off by {}", rel_diff(&ours, &reference));
-            let g_ours = crate::backward(&(&ours * &probe)?.sum_all()?)?;
-            let g_ref = (reference * &probe)?.sum_all()?.backward()?;
-            let vars = params.iter().map(|(n, v)| (n.as_str(), v)).chain([("x", &x)]);
-            assert_eq!(
-                assert_gradients_match(&what, vars, &g_ours, &g_ref),
-                17,
-                "16 parameters and the input"
-            );
+            assert_matches(&what, (&ours, reference), &probe, &params, &x)?;
         }
         assert!(forward_at(&layer, &Tensor::zeros((b, t, c), DType::F32, &dev)?, &[0, t, 1], None).is_err());
         Ok(())

@@ -194,13 +194,9 @@ impl CustomOp3 for Forward {
     ) -> candle_core::Result<(CudaStorage, Shape)> {
         let z = self.sizes;
         z.check(self.name(), self.mask.as_ref(), &[lq, lk, lv])?;
-        let mask = self.mask.as_ref().map(|m| m.storage_and_layout());
-        let mask = match &mask {
-            Some((m, l)) => Some((on_gpu(m, "the mask")?, *l)),
-            None => None,
-        };
-        let (o, lse) =
-            crate::fused_cuda::flash_attention([(sq, lq), (sk, lk), (sv, lv)], mask, (z.bh, z.s, z.valid))?;
+        let (o, lse) = with_mask_on_gpu(self.mask.as_ref(), |mask| {
+            crate::fused_cuda::flash_attention([(sq, lq), (sk, lk), (sv, lv)], mask, (z.bh, z.s, z.valid))
+        })?;
         self.keep_lse(Storage::Cuda(lse))?;
         Ok((o, lq.shape().clone()))
     }
@@ -249,6 +245,19 @@ fn on_gpu<'a>(s: &'a Storage, what: &str) -> candle_core::Result<&'a CudaStorage
     match s {
         Storage::Cuda(s) => Ok(s),
         _ => candle_core::bail!("attention: {what} not on the GPU"),
+    }
+}
+
+/// `f` of the mask's CUDA storage, if there is a mask.
+#[cfg(feature = "cuda")]
+fn with_mask_on_gpu<R>(
+    mask: Option<&Tensor>,
+    f: impl FnOnce(Option<(&CudaStorage, &Layout)>) -> candle_core::Result<R>,
+) -> candle_core::Result<R> {
+    let guard = mask.map(|m| m.storage_and_layout());
+    match &guard {
+        Some((m, l)) => f(Some((on_gpu(m, "the mask")?, l))),
+        None => f(None),
     }
 }
 
@@ -327,17 +336,14 @@ impl CustomOp3 for Backward {
         z.check(self.name(), self.mask.as_ref(), &[lq, lk, lv, self.o.layout(), self.d_o.layout()])?;
         let (o, d_o, lse) =
             (self.o.storage_and_layout(), self.d_o.storage_and_layout(), self.lse.storage_and_layout());
-        let mask = self.mask.as_ref().map(|m| m.storage_and_layout());
-        let mask = match &mask {
-            Some((m, l)) => Some((on_gpu(m, "the mask")?, *l)),
-            None => None,
-        };
-        let grads = crate::fused_cuda::flash_attention_grad(
-            [(sq, lq), (sk, lk), (sv, lv), (on_gpu(&o.0, "O")?, o.1), (on_gpu(&d_o.0, "dO")?, d_o.1)],
-            (on_gpu(&lse.0, "lse")?, lse.1),
-            mask,
-            (z.bh, z.s, z.valid),
-        )?;
+        let grads = with_mask_on_gpu(self.mask.as_ref(), |mask| {
+            crate::fused_cuda::flash_attention_grad(
+                [(sq, lq), (sk, lk), (sv, lv), (on_gpu(&o.0, "O")?, o.1), (on_gpu(&d_o.0, "dO")?, d_o.1)],
+                (on_gpu(&lse.0, "lse")?, lse.1),
+                mask,
+                (z.bh, z.s, z.valid),
+            )
+        })?;
         let mut dims = vec![3];
         dims.extend(lq.dims());
         Ok((grads, Shape::from(dims)))
