@@ -161,16 +161,17 @@ const FC2_W: usize = 14;
 const FC2_B: usize = 15;
 
 /// `layer(x)` for `x` `[B, T, C]` as one op, or `None` when the layer lacks a bias (not
-/// a CLIP block: the caller runs it op by op). With `pooled` (a position per sequence),
-/// only the output at those positions, `[B, C]`: keys and values need every token, all
-/// else runs on one row per sequence (`Encoder::forward_at`'s last block).
+/// a CLIP block: the caller runs it op by op). With `pooled` (a position per sequence,
+/// checked by the caller), only the output at those positions, `[B, C]`: keys and values
+/// need every token, all else runs on one row per sequence (`Encoder::forward_at`'s last
+/// block).
 pub(crate) fn forward(
     layer: &EncoderLayer,
     x: &Tensor,
     mask: Option<&Tensor>,
     pooled: Option<&[usize]>,
 ) -> candle_core::Result<Option<Tensor>> {
-    let (b, t, c) = x.dims3()?;
+    let (_, t, c) = x.dims3()?;
     let attn = &layer.self_attn;
     let mut params =
         vec![layer.layer_norm1.weight.as_tensor().clone(), layer.layer_norm1.bias.as_tensor().clone()];
@@ -196,16 +197,9 @@ pub(crate) fn forward(
         }
         None => None,
     };
-    let pooled = match pooled {
-        Some(positions) if positions.len() != b || positions.iter().any(|&p| p >= t) => {
-            candle_core::bail!("block: pooling positions {positions:?} for {b} sequences of {t} tokens")
-        }
-        Some(positions) => Some(positions.to_vec()),
-        None => None,
-    };
     let op = Block {
         params,
-        pooled,
+        pooled: pooled.map(<[usize]>::to_vec),
         heads: attn.heads,
         eps: (layer.layer_norm1.eps as f32, layer.layer_norm2.eps as f32),
         act: layer.mlp.act,

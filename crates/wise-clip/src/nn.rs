@@ -283,6 +283,8 @@ impl EncoderLayer {
         positions: &[usize],
         mask: Option<&Tensor>,
     ) -> candle_core::Result<Tensor> {
+        let (b, t, _) = x.dims3()?;
+        check_positions(positions, (b, t))?;
         if on_blas(&[x]) {
             if let Some(y) = crate::block::forward(self, x, mask, Some(positions))? {
                 return Ok(y);
@@ -361,9 +363,7 @@ impl Encoder {
         positions: &[usize],
     ) -> candle_core::Result<Tensor> {
         let (b, t, c) = x.dims3()?;
-        if positions.len() != b || positions.iter().any(|&p| p >= t) {
-            candle_core::bail!("pooling positions {positions:?} for {b} sequences of {t} tokens");
-        }
+        check_positions(positions, (b, t))?;
         let Some((last, first)) = self.layers.split_last() else {
             let rows = pooled_rows_tensor(positions, t, x.device())?;
             return x.reshape((b * t, c))?.index_select(&rows, 0);
@@ -373,6 +373,14 @@ impl Encoder {
             profile::time("last block (pooled position only)", &x, || last.forward_at(&x, positions, mask))
         })
     }
+}
+
+/// One pooling position per sequence, each inside it.
+fn check_positions(positions: &[usize], (b, t): (usize, usize)) -> candle_core::Result<()> {
+    if positions.len() != b || positions.iter().any(|&p| p >= t) {
+        candle_core::bail!("pooling positions {positions:?} for {b} sequences of {t} tokens");
+    }
+    Ok(())
 }
 
 /// The rows of `positions[b]` of sequence b among `[B·T]` tokens.
