@@ -27,19 +27,18 @@ use rayon::prelude::*;
 
 use crate::fused::f32_slice;
 
+/// The head width the CUDA kernels take (attention.cu's `D`).
+pub(crate) const HEAD_WIDTH: usize = 64;
+
 /// Whether [`attention`] runs for these `[B, H, S, D]` heads on their device: CUDA, bf16,
 /// `D` = 64 (the kernels' width: CLIP's ViT-B, ViT-L and text towers), fused kernels on.
 pub(crate) fn applies(q: &Tensor) -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     let on =
         *ON.get_or_init(|| std::env::var("WISE_FLASH_ATTENTION").map_or(true, |v| v != "off" && v != "0"));
-    #[cfg(feature = "cuda")]
-    let width = crate::fused_cuda::FLASH_HEAD_WIDTH;
-    #[cfg(not(feature = "cuda"))]
-    let width = 64;
     on && q.device().is_cuda()
         && q.dtype() == DType::BF16
-        && q.dims().last() == Some(&width)
+        && q.dims().last() == Some(&HEAD_WIDTH)
         && crate::fused::applies(q)
 }
 

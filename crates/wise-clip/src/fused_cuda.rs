@@ -680,8 +680,7 @@ fn index_len(n: usize) -> Result<u32> {
     })
 }
 
-/// attention.cu's head width, query (key) rows per block, and threads per block.
-pub(crate) const FLASH_HEAD_WIDTH: usize = 64;
+/// attention.cu's query (key) rows per block, and threads per block.
 const FLASH_ROWS: usize = 64;
 const FLASH_THREADS: u32 = 128;
 
@@ -720,7 +719,7 @@ pub(crate) fn flash_attention(
     let dev = &q.0.device;
     let [qs, ks, vs] = flash_views(dev, [q, k, v])?;
     let mask = mask.map(|(m, lm)| f32_view(m, lm, "attention mask")).transpose()?;
-    let n = bh * s * FLASH_HEAD_WIDTH;
+    let n = bh * s * crate::flash::HEAD_WIDTH;
     // SAFETY: the kernel writes every row of both before anything reads them.
     let (o, lse) = unsafe { (dev.alloc::<half::bf16>(n)?, dev.alloc::<f32>(bh * s)?) };
     let (s_i, valid_i) = (int_arg(s, "attention slots")?, int_arg(valid, "attention tokens")?);
@@ -751,7 +750,7 @@ pub(crate) fn flash_attention_grad(
     let [qs, ks, vs, os, dos] = flash_views(dev, [q, k, v, o, d_o])?;
     let lse = f32_view(lse.0, lse.1, "attention lse")?;
     let mask = mask.map(|(m, lm)| f32_view(m, lm, "attention mask")).transpose()?;
-    let n = bh * s * FLASH_HEAD_WIDTH;
+    let n = bh * s * crate::flash::HEAD_WIDTH;
     let rows = int_arg(bh * s, "attention rows")?;
     let (s_i, valid_i) = (int_arg(s, "attention slots")?, int_arg(valid, "attention tokens")?);
     // SAFETY: each kernel writes every row of its outputs before anything reads them.
