@@ -18,7 +18,10 @@
 # (scripts/bench_torch.py) and `wise bench` one after the other on the same machine, all
 # random weights, fp32, CPU. Prints the machine, the JSON lines, a table and the ratio
 # wise / PyTorch (img/s) for each PyTorch implementation, from the mean over the timed
-# iterations and from the fastest one ("best": robust to other load on a shared machine).
+# iterations and from the fastest one ("best": robust to other load on a shared machine),
+# and each one's share of the gemm-bound limit: the model's FLOPs per image over the best
+# sgemm rate measured in the same run (PyTorch's, numpy's and wise's BLAS, before and after
+# the models).
 # `--threads` sets torch's threads and RAYON_NUM_THREADS for wise; the default is the
 # number of cores (nproc). Check `uptime` first: other jobs on the box skew everything.
 set -euo pipefail
@@ -79,6 +82,20 @@ echo "mode:       $MODE   threads: $THREADS   batch: $BATCH   warmup: $WARMUP   
 RESULTS=$(mktemp)
 trap 'rm -f "$RESULTS"' EXIT
 
+# The gemm-bound limit's denominator: the best fp32 matrix-product rate measured on this
+# machine in this run, by every library at hand (PyTorch's BLAS, numpy's OpenBLAS, wise's
+# BLAS path), on the model's product shapes and 2048³; before and after the models, so a
+# VM's drifting clock speed is caught on both sides.
+ceiling() {
+    "$PY" scripts/bench_torch.py --mode sgemm --batch-size "$BATCH" --threads "$THREADS" --warmup 1 --iters 5 \
+        | tee -a "$RESULTS"
+    RAYON_NUM_THREADS=$THREADS "$WISE_BIN" bench --mode sgemm --batch-size "$BATCH" --warmup 1 --iters 5 \
+        | tee -a "$RESULTS"
+}
+
+echo "== sgemm ceiling (before)"
+ceiling
+
 echo "== PyTorch"
 "$PY" scripts/bench_torch.py --mode "$MODE" --batch-size "$BATCH" --warmup "$WARMUP" --iters "$ITERS" --threads "$THREADS" \
     2> >(grep -v "No pretrained weights loaded" >&2) | tee -a "$RESULTS"
@@ -87,13 +104,18 @@ echo "== wise"
 RAYON_NUM_THREADS=$THREADS "$WISE_BIN" bench --mode "$MODE" --batch-size "$BATCH" --warmup "$WARMUP" --iters "$ITERS" \
     | tee -a "$RESULTS"
 
+echo "== sgemm ceiling (after)"
+ceiling
+
 echo "uptime after: $(uptime)"
 if [[ -n "${BENCH_OUT:-}" ]]; then cp "$RESULTS" "$BENCH_OUT"; fi
 
 echo "== summary"
 "$PY" - "$RESULTS" <<'PY'
 import json, sys
-rows = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
+lines = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
+rows = [r for r in lines if r["mode"] != "sgemm"]
+ceilings = [r for r in lines if r["mode"] == "sgemm"]
 by = {r["impl"]: r for r in rows}
 print(f"{'impl':<10} {'img/s':>8} {'best':>8} {'s/batch':>8} {'batch':>5} {'threads':>7}")
 for r in rows:
@@ -105,4 +127,15 @@ if wise:
         if name in by:
             print(f"ratio wise/{name}: {wise['img_per_s'] / by[name]['img_per_s']:.2f} (mean), "
                   f"{wise['img_per_s_best'] / by[name]['img_per_s_best']:.2f} (best iteration)")
+if wise and ceilings and "model_gflop_per_img" in wise:
+    # The issue's gemm-bound limit: model FLOPs / the best sgemm rate measured in this run.
+    top = max(ceilings, key=lambda r: r["gflops_best"])
+    shape = max(top["gflops"], key=top["gflops"].get)
+    limit = top["gflops_best"] / wise["model_gflop_per_img"]
+    print(f"sgemm ceiling: {top['gflops_best']:.1f} GFLOP/s ({top['impl']}, {shape}; "
+          + ", ".join(f"{r['impl']} {r['gflops_best']:.0f}" for r in ceilings) + ")")
+    print(f"gemm-bound limit: {limit:.2f} img/s ({wise['model_gflop_per_img']:.2f} GFLOP per image)")
+    for r in rows:
+        print(f"share of the limit, {r['impl']}: {r['img_per_s'] / limit:.1%} (mean), "
+              f"{r['img_per_s_best'] / limit:.1%} (best iteration)")
 PY

@@ -16,6 +16,10 @@ Modes (the same work as ``wise bench --mode``):
 - ``train``: one wise-ft step of tower + head (``Linear(512, classes)`` on the L2-normalised
   features): cross-entropy, backward, ``clip_grad_norm_(1.0)``, ``AdamW(lr=3e-5, wd=0.1)``,
   train mode.
+- ``sgemm``: the machine's fp32 matrix-product ceiling as these libraries reach it:
+  ``torch.mm`` (PyTorch's BLAS) and numpy's ``@`` (the OpenBLAS numpy ships) on a ViT-B
+  block's products over batch × tokens rows and on 2048³; the best of ``--iters`` runs of
+  each (``gflops_best``: the best of all), one line per library (impl ``torch``, ``numpy``).
 
 ``--device cuda --amp bf16`` runs under ``torch.autocast("cuda", torch.bfloat16)`` with fp32
 master weights (PyTorch AMP, the counterpart of wise's bf16 compute on GPUs), synchronising
@@ -135,9 +139,44 @@ def bench(name, args):
     }
 
 
+def sgemm_ceiling(args):
+    import numpy as np
+
+    rows = args.batch_size * ((224 // PRESETS[args.preset]) ** 2 + 1)
+    shapes = [(rows, 768, 2304), (rows, 768, 768), (rows, 768, 3072), (rows, 3072, 768), (2048, 2048, 2048)]
+    libraries = {
+        "torch": (lambda a, b: torch.mm(a, b), lambda m, n: torch.randn(m, n, dtype=torch.float32)),
+        "numpy": (lambda a, b: a @ b, lambda m, n: np.random.default_rng(0).standard_normal((m, n), np.float32)),
+    }
+    for name, (mm, randn) in libraries.items():
+        rates = {}
+        for m, k, n in shapes:
+            a, b = randn(m, k), randn(k, n)
+            times = []
+            for run in range(args.warmup + args.iters):
+                t0 = time.perf_counter()
+                mm(a, b)
+                if run >= args.warmup:
+                    times.append(time.perf_counter() - t0)
+            rates[f"{m}x{k}x{n}"] = round(2 * m * n * k / min(times) / 1e9, 1)
+        print(json.dumps({
+            "impl": name,
+            "mode": "sgemm",
+            "device": "cpu",
+            "dtype": "f32",
+            "gflops_best": max(rates.values()),
+            "gflops": rates,
+            "batch_size": args.batch_size,
+            "threads": torch.get_num_threads(),
+            "torch": torch.__version__.split("+")[0],
+            "numpy": np.__version__,
+            "iters": args.iters,
+        }), flush=True)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--mode", choices=["infer", "train"], default="infer")
+    ap.add_argument("--mode", choices=["infer", "train", "sgemm"], default="infer")
     ap.add_argument("--preset", choices=sorted(PRESETS), default="ViT-B/32")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--classes", type=int, default=1000, help="head classes in train mode")
@@ -151,6 +190,9 @@ def main():
     args = ap.parse_args()
 
     torch.set_num_threads(args.threads)
+    if args.mode == "sgemm":
+        sgemm_ceiling(args)
+        return
     for name in args.impl:
         try:
             row = bench(name, args)

@@ -5,9 +5,13 @@
 //! `image_embeds`) in the compute dtype of the device, one training step of wise-ft's
 //! recipe (forward, cross-entropy, backward, global-norm clipping, AdamW), the whole of
 //! `wise eval` on a real dataset (decode, resize, model), or the data path alone (decode,
-//! resize, normalise, no model). One JSON line goes to stdout in the shape of
-//! `scripts/bench_torch.py`'s, so `scripts/bench.sh` and `scripts/gpu-check.sh` can put the
-//! two side by side.
+//! resize, normalise, no model), or the machine's fp32 matrix-product ceiling (`sgemm`: the
+//! model's product shapes and a 2048³ one through wise's BLAS path, for the gemm-bound
+//! limit). One JSON line goes to stdout in the shape of `scripts/bench_torch.py`'s, so
+//! `scripts/bench.sh` and `scripts/gpu-check.sh` can put the two side by side. Infer and
+//! train lines carry the model's FLOPs per image (`model_gflop_per_img`, every token of
+//! every layer, as PyTorch computes them), so a run's GFLOP/s and share of the ceiling
+//! follow from them.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -32,6 +36,9 @@ enum Mode {
     Eval,
     /// The eval data path alone over `--data`: decode, resize, crop, normalise.
     Preprocess,
+    /// The best fp32 matrix-product rate through wise's BLAS path, on the model's products
+    /// at `--batch-size` images and on 2048³.
+    Sgemm,
 }
 
 #[derive(Args)]
@@ -73,6 +80,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let device = parse_device(&args.device)?;
     let dtype = compute_dtype(&device);
     let vc = &config.vision_config;
+    if args.mode == Mode::Sgemm {
+        return sgemm_ceiling(&args, vc, &device);
+    }
     let dataset = match (&args.data, args.mode) {
         (Some(path), Mode::Eval | Mode::Preprocess) => Some(subset(Dataset::open(path, None)?, args.limit)),
         (None, Mode::Eval | Mode::Preprocess) => anyhow::bail!("--mode eval and preprocess need --data"),
@@ -149,6 +159,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
                 optimizer.as_mut().expect("train mode").step(&params, &grads, 3e-5, scale)?;
                 lap(3)?;
             }
+            Mode::Sgemm => unreachable!("sgemm mode returned before the model was made"),
         }
         // Accelerators queue work: wait for it, or the clock stops early.
         device.synchronize()?;
@@ -184,6 +195,16 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         "iter_s": times.iter().map(|t| (t * 1e4).round() / 1e4).collect::<Vec<_>>(),
         "blas": wise_clip::matmul::blas_name(),
     });
+    let forward = vc.forward_flops(config.projection_dim);
+    match args.mode {
+        Mode::Infer => line["model_gflop_per_img"] = serde_json::json!(round3(forward / 1e9)),
+        Mode::Train => {
+            // Forward and backward (two products per forward one) of tower and head.
+            let head = 2.0 * (config.projection_dim * args.classes) as f64;
+            line["model_gflop_per_img"] = serde_json::json!(round3(3.0 * (forward + head) / 1e9));
+        }
+        _ => {}
+    }
     if args.mode == Mode::Train {
         line["phase_s"] = serde_json::json!({
             "forward": round3(phases[0] / args.iters as f64),
@@ -199,6 +220,48 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         });
         line["profile_s"] = serde_json::Value::Object(parts.collect());
     }
+    println!("{line}");
+    Ok(())
+}
+
+/// `wise bench --mode sgemm`: each product a ViT block runs (q/k/v, out, fc1, fc2 over
+/// batch × tokens rows) and a 2048³ one, through `wise_clip::matmul` as the model calls it
+/// (the loaded BLAS, split over rayon's threads); the best of `--iters` runs of each after
+/// `--warmup`, in GFLOP/s, and the best of all (`gflops_best`).
+fn sgemm_ceiling(args: &BenchArgs, vc: &wise_clip::VisionConfig, device: &Device) -> anyhow::Result<()> {
+    let rows = args.batch_size * vc.num_positions();
+    let (c, i) = (vc.hidden_size, vc.intermediate_size);
+    let shapes = [(rows, c, 3 * c), (rows, c, c), (rows, c, i), (rows, i, c), (2048, 2048, 2048)];
+    let mut rates = serde_json::Map::new();
+    let mut best_of_all = 0f64;
+    for (m, k, n) in shapes {
+        let a = Tensor::randn(0f32, 1.0, (m, k), device)?;
+        let b = Tensor::randn(0f32, 1.0, (k, n), device)?;
+        let mut best = f64::INFINITY;
+        for run in 0..args.warmup + args.iters {
+            let t0 = Instant::now();
+            wise_clip::matmul::matmul(&a, &b)?;
+            device.synchronize()?;
+            if run >= args.warmup {
+                best = best.min(t0.elapsed().as_secs_f64());
+            }
+        }
+        let gflops = 2.0 * (m * n * k) as f64 / best / 1e9;
+        best_of_all = best_of_all.max(gflops);
+        rates.insert(format!("{m}x{k}x{n}"), serde_json::json!((gflops * 10.0).round() / 10.0));
+    }
+    let line = serde_json::json!({
+        "impl": "wise",
+        "mode": "sgemm",
+        "device": device_name(device),
+        "dtype": "f32",
+        "gflops_best": (best_of_all * 10.0).round() / 10.0,
+        "gflops": rates,
+        "batch_size": args.batch_size,
+        "threads": candle_core::utils::get_num_threads(),
+        "iters": args.iters,
+        "blas": wise_clip::matmul::blas_name(),
+    });
     println!("{line}");
     Ok(())
 }

@@ -72,3 +72,43 @@ fn profile_splits_the_forward_into_parts() {
     let plain: serde_json::Value = serde_json::from_str(plain.trim()).unwrap();
     assert!(plain.get("profile_s").is_none());
 }
+
+/// `--mode sgemm` rates the model's product shapes (batch × tokens rows) and 2048³, and
+/// `gflops_best` is the best of them; infer and train lines carry the model's FLOPs per
+/// image (train: three times the tower's forward plus the head's).
+#[test]
+fn sgemm_mode_and_model_flops() {
+    let out = ok(&wise(&["bench", "--mode", "sgemm", "--batch-size", "2", "--iters", "1", "--warmup", "0"]));
+    let line: serde_json::Value = serde_json::from_str(out.trim()).expect("one JSON line");
+    assert_eq!(line["mode"], "sgemm");
+    let rates = line["gflops"].as_object().expect("gflops");
+    let shapes: Vec<&str> = rates.keys().map(String::as_str).collect();
+    for shape in ["100x768x2304", "100x768x768", "100x768x3072", "100x3072x768", "2048x2048x2048"] {
+        assert!(shapes.contains(&shape), "{shape} missing from {shapes:?}");
+    }
+    let best = rates.values().map(|v| v.as_f64().unwrap()).fold(0.0, f64::max);
+    assert!(best > 0.0 && (line["gflops_best"].as_f64().unwrap() - best).abs() < 1e-9);
+
+    let flops = |mode: &str| {
+        let args = [
+            "bench",
+            "--mode",
+            mode,
+            "--batch-size",
+            "1",
+            "--iters",
+            "1",
+            "--warmup",
+            "0",
+            "--classes",
+            "10",
+        ];
+        let line: serde_json::Value = serde_json::from_str(ok(&wise(&args)).trim()).unwrap();
+        line["model_gflop_per_img"].as_f64().expect("model_gflop_per_img")
+    };
+    let (infer, train) = (flops("infer"), flops("train"));
+    // ViT-B/32: open_clip's profile counts 4.41 GMACs for the image tower.
+    assert!((infer - 8.82).abs() < 0.01, "{infer} GFLOP");
+    let head = 3.0 * 2.0 * 512.0 * 10.0 / 1e9;
+    assert!((train - 3.0 * infer - head).abs() < 0.002, "{train} vs 3 × {infer} + head");
+}

@@ -101,6 +101,21 @@ impl VisionConfig {
     pub fn num_positions(&self) -> usize {
         self.grid_size() * self.grid_size() + 1
     }
+
+    /// Floating-point operations (2 per multiply-add) of the image tower's matrix products
+    /// for one image, projected to `projection_dim`: the patch embedding, per layer the
+    /// q/k/v, attention scores, attention-weighted values, out projection and MLP, and the
+    /// projection. Every token of every layer counts, as PyTorch computes them (wise's
+    /// pooled last block skips most of the last layer); elementwise work is left out.
+    /// A training step costs three times this (the backward's two products per forward one).
+    pub fn forward_flops(&self, projection_dim: usize) -> f64 {
+        let (t, c, i) = (self.num_positions() as f64, self.hidden_size as f64, self.intermediate_size as f64);
+        let patch = self.num_channels * self.patch_size * self.patch_size;
+        let embed = (t - 1.0) * patch as f64 * c;
+        // q, k, v and out: 4 c × c; scores and values: 2 t × c; fc1 and fc2: 2 c × i.
+        let layer = t * (4.0 * c * c + 2.0 * t * c + 2.0 * c * i);
+        2.0 * (embed + self.num_hidden_layers as f64 * layer + c * projection_dim as f64)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -398,6 +413,18 @@ fn vit(width: usize, layers: usize, heads: usize, image_size: usize, patch: usiz
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Against the image towers' multiply-accumulate counts open_clip publishes (its model
+    /// profile: ViT-B-32 4.4 GMACs, ViT-B-16 17.6, ViT-L-14 81.1 at 224 pixels).
+    #[test]
+    fn forward_flops_match_the_published_counts() {
+        for (preset, gmacs) in [("ViT-B/32", 4.4), ("ViT-B/16", 17.6), ("ViT-L/14", 81.1)] {
+            let config = ClipConfig::preset(preset).unwrap();
+            let flops = config.vision_config.forward_flops(config.projection_dim);
+            let rel = (flops / 2e9 - gmacs).abs() / gmacs;
+            assert!(rel < 0.01, "{preset}: {:.2} GMACs, published {gmacs}", flops / 2e9);
+        }
+    }
 
     #[test]
     fn hub_style_config_with_defaults_and_unknown_keys() {

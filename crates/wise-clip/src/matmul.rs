@@ -19,7 +19,9 @@
 //!
 //! Which BLAS: `WISE_BLAS=off` disables it, `WISE_BLAS=/path/to/lib.so` names one;
 //! otherwise the first of OpenBLAS (`libopenblas.so.0`, Debian's `libopenblas0-pthread`),
-//! MKL (`libmkl_rt.so`) and BLIS (`libblis.so.4`) that loads. The BLAS runs
+//! MKL (`libmkl_rt.so`) and BLIS (`libblis.so.4`) that loads. On Intel CPUs MKL is the
+//! faster of the two (`pip install mkl`, then `WISE_BLAS=<venv>/lib/libmkl_rt.so.3`: +3–4 %
+//! on a ViT-B/32 training step here, BENCHMARKS.md). The BLAS runs
 //! single-threaded per call and wise splits each product over its rayon threads (rows of
 //! the output, columns when it has few rows, or the batch of an attention product), so the
 //! BLAS's own threads never compete with rayon's for the cores. OpenBLAS 0.3.21 (Debian 12)
@@ -208,6 +210,8 @@ struct Blas {
 const ROW_MAJOR: c_int = 101;
 const NO_TRANS: c_int = 111;
 const TRANS: c_int = 112;
+/// `MKL_THREADING_SEQUENTIAL` of mkl_service.h.
+const MKL_THREADING_SEQUENTIAL: c_int = 1;
 
 fn blas() -> Option<&'static Blas> {
     static BLAS: OnceLock<Option<Blas>> = OnceLock::new();
@@ -218,9 +222,16 @@ fn load_blas() -> Option<Blas> {
     let candidates: Vec<String> = match std::env::var("WISE_BLAS") {
         Ok(v) if v == "off" || v == "0" || v.is_empty() => return None,
         Ok(path) => vec![path],
-        Err(_) => ["libopenblas.so.0", "libopenblas.so", "libmkl_rt.so.2", "libmkl_rt.so", "libblis.so.4"]
-            .map(String::from)
-            .to_vec(),
+        Err(_) => [
+            "libopenblas.so.0",
+            "libopenblas.so",
+            "libmkl_rt.so.3",
+            "libmkl_rt.so.2",
+            "libmkl_rt.so",
+            "libblis.so.4",
+        ]
+        .map(String::from)
+        .to_vec(),
     };
     if std::env::var_os("OPENBLAS_CORETYPE").is_none() {
         if let Some(core) = openblas_core() {
@@ -240,7 +251,15 @@ fn load_blas() -> Option<Blas> {
             if let Ok(f) = lib.get::<unsafe extern "C" fn(c_int)>(b"openblas_set_num_threads\0") {
                 f(1);
             }
-            if let Ok(f) = lib.get::<unsafe extern "C" fn(c_int) -> c_int>(b"MKL_Set_Num_Threads_Local\0") {
+            // MKL: no OpenMP threads at all (the sequential layer; it needs no libiomp5 or
+            // libgomp either). `MKL_Set_Num_Threads_Local(1)`, used before, held for the
+            // loading thread only: every other rayon thread's call ran MKL's default of a
+            // thread per core, two products' threads fighting over each core (7 % of a
+            // training step).
+            if let Ok(f) = lib.get::<unsafe extern "C" fn(c_int) -> c_int>(b"MKL_Set_Threading_Layer\0") {
+                f(MKL_THREADING_SEQUENTIAL);
+            }
+            if let Ok(f) = lib.get::<unsafe extern "C" fn(c_int)>(b"MKL_Set_Num_Threads\0") {
                 f(1);
             }
             if let Ok(f) = lib.get::<unsafe extern "C" fn(i64)>(b"bli_thread_set_num_threads\0") {
