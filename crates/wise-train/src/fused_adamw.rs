@@ -187,16 +187,11 @@ impl InplaceOp1 for OnSecondMoment<'_, '_> {
         let (decay, step, bias2, eps) =
             (u.decay as f32, u.step_size as f32, u.bias2_sqrt as f32, u.eps as f32);
         let scale = u.grad_scale as f32;
+        let constants = Constants { b1, b2, take1, take2, decay, step, bias2, eps, scale };
         let chunks = theta.par_chunks_mut(CHUNK).zip(m.par_chunks_mut(CHUNK)).zip(v.par_chunks_mut(CHUNK));
-        chunks.zip(g.par_chunks(CHUNK)).for_each(|(((theta, m), v), g)| {
-            for (((t, m), v), &g) in theta.iter_mut().zip(m).zip(v).zip(g) {
-                // The tensor version's arithmetic, in its order (PyTorch's).
-                let g = if scale == 1.0 { g } else { g * scale };
-                *m = *m * b1 + g * take1;
-                *v = *v * b2 + g * g * take2;
-                *t = *t * decay - *m / (v.sqrt() / bias2 + eps) * step;
-            }
-        });
+        chunks
+            .zip(g.par_chunks(CHUNK))
+            .for_each(|(((theta, m), v), g)| update_chunk(theta, m, v, g, constants));
         Ok(())
     }
 
@@ -215,6 +210,35 @@ impl InplaceOp1 for OnSecondMoment<'_, '_> {
     }
 }
 
+/// [`Update`]'s constants in f32, as the update computes with them.
+#[derive(Clone, Copy)]
+struct Constants {
+    b1: f32,
+    b2: f32,
+    take1: f32,
+    take2: f32,
+    decay: f32,
+    step: f32,
+    bias2: f32,
+    eps: f32,
+    scale: f32,
+}
+
+/// The update of one chunk, compiled for AVX-512 and AVX2 too (picked at run time): the
+/// square root and two divisions per parameter made the SSE2 build compute-bound, not
+/// memory-bound.
+#[multiversion::multiversion(targets("x86_64+avx512f+avx512vl+avx2+fma", "x86_64+avx2+fma"))]
+fn update_chunk(theta: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32], c: Constants) {
+    for (((t, m), v), &g) in theta.iter_mut().zip(m).zip(v).zip(g) {
+        // The tensor version's arithmetic, in its order (PyTorch's); Rust never fuses a
+        // multiply and an add, whatever the target.
+        let g = if c.scale == 1.0 { g } else { g * c.scale };
+        *m = *m * c.b1 + g * c.take1;
+        *v = *v * c.b2 + g * g * c.take2;
+        *t = *t * c.decay - *m / (v.sqrt() / c.bias2 + c.eps) * c.step;
+    }
+}
+
 /// Sum of the squares of a contiguous f32 CPU tensor's values, in one pass (as a tensor
 /// op, `sqr` then `sum` writes and reads a temporary the size of the tensor).
 pub fn sum_of_squares(t: &Tensor) -> candle_core::Result<f64> {
@@ -223,19 +247,20 @@ pub fn sum_of_squares(t: &Tensor) -> candle_core::Result<f64> {
         candle_core::bail!("sum_of_squares: a CPU tensor expected");
     };
     let values = f32_slice(cpu, layout, "sum_of_squares")?;
-    Ok(values
-        .par_chunks(CHUNK)
-        .map(|c| {
-            // 16 independent partial sums: one running sum is a chain of dependent adds.
-            let mut lanes = [0f32; 16];
-            let mut blocks = c.chunks_exact(16);
-            for b in &mut blocks {
-                lanes.iter_mut().zip(b).for_each(|(s, &x)| *s += x * x);
-            }
-            let tail: f32 = blocks.remainder().iter().map(|x| x * x).sum();
-            lanes.iter().map(|&s| s as f64).sum::<f64>() + tail as f64
-        })
-        .sum())
+    Ok(values.par_chunks(CHUNK).map(chunk_sum_of_squares).sum())
+}
+
+/// One chunk's sum of squares: 32 independent partial sums (a single running sum is a chain
+/// of dependent adds), compiled for AVX-512 and AVX2 too.
+#[multiversion::multiversion(targets("x86_64+avx512f+avx512vl+avx2+fma", "x86_64+avx2+fma"))]
+fn chunk_sum_of_squares(c: &[f32]) -> f64 {
+    let mut lanes = [0f32; 32];
+    let mut blocks = c.chunks_exact(32);
+    for b in &mut blocks {
+        lanes.iter_mut().zip(b).for_each(|(s, &x)| *s += x * x);
+    }
+    let tail: f32 = blocks.remainder().iter().map(|x| x * x).sum();
+    lanes.iter().map(|&s| s as f64).sum::<f64>() + tail as f64
 }
 
 #[cfg(test)]
