@@ -227,28 +227,32 @@ struct LayerNormOp {
 #[inline(always)]
 fn row_stats(x: &[f32], eps: f32) -> (f32, f32) {
     let n = x.len() as f32;
-    let mean = lane_sum(x.len(), |i| x[i]) / n;
-    let var = lane_sum(x.len(), |i| (x[i] - mean) * (x[i] - mean)) / n;
+    let mean = lane_sum([x], |[x]| x) / n;
+    let var = lane_sum([x], |[x]| (x - mean) * (x - mean)) / n;
     (mean, 1.0 / (var + eps).sqrt())
 }
 
 /// Partial sums kept side by side by [`lane_sum`]: one AVX-512 register of f32.
 const LANES: usize = 16;
 
-/// `Σ f(i)` for `i` in `0..n`, as [`LANES`] interleaved partial sums added at the end. A
-/// single running sum is a chain of dependent adds that the compiler may not reorder
-/// (no fast-math in Rust): one add per 4 cycles, which made LayerNorm's and softmax's row
-/// sums the slowest part of those kernels.
+/// `Σ f(x₁[i], …, x_K[i])` over the slices' common length, as [`LANES`] interleaved partial
+/// sums added at the end. A single running sum is a chain of dependent adds that the
+/// compiler may not reorder (no fast-math in Rust): one add per 4 cycles, which made
+/// LayerNorm's and softmax's row sums the slowest part of those kernels. The slices are
+/// taken a `LANES`-wide block at a time (one bounds check per block), so the partial sums
+/// become one vector register; indexing each element through a closure kept them scalar.
 #[inline(always)]
-fn lane_sum(n: usize, f: impl Fn(usize) -> f32) -> f32 {
+fn lane_sum<const K: usize>(xs: [&[f32]; K], f: impl Fn([f32; K]) -> f32) -> f32 {
+    let n = xs.iter().map(|x| x.len()).min().unwrap_or(0);
     let mut acc = [0f32; LANES];
     let full = n / LANES * LANES;
     for base in (0..full).step_by(LANES) {
+        let blocks: [&[f32; LANES]; K] = xs.map(|x| x[base..base + LANES].try_into().expect("LANES wide"));
         for (l, a) in acc.iter_mut().enumerate() {
-            *a += f(base + l);
+            *a += f(blocks.map(|b| b[l]));
         }
     }
-    acc.iter().sum::<f32>() + (full..n).map(f).sum::<f32>()
+    acc.iter().sum::<f32>() + (full..n).map(|i| f(xs.map(|x| x[i]))).sum::<f32>()
 }
 
 /// The largest value of `row`, as [`LANES`] interleaved maxima (a single running maximum
@@ -327,17 +331,20 @@ fn layer_norm_grad_chunk(
     let (dw, db) = acc.split_at_mut(d);
     for ((dx, x), g) in dx.chunks_exact_mut(d).zip(x.chunks_exact(d)).zip(g.chunks_exact(d)) {
         let (mean, r) = row_stats(x, eps);
-        for j in 0..d {
-            dw[j] += g[j] * (x[j] - mean) * r;
-            db[j] += g[j];
+        // Zipped iterators, not indices: no bounds checks, so each loop vectorises.
+        for (((dw, db), &g), &x) in dw.iter_mut().zip(db.iter_mut()).zip(g).zip(x) {
+            *dw += g * (x - mean) * r;
+            *db += g;
         }
-        let sum_gw = lane_sum(d, |j| g[j] * w[j]);
-        let sum_gw_xhat = lane_sum(d, |j| g[j] * w[j] * (x[j] - mean) * r);
+        let sum_gw = lane_sum([g, w], |[g, w]| g * w);
+        let sum_gw_xhat = lane_sum([g, w, x], |[g, w, x]| g * w * (x - mean) * r);
         let (m1, m2) = (sum_gw / d as f32, sum_gw_xhat / d as f32);
-        for j in 0..d {
-            let xhat = (x[j] - mean) * r;
-            let v = r * (g[j] * w[j] - m1 - xhat * m2);
-            dx[j] = if accumulate { dx[j] + v } else { v };
+        let grad = |g: f32, w: f32, x: f32| r * (g * w - m1 - (x - mean) * r * m2);
+        let dx = dx.iter_mut().zip(g).zip(w).zip(x);
+        if accumulate {
+            dx.for_each(|(((dx, &g), &w), &x)| *dx += grad(g, w, x));
+        } else {
+            dx.for_each(|(((dx, &g), &w), &x)| *dx = grad(g, w, x));
         }
     }
 }
@@ -516,7 +523,7 @@ pub(crate) fn softmax_rows(rows: &mut [f32], width: usize, mask: Option<&[f32]>)
         }
         let max = lane_max(row);
         row.iter_mut().for_each(|s| *s = exp(*s - max));
-        let inv = 1.0 / lane_sum(row.len(), |i| row[i]);
+        let inv = 1.0 / lane_sum([&*row], |[v]| v);
         row.iter_mut().for_each(|s| *s *= inv);
     }
 }
@@ -525,7 +532,7 @@ pub(crate) fn softmax_rows(rows: &mut [f32], width: usize, mask: Option<&[f32]>)
 #[multiversion(targets("x86_64+avx512f+avx512vl+avx2+fma", "x86_64+avx2+fma"))]
 pub(crate) fn softmax_grad_rows(g: &mut [f32], y: &[f32], width: usize) {
     for (g, y) in g.chunks_exact_mut(width).zip(y.chunks_exact(width)) {
-        let dot = lane_sum(g.len(), |i| g[i] * y[i]);
+        let dot = lane_sum([&*g, y], |[g, y]| g * y);
         g.iter_mut().zip(y).for_each(|(g, y)| *g = y * (*g - dot));
     }
 }
