@@ -29,7 +29,9 @@ use rayon::prelude::*;
 
 use crate::attention::Heads;
 use crate::config::Activation;
-use crate::fused::{activation_grad_rows, activation_rows, f32_slice, layer_norm_grad_rows, layer_norm_rows};
+use crate::fused::{
+    activation_grad_rows, bias_activation_rows, f32_slice, layer_norm_grad_rows, layer_norm_rows,
+};
 use crate::matmul::{par_sgemm, product};
 use crate::nn::EncoderLayer;
 
@@ -266,14 +268,25 @@ fn with_slices<R>(
     f(&slices)
 }
 
-/// `out`'s rows set to `bias`, plus `residual`'s rows when given: the starting
-/// accumulator of a product (`C = start + A·Bᵀ`).
-fn start(mut out: Vec<f32>, bias: &[f32], residual: Option<&[f32]>) -> Vec<f32> {
-    out.par_chunks_mut(bias.len()).enumerate().for_each(|(i, row)| match residual {
-        Some(r) => row.iter_mut().zip(&r[i * bias.len()..]).zip(bias).for_each(|((o, r), b)| *o = r + b),
-        None => row.copy_from_slice(bias),
+/// `rows` rows of `bias`, plus `residual`'s matching rows when given: the starting
+/// accumulator of a product (`C = start + A·Bᵀ`). `buffer` lends its allocation (a pooled
+/// buffer, or a new `Vec` for an output handed to candle); nothing is zero-filled first.
+fn start(mut buffer: Vec<f32>, rows: usize, bias: &[f32], residual: Option<&[f32]>) -> Vec<f32> {
+    let d = bias.len();
+    buffer.clear();
+    buffer.reserve(rows * d);
+    let rows_out = buffer.spare_capacity_mut()[..rows * d].par_chunks_mut(d).enumerate();
+    rows_out.for_each(|(i, row)| match residual {
+        Some(r) => row.iter_mut().zip(&r[i * d..(i + 1) * d]).zip(bias).for_each(|((o, r), b)| {
+            o.write(r + b);
+        }),
+        None => row.iter_mut().zip(bias).for_each(|(o, &b)| {
+            o.write(b);
+        }),
     });
-    out
+    // SAFETY: the loop above wrote each of the `rows × d` elements.
+    unsafe { buffer.set_len(rows * d) };
+    buffer
 }
 
 /// Sums of the columns of `rows × cols` `g` (a bias's gradient).
@@ -343,7 +356,7 @@ impl Block {
     fn input_projections(&self, ln1: &[f32], w: &[&[f32]], (t, c): (usize, usize)) -> Vec<f32> {
         let n = ln1.len() / c;
         let bqkv = [w[Q_W + 1], w[K_W + 1], w[V_W + 1]].concat();
-        let mut qkv = start(take(n * 3 * c), &bqkv, None);
+        let mut qkv = start(take(n * 3 * c), n, &bqkv, None);
         let rows = self.pooled_rows(t);
         let first = if rows.is_some() { 1 } else { 0 };
         for (i, wi) in [w[Q_W], w[K_W], w[V_W]].into_iter().enumerate().skip(first) {
@@ -385,16 +398,19 @@ impl CustomOp1 for Block {
                 },
             );
             let x_at = rows.as_ref().map(|rows| gather(x, rows, c));
-            let mut x_mid = start(take(m * c), w[OUT_B], Some(x_at.as_deref().unwrap_or(x)));
+            let mut x_mid = start(take(m * c), m, w[OUT_B], Some(x_at.as_deref().unwrap_or(x)));
             give(x_at);
             par_sgemm((false, true), (m, c, c), 1.0, (&attn, c), (w[OUT_W], c), 1.0, (&mut x_mid, c));
             let mut ln2 = take(m * c);
             layer_norm_rows(&x_mid, (w[LN2_W], w[LN2_B]), self.eps.1, &mut ln2);
-            let mut h = start(take(m * inter), w[FC1_B], None);
-            par_sgemm((false, true), (m, inter, c), 1.0, (&ln2, c), (w[FC1_W], c), 1.0, (&mut h, inter));
+            // fc1's bias is added by the activation's pass, which reads h anyway (as the
+            // product's starting accumulator it cost a pass writing h and the product
+            // reading it back).
+            let mut h = take(m * inter);
+            par_sgemm((false, true), (m, inter, c), 1.0, (&ln2, c), (w[FC1_W], c), 0.0, (&mut h, inter));
             let mut act = take(m * inter);
-            activation_rows(self.act, &h, &mut act);
-            let mut y = start(vec![0f32; m * c], w[FC2_B], Some(&x_mid));
+            bias_activation_rows(self.act, w[FC1_B], &mut h, &mut act);
+            let mut y = start(Vec::new(), m, w[FC2_B], Some(&x_mid));
             par_sgemm((false, true), (m, c, inter), 1.0, (&act, inter), (w[FC2_W], inter), 1.0, (&mut y, c));
             Ok((y, Saved { ln1, qkv, attn, x_mid, ln2, h, act }))
         })?;

@@ -389,6 +389,23 @@ pub(crate) fn activation_rows(act: Activation, x: &[f32], y: &mut [f32]) {
     y.par_chunks_mut(16_384).zip(x.par_chunks(16_384)).for_each(|(y, x)| activation_chunk(act, x, y));
 }
 
+/// `h ← h + bias` on every `bias`-wide row, then `y = act(h)`, in one pass, rows in parallel.
+pub(crate) fn bias_activation_rows(act: Activation, bias: &[f32], h: &mut [f32], y: &mut [f32]) {
+    let d = bias.len();
+    let chunk = rows_per_task(h.len() / d, d) * d;
+    y.par_chunks_mut(chunk)
+        .zip(h.par_chunks_mut(chunk))
+        .for_each(|(y, h)| bias_activation_chunk(act, bias, h, y));
+}
+
+#[multiversion(targets("x86_64+avx512f+avx512vl+avx2+fma", "x86_64+avx2+fma"))]
+fn bias_activation_chunk(act: Activation, bias: &[f32], h: &mut [f32], y: &mut [f32]) {
+    for (y, h) in y.chunks_exact_mut(bias.len()).zip(h.chunks_exact_mut(bias.len())) {
+        h.iter_mut().zip(bias).for_each(|(h, b)| *h += b);
+        activation_chunk(act, h, y);
+    }
+}
+
 /// `g ← g·act'(x)` elementwise, in parallel: the activation's backward, in place.
 pub(crate) fn activation_grad_rows(act: Activation, x: &[f32], g: &mut [f32]) {
     g.par_chunks_mut(16_384).zip(x.par_chunks(16_384)).for_each(|(g, x)| activation_grad_chunk(act, x, g));
