@@ -308,12 +308,6 @@ import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
 PEAK = 989e12  # H100 SXM dense bf16
 
-def forward_flops(patch, width=768, layers=12, mlp=3072, image=224, proj=512):
-    grid = image // patch
-    t = grid * grid + 1
-    per_layer = 2 * t * (4 * width * width + 2 * width * mlp) + 4 * t * t * width
-    return 2 * grid * grid * 3 * patch * patch * width + layers * per_layer + 2 * width * proj
-
 lines = ["| model | mode | batch | PyTorch img/s | wise img/s | wise / PyTorch | wise MFU | PyTorch MFU |",
          "|---|---|---|---|---|---|---|---|"]
 for preset in ("ViT-B/32", "ViT-B/16"):
@@ -322,7 +316,9 @@ for preset in ("ViT-B/32", "ViT-B/16"):
         if "wise" not in got or "hf" not in got:
             continue
         w, t = got["wise"], got["hf"]
-        flops = forward_flops(int(preset[-2:])) * (3 if mode == "train" else 1)
+        # The model's FLOPs per image as `wise bench` counts them (VisionConfig::forward_flops;
+        # a training step three times the forward, head included).
+        flops = w["model_gflop_per_img"] * 1e9
         mfu = lambda r: f"{100 * r['img_per_s'] * flops / PEAK:.1f}%"
         lines.append(f"| {preset} | {mode} | {w['batch_size']} | {t['img_per_s']:.1f} | {w['img_per_s']:.1f} "
                      f"| {w['img_per_s'] / t['img_per_s']:.2f}x | {mfu(w)} | {mfu(t)} |")
