@@ -181,17 +181,8 @@ impl InplaceOp1 for OnSecondMoment<'_, '_> {
                 g.len()
             );
         }
-        let u = self.u;
-        let (b1, b2) = (u.beta1 as f32, u.beta2 as f32);
-        let (take1, take2) = ((1.0 - u.beta1) as f32, (1.0 - u.beta2) as f32);
-        let (decay, step, bias2, eps) =
-            (u.decay as f32, u.step_size as f32, u.bias2_sqrt as f32, u.eps as f32);
-        let scale = u.grad_scale as f32;
-        let constants = Constants { b1, b2, take1, take2, decay, step, bias2, eps, scale };
         let chunks = theta.par_chunks_mut(CHUNK).zip(m.par_chunks_mut(CHUNK)).zip(v.par_chunks_mut(CHUNK));
-        chunks
-            .zip(g.par_chunks(CHUNK))
-            .for_each(|(((theta, m), v), g)| update_chunk(theta, m, v, g, constants));
+        chunks.zip(g.par_chunks(CHUNK)).for_each(|(((theta, m), v), g)| update_chunk(theta, m, v, g, self.u));
         Ok(())
     }
 
@@ -210,32 +201,22 @@ impl InplaceOp1 for OnSecondMoment<'_, '_> {
     }
 }
 
-/// [`Update`]'s constants in f32, as the update computes with them.
-#[derive(Clone, Copy)]
-struct Constants {
-    b1: f32,
-    b2: f32,
-    take1: f32,
-    take2: f32,
-    decay: f32,
-    step: f32,
-    bias2: f32,
-    eps: f32,
-    scale: f32,
-}
-
 /// The update of one chunk, compiled for AVX-512 and AVX2 too (picked at run time): the
 /// square root and two divisions per parameter made the SSE2 build compute-bound, not
 /// memory-bound.
 #[multiversion::multiversion(targets("x86_64+avx512f+avx512vl+avx2+fma", "x86_64+avx2+fma"))]
-fn update_chunk(theta: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32], c: Constants) {
+fn update_chunk(theta: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32], u: Update) {
+    let (b1, b2) = (u.beta1 as f32, u.beta2 as f32);
+    let (take1, take2) = ((1.0 - u.beta1) as f32, (1.0 - u.beta2) as f32);
+    let (decay, step, bias2, eps) = (u.decay as f32, u.step_size as f32, u.bias2_sqrt as f32, u.eps as f32);
+    let scale = u.grad_scale as f32;
     for (((t, m), v), &g) in theta.iter_mut().zip(m).zip(v).zip(g) {
         // The tensor version's arithmetic, in its order (PyTorch's); Rust never fuses a
         // multiply and an add, whatever the target.
-        let g = if c.scale == 1.0 { g } else { g * c.scale };
-        *m = *m * c.b1 + g * c.take1;
-        *v = *v * c.b2 + g * g * c.take2;
-        *t = *t * c.decay - *m / (v.sqrt() / c.bias2 + c.eps) * c.step;
+        let g = if scale == 1.0 { g } else { g * scale };
+        *m = *m * b1 + g * take1;
+        *v = *v * b2 + g * g * take2;
+        *t = *t * decay - *m / (v.sqrt() / bias2 + eps) * step;
     }
 }
 
