@@ -19,9 +19,10 @@
 //!
 //! Which BLAS: `WISE_BLAS=off` disables it, `WISE_BLAS=/path/to/lib.so` names one;
 //! otherwise the first of OpenBLAS (`libopenblas.so.0`, Debian's `libopenblas0-pthread`),
-//! MKL (`libmkl_rt.so`) and BLIS (`libblis.so.4`) that loads. On Intel CPUs MKL is the
-//! faster of the two (`pip install mkl`, then `WISE_BLAS=<venv>/lib/libmkl_rt.so.3`: +3–4 %
-//! on a ViT-B/32 training step here, BENCHMARKS.md). The BLAS runs
+//! MKL (`libmkl_rt.so`) and BLIS (`libblis.so.4`) that loads, MKL first on Intel CPUs, where
+//! it is the faster of the two (+3–5 % on a ViT-B/32 training step here, BENCHMARKS.md;
+//! `pip install mkl` puts it in a venv's `lib/`, outside the loader's path: name it with
+//! `WISE_BLAS=<venv>/lib/libmkl_rt.so.3`). The BLAS runs
 //! single-threaded per call and wise splits each product over its rayon threads (rows of
 //! the output, columns when it has few rows, or the batch of an attention product), so the
 //! BLAS's own threads never compete with rayon's for the cores. OpenBLAS 0.3.21 (Debian 12)
@@ -222,16 +223,7 @@ fn load_blas() -> Option<Blas> {
     let candidates: Vec<String> = match std::env::var("WISE_BLAS") {
         Ok(v) if v == "off" || v == "0" || v.is_empty() => return None,
         Ok(path) => vec![path],
-        Err(_) => [
-            "libopenblas.so.0",
-            "libopenblas.so",
-            "libmkl_rt.so.3",
-            "libmkl_rt.so.2",
-            "libmkl_rt.so",
-            "libblis.so.4",
-        ]
-        .map(String::from)
-        .to_vec(),
+        Err(_) => search_order(intel_cpu()).map(String::from).to_vec(),
     };
     if std::env::var_os("OPENBLAS_CORETYPE").is_none() {
         if let Some(core) = openblas_core() {
@@ -273,10 +265,53 @@ fn load_blas() -> Option<Blas> {
             if let Some(config) = text(b"openblas_get_config\0") {
                 name = format!("{config} (core {})", text(b"openblas_get_corename\0").unwrap_or_default());
             }
+            if let Ok(f) = lib.get::<unsafe extern "C" fn(*mut c_char, c_int)>(b"MKL_Get_Version_String\0") {
+                let mut version = [0 as c_char; 256];
+                f(version.as_mut_ptr(), version.len() as c_int - 1);
+                let version = std::ffi::CStr::from_ptr(version.as_ptr()).to_string_lossy();
+                name = format!("{} ({path})", version.trim());
+            }
         }
         return Some(Blas { sgemm, name, _lib: lib });
     }
     None
+}
+
+/// The BLAS libraries tried, in order, when `WISE_BLAS` names none: MKL first on Intel
+/// CPUs, where it is the faster (3–5 % on a ViT-B/32 training step, BENCHMARKS.md), else
+/// OpenBLAS first (the usual system BLAS; MKL's speed on other vendors' CPUs varies).
+fn search_order(intel: bool) -> [&'static str; 6] {
+    if intel {
+        [
+            "libmkl_rt.so.3",
+            "libmkl_rt.so.2",
+            "libmkl_rt.so",
+            "libopenblas.so.0",
+            "libopenblas.so",
+            "libblis.so.4",
+        ]
+    } else {
+        [
+            "libopenblas.so.0",
+            "libopenblas.so",
+            "libmkl_rt.so.3",
+            "libmkl_rt.so.2",
+            "libmkl_rt.so",
+            "libblis.so.4",
+        ]
+    }
+}
+
+/// Whether the CPU's vendor is Intel (`cpuid` leaf 0).
+fn intel_cpu() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let id = std::arch::x86_64::__cpuid(0);
+        let vendor: Vec<u8> = [id.ebx, id.edx, id.ecx].iter().flat_map(|r| r.to_le_bytes()).collect();
+        vendor == b"GenuineIntel"
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
 }
 
 /// The OpenBLAS core type for this CPU's widest f32 FMA units.
@@ -587,6 +622,24 @@ impl CustomOp3 for BlasLinear {
 mod tests {
     use super::*;
     use candle_core::Var;
+
+    /// MKL leads the search on Intel CPUs, OpenBLAS elsewhere; every library is tried
+    /// either way, once.
+    #[test]
+    fn search_order_puts_the_faster_blas_first() {
+        let (intel, other) = (search_order(true), search_order(false));
+        assert!(intel[0].starts_with("libmkl_rt") && other[0].starts_with("libopenblas"));
+        let (mut a, mut b) = (intel.to_vec(), other.to_vec());
+        a.sort();
+        b.sort();
+        assert_eq!(a, b);
+        a.dedup();
+        assert_eq!(a.len(), 6);
+        // This machine's vendor, as /proc/cpuinfo names it.
+        if let Ok(info) = std::fs::read_to_string("/proc/cpuinfo") {
+            assert_eq!(intel_cpu(), info.contains("GenuineIntel"));
+        }
+    }
 
     fn max_rel(a: &Tensor, b: &Tensor) -> f32 {
         let d = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
