@@ -2,8 +2,11 @@
 //! the same `wise_clip::matmul` entry points the model uses.
 //!
 //! ```text
-//! cargo bench -p wise-clip --bench gemm -- [--tokens 800] [--reps 5]
+//! cargo bench -p wise-clip --bench gemm -- [--tokens 800] [--reps 5] [--cold]
 //! ```
+//!
+//! `--cold` reads a 1 GiB buffer before each timed product, so its operands come from
+//! memory, as inside a training step, not from the last-level cache of the previous rep.
 use std::time::Instant;
 
 use candle_core::{Device, Tensor};
@@ -12,23 +15,32 @@ use wise_clip::matmul::{linear, matmul};
 fn main() -> anyhow::Result<()> {
     let mut tokens = 800usize;
     let mut reps = 5usize;
+    let mut cold = false;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--tokens" => tokens = args.next().unwrap_or_default().parse()?,
             "--reps" => reps = args.next().unwrap_or_default().parse()?,
+            "--cold" => cold = true,
             _ => {}
         }
     }
     let dev = Device::Cpu;
+    // Written once, so it is backed by real pages (untouched, it reads the one zero page).
+    let flush = vec![1u8; if cold { 1 << 30 } else { 0 }];
     let r = |s: &[usize]| Tensor::randn(0f32, 1.0, s, &dev);
     let time = |name: &str, flop: f64, f: &dyn Fn() -> candle_core::Result<Tensor>| -> anyhow::Result<()> {
         f()?;
-        let t = Instant::now();
+        let mut s = 0.0;
         for _ in 0..reps {
+            if cold {
+                evict(&flush);
+            }
+            let t = Instant::now();
             f()?;
+            s += t.elapsed().as_secs_f64();
         }
-        let s = t.elapsed().as_secs_f64() / reps as f64;
+        let s = s / reps as f64;
         eprintln!("{name:<40} {:>8.1} GFLOP/s  {:>7.2} ms", flop / s / 1e9, s * 1e3);
         Ok(())
     };
@@ -43,4 +55,12 @@ fn main() -> anyhow::Result<()> {
         time(&format!("bwd  dYᵀ·X    {out}x{tokens} · {tokens}x{inp}"), flop, &|| matmul(&g.t()?, &x))?;
     }
     Ok(())
+}
+
+/// Reads a byte of every cache line of `buf` (larger than the last-level cache), so the
+/// next product's operands come from memory, as inside a training step. Reading leaves
+/// no dirty lines whose write-back the product would pay for.
+fn evict(buf: &[u8]) {
+    let sum = buf.iter().step_by(64).fold(0u8, |a, &b| a.wrapping_add(b));
+    std::hint::black_box(sum);
 }

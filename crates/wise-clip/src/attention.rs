@@ -6,9 +6,11 @@
 //! backward candle pays with a zero-filled buffer and an add, plus the copies of the
 //! splits and the merge. Here `softmax(scale·QKᵀ + mask)·V` runs per head straight from
 //! the packed `[T, 3C]` projections `[Q | K | V]` (the BLAS reads a head's columns with
-//! the row stride as leading dimension) into the `[T, C]` output, the `T×T` probabilities
-//! live in a scratch buffer, and the backward recomputes them (as flash attention does)
-//! instead of storing them:
+//! the row stride as leading dimension) into the `[T, C]` output. The block keeps every
+//! head's `T×T` probabilities for the backward when they are few (as PyTorch's eager
+//! attention keeps them), so it need not recompute `Q·Kᵀ` and the softmax; otherwise, and
+//! without a backward, they live in one head's scratch buffer and the backward recomputes
+//! them (as flash attention does).
 //!
 //! In the pooled last block (`Encoder::forward_at`) only one query per sequence is needed:
 //! the same code with a one-row range of queries.
@@ -45,12 +47,21 @@ impl Heads<'_> {
         softmax_rows(p, t, self.mask.map(|m| &m[queries.start * t..queries.end * t]));
     }
 
+    /// Floats of the probabilities [`Heads::forward`] keeps for `queries` queries: every
+    /// head's `queries × T`.
+    pub fn probs_len(&self, queries: usize) -> usize {
+        self.heads * queries * self.t
+    }
+
     /// One sequence: `qkv` `[T, 3C]` → `y` `[queries, C]`, the outputs at the `queries`'
-    /// positions (all `T` in a full block, one in the pooled last block); `p` is
-    /// `queries × T` scratch.
+    /// positions (all `T` in a full block, one in the pooled last block). `p` receives the
+    /// probabilities: every head's when it holds [`Heads::probs_len`] floats (kept for
+    /// [`Heads::backward`]), else it is one head's `queries × T` scratch.
     pub fn forward(&self, qkv: &[f32], queries: Range<usize>, y: &mut [f32], p: &mut [f32]) {
         let (t, d, c) = (self.t, self.d, self.width());
+        let (per_head, keep) = (queries.len() * t, p.len() >= self.probs_len(queries.len()));
         for h in 0..self.heads {
+            let p = if keep { &mut p[h * per_head..(h + 1) * per_head] } else { &mut p[..per_head] };
             self.probs(qkv, &queries, h, p);
             let v = &qkv[2 * c + h * d..];
             sgemm((false, false), (queries.len(), d, t), 1.0, (p, t), (v, 3 * c), 0.0, (&mut y[h * d..], c));
@@ -58,14 +69,16 @@ impl Heads<'_> {
     }
 
     /// One sequence's backward: `dy` `[queries, C]` → `dqkv` `[T, 3C]`: K and V columns
-    /// overwritten, Q columns at the `queries`' rows only; `p` and `ds` are `queries × T`
-    /// scratch.
+    /// overwritten, Q columns at the `queries`' rows only. `kept`: every head's
+    /// probabilities as [`Heads::forward`] kept them, or `None` to recompute them into
+    /// `p`; `p` and `ds` are `queries × T` scratch.
     pub fn backward(
         &self,
         qkv: &[f32],
         queries: Range<usize>,
         dy: &[f32],
         dqkv: &mut [f32],
+        kept: Option<&[f32]>,
         (p, ds): (&mut [f32], &mut [f32]),
     ) {
         let (t, d, c, m) = (self.t, self.d, self.width(), queries.len());
@@ -74,7 +87,13 @@ impl Heads<'_> {
         let first = queries.start * ld;
         for h in 0..self.heads {
             let (oq, ok, ov) = (h * d, c + h * d, 2 * c + h * d);
-            self.probs(qkv, &queries, h, p);
+            let p: &[f32] = match kept {
+                Some(all) => &all[h * m * t..(h + 1) * m * t],
+                None => {
+                    self.probs(qkv, &queries, h, p);
+                    p
+                }
+            };
             sgemm((true, false), (t, d, m), 1.0, (p, t), (&dy[oq..], c), 0.0, (&mut dqkv[ov..], ld));
             sgemm((false, true), (m, t, d), 1.0, (&dy[oq..], c), (&qkv[ov..], ld), 0.0, (ds, t));
             softmax_grad_rows(ds, p, t);

@@ -235,6 +235,8 @@ struct Saved {
     ln1: Vec<f32>,
     /// `[N, 3C]`; the pooled block's Q columns hold only its `M` rows.
     qkv: Vec<f32>,
+    /// The attention probabilities, `[B, heads, M / B, T]`.
+    probs: Vec<f32>,
     /// From here on `M` rows.
     attn: Vec<f32>,
     x_mid: Vec<f32>,
@@ -246,7 +248,7 @@ struct Saved {
 
 impl Drop for Saved {
     fn drop(&mut self) {
-        let all = [&mut self.ln1, &mut self.qkv, &mut self.attn];
+        let all = [&mut self.ln1, &mut self.qkv, &mut self.probs, &mut self.attn];
         let all = all.into_iter().chain([&mut self.x_mid, &mut self.ln2, &mut self.h, &mut self.act]);
         give(all.map(std::mem::take));
     }
@@ -391,12 +393,23 @@ impl CustomOp1 for Block {
             let qkv = self.input_projections(&ln1, w, (t, c));
             let mut attn = take(m * c);
             let heads = self.heads(t, c);
-            attn.par_chunks_mut(m / b * c).zip(qkv.par_chunks(t * 3 * c)).enumerate().for_each(
-                |(i, (y, qkv))| {
-                    let queries = self.queries(i, t);
-                    heads.forward(qkv, queries.clone(), y, &mut vec![0f32; queries.len() * t]);
-                },
-            );
+            // Every head's probabilities when a backward will need them and they take no
+            // more room than fc1's output (ViT-B, the text towers; not ViT-L/14's 16 heads
+            // of 257 tokens), else one head's scratch per sequence, recomputed backwards.
+            let per_sequence = heads.probs_len(m / b);
+            let keep_probs = self.keep && heads.probs_len(1) <= inter;
+            let mut probs = if keep_probs { take(b * per_sequence) } else { Vec::new() };
+            let attend = |i: usize, y: &mut [f32], qkv: &[f32], p: &mut [f32]| {
+                heads.forward(qkv, self.queries(i, t), y, p);
+            };
+            let outputs = attn.par_chunks_mut(m / b * c).zip(qkv.par_chunks(t * 3 * c)).enumerate();
+            if keep_probs {
+                outputs
+                    .zip(probs.par_chunks_mut(per_sequence))
+                    .for_each(|((i, (y, qkv)), p)| attend(i, y, qkv, p));
+            } else {
+                outputs.for_each(|(i, (y, qkv))| attend(i, y, qkv, &mut vec![0f32; m / b * t]));
+            }
             let x_at = rows.as_ref().map(|rows| gather(x, rows, c));
             let mut x_mid = start(take(m * c), m, w[OUT_B], Some(x_at.as_deref().unwrap_or(x)));
             give(x_at);
@@ -412,7 +425,7 @@ impl CustomOp1 for Block {
             bias_activation_rows(self.act, w[FC1_B], &mut h, &mut act);
             let mut y = start(Vec::new(), m, w[FC2_B], Some(&x_mid));
             par_sgemm((false, true), (m, c, inter), 1.0, (&act, inter), (w[FC2_W], inter), 1.0, (&mut y, c));
-            Ok((y, Saved { ln1, qkv, attn, x_mid, ln2, h, act }))
+            Ok((y, Saved { ln1, qkv, probs, attn, x_mid, ln2, h, act }))
         })?;
         if self.keep {
             *self.saved.lock().map_err(|_| candle_core::Error::msg("block: poisoned lock"))? = Some(saved);
@@ -461,19 +474,16 @@ impl CustomOp1 for Block {
                 dqkv.fill(0.0);
             }
             let heads = self.heads(t, c);
+            let per_sequence = heads.probs_len(m / (n / t));
             dqkv.par_chunks_mut(t * 3 * c)
                 .zip(s.qkv.par_chunks(t * 3 * c).zip(d_attn.par_chunks(m / (n / t) * c)))
                 .enumerate()
                 .for_each(|(i, (dqkv, (qkv, dy)))| {
                     let queries = self.queries(i, t);
                     let scratch = queries.len() * t;
-                    heads.backward(
-                        qkv,
-                        queries,
-                        dy,
-                        dqkv,
-                        (&mut vec![0f32; scratch], &mut vec![0f32; scratch]),
-                    );
+                    let kept = s.probs.get(i * per_sequence..(i + 1) * per_sequence);
+                    let mut p = vec![0f32; if kept.is_some() { 0 } else { scratch }];
+                    heads.backward(qkv, queries, dy, dqkv, kept, (&mut p, &mut vec![0f32; scratch]));
                 });
             let mut d_ln1 = take(n * c);
             let (d_wq, d_wkv) = match &rows {
@@ -584,9 +594,12 @@ mod tests {
         let causal: Vec<f32> =
             (0..t * t).map(|i| if i % t > i / t { f32::NEG_INFINITY } else { 0.0 }).collect();
         let causal = Tensor::from_vec(causal, (t, t), &dev)?;
-        for act in [Activation::QuickGelu, Activation::Gelu, Activation::GeluTanh] {
+        // 4 heads × 7 tokens: the probabilities are kept for the backward with fc1 40 wide,
+        // recomputed with 16.
+        let cases = [(Activation::QuickGelu, 40), (Activation::Gelu, 40), (Activation::GeluTanh, 40)];
+        for (act, intermediate) in cases.into_iter().chain([(Activation::QuickGelu, 16)]) {
             for mask in [None, Some(&causal)] {
-                let shape = EncoderShape { hidden: c, intermediate: 40, layers: 2, heads, act, eps: 1e-5 };
+                let shape = EncoderShape { hidden: c, intermediate, layers: 2, heads, act, eps: 1e-5 };
                 let mut pb = ParamBuilder::fresh(7, &dev);
                 let layer = EncoderLayer::new(&mut pb, "layer", &shape).unwrap();
                 // Fresh LayerNorms are the identity: perturb them so their gradients mean something.
@@ -600,7 +613,7 @@ mod tests {
                 let probe = Tensor::randn(0f32, 1.0, (b, t, c), &dev)?;
                 let fused = layer.forward(&x, mask)?;
                 let reference = layer.forward_op_by_op(&x, mask)?;
-                let what = format!("{act:?}, mask {}", mask.is_some());
+                let what = format!("{act:?}, fc1 {intermediate}, mask {}", mask.is_some());
                 assert!(
                     rel_diff(&fused, &reference) < 1e-5,
                     "{what}: forward off by {}",
