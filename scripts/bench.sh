@@ -2,11 +2,16 @@
 # Side-by-side CPU benchmark of a ViT-B/32 classifier: PyTorch (HF, open_clip) vs wise.
 #
 # Usage:
-#   scripts/bench.sh [--mode infer|train] [--batch-size N] [--warmup 1] [--iters 5] [--threads T]
+#   scripts/bench.sh [--mode infer|train] [--batch-size N] [--warmup W] [--iters 5] [--threads T]
 #
 #   --mode infer    the image tower forward, fp32, batch 32 by default
 #   --mode train    one fine-tuning step (tower + head, cross-entropy, backward, clipping,
 #                   AdamW), fp32, batch 16 by default
+#   --warmup W      untimed iterations first, the same for every implementation: 1 for
+#                   infer, 3 for train by default (a training step reaches its steady state
+#                   only after a few: PyTorch's HF step takes 3.1 s, 2.3 s, 2.1 s ... 1.9 s
+#                   over its first eight, wise's allocator grows its heap once, ~0.3 s, within
+#                   its first five; a fine-tuning run takes thousands)
 #
 #   WISE_PY=/path/to/python   Python with torch + transformers + open_clip
 #                             (scripts/requirements-fixtures.txt). Default:
@@ -30,7 +35,7 @@ cd "$(dirname "$0")/.."
 
 MODE=infer
 BATCH=
-WARMUP=1
+WARMUP=
 ITERS=5
 THREADS=$(nproc)
 while [[ $# -gt 0 ]]; do
@@ -40,13 +45,13 @@ while [[ $# -gt 0 ]]; do
         --warmup) WARMUP=$2; shift 2 ;;
         --iters) ITERS=$2; shift 2 ;;
         --threads) THREADS=$2; shift 2 ;;
-        -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,31p' "$0"; exit 0 ;;
         *) echo "unknown argument: $1" >&2; exit 2 ;;
     esac
 done
 case "$MODE" in
-    infer) BATCH=${BATCH:-32} ;;
-    train) BATCH=${BATCH:-16} ;;
+    infer) BATCH=${BATCH:-32}; WARMUP=${WARMUP:-1} ;;
+    train) BATCH=${BATCH:-16}; WARMUP=${WARMUP:-3} ;;
     *) echo "--mode must be infer or train, not $MODE" >&2; exit 2 ;;
 esac
 PY=${WISE_PY:-}
