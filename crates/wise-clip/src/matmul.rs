@@ -51,17 +51,21 @@ pub fn matmul(a: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
 }
 
 /// `x·Wᵀ + b` for `x` `[.., in]`, `W` `[out, in]`, `b` `[out]` (any float dtype: the
-/// fused bias add reads an f32 master bias as it is), as PyTorch's `linear`.
+/// fused bias add reads an f32 master bias as it is), as PyTorch's `linear`. `W` may
+/// have more dims, `[out, ..]`, read as `[out, in]` (a convolution's kernel applied to
+/// flattened patches).
 /// On the BLAS it is one node of the autograd graph (no reshapes around it, whose
-/// backward candle pays a zero-fill and an add for) and the bias is the gemm's starting
-/// accumulator, not another pass.
+/// backward candle pays a zero-fill and an add for), the bias is the gemm's starting
+/// accumulator, not another pass, and `W`'s gradient comes out in `W`'s own layout.
 pub fn linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> candle_core::Result<Tensor> {
     match bias {
         Some(b) if on_blas(&[x, w, b]) && x.rank() >= 2 => {
             x.contiguous()?.apply_op3(&w.contiguous()?, &b.contiguous()?, BlasLinear)
         }
+        None if on_blas(&[x, w]) && x.rank() >= 2 => x.contiguous()?.apply_op2(&w.contiguous()?, BlasLinear),
         _ => {
             let (dims, last) = (x.dims(), x.dim(candle_core::D::Minus1)?);
+            let w = w.reshape((w.dim(0)?, w.elem_count() / w.dim(0)?))?;
             let y = matmul(&x.reshape((x.elem_count() / last, last))?, &w.t()?)?;
             let y = match bias {
                 Some(b) => crate::fused::bias_add(&y, b)?,
@@ -560,14 +564,91 @@ impl CustomOp2 for BlasMatmul {
 
 struct BlasLinear;
 
+impl BlasLinear {
+    /// `(x [.., in], W [out, ..] as [out, in])`, both contiguous, plus the bias when
+    /// given → `[.., out]`. Taking `W` itself (not a transposed view) keeps its gradient
+    /// contiguous: candle would add a transposed gradient into the weight's with a slow
+    /// strided pass.
+    fn forward(
+        (s1, l1): (&CpuStorage, &Layout),
+        (s2, l2): (&CpuStorage, &Layout),
+        bias: Option<(&CpuStorage, &Layout)>,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let k = l1.dims().last().copied().unwrap_or(0);
+        let rows = l1.shape().elem_count() / k.max(1);
+        let flat = Layout::contiguous_with_offset((rows, k), l1.start_offset());
+        let out = l2.dims().first().copied().unwrap_or(0);
+        let k2 = l2.shape().elem_count() / out.max(1);
+        if l2.dims().len() < 2 || k != k2 {
+            candle_core::bail!("blas-linear: x {:?} and W {:?} do not multiply", l1.dims(), l2.dims());
+        }
+        let wt = Layout::new(Shape::from((k2, out)), vec![1, k2], l2.start_offset());
+        let ((x, lx), (w, lw)) = (operand(s1, &flat)?, operand(s2, &wt)?);
+        let b = match bias {
+            None => None,
+            Some((CpuStorage::F32(b), l3)) => match l3.contiguous_offsets() {
+                Some((start, end)) if end - start == out => Some(&b[start..end]),
+                _ => candle_core::bail!("blas-linear: W {:?}, bias {:?}", l2.dims(), l3.dims()),
+            },
+            Some(_) => candle_core::bail!("blas-linear: f32 bias expected"),
+        };
+        let y = gemm(x, &lx, w, &lw, (rows, k, out), b);
+        let mut dims = l1.dims().to_vec();
+        *dims.last_mut().expect("rank >= 2") = out;
+        Ok((CpuStorage::F32(y), Shape::from(dims)))
+    }
+
+    /// The gradients of `x` and `W` (in `W`'s shape), each when something depends on it
+    /// (the image patches and frozen weights need none), and the incoming gradient as
+    /// `[rows, out]`.
+    fn grads(
+        x: &Tensor,
+        w: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Tensor)> {
+        let out = w.dim(0)?;
+        let k = w.elem_count() / out;
+        let rows = x.elem_count() / k;
+        let (x2, g2) = (x.reshape((rows, k))?, grad.contiguous()?.reshape((rows, out))?);
+        let grad_x =
+            x.track_op().then(|| matmul(&g2, &w.reshape((out, k))?)?.reshape(x.shape())).transpose()?;
+        let grad_w = w.track_op().then(|| matmul(&g2.t()?, &x2)?.reshape(w.shape())).transpose()?;
+        Ok((grad_x, grad_w, g2))
+    }
+}
+
+impl CustomOp2 for BlasLinear {
+    fn name(&self) -> &'static str {
+        "blas-linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        Self::forward((s1, l1), (s2, l2), None)
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let (grad_x, grad_w, _) = Self::grads(x, w, grad)?;
+        Ok((grad_x, grad_w))
+    }
+}
+
 impl CustomOp3 for BlasLinear {
     fn name(&self) -> &'static str {
         "blas-linear"
     }
 
-    /// `(x [.., in], W [out, in], b [out])`, all contiguous → `[.., out]`. Taking `W`
-    /// itself (not a transposed view) keeps its gradient contiguous: candle would add a
-    /// transposed gradient into the weight's with a slow strided pass.
     fn cpu_fwd(
         &self,
         s1: &CpuStorage,
@@ -577,23 +658,7 @@ impl CustomOp3 for BlasLinear {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let k = l1.dims().last().copied().unwrap_or(0);
-        let rows = l1.shape().elem_count() / k.max(1);
-        let flat = Layout::contiguous_with_offset((rows, k), l1.start_offset());
-        let (out, k2) = l2.shape().dims2()?;
-        let wt = Layout::new(Shape::from((k2, out)), vec![1, k2], l2.start_offset());
-        let ((x, lx), (w, lw)) = (operand(s1, &flat)?, operand(s2, &wt)?);
-        let CpuStorage::F32(b) = s3 else { candle_core::bail!("blas-linear: f32 bias expected") };
-        let b = match l3.contiguous_offsets() {
-            Some((start, end)) if end - start == out && k == k2 => &b[start..end],
-            _ => {
-                candle_core::bail!("blas-linear: x {:?}, W {:?}, bias {:?}", l1.dims(), l2.dims(), l3.dims())
-            }
-        };
-        let y = gemm(x, &lx, w, &lw, (rows, k, out), Some(b));
-        let mut dims = l1.dims().to_vec();
-        *dims.last_mut().expect("rank >= 2") = out;
-        Ok((CpuStorage::F32(y), Shape::from(dims)))
+        Self::forward((s1, l1), (s2, l2), Some((s3, l3)))
     }
 
     fn bwd(
@@ -604,15 +669,10 @@ impl CustomOp3 for BlasLinear {
         _res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (out, k) = w.dims2()?;
-        let rows = x.elem_count() / k;
-        let (x2, g2) = (x.reshape((rows, k))?, grad.contiguous()?.reshape((rows, out))?);
-        // Inputs no variable depends on (the image patches, frozen weights) need no gradient.
-        let grad_x = x.track_op().then(|| matmul(&g2, w)?.reshape(x.shape())).transpose()?;
-        let grad_w = w.track_op().then(|| matmul(&g2.t()?, &x2)).transpose()?;
+        let (grad_x, grad_w, g2) = Self::grads(x, w, grad)?;
         // Column sums as a product with ones: candle's sum over dim 0 walks the rows one
         // element at a time, the BLAS streams them.
-        let ones = Tensor::ones((1, rows), DType::F32, x.device())?;
+        let ones = Tensor::ones((1, g2.dim(0)?), DType::F32, x.device())?;
         let grad_b = b.track_op().then(|| matmul(&ones, &g2)?.squeeze(0)).transpose()?;
         Ok((grad_x, grad_w, grad_b))
     }
@@ -730,21 +790,35 @@ mod tests {
         s
     }
 
+    /// With and without a bias, and with a weight of more dims (`[out, 2, 3, 4]`, as a
+    /// convolution's kernel is), the output and every gradient (in each variable's own
+    /// shape) equal candle's matmul plus bias.
     #[test]
-    fn linear_with_bias_matches_matmul_plus_bias() -> candle_core::Result<()> {
+    fn linear_matches_matmul_plus_bias() -> candle_core::Result<()> {
         let dev = Device::Cpu;
         let x = Var::randn(0f32, 1., (3, 37, 24), &dev)?;
-        let w = Var::randn(0f32, 1., (19, 24), &dev)?;
         let b = Var::randn(0f32, 1., 19, &dev)?;
         let probe = Tensor::randn(0f32, 1., (3, 37, 19), &dev)?;
-        let ours = linear(&x, &w, Some(&b))?;
-        assert_eq!(ours.dims(), [3, 37, 19]);
-        let theirs = x.reshape((111, 24))?.matmul(&w.t()?)?.broadcast_add(&b)?.reshape((3, 37, 19))?;
-        assert!(max_rel(&ours, &theirs) < 1e-5);
-        let g1 = (ours * &probe)?.sum_all()?.backward()?;
-        let g2 = (theirs * &probe)?.sum_all()?.backward()?;
-        for v in [&x, &w, &b] {
-            assert!(max_rel(g1.get(v).expect("gradient"), g2.get(v).expect("gradient")) < 1e-5);
+        for w_shape in [&[19, 24][..], &[19, 2, 3, 4]] {
+            let w = Var::randn(0f32, 1., w_shape, &dev)?;
+            for bias in [Some(&b), None] {
+                let ours = linear(&x, &w, bias.map(|b| b.as_tensor()))?;
+                assert_eq!(ours.dims(), [3, 37, 19]);
+                let theirs = x.reshape((111, 24))?.matmul(&w.reshape((19, 24))?.t()?)?;
+                let theirs = match bias {
+                    Some(b) => theirs.broadcast_add(b)?,
+                    None => theirs,
+                }
+                .reshape((3, 37, 19))?;
+                assert!(max_rel(&ours, &theirs) < 1e-5);
+                let g1 = (ours * &probe)?.sum_all()?.backward()?;
+                let g2 = (theirs * &probe)?.sum_all()?.backward()?;
+                for v in [Some(&x), Some(&w), bias].into_iter().flatten() {
+                    let (ours, theirs) = (g1.get(v).expect("gradient"), g2.get(v).expect("gradient"));
+                    assert_eq!(ours.dims(), v.dims());
+                    assert!(max_rel(ours, theirs) < 1e-5, "{w_shape:?}, bias {}", bias.is_some());
+                }
+            }
         }
         Ok(())
     }

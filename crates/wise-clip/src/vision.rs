@@ -86,8 +86,11 @@ impl ImageEncoder {
         let patches = x.reshape((b, ch, g, p, g, p))?.permute((0, 2, 4, 1, 3, 5))?.reshape((b, g * g, k))?;
         let patches =
             Tensor::cat(&[&Tensor::zeros((b, 1, k), pixels.dtype(), pixels.device())?, &patches], 1)?;
-        let w = self.patch_embedding.to_dtype(pixels.dtype())?.reshape((c, k))?;
-        let tokens = crate::matmul::matmul(&patches.reshape((b * t, k))?, &w.t()?)?.reshape((b, t * c))?;
+        // The conv kernel `[C, 3, p, p]` as it is: `linear` reads it as `[C, 3·p·p]` and
+        // hands its gradient back in that shape (as a reshaped, transposed view it cost two
+        // more passes over the gradient, one of them strided).
+        let w = self.patch_embedding.to_dtype(pixels.dtype())?;
+        let tokens = crate::matmul::linear(&patches.reshape((b * t, k))?, &w, None)?.reshape((b, t * c))?;
         let positions = self.position_embedding.as_tensor();
         let first = (positions.narrow(0, 0, 1)? + self.class_embedding.unsqueeze(0)?)?;
         let embeddings = Tensor::cat(&[&first, &positions.narrow(0, 1, g * g)?], 0)?.flatten_all()?;
