@@ -235,7 +235,7 @@ struct Saved {
     ln1: Vec<f32>,
     /// `[N, 3C]`; the pooled block's Q columns hold only its `M` rows.
     qkv: Vec<f32>,
-    /// The attention probabilities, `[B, heads, M / B, T]`.
+    /// The attention probabilities, `[B, heads, M / B, T]` (empty: recomputed backwards).
     probs: Vec<f32>,
     /// From here on `M` rows.
     attn: Vec<f32>,
