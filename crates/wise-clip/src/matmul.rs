@@ -65,7 +65,9 @@ pub fn linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> candle_core::Res
         None if on_blas(&[x, w]) && x.rank() >= 2 => x.contiguous()?.apply_op2(&w.contiguous()?, BlasLinear),
         _ => {
             let (dims, last) = (x.dims(), x.dim(candle_core::D::Minus1)?);
-            let w = w.reshape((w.dim(0)?, w.elem_count() / w.dim(0)?))?;
+            // A reshape is an autograd node even to the same shape: only a kernel gets one.
+            let w =
+                if w.rank() > 2 { w.reshape((w.dim(0)?, w.elem_count() / w.dim(0)?))? } else { w.clone() };
             let y = matmul(&x.reshape((x.elem_count() / last, last))?, &w.t()?)?;
             let y = match bias {
                 Some(b) => crate::fused::bias_add(&y, b)?,
