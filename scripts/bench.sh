@@ -2,11 +2,15 @@
 # Side-by-side CPU benchmark of a ViT-B/32 classifier: PyTorch (HF, open_clip) vs wise.
 #
 # Usage:
-#   scripts/bench.sh [--mode infer|train] [--batch-size N] [--warmup W] [--iters 5] [--threads T]
+#   scripts/bench.sh [--mode infer|train|zeroshot] [--batch-size N] [--warmup W] [--iters 5]
+#                    [--threads T] [--classnames FILE]
 #
 #   --mode infer    the image tower forward, fp32, batch 32 by default
 #   --mode train    one fine-tuning step (tower + head, cross-entropy, backward, clipping,
 #                   AdamW), fp32, batch 16 by default
+#   --mode zeroshot a zero-shot head: the text tower over every class × template prompt
+#                   (--classnames FILE, one per line, default CIFAR-10's ten; CLIP's 80
+#                   ImageNet templates), 256 prompts a batch for wise; rates in prompts/s
 #   --warmup W      untimed iterations first, the same for every implementation: 1 for
 #                   infer, 3 for train by default (a training step reaches its steady state
 #                   only after a few: PyTorch's HF step takes 3.1 s, 2.3 s, 2.1 s ... 1.9 s
@@ -38,6 +42,7 @@ BATCH=
 WARMUP=
 ITERS=5
 THREADS=$(nproc)
+CLASSNAMES=
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --mode) MODE=$2; shift 2 ;;
@@ -45,14 +50,16 @@ while [[ $# -gt 0 ]]; do
         --warmup) WARMUP=$2; shift 2 ;;
         --iters) ITERS=$2; shift 2 ;;
         --threads) THREADS=$2; shift 2 ;;
-        -h|--help) sed -n '2,31p' "$0"; exit 0 ;;
+        --classnames) CLASSNAMES=$2; shift 2 ;;
+        -h|--help) sed -n '2,35p' "$0"; exit 0 ;;
         *) echo "unknown argument: $1" >&2; exit 2 ;;
     esac
 done
 case "$MODE" in
     infer) BATCH=${BATCH:-32}; WARMUP=${WARMUP:-1} ;;
     train) BATCH=${BATCH:-16}; WARMUP=${WARMUP:-3} ;;
-    *) echo "--mode must be infer or train, not $MODE" >&2; exit 2 ;;
+    zeroshot) BATCH=${BATCH:-256}; WARMUP=${WARMUP:-1} ;;
+    *) echo "--mode must be infer, train or zeroshot, not $MODE" >&2; exit 2 ;;
 esac
 PY=${WISE_PY:-}
 if [[ -z "$PY" ]]; then
@@ -85,7 +92,12 @@ echo "rustc:      $(rustc --version)"
 echo "mode:       $MODE   threads: $THREADS   batch: $BATCH   warmup: $WARMUP   iters: $ITERS"
 
 RESULTS=$(mktemp)
-trap 'rm -f "$RESULTS"' EXIT
+NAMES=$(mktemp)
+trap 'rm -f "$RESULTS" "$NAMES"' EXIT
+if [[ -z "$CLASSNAMES" ]]; then
+    printf '%s\n' airplane automobile bird cat deer dog frog horse ship truck > "$NAMES"
+    CLASSNAMES=$NAMES
+fi
 
 # The gemm-bound limit's denominator: the best fp32 matrix-product rate measured on this
 # machine in this run, by every library at hand (PyTorch's BLAS, numpy's OpenBLAS, wise's
@@ -98,19 +110,24 @@ ceiling() {
         | tee -a "$RESULTS"
 }
 
-echo "== sgemm ceiling (before)"
-ceiling
+# The ceiling is for the image tower's modes (its shapes, its FLOP count).
+if [[ "$MODE" != zeroshot ]]; then
+    echo "== sgemm ceiling (before)"
+    ceiling
+fi
 
 echo "== PyTorch"
 "$PY" scripts/bench_torch.py --mode "$MODE" --batch-size "$BATCH" --warmup "$WARMUP" --iters "$ITERS" --threads "$THREADS" \
-    2> >(grep -v "No pretrained weights loaded" >&2) | tee -a "$RESULTS"
+    --classnames "$CLASSNAMES" 2> >(grep -v "No pretrained weights loaded" >&2) | tee -a "$RESULTS"
 
 echo "== wise"
 RAYON_NUM_THREADS=$THREADS "$WISE_BIN" bench --mode "$MODE" --batch-size "$BATCH" --warmup "$WARMUP" --iters "$ITERS" \
-    | tee -a "$RESULTS"
+    --classnames "$CLASSNAMES" | tee -a "$RESULTS"
 
-echo "== sgemm ceiling (after)"
-ceiling
+if [[ "$MODE" != zeroshot ]]; then
+    echo "== sgemm ceiling (after)"
+    ceiling
+fi
 
 echo "uptime after: $(uptime)"
 if [[ -n "${BENCH_OUT:-}" ]]; then cp "$RESULTS" "$BENCH_OUT"; fi
@@ -122,16 +139,19 @@ lines = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
 rows = [r for r in lines if r["mode"] != "sgemm"]
 ceilings = [r for r in lines if r["mode"] == "sgemm"]
 by = {r["impl"]: r for r in rows}
-print(f"{'impl':<10} {'img/s':>8} {'best':>8} {'s/batch':>8} {'batch':>5} {'threads':>7}")
+# Images per second, or prompts per second for zeroshot (one iteration: the whole head).
+unit = "prompts" if rows and "prompts_per_s" in rows[0] else "img"
+rate, best = f"{unit}_per_s", f"{unit}_per_s_best"
+print(f"{'impl':<10} {unit + '/s':>9} {'best':>9} {'s/iter':>8} {'threads':>7}")
 for r in rows:
-    print(f"{r['impl']:<10} {r['img_per_s']:>8.2f} {r['img_per_s_best']:>8.2f} "
-          f"{r['batch_size'] / r['img_per_s']:>8.3f} {r['batch_size']:>5} {r['threads']:>7}")
+    n = r.get("prompts", r.get("batch_size"))
+    print(f"{r['impl']:<10} {r[rate]:>9.2f} {r[best]:>9.2f} {n / r[rate]:>8.3f} {r['threads']:>7}")
 wise = by.get("wise")
 if wise:
     for name in ("hf", "open_clip"):
         if name in by:
-            print(f"ratio wise/{name}: {wise['img_per_s'] / by[name]['img_per_s']:.2f} (mean), "
-                  f"{wise['img_per_s_best'] / by[name]['img_per_s_best']:.2f} (best iteration)")
+            print(f"ratio wise/{name}: {wise[rate] / by[name][rate]:.2f} (mean), "
+                  f"{wise[best] / by[name][best]:.2f} (best iteration)")
 if wise and ceilings and "model_gflop_per_img" in wise:
     # The issue's gemm-bound limit: model FLOPs / the best sgemm rate measured in this run.
     top = max(ceilings, key=lambda r: r["gflops_best"])

@@ -16,6 +16,13 @@ Modes (the same work as ``wise bench --mode``):
 - ``train``: one wise-ft step of tower + head (``Linear(512, classes)`` on the L2-normalised
   features): cross-entropy, backward, ``clip_grad_norm_(1.0)``, ``AdamW(lr=3e-5, wd=0.1)``,
   train mode.
+- ``zeroshot``: a zero-shot head (one text-tower feature per class × template, normalised,
+  averaged per class) for ``--classnames FILE`` and ``--templates FILE`` (one per line, ``{}``
+  for the class name), the preset's text tower (ViT-B/32: width 512, 12 layers), random
+  weights, open_clip's tokenizer. ``open_clip``: ``open_clip.build_zero_shot_classifier`` (10
+  classes a batch, every prompt padded to 77 tokens, as wise-ft and open_clip do); ``hf``:
+  ``CLIPTextModelWithProjection`` one class a batch, each batch cut to its longest prompt (as
+  a tokenizer's ``padding=True`` does). Rates in prompts/s.
 - ``sgemm``: the machine's fp32 matrix-product ceiling as these libraries reach it:
   ``torch.mm`` (PyTorch's BLAS) and numpy's ``@`` (the OpenBLAS numpy ships) on a ViT-B
   block's products over batch × tokens rows and on 2048³; the best of ``--iters`` runs of
@@ -76,6 +83,70 @@ def build_open_clip(preset):
 
 
 BUILDERS = {"hf": build_hf, "open_clip": build_open_clip}
+
+
+def zeroshot_head(name, args):
+    """Seconds per zero-shot head of ``name`` over the class names and templates."""
+    import open_clip
+
+    torch.manual_seed(args.seed)
+    classnames = [l.strip() for l in open(args.classnames) if l.strip()]
+    templates = [l.rstrip("\n") for l in open(args.templates) if l.strip() and not l.startswith("#")]
+    tokenizer = open_clip.get_tokenizer(args.preset.replace("/", "-"))
+    if name == "open_clip":
+        model = open_clip.create_model(args.preset.replace("/", "-"), pretrained=None).eval()
+
+        def build():
+            with torch.inference_mode():
+                return open_clip.build_zero_shot_classifier(model, tokenizer, classnames, templates)
+
+    else:
+        from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+
+        config = CLIPTextConfig(
+            vocab_size=49408, hidden_size=512, intermediate_size=2048, num_hidden_layers=12,
+            num_attention_heads=8, max_position_embeddings=77, projection_dim=512,
+            hidden_act="quick_gelu", layer_norm_eps=1e-5,
+        )  # eos_token_id 2 (legacy): pooled at the argmax id, open_clip's end-of-text
+        model = CLIPTextModelWithProjection(config).eval()
+
+        def build():
+            rows = []
+            with torch.inference_mode():
+                for c in classnames:
+                    ids = tokenizer([t.format(c) for t in templates])
+                    ids = ids[:, : int((ids != 0).sum(1).max())]
+                    f = model(input_ids=ids).text_embeds
+                    f = f / f.norm(dim=-1, keepdim=True)
+                    rows.append(f.mean(0) / f.mean(0).norm())
+            return torch.stack(rows, 1)
+
+    def timed():
+        t0 = time.perf_counter()
+        head = build()
+        assert tuple(head.shape) == (512, len(classnames)), head.shape
+        return time.perf_counter() - t0
+
+    for _ in range(args.warmup):
+        timed()
+    times = [timed() for _ in range(args.iters)]
+    prompts = len(classnames) * len(templates)
+    return {
+        "impl": name,
+        "mode": "zeroshot",
+        "preset": args.preset,
+        "device": "cpu",
+        "dtype": "f32",
+        "prompts_per_s": round(prompts * args.iters / sum(times), 3),
+        "prompts_per_s_best": round(prompts / min(times), 3),
+        "prompts": prompts,
+        "classes": len(classnames),
+        "templates": len(templates),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__.split("+")[0],
+        "iters": args.iters,
+        "iter_s": [round(t, 4) for t in times],
+    }
 
 
 def bench(name, args):
@@ -176,7 +247,7 @@ def sgemm_ceiling(args):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--mode", choices=["infer", "train", "sgemm"], default="infer")
+    ap.add_argument("--mode", choices=["infer", "train", "sgemm", "zeroshot"], default="infer")
     ap.add_argument("--preset", choices=sorted(PRESETS), default="ViT-B/32")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--classes", type=int, default=1000, help="head classes in train mode")
@@ -187,15 +258,20 @@ def main():
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--amp", choices=["none", "bf16"], default="none")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--classnames", help="zeroshot: class names, one per line")
+    ap.add_argument("--templates", default="crates/wise-zeroshot/templates/openai_imagenet.txt",
+                    help="zeroshot: prompt templates, one per line with {} for the class name")
     args = ap.parse_args()
 
     torch.set_num_threads(args.threads)
     if args.mode == "sgemm":
         sgemm_ceiling(args)
         return
+    if args.mode == "zeroshot" and not args.classnames:
+        ap.error("--mode zeroshot needs --classnames")
     for name in args.impl:
         try:
-            row = bench(name, args)
+            row = zeroshot_head(name, args) if args.mode == "zeroshot" else bench(name, args)
         except ImportError as e:
             print(f"skipping {name}: {e}", file=sys.stderr)
             continue

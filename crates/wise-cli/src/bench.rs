@@ -5,9 +5,9 @@
 //! `image_embeds`) in the compute dtype of the device, one training step of wise-ft's
 //! recipe (forward, cross-entropy, backward, global-norm clipping, AdamW), the whole of
 //! `wise eval` on a real dataset (decode, resize, model), or the data path alone (decode,
-//! resize, normalise, no model), or the machine's fp32 matrix-product ceiling (`sgemm`: the
-//! model's product shapes and a 2048³ one through wise's BLAS path, for the gemm-bound
-//! limit). One JSON line goes to stdout in the shape of `scripts/bench_torch.py`'s, so
+//! resize, normalise, no model), the zero-shot head (the text tower over every class ×
+//! template prompt), or the machine's fp32 matrix-product ceiling (`sgemm`: the model's
+//! product shapes and a 2048³ one through wise's BLAS path, for the gemm-bound limit). One JSON line goes to stdout in the shape of `scripts/bench_torch.py`'s, so
 //! `scripts/bench.sh` and `scripts/gpu-check.sh` can put the two side by side. Infer and
 //! train lines carry the model's FLOPs per image (`model_gflop_per_img`, every token of
 //! every layer, as PyTorch computes them), so a run's GFLOP/s and share of the ceiling
@@ -19,12 +19,12 @@ use std::time::Instant;
 use anyhow::Context;
 use candle_core::{Device, Tensor};
 use clap::{Args, ValueEnum};
-use wise_clip::{compute_dtype, parse_device, ClipConfig, ImagePreprocessor};
+use wise_clip::{compute_dtype, parse_device, ClipConfig, ClipModel, ClipTokenizer, ImagePreprocessor};
 use wise_data::{Dataset, Loader};
 use wise_eval::{evaluate, EvalOptions};
 use wise_train::loss::cross_entropy;
 use wise_train::optim::{clip_scale, grad_norm, AdamW, AdamWConfig};
-use wise_zeroshot::{ClassifierMeta, ImageClassifier};
+use wise_zeroshot::{zeroshot_head, ClassifierMeta, ImageClassifier, Templates};
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Mode {
@@ -39,6 +39,9 @@ enum Mode {
     /// The best fp32 matrix-product rate through wise's BLAS path, on the model's products
     /// at `--batch-size` images and on 2048³.
     Sgemm,
+    /// The zero-shot head: every `--classnames` × `--templates` prompt through the text
+    /// tower, `--batch-size` prompts at a time (rates in prompts, not images).
+    Zeroshot,
 }
 
 #[derive(Args)]
@@ -69,6 +72,12 @@ pub struct BenchArgs {
     /// Use this many images of `--data`, evenly spread over it (0: all).
     #[arg(long, default_value_t = 0)]
     limit: usize,
+    /// Class names for `zeroshot`, one per line (default: `--classes` names `class N`).
+    #[arg(long)]
+    classnames: Option<PathBuf>,
+    /// Prompt templates for `zeroshot`: a named set or a file.
+    #[arg(long, default_value = "openai_imagenet")]
+    templates: String,
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
@@ -82,6 +91,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let vc = &config.vision_config;
     if args.mode == Mode::Sgemm {
         return sgemm_ceiling(&args, vc, &device);
+    }
+    if args.mode == Mode::Zeroshot {
+        return zeroshot_head_rate(&args, &config, &device);
     }
     let dataset = match (&args.data, args.mode) {
         (Some(path), Mode::Eval | Mode::Preprocess) => Some(subset(Dataset::open(path, None)?, args.limit)),
@@ -159,7 +171,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
                 optimizer.as_mut().expect("train mode").step(&params, &grads, 3e-5, scale)?;
                 lap(3)?;
             }
-            Mode::Sgemm => unreachable!("sgemm mode returned before the model was made"),
+            Mode::Sgemm | Mode::Zeroshot => unreachable!("returned before the classifier was made"),
         }
         // Accelerators queue work: wait for it, or the clock stops early.
         device.synchronize()?;
@@ -260,6 +272,60 @@ fn sgemm_ceiling(args: &BenchArgs, vc: &wise_clip::VisionConfig, device: &Device
         "batch_size": args.batch_size,
         "threads": candle_core::utils::get_num_threads(),
         "iters": args.iters,
+        "blas": wise_clip::matmul::blas_name(),
+    });
+    println!("{line}");
+    Ok(())
+}
+
+/// `wise bench --mode zeroshot`: [`zeroshot_head`] of a random CLIP of the preset's shape
+/// (its text tower: ViT-B/32's is 12 layers of width 512) for every class × template
+/// prompt, tokenized to 77 ids as CLIP's tokenizer does; one iteration is the whole head.
+fn zeroshot_head_rate(args: &BenchArgs, config: &ClipConfig, device: &Device) -> anyhow::Result<()> {
+    let class_names = match &args.classnames {
+        Some(path) => {
+            let text =
+                std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+            text.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect()
+        }
+        None => (0..args.classes).map(|c| format!("class {c}")).collect::<Vec<_>>(),
+    };
+    anyhow::ensure!(!class_names.is_empty(), "no class names");
+    let templates = Templates::resolve(&args.templates)?;
+    let tokenizer = ClipTokenizer::openai(config.text_config.max_position_embeddings)?;
+    let model = ClipModel::fresh(config, args.seed, device)?.with_compute_dtype(compute_dtype(device));
+    let prompts = class_names.len() * templates.items.len();
+    let build = || -> anyhow::Result<()> {
+        let head = zeroshot_head(&model, &tokenizer, &class_names, &templates, args.batch_size)?;
+        anyhow::ensure!(head.dims() == [class_names.len(), config.projection_dim]);
+        Ok(())
+    };
+    for _ in 0..args.warmup {
+        build()?;
+    }
+    let mut times = Vec::with_capacity(args.iters);
+    for _ in 0..args.iters {
+        let t0 = Instant::now();
+        build()?;
+        times.push(t0.elapsed().as_secs_f64());
+    }
+    let total: f64 = times.iter().sum();
+    let best = times.iter().copied().fold(f64::INFINITY, f64::min);
+    let line = serde_json::json!({
+        "impl": "wise",
+        "mode": "zeroshot",
+        "preset": args.preset,
+        "device": device_name(device),
+        "dtype": format!("{:?}", compute_dtype(device)).to_lowercase(),
+        "prompts_per_s": round3((prompts * args.iters) as f64 / total),
+        "prompts_per_s_best": round3(prompts as f64 / best),
+        "prompts": prompts,
+        "classes": class_names.len(),
+        "templates": templates.items.len(),
+        "batch_size": args.batch_size,
+        "threads": candle_core::utils::get_num_threads(),
+        "iters": args.iters,
+        "iter_s": times.iter().map(|t| (t * 1e4).round() / 1e4).collect::<Vec<_>>(),
         "blas": wise_clip::matmul::blas_name(),
     });
     println!("{line}");

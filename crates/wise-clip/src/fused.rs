@@ -127,10 +127,14 @@ fn rows_per_task(rows: usize, width: usize) -> usize {
 }
 
 /// `eˣ` to ~1 ulp (Cephes' `expf` polynomial), branch-free and cast-free so loops over
-/// it vectorise (Rust's saturating float-to-int `as` keeps LLVM from it).
+/// it vectorise (Rust's saturating float-to-int `as` keeps LLVM from it). Below −87.3,
+/// where libm's result turns subnormal, it is 0: a subnormal costs every later product
+/// that reads it a ~100-cycle microcode assist per operation (a causal mask's entries,
+/// e⁻³·⁴ᵉ³⁸, go straight from the softmax into `P·V`).
 #[inline(always)]
 pub(crate) fn exp(x: f32) -> f32 {
     const MAGIC: f32 = 12_582_912.0; // 1.5·2²³
+    let underflows = x < -87.3;
     let x = x.clamp(-87.3, 88.7);
     // n = round(x / ln 2): adding 1.5·2²³ rounds to an integer and leaves n in the low
     // mantissa bits, where 2ⁿ is built from below.
@@ -145,7 +149,12 @@ pub(crate) fn exp(x: f32) -> f32 {
     p = p * r + 0.5;
     let e = p * r * r + r + 1.0;
     let n_bits = t.to_bits().wrapping_sub(MAGIC.to_bits());
-    e * f32::from_bits(n_bits.wrapping_add(127) << 23)
+    let y = e * f32::from_bits(n_bits.wrapping_add(127) << 23);
+    if underflows {
+        0.0
+    } else {
+        y
+    }
 }
 
 #[inline(always)]
@@ -531,7 +540,9 @@ impl CustomOp3 for LayerNormGrad {
 }
 
 /// Softmax of each `width`-wide row of `rows`, in place (max-subtracted, so `exp` stays
-/// finite), after adding the matching rows of the additive `mask` when given.
+/// finite), after adding the matching rows of the additive `mask` when given. Masked and
+/// vanishing probabilities are exactly 0, never subnormal (see [`exp`]): the products
+/// that read them would crawl.
 #[multiversion(targets("x86_64+avx512f+avx512vl+avx2+fma", "x86_64+avx2+fma"))]
 pub(crate) fn softmax_rows(rows: &mut [f32], width: usize, mask: Option<&[f32]>) {
     for (i, row) in rows.chunks_exact_mut(width).enumerate() {
@@ -541,7 +552,10 @@ pub(crate) fn softmax_rows(rows: &mut [f32], width: usize, mask: Option<&[f32]>)
         let max = lane_max(row);
         row.iter_mut().for_each(|s| *s = exp(*s - max));
         let inv = 1.0 / lane_sum([&*row], |[v]| v);
-        row.iter_mut().for_each(|s| *s *= inv);
+        row.iter_mut().for_each(|s| {
+            let p = *s * inv;
+            *s = if p < f32::MIN_POSITIVE { 0.0 } else { p };
+        });
     }
 }
 
@@ -1233,7 +1247,30 @@ mod tests {
             let (ours, libm) = (exp(x), x.exp());
             assert!(((ours - libm) / libm).abs() < 3e-7, "exp({x}) = {ours}, libm {libm}");
         }
-        assert_eq!(exp(-1000.0), (-87.3f32).exp());
+        // Where libm's result would be subnormal (or 0), 0: never a subnormal.
+        for x in [-87.31, -90.0, -103.0, -1000.0, f32::MIN] {
+            assert_eq!(exp(x), 0.0, "exp({x})");
+        }
+        assert_eq!(exp(1000.0), exp(88.7));
+    }
+
+    /// A causal mask's entries (HF's `f32::MIN`) and vanishing probabilities come out of
+    /// the softmax as exact zeros, not subnormals, and the rows still sum to 1.
+    #[test]
+    fn softmax_zeroes_masked_and_vanishing_probabilities() {
+        let mut rows = vec![0.5, 0.25, 0.0, -1.0, 3.0, -84.2, 2.0, -200.0];
+        let mask = [0.0, 0.0, f32::MIN, f32::MIN, 0.0, 0.0, 0.0, 0.0];
+        softmax_rows(&mut rows, 4, Some(&mask));
+        assert_eq!(&rows[2..4], [0.0, 0.0]);
+        assert_eq!(rows[7], 0.0);
+        // e^(−87.2) is normal, but over 1 + e^(−1) it would be subnormal: flushed.
+        assert_eq!(rows[5], 0.0);
+        for row in rows.chunks(4) {
+            assert!((row.iter().sum::<f32>() - 1.0).abs() < 1e-6, "{row:?}");
+        }
+        assert!(rows.iter().all(|p| *p == 0.0 || p.is_normal()), "{rows:?}");
+        let want = 1.0 / (1.0 + (-0.25f32).exp());
+        assert!((rows[0] - want).abs() < 1e-6, "{} vs {want}", rows[0]);
     }
 
     /// The bias add and the heads' split and merge, forward and gradients, equal candle's

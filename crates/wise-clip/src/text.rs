@@ -75,22 +75,30 @@ impl TextEncoder {
             .collect()
     }
 
-    /// The encoder's input and the causal mask, `[B, T, C]` and `[T, T]`.
-    fn encoder_input(&self, ids: &Tensor, dtype: DType) -> Result<(Tensor, Tensor)> {
-        let (b, t) = ids.dims2()?;
-        let c = self.config.hidden_size;
+    /// Checks token ids `[B, T]` against the model (length, vocabulary) and returns them
+    /// as rows.
+    fn checked_ids(&self, ids: &Tensor) -> Result<Vec<Vec<u32>>> {
+        let t = ids.dim(1)?;
         if t > self.config.max_position_embeddings {
             return Err(Error::Invalid(format!(
                 "{t} tokens per text, the model takes at most {}",
                 self.config.max_position_embeddings
             )));
         }
+        let rows = ids.to_vec2::<u32>()?;
         let vocab = self.config.vocab_size as u32;
-        if let Some(bad) = ids.flatten_all()?.to_vec1::<u32>()?.into_iter().find(|&i| i >= vocab) {
+        if let Some(bad) = rows.iter().flatten().find(|&&i| i >= vocab) {
             return Err(Error::Invalid(format!(
                 "token id {bad} is outside the model's vocabulary ({vocab} ids): wrong tokenizer?"
             )));
         }
+        Ok(rows)
+    }
+
+    /// The encoder's input and the causal mask, `[B, T, C]` and `[T, T]`, of checked ids.
+    fn encoder_input(&self, ids: &Tensor, dtype: DType) -> Result<(Tensor, Tensor)> {
+        let (b, t) = ids.dims2()?;
+        let c = self.config.hidden_size;
         let tokens =
             self.token_embedding.to_dtype(dtype)?.index_select(&ids.flatten_all()?, 0)?.reshape((b, t, c))?;
         let positions = self.position_embedding.to_dtype(dtype)?.narrow(0, 0, t)?;
@@ -99,17 +107,27 @@ impl TextEncoder {
 
     /// Encoder output for every position, `[B, T, C]` (HF `last_hidden_state`).
     pub fn last_hidden_state(&self, ids: &Tensor, dtype: DType) -> Result<Tensor> {
+        self.checked_ids(ids)?;
         let (x, mask) = self.encoder_input(ids, dtype)?;
         let x = self.encoder.forward(&x, Some(&mask))?;
         Ok(self.final_layer_norm.forward(&x)?)
     }
 
     /// Projected text features `[B, D]`, unnormalised (HF `get_text_features`): the
-    /// output at each text's pooling position, so the last layer computes that one only.
-    /// `ids`: u32 `[B, T]`; `dtype`: compute dtype.
+    /// output at each text's pooling position. `ids`: u32 `[B, T]`; `dtype`: compute dtype.
+    ///
+    /// Only the positions up to the batch's last pooling position are computed. Attention
+    /// is causal, so no token sees a later one: what follows the last end-of-text token
+    /// (padding, mostly: prompts are ~10–20 of the 77 tokens they are padded to) changes
+    /// nothing that is pooled, and its gradients are zero. Dropping it is exact and saves
+    /// most of the work (open_clip and wise-ft run all 77). The last layer computes the pooled
+    /// positions only.
     pub fn forward(&self, ids: &Tensor, dtype: DType) -> Result<Tensor> {
-        let (x, mask) = self.encoder_input(ids, dtype)?;
-        let positions = self.pool_positions(&ids.to_vec2::<u32>()?);
+        let positions = self.pool_positions(&self.checked_ids(ids)?);
+        let t = ids.dim(1)?;
+        let used = positions.iter().max().map_or(t, |&p| p + 1);
+        let ids = if used < t { ids.narrow(1, 0, used)? } else { ids.clone() };
+        let (x, mask) = self.encoder_input(&ids, dtype)?;
         let pooled = self.encoder.forward_at(&x, Some(&mask), &positions)?;
         Ok(self.text_projection.forward(&self.final_layer_norm.forward(&pooled)?)?)
     }

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device, Module, Tensor};
 use wise_clip::weights::{save_safetensors_atomic, Checkpoint, SafetensorsFile};
 use wise_clip::{ClipModel, HubOptions, Layout, ModelSource};
 
@@ -277,4 +277,34 @@ fn concurrent_backward_passes_keep_their_own_gradients() {
             }
         }
     }
+}
+
+/// The text tower runs a batch only up to its last end-of-text token (attention is causal):
+/// the features are still HF's (computed over all 77 positions) and the full-length
+/// encoder's, and whatever follows end-of-text changes nothing.
+#[test]
+fn text_features_stop_at_the_last_end_of_text() {
+    let model = load("clip-tiny-quickgelu");
+    let exp = expected("clip-tiny-quickgelu");
+    // The first three captions end at positions 10, 12 and 21 of 77.
+    let short = ids(&exp).narrow(0, 0, 3).unwrap();
+    assert_eq!(model.text.pool_positions(&short.to_vec2().unwrap()), [10, 12, 21]);
+    let got = model.text_features(&short).unwrap();
+    let d = max_abs_diff(&got, &exp["text_embeds"].narrow(0, 0, 3).unwrap());
+    assert!(d <= 1e-4, "text embeddings differ from HF's by {d}");
+
+    let hidden = model.text.last_hidden_state(&short, DType::F32).unwrap();
+    let pooled: Vec<Tensor> =
+        [10, 12, 21].iter().enumerate().map(|(b, &p)| hidden.get(b).unwrap().get(p).unwrap()).collect();
+    let full = model.text.text_projection.forward(&Tensor::stack(&pooled, 0).unwrap()).unwrap();
+    let d = max_abs_diff(&got, &full);
+    assert!(d <= 1e-6, "trimmed and full-length features differ by {d}");
+
+    // Other tokens after end-of-text (ids below end-of-text's, which pools by argmax here).
+    let mut rows = short.to_vec2::<u32>().unwrap();
+    for (row, end) in rows.iter_mut().zip([10, 12, 21]) {
+        row.iter_mut().enumerate().skip(end + 1).for_each(|(i, id)| *id = (i * 37 % 1000) as u32);
+    }
+    let noisy = model.text_features(&model.ids_tensor(&rows).unwrap()).unwrap();
+    assert_eq!(max_abs_diff(&noisy, &got), 0.0);
 }
