@@ -112,3 +112,23 @@ fn sgemm_mode_and_model_flops() {
     let head = 3.0 * 2.0 * 512.0 * 10.0 / 1e9;
     assert!((train - 3.0 * infer - head).abs() < 0.002, "{train} vs 3 × {infer} + head");
 }
+
+/// `--mode zeroshot` builds the head from every class × template prompt and reports
+/// prompts, not images; a missing class-name file is named.
+#[test]
+fn zeroshot_mode_counts_prompts() {
+    let dir = tempfile::tempdir().unwrap();
+    let names = dir.path().join("classes.txt");
+    std::fs::write(&names, "cat\ndog\n\nhot dog\n").unwrap();
+    let args = ["bench", "--mode", "zeroshot", "--templates", "simple", "--iters", "2", "--warmup", "0"];
+    let out = ok(&wise(&[&args[..], &["--classnames", s(&names)]].concat()));
+    let line: serde_json::Value = serde_json::from_str(out.trim()).expect("one JSON line");
+    assert_eq!(line["mode"], "zeroshot");
+    assert_eq!((line["classes"].as_u64(), line["templates"].as_u64()), (Some(3), Some(1)));
+    assert_eq!(line["prompts"], 3);
+    assert_eq!(line["iter_s"].as_array().unwrap().len(), 2);
+    assert!(line["prompts_per_s"].as_f64().unwrap() > 0.0);
+    assert!(line.get("img_per_s").is_none());
+    let missing = dir.path().join("nope.txt");
+    fails_with(&wise(&[&args[..], &["--classnames", s(&missing)]].concat()), &["nope.txt"]);
+}
