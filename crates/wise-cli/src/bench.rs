@@ -24,7 +24,7 @@ use wise_data::{Dataset, Loader};
 use wise_eval::{evaluate, EvalOptions};
 use wise_train::loss::cross_entropy;
 use wise_train::optim::{clip_scale, grad_norm, AdamW, AdamWConfig};
-use wise_zeroshot::{zeroshot_head, ClassifierMeta, ImageClassifier, Templates};
+use wise_zeroshot::{zeroshot_head, ClassifierMeta, ImageClassifier, Templates, PROMPT_BATCH};
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Mode {
@@ -51,7 +51,11 @@ pub struct BenchArgs {
     /// Model shape: ViT-B/32, ViT-B/16, ViT-L/14 or ViT-L/14-336.
     #[arg(long, default_value = "ViT-B/32")]
     preset: String,
-    #[arg(long, default_value_t = 32)]
+    /// Images a batch, or prompts for `zeroshot` (default 32; `zeroshot`: as `wise zeroshot`).
+    #[arg(long = "batch-size")]
+    batch: Option<usize>,
+    /// `--batch-size` or the mode's default.
+    #[arg(skip)]
     batch_size: usize,
     /// Classes of the head (train mode); ImageNet's 1000 by default.
     #[arg(long, default_value_t = 1000)]
@@ -80,7 +84,9 @@ pub struct BenchArgs {
     templates: String,
 }
 
-pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+pub fn run(mut args: BenchArgs) -> anyhow::Result<()> {
+    let default_batch = if args.mode == Mode::Zeroshot { PROMPT_BATCH } else { 32 };
+    args.batch_size = args.batch.unwrap_or(default_batch);
     anyhow::ensure!(args.batch_size > 0 && args.iters > 0, "--batch-size and --iters must be at least 1");
     anyhow::ensure!(args.classes > 0, "--classes must be at least 1");
     let config = ClipConfig::preset(&args.preset).with_context(|| {

@@ -126,6 +126,7 @@ fn zeroshot_mode_counts_prompts() {
     assert_eq!(line["mode"], "zeroshot");
     assert_eq!((line["classes"].as_u64(), line["templates"].as_u64()), (Some(3), Some(1)));
     assert_eq!(line["prompts"], 3);
+    assert_eq!(line["batch_size"], 256, "zeroshot batches as `wise zeroshot` does");
     assert_eq!(line["iter_s"].as_array().unwrap().len(), 2);
     assert!(line["prompts_per_s"].as_f64().unwrap() > 0.0);
     assert!(line.get("img_per_s").is_none());

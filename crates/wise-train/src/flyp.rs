@@ -33,13 +33,10 @@ use std::collections::BTreeMap;
 use candle_core::{DType, Tensor, Var};
 use wise_clip::{ClipModel, ClipTokenizer, ModelSource};
 use wise_data::Dataset;
-use wise_zeroshot::{zeroshot_head, ImageClassifier, Templates};
+use wise_zeroshot::{zeroshot_head, ImageClassifier, Templates, PROMPT_BATCH};
 
 use crate::contrastive::{batch_loss, caption, clamp_logit_scale, Captions};
 use crate::{Error, Result};
-
-/// Text-tower batch size when rebuilding the head.
-const HEAD_BATCH: usize = 256;
 
 /// A classifier's image tower joined to a CLIP's text tower and temperature, ready for
 /// contrastive fine-tuning.
@@ -146,7 +143,7 @@ impl Flyp {
 
     /// The zero-shot head of the current text tower for `class_names`, `[C, D]` on the CPU.
     pub fn head(&self, class_names: &[String]) -> Result<Tensor> {
-        Ok(zeroshot_head(&self.clip, &self.tokenizer, class_names, &self.templates, HEAD_BATCH)?)
+        Ok(zeroshot_head(&self.clip, &self.tokenizer, class_names, &self.templates, PROMPT_BATCH)?)
     }
 
     /// Sets the classifier's head to [`Self::head`] of its classes, bias 0.

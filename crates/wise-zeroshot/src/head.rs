@@ -10,6 +10,10 @@ use wise_clip::{ClipModel, ClipTokenizer, Result};
 
 use crate::templates::Templates;
 
+/// Prompts a text-tower batch when building a head (what `wise zeroshot` and FLYP's head
+/// rebuilds use).
+pub const PROMPT_BATCH: usize = 256;
+
 /// `[C, D]` head weights for `class_names` (C rows, in order), on the CPU.
 ///
 /// Every (class, template) prompt goes through the text tower in batches of `batch_size`,

@@ -25,7 +25,7 @@ use candle_core::Device;
 use wise_clip::{ClipModel, ModelSource, Result};
 
 pub use classifier::{ClassifierMeta, ImageClassifier, Preprocessing};
-pub use head::zeroshot_head;
+pub use head::{zeroshot_head, PROMPT_BATCH};
 pub use templates::Templates;
 
 /// Loads a CLIP, builds the zero-shot head for `class_names`, and returns the classifier
@@ -37,7 +37,7 @@ pub fn zeroshot_classifier(
     device: &Device,
 ) -> Result<ImageClassifier> {
     let model = ClipModel::load(source, device)?.with_compute_dtype(wise_clip::compute_dtype(device));
-    let head = zeroshot_head(&model, &source.tokenizer()?, class_names, templates, 256)?;
+    let head = zeroshot_head(&model, &source.tokenizer()?, class_names, templates, PROMPT_BATCH)?;
     let meta = ClassifierMeta {
         class_names: class_names.to_vec(),
         templates: templates.items.clone(),
