@@ -302,7 +302,7 @@ fn zeroshot_head_rate(args: &BenchArgs, config: &ClipConfig, device: &Device) ->
     let model = ClipModel::fresh(config, args.seed, device)?.with_compute_dtype(compute_dtype(device));
     let prompts = class_names.len() * templates.items.len();
     let build = || -> anyhow::Result<()> {
-        let head = zeroshot_head(&model, &tokenizer, &class_names, &templates, args.batch_size)?;
+        let head = zeroshot_head(&model, &tokenizer, &class_names, &templates, args.batch_size, |_, _| {})?;
         anyhow::ensure!(head.dims() == [class_names.len(), config.projection_dim]);
         Ok(())
     };

@@ -143,7 +143,7 @@ impl Flyp {
 
     /// The zero-shot head of the current text tower for `class_names`, `[C, D]` on the CPU.
     pub fn head(&self, class_names: &[String]) -> Result<Tensor> {
-        Ok(zeroshot_head(&self.clip, &self.tokenizer, class_names, &self.templates, PROMPT_BATCH)?)
+        Ok(zeroshot_head(&self.clip, &self.tokenizer, class_names, &self.templates, PROMPT_BATCH, |_, _| {})?)
     }
 
     /// Sets the classifier's head to [`Self::head`] of its classes, bias 0.

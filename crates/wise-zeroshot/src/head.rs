@@ -20,12 +20,14 @@ pub const PROMPT_BATCH: usize = 256;
 /// shortest prompts first: the tower runs a batch only up to its longest prompt
 /// ([`wise_clip::text::TextEncoder::forward`]), so batches of like lengths do the least
 /// work, and few-template classes still fill whole batches (wise-ft batches per class).
+/// `progress(done, total)` is called with the prompts encoded after each batch.
 pub fn zeroshot_head(
     model: &ClipModel,
     tokenizer: &ClipTokenizer,
     class_names: &[String],
     templates: &Templates,
     batch_size: usize,
+    mut progress: impl FnMut(usize, usize),
 ) -> Result<Tensor> {
     let mut prompts = Vec::with_capacity(class_names.len() * templates.items.len());
     let mut class_of = Vec::with_capacity(prompts.capacity());
@@ -53,6 +55,7 @@ pub fn zeroshot_head(
             sum.iter_mut().zip(row).for_each(|(s, x)| *s += x as f64);
             counts[class_of[i]] += 1;
         }
+        progress(counts.iter().sum(), prompts.len());
     }
     let means: Vec<f32> = sums
         .iter()

@@ -36,8 +36,20 @@ pub fn zeroshot_classifier(
     templates: &Templates,
     device: &Device,
 ) -> Result<ImageClassifier> {
+    zeroshot_classifier_with_progress(source, class_names, templates, device, |_, _| {})
+}
+
+/// [`zeroshot_classifier`], calling `progress(done, total)` with the prompts encoded so far
+/// (a head for ImageNet is 80,000 of them).
+pub fn zeroshot_classifier_with_progress(
+    source: &ModelSource,
+    class_names: &[String],
+    templates: &Templates,
+    device: &Device,
+    progress: impl FnMut(usize, usize),
+) -> Result<ImageClassifier> {
     let model = ClipModel::load(source, device)?.with_compute_dtype(wise_clip::compute_dtype(device));
-    let head = zeroshot_head(&model, &source.tokenizer()?, class_names, templates, PROMPT_BATCH)?;
+    let head = zeroshot_head(&model, &source.tokenizer()?, class_names, templates, PROMPT_BATCH, progress)?;
     let meta = ClassifierMeta {
         class_names: class_names.to_vec(),
         templates: templates.items.clone(),

@@ -29,7 +29,15 @@ fn heads_match_wise_ft_recipe_in_transformers() {
     for set in ["simple", "openai_imagenet"] {
         let templates = Templates::resolve(set).unwrap();
         // A small batch size so the per-class batching is exercised too.
-        let head = zeroshot_head(&model, &tokenizer, &digits(), &templates, 7).unwrap();
+        let mut reports = Vec::new();
+        let head = zeroshot_head(&model, &tokenizer, &digits(), &templates, 7, |done, total| {
+            reports.push((done, total))
+        })
+        .unwrap();
+        // One report a batch of 7, the last with every prompt.
+        let total = 10 * templates.items.len();
+        assert_eq!(reports.len(), total.div_ceil(7));
+        assert_eq!(reports.last(), Some(&(total, total)));
         let d = max_abs_diff(&head, &exp[&format!("head.{set}")]);
         assert!(d <= 1e-5, "{set}: head differs by {d}");
     }
