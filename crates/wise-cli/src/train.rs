@@ -142,11 +142,13 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
 #[derive(Default)]
 pub struct Bars {
     bar: Option<ProgressBar>,
+    /// A zero-shot head being built (FLYP's rebuilds, an experiment's zeroshot stage).
+    head: Option<ProgressBar>,
 }
 
 impl Bars {
     pub fn finish(&mut self) {
-        if let Some(bar) = self.bar.take() {
+        for bar in [self.bar.take(), self.head.take()].into_iter().flatten() {
             bar.finish_and_clear();
         }
     }
@@ -181,5 +183,24 @@ impl Observer for Bars {
             .map(|e| format!("{} top1 {:.2}%", e.dataset, 100.0 * e.metrics.top1()))
             .collect();
         eprintln!("epoch {} done{}{}", epoch + 1, if accs.is_empty() { "" } else { ": " }, accs.join(", "));
+    }
+
+    fn head_progress(&mut self, done: usize, total: usize) {
+        let bar = self.head.get_or_insert_with(|| {
+            let bar = ProgressBar::new(total as u64);
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "zero-shot head {bar:25} {pos}/{len} prompts {per_sec} eta {eta}",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            );
+            bar
+        });
+        bar.set_position(done as u64);
+        if done >= total {
+            if let Some(bar) = self.head.take() {
+                bar.finish_and_clear();
+            }
+        }
     }
 }

@@ -4,9 +4,9 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Args;
-use indicatif::{ProgressBar, ProgressStyle};
 use wise_clip::ModelSource;
 use wise_data::Dataset;
+use wise_train::Observer;
 use wise_zeroshot::{zeroshot_classifier_with_progress, Templates};
 
 #[derive(Args)]
@@ -36,16 +36,10 @@ pub fn run(args: ZeroshotArgs) -> anyhow::Result<()> {
     let templates = Templates::resolve(&args.templates)?;
     let source =
         ModelSource::resolve(&args.model).with_context(|| format!("loading model '{}'", args.model))?;
-    let bar = ProgressBar::new((class_names.len() * templates.items.len()) as u64);
-    bar.set_style(
-        ProgressStyle::with_template("zero-shot head {bar:30} {pos}/{len} prompts {per_sec} eta {eta}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
-    let classifier =
-        zeroshot_classifier_with_progress(&source, &class_names, &templates, &device, |done, _| {
-            bar.set_position(done as u64)
-        })?;
-    bar.finish_and_clear();
+    let mut bars = crate::train::Bars::default();
+    let progress = |done, total| bars.head_progress(done, total);
+    let classifier = zeroshot_classifier_with_progress(&source, &class_names, &templates, &device, progress)?;
+    bars.finish();
     classifier.save(&args.out)?;
     eprintln!(
         "wrote {}: {} classes × {} templates ({}), head [{}, {}]",

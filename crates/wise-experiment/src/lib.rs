@@ -21,7 +21,7 @@ use wise_eval::{evaluate_many, EvalOptions, ResultsFile};
 use wise_shift::{shift_dataset, ShiftOptions};
 use wise_train::pretrain::{load_captioned, pretrain, PretrainConfig};
 use wise_train::{train, Observer, Run};
-use wise_zeroshot::{zeroshot_classifier, ImageClassifier, Templates};
+use wise_zeroshot::{zeroshot_classifier_with_progress, ImageClassifier, Templates};
 
 pub use config::Experiment;
 pub use stages::Stage;
@@ -291,8 +291,10 @@ pub fn run(
                     .map_err(stage_err("zeroshot"))?;
                 let templates = Templates::resolve(&exp.path(&exp.zeroshot.templates).display().to_string())
                     .map_err(stage_err("zeroshot"))?;
-                let classifier = zeroshot_classifier(&source, &classes, &templates, device)
-                    .map_err(stage_err("zeroshot"))?;
+                let progress = |done, total| observer.head_progress(done, total);
+                let classifier =
+                    zeroshot_classifier_with_progress(&source, &classes, &templates, device, progress)
+                        .map_err(stage_err("zeroshot"))?;
                 classifier.save(&layout.zeroshot).map_err(stage_err("zeroshot"))?;
             }
             "finetune" => {

@@ -141,14 +141,19 @@ impl Flyp {
         clamp_logit_scale(&self.clip)
     }
 
-    /// The zero-shot head of the current text tower for `class_names`, `[C, D]` on the CPU.
-    pub fn head(&self, class_names: &[String]) -> Result<Tensor> {
-        Ok(zeroshot_head(&self.clip, &self.tokenizer, class_names, &self.templates, PROMPT_BATCH, |_, _| {})?)
+    /// The zero-shot head of the current text tower for `class_names`, `[C, D]` on the CPU;
+    /// `progress(done, total)` as [`zeroshot_head`]'s.
+    pub fn head(&self, class_names: &[String], progress: impl FnMut(usize, usize)) -> Result<Tensor> {
+        Ok(zeroshot_head(&self.clip, &self.tokenizer, class_names, &self.templates, PROMPT_BATCH, progress)?)
     }
 
     /// Sets the classifier's head to [`Self::head`] of its classes, bias 0.
-    pub fn rebuild_head(&self, classifier: &ImageClassifier) -> Result<()> {
-        let head = self.head(&classifier.meta.class_names)?.to_device(classifier.device())?;
+    pub fn rebuild_head(
+        &self,
+        classifier: &ImageClassifier,
+        progress: impl FnMut(usize, usize),
+    ) -> Result<()> {
+        let head = self.head(&classifier.meta.class_names, progress)?.to_device(classifier.device())?;
         classifier.head.weight.set(&head)?;
         if let Some(bias) = &classifier.head.bias {
             bias.set(&Tensor::zeros(bias.dims(), DType::F32, classifier.device())?)?;

@@ -19,10 +19,12 @@ use wise_zeroshot::{zeroshot_classifier, ImageClassifier, Templates};
 mod support;
 use support::{fixture, load, max_abs_diff, raw};
 
-/// Records every step; panics after step `panic_at` (a run killed there).
+/// Records every step and head-building report; panics after step `panic_at` (a run
+/// killed there).
 #[derive(Default)]
 struct Record {
     steps: Vec<StepInfo>,
+    heads: Vec<(usize, usize)>,
     panic_at: Option<usize>,
 }
 
@@ -32,6 +34,10 @@ impl Observer for Record {
         if Some(info.step) == self.panic_at {
             panic!("killed at step {}", info.step);
         }
+    }
+
+    fn head_progress(&mut self, done: usize, total: usize) {
+        self.heads.push((done, total));
     }
 }
 
@@ -103,6 +109,8 @@ fn three_contrastive_steps_match_pytorch() {
         exp["grad_norms"].to_vec1().unwrap(),
     );
     assert_eq!(record.steps.len(), 3);
+    // The head rebuilt after each of the 3 epochs: 4 classes × 1 template, one batch.
+    assert_eq!(record.heads, [(4, 4); 3]);
     for (i, s) in record.steps.iter().enumerate() {
         assert_eq!(s.lr, want_lrs[i], "lr at step {i}");
         let dl = (s.loss - want_losses[i]).abs();
