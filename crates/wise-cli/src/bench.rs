@@ -7,7 +7,8 @@
 //! `wise eval` on a real dataset (decode, resize, model), or the data path alone (decode,
 //! resize, normalise, no model), the zero-shot head (the text tower over every class ×
 //! template prompt), or the machine's fp32 matrix-product ceiling (`sgemm`: the model's
-//! product shapes and a 2048³ one through wise's BLAS path, for the gemm-bound limit). One JSON line goes to stdout in the shape of `scripts/bench_torch.py`'s, so
+//! product shapes and a 2048³ one through wise's BLAS path, for the gemm-bound limit).
+//! One JSON line goes to stdout in the shape of `scripts/bench_torch.py`'s, so
 //! `scripts/bench.sh` and `scripts/gpu-check.sh` can put the two side by side. Infer and
 //! train lines carry the model's FLOPs per image (`model_gflop_per_img`, every token of
 //! every layer, as PyTorch computes them), so a run's GFLOP/s and share of the ceiling
@@ -76,7 +77,8 @@ pub struct BenchArgs {
     /// Use this many images of `--data`, evenly spread over it (0: all).
     #[arg(long, default_value_t = 0)]
     limit: usize,
-    /// Class names for `zeroshot`, one per line (default: `--classes` names `class N`).
+    /// Class names for `zeroshot`, as `wise zeroshot --classes` reads them: a classnames.txt
+    /// or a dataset folder (default: `--classes` names `class N`).
     #[arg(long)]
     classnames: Option<PathBuf>,
     /// Prompt templates for `zeroshot`: a named set or a file.
@@ -289,14 +291,9 @@ fn sgemm_ceiling(args: &BenchArgs, vc: &wise_clip::VisionConfig, device: &Device
 /// prompt, tokenized to 77 ids as CLIP's tokenizer does; one iteration is the whole head.
 fn zeroshot_head_rate(args: &BenchArgs, config: &ClipConfig, device: &Device) -> anyhow::Result<()> {
     let class_names = match &args.classnames {
-        Some(path) => {
-            let text =
-                std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-            text.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect()
-        }
-        None => (0..args.classes).map(|c| format!("class {c}")).collect::<Vec<_>>(),
+        Some(path) => Dataset::class_names_of(path)?,
+        None => (0..args.classes).map(|c| format!("class {c}")).collect(),
     };
-    anyhow::ensure!(!class_names.is_empty(), "no class names");
     let templates = Templates::resolve(&args.templates)?;
     let tokenizer = ClipTokenizer::openai(config.text_config.max_position_embeddings)?;
     let model = ClipModel::fresh(config, args.seed, device)?.with_compute_dtype(compute_dtype(device));
