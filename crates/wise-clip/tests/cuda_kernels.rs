@@ -41,7 +41,7 @@ fn cuda_kernels_match_references_when_run_on_the_cpu() {
     // × 3 outputs; the sum of squares; the bias add (with and without a residual) and its
     // column sums at 3 sizes; the heads' splits and merges, unpadded and padded, 2 layouts
     // one value per access and 1 by 16 bytes; q/k/v's split and merge both ways; in both
-    // dtypes; flash attention (bf16) at 4 sizes × 5 outputs.
-    let expected = 2 * (12 + 16 + 3 * 8) + 6 + 1 + 2 * (3 * 3 + 2 * 2 * 2 + 2 * 2 + 2 * 2) + 4 * 5;
+    // dtypes; flash attention (bf16) at 5 sizes × 5 outputs.
+    let expected = 2 * (12 + 16 + 3 * 8) + 6 + 1 + 2 * (3 * 3 + 2 * 2 * 2 + 2 * 2 + 2 * 2) + 5 * 5;
     assert_eq!(report.lines().filter(|l| l.starts_with("ok ")).count(), expected, "{report}");
 }
