@@ -228,6 +228,7 @@ pub fn run(
             continue;
         }
         log(&format!("run   {}: {}", stage.name, stage.description));
+        let started = std::time::Instant::now();
         let resume = stage.was_started(&out);
         stage.mark_started(&out)?;
         match family.as_str() {
@@ -330,6 +331,7 @@ pub fn run(
             other => return Err(Error::Invalid(format!("unknown stage {other}"))),
         }
         stage.mark_done(&out)?;
+        log(&format!("      done in {:.1} s", started.elapsed().as_secs_f64()));
         outcomes.push((stage.name.clone(), Outcome::Ran));
     }
     Ok(outcomes)
