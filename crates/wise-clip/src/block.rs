@@ -98,11 +98,19 @@ static POOL: Mutex<Vec<Vec<f32>>> = Mutex::new(Vec::new());
 /// Buffers kept at most: the activations of ~20 blocks.
 const POOL_BUFFERS: usize = 192;
 
-/// A buffer of `n` values, contents unspecified.
+/// A buffer of `n` values, contents unspecified: a pooled one of the same length, else one
+/// with room for `n` but not twice that (text batches run to their longest caption, so their
+/// sizes vary from batch to batch), else a new one.
 fn take(n: usize) -> Vec<f32> {
     let mut pool = POOL.lock().unwrap_or_else(|e| e.into_inner());
-    match pool.iter().rposition(|b| b.len() == n) {
-        Some(i) => pool.swap_remove(i),
+    let fits = |b: &Vec<f32>| b.capacity() >= n && b.capacity() <= 2 * n;
+    let found = pool.iter().rposition(|b| b.len() == n).or_else(|| pool.iter().rposition(fits));
+    match found {
+        Some(i) => {
+            let mut b = pool.swap_remove(i);
+            b.resize(n, 0.0);
+            b
+        }
         None => vec![0f32; n],
     }
 }
