@@ -45,6 +45,7 @@ pub fn zeroshot_head(
     let dim = model.config.projection_dim;
     let mut sums = vec![vec![0f64; dim]; class_names.len()];
     let mut counts = vec![0usize; class_names.len()];
+    let mut done = 0;
     for batch in order.chunks(batch_size.max(1)) {
         let ids: Vec<Vec<u32>> = batch.iter().map(|&i| prompts[i].clone()).collect();
         let ids = model.ids_tensor(&ids)?;
@@ -55,7 +56,8 @@ pub fn zeroshot_head(
             sum.iter_mut().zip(row).for_each(|(s, x)| *s += x as f64);
             counts[class_of[i]] += 1;
         }
-        progress(counts.iter().sum(), prompts.len());
+        done += batch.len();
+        progress(done, prompts.len());
     }
     let means: Vec<f32> = sums
         .iter()
