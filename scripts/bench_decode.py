@@ -18,6 +18,13 @@ Run it with ``OMP_NUM_THREADS=1`` (numpy, torch) for one core.
 
 Usage: ``python scripts/bench_decode.py --data DIR [--limit 2000] [--iters 2] [--size 224]``
 (``--limit`` picks images evenly spread over the sorted file list, as ``wise bench`` does).
+
+``--make-photos DST`` instead writes photo-sized JPEGs made from the images under ``--data``
+(``--limit`` of them, class folders kept), for measuring decoding at the size users feed
+CLIP: CIFAR's 32x32 JPEGs decode in microseconds and leave only the resize to measure.
+Each image is upscaled (bicubic) to 500x375, every fourth to 375x500 (ImageNet's typical
+sizes), given Gaussian noise (sigma 12 levels, seeded) so that its JPEG carries a photo's
+amount of detail rather than an upscale's smoothness, and saved at quality 90 (~70 KB).
 """
 
 import argparse
@@ -67,6 +74,17 @@ def hf_prepare(paths, size, batch=32):
 IMPLS = {"pil": pil_prepare, "hf-processor": hf_prepare}
 
 
+def make_photos(src, dst, limit):
+    rng = np.random.default_rng(0)
+    for i, path in enumerate(files_of(src, limit)):
+        size = (375, 500) if i % 4 == 0 else (500, 375)
+        img = Image.open(path).convert("RGB").resize(size, Image.BICUBIC)
+        noisy = np.asarray(img, dtype=np.float32) + rng.normal(0.0, 12.0, (size[1], size[0], 3))
+        out = os.path.join(dst, os.path.relpath(path, src))
+        os.makedirs(os.path.dirname(out), exist_ok=True)
+        Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8)).save(os.path.splitext(out)[0] + ".jpg", quality=90)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", required=True)
@@ -74,7 +92,11 @@ def main():
     ap.add_argument("--iters", type=int, default=2)
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--impl", nargs="+", choices=sorted(IMPLS), default=["pil", "hf-processor"])
+    ap.add_argument("--make-photos", metavar="DST", help="write photo-sized JPEGs made from --data to DST, then exit")
     args = ap.parse_args()
+    if args.make_photos:
+        make_photos(args.data, args.make_photos, args.limit)
+        return
 
     # One core: torch (behind transformers' processors) and numpy's BLAS stay single-threaded.
     try:

@@ -2,10 +2,13 @@
 # Is the data path ever the bottleneck? Side-by-side CPU benchmark on real JPEGs.
 #
 # Usage:
-#   scripts/bench_eval.sh [--data DIR] [--limit 320] [--batch-size 32] [--decode-limit 2000]
+#   scripts/bench_eval.sh [--data DIR] [--photos] [--limit 320] [--batch-size 32] [--decode-limit 2000]
 #
 #   --data DIR   an ImageFolder of JPEGs; default: CIFAR-10 test, unpacked from
 #                ../shared/datasets/cifar10/cifar10-jpeg.tar.gz into a temp folder.
+#   --photos     run on photo-sized JPEGs (500x375 and 375x500, ~70 KB) made from the
+#                data's first --decode-limit images (scripts/bench_decode.py --make-photos):
+#                decoding at the size users feed CLIP, not CIFAR's 32x32.
 #   WISE_PY, WISE_BIN as for scripts/bench.sh.
 #
 # 1. `wise bench --mode eval`: the whole of `wise eval` (decode, resize to 224, model) with
@@ -19,16 +22,18 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DATA=
+PHOTOS=
 LIMIT=320
 BATCH=32
 DECODE_LIMIT=2000
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --data) DATA=$2; shift 2 ;;
+        --photos) PHOTOS=1; shift ;;
         --limit) LIMIT=$2; shift 2 ;;
         --batch-size) BATCH=$2; shift 2 ;;
         --decode-limit) DECODE_LIMIT=$2; shift 2 ;;
-        -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
         *) echo "unknown argument: $1" >&2; exit 2 ;;
     esac
 done
@@ -48,6 +53,11 @@ if [[ -z "$DATA" ]]; then
     [[ -f $ARCHIVE ]] || { echo "no --data and no $ARCHIVE" >&2; exit 1; }
     tar xzf "$ARCHIVE" -C "$TMP" test
     DATA=$TMP/test
+fi
+if [[ -n "$PHOTOS" ]]; then
+    echo "== photo-sized JPEGs from $DATA (not timed)"
+    "$PY" scripts/bench_decode.py --data "$DATA" --limit "$DECODE_LIMIT" --make-photos "$TMP/photos"
+    DATA=$TMP/photos
 fi
 if [[ -z "${WISE_BIN:-}" ]]; then
     echo "== build (not timed)"
