@@ -434,9 +434,24 @@ fn gemm(
 /// Rows (columns) per task, at least: a thread's share below this is not worth handing over.
 const MIN_PER_TASK: usize = 16;
 
+/// Rows per thread from which a product is split by rows even when it has more columns.
+const ROWS_PER_THREAD: usize = 256;
+
+/// How [`par_sgemm`] splits `C` (`m × n`) over `threads`: by rows, or by columns.
+///
+/// Each task's BLAS call packs all of the operand it shares with the others: split by
+/// rows, every thread packs the whole of op(B) (`n × k`, a layer's weight in a forward);
+/// by columns, the whole of op(A) (`m × k`). So columns pack less when `m < n`, and for few
+/// rows packing is most of the work: a batch-1 ViT-B/32 forward (50 rows a product) runs
+/// 35 % faster split by columns (BENCHMARKS.md, session 11). With a few hundred rows a
+/// thread the packing is small beside the product and rows are as fast or faster (a
+/// training step's 800 rows: session 8). Too few columns to go round: rows.
+fn split_by_rows((m, n): (usize, usize), threads: usize) -> bool {
+    n < threads * MIN_PER_TASK || (m >= threads * MIN_PER_TASK && (m >= n || m >= threads * ROWS_PER_THREAD))
+}
+
 /// [`sgemm`] split over rayon's threads, one single-threaded sgemm per block of C: blocks
-/// of rows, or of columns when C has too few rows to go round (one pooled token per
-/// image, a bias gradient).
+/// of rows or of columns, as [`split_by_rows`] decides.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn par_sgemm(
     trans: (bool, bool),
@@ -493,7 +508,7 @@ unsafe fn par_sgemm_to(
     }
     let threads = rayon::current_num_threads().max(1);
     let trans = (trans_a, trans_b);
-    if m >= threads * MIN_PER_TASK || n < threads * MIN_PER_TASK {
+    if split_by_rows((m, n), threads) {
         let per = m.div_ceil(threads).max(MIN_PER_TASK);
         (0..m.div_ceil(per)).into_par_iter().for_each(|j| {
             let (r0, rows) = (j * per, per.min(m - j * per));
@@ -764,9 +779,9 @@ mod tests {
             let diff = ours.iter().zip(theirs).fold(0f64, |m, (o, t)| m.max((*o as f64 - t).abs()));
             assert!(diff / scale < 1e-5, "{what}: relative difference {}", diff / scale);
         };
-        // Row split (70 rows), column split (5 and 1 rows of 70 and 64 columns), and too few
-        // of either to split (3 × 20).
-        for (m, n, k) in [(70, 45, 13), (5, 70, 13), (1, 64, 9), (3, 20, 7)] {
+        // Row split (70 rows, 45 columns), column split (70 rows of 200 columns: more columns
+        // than rows; 5 and 1 rows of 70 and 64 columns), and too few of either to split (3 × 20).
+        for (m, n, k) in [(70, 45, 13), (70, 200, 13), (5, 70, 13), (1, 64, 9), (3, 20, 7)] {
             for trans in [(false, false), (false, true), (true, false), (true, true)] {
                 let what = format!("{m}×{n}×{k}, transposes {trans:?}");
                 let (ar, ac) = if trans.0 { (k, m) } else { (m, k) };
@@ -784,6 +799,18 @@ mod tests {
                 close(&fresh, &expect, &format!("product {what}"));
             }
         }
+    }
+
+    /// ViT-B/32's products on two threads: a batch-1 forward (50 rows) and a batch-8 one
+    /// (400) split by columns, a training batch's (800) and the weight gradients by rows;
+    /// the pooled block's 16 rows by columns; a 20-column product by rows.
+    #[test]
+    fn splits_few_rows_by_columns() {
+        assert!(!split_by_rows((50, 3072), 2) && !split_by_rows((50, 768), 2));
+        assert!(!split_by_rows((400, 768), 2) && !split_by_rows((16, 3072), 2));
+        assert!(split_by_rows((800, 3072), 2) && split_by_rows((800, 768), 2));
+        assert!(split_by_rows((768, 3072), 2) && split_by_rows((3072, 768), 2));
+        assert!(split_by_rows((400, 20), 2) && split_by_rows((3000, 2304), 16));
     }
 
     fn ours_shape(x: &Tensor, y: &Tensor) -> Vec<usize> {
