@@ -573,8 +573,17 @@ mod tests {
     #[test]
     fn windowed_resize_is_the_whole_resize_cropped() {
         let (mut samples, mut differing) = (0usize, 0usize);
-        let sizes =
-            [(500, 375), (375, 500), (640, 480), (1000, 23), (23, 1000), (41, 29), (224, 224), (225, 224)];
+        let sizes = [
+            (500, 375),
+            (375, 500),
+            (640, 480),
+            (1000, 23),
+            (23, 1000),
+            (41, 29),
+            (224, 224),
+            (225, 224),
+            (227, 224),
+        ];
         for (w, h) in sizes {
             let img = RgbImage::from_fn(w, h, |x, y| {
                 let v = (x.wrapping_mul(2_654_435_761) ^ y.wrapping_mul(40_503)) >> 7;
