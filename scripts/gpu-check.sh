@@ -32,8 +32,11 @@
 #       (WISE_CUDA_ALLOCATOR=candle: candle's memory pool settings), padding=off
 #       (WISE_ATTENTION_PADDING=off), flash=off (WISE_FLASH_ATTENTION=off: cuBLAS products
 #       around a softmax kernel). PROFILE_VARIANTS="default flash=off" picks some.
+#   (d) the host's data path: `wise bench --mode preprocess` of the photo-sized JPEGs that
+#       `build` puts in .gpu/photos, on all cores and on one (the CPU decodes what the GPU
+#       evaluates).
 #   Everything lands in OUTDIR: gpu-check.log, parity.jsonl, bench.jsonl, summary.md,
-#   profile.jsonl.
+#   profile.jsonl, data-path.jsonl.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -87,6 +90,23 @@ build() {
         echo "nvcc: $(nvcc --version | tail -n 1)"
         echo "rustc: $(rustc --version)"
     } > .gpu/BUILD_INFO
+    # 256 photo-sized JPEGs (~18 MB) for the data-path check on the GPU host, whose CPU
+    # decodes what its GPU evaluates (scripts/bench_decode.py --make-photos, from CIFAR-10).
+    local archive=../shared/datasets/cifar10/cifar10-jpeg.tar.gz py
+    for py in "${WISE_PY:-}" .venv-fixtures/bin/python "$HOME/.cache/wise-py/bin/python"; do
+        [[ -n "$py" && -x "$py" ]] && "$py" -c 'import PIL, numpy' 2>/dev/null && break
+        py=
+    done
+    rm -rf .gpu/photos
+    if [[ -f $archive && -n "$py" ]]; then
+        local cifar
+        cifar=$(mktemp -d)
+        tar xzf "$archive" -C "$cifar" test
+        "$py" scripts/bench_decode.py --data "$cifar/test" --limit 256 --make-photos .gpu/photos
+        rm -rf "$cifar"
+    else
+        echo "no $archive or no Python with Pillow: no photos for the data-path check"
+    fi
     ls -la .gpu
     echo "next, on the GPU machine from the repo root (carry .gpu): scripts/gpu-check.sh device"
 }
@@ -122,6 +142,7 @@ device() {
 
     parity "$wise" "$py" "$work" "$out" || echo "PARITY FAILED (see above); benchmarks follow"
     benchmarks "$wise" "$py" "$out"
+    data_path "$wise" "$out"
     rm -rf "$work"
 }
 
@@ -336,8 +357,22 @@ open(sys.argv[2], "w").write(text + "\n")
 PY
 }
 
+# The host's data path: decoding and preprocessing the carried photo-sized JPEGs on all of
+# the GPU machine's cores and on one, against the GPU's inference rate in bench.jsonl.
+data_path() {
+    local wise=$1 out=$2
+    [[ -d .gpu/photos ]] || { echo "== data path: no .gpu/photos, skipped"; return 0; }
+    echo "== data path on the host CPU: decode + resize + normalise of photo-sized JPEGs"
+    : > "$out/data-path.jsonl"
+    local threads
+    for threads in "$(nproc)" 1; do
+        RAYON_NUM_THREADS=$threads "$wise" bench --mode preprocess --data .gpu/photos --warmup 1 --iters 5 \
+            | tee -a "$out/data-path.jsonl" || echo "wise preprocess ($threads threads) failed"
+    done
+}
+
 case "${1:-}" in
     build) build ;;
     device) shift; device "$@" ;;
-    *) sed -n '2,28p' "$0"; exit 2 ;;
+    *) sed -n '2,39p' "$0"; exit 2 ;;
 esac
