@@ -7,7 +7,7 @@
 #   --data DIR   an ImageFolder of JPEGs; default: CIFAR-10 test, unpacked from
 #                ../shared/datasets/cifar10/cifar10-jpeg.tar.gz into a temp folder.
 #   --photos     run on photo-sized JPEGs (500x375 and 375x500, ~70 KB) made from the
-#                data's first --decode-limit images (scripts/bench_decode.py --make-photos):
+#                --decode-limit of the data's images, evenly spread (bench_decode.py --make-photos):
 #                decoding at the size users feed CLIP, not CIFAR's 32x32.
 #   WISE_PY, WISE_BIN as for scripts/bench.sh.
 #
