@@ -20,9 +20,10 @@
 //! Which BLAS: `WISE_BLAS=off` disables it, `WISE_BLAS=/path/to/lib.so` names one;
 //! otherwise the first of OpenBLAS (`libopenblas.so.0`, Debian's `libopenblas0-pthread`),
 //! MKL (`libmkl_rt.so`) and BLIS (`libblis.so.4`) that loads, MKL first on Intel CPUs, where
-//! it is the faster of the two (+3–5 % on a ViT-B/32 training step here, BENCHMARKS.md;
-//! `pip install mkl` puts it in a venv's `lib/`, outside the loader's path: name it with
-//! `WISE_BLAS=<venv>/lib/libmkl_rt.so.3`). The BLAS runs
+//! it is the faster of the two (+3–5 % on a ViT-B/32 training step here, BENCHMARKS.md).
+//! `conda install mkl` and `pip install mkl` put MKL in an environment's `lib/`, outside the
+//! loader's path: the active conda environment's and venv's are searched for it too. The
+//! BLAS runs
 //! single-threaded per call and wise splits each product over its rayon threads (rows of
 //! the output, columns when it has few rows, or the batch of an attention product), so the
 //! BLAS's own threads never compete with rayon's for the cores. OpenBLAS 0.3.21 (Debian 12)
@@ -229,7 +230,11 @@ fn load_blas() -> Option<Blas> {
     let candidates: Vec<String> = match std::env::var("WISE_BLAS") {
         Ok(v) if v == "off" || v == "0" || v.is_empty() => return None,
         Ok(path) => vec![path],
-        Err(_) => search_order(intel_cpu()).map(String::from).to_vec(),
+        Err(_) => {
+            let envs =
+                ["CONDA_PREFIX", "VIRTUAL_ENV"].map(|v| std::env::var_os(v).map(std::path::PathBuf::from));
+            candidates(intel_cpu(), &envs.into_iter().flatten().collect::<Vec<_>>())
+        }
     };
     if std::env::var_os("OPENBLAS_CORETYPE").is_none() {
         if let Some(core) = openblas_core() {
@@ -306,6 +311,20 @@ fn search_order(intel: bool) -> [&'static str; 6] {
             "libblis.so.4",
         ]
     }
+}
+
+/// [`search_order`], each MKL name tried first in the `lib/` of the active Python
+/// environments (`envs`: conda's `$CONDA_PREFIX`, a venv's `$VIRTUAL_ENV`), where `conda
+/// install mkl` and `pip install mkl` put it, outside the loader's path.
+fn candidates(intel: bool, envs: &[std::path::PathBuf]) -> Vec<String> {
+    let mut out = Vec::new();
+    for name in search_order(intel) {
+        if name.starts_with("libmkl_rt") {
+            out.extend(envs.iter().map(|env| env.join("lib").join(name).to_string_lossy().into_owned()));
+        }
+        out.push(name.to_string());
+    }
+    out
 }
 
 /// Whether the CPU's vendor is Intel (`cpuid` leaf 0).
@@ -699,6 +718,25 @@ impl CustomOp3 for BlasLinear {
 mod tests {
     use super::*;
     use candle_core::Var;
+
+    /// An active conda environment's or venv's MKL is tried before the loader's, and
+    /// only for MKL's names.
+    #[test]
+    fn mkl_is_looked_for_in_python_environments() {
+        let envs = [std::path::PathBuf::from("/opt/conda/envs/x"), std::path::PathBuf::from("/venv")];
+        let intel = candidates(true, &envs);
+        assert_eq!(
+            intel[..3],
+            ["/opt/conda/envs/x/lib/libmkl_rt.so.3", "/venv/lib/libmkl_rt.so.3", "libmkl_rt.so.3"]
+        );
+        assert_eq!(intel.len(), 6 + 3 * 2);
+        let other = candidates(false, &envs);
+        assert_eq!(
+            other[..3],
+            ["libopenblas.so.0", "libopenblas.so", "/opt/conda/envs/x/lib/libmkl_rt.so.3"]
+        );
+        assert_eq!(candidates(true, &[]), search_order(true));
+    }
 
     /// MKL leads the search on Intel CPUs, OpenBLAS elsewhere; every library is tried
     /// either way, once.
