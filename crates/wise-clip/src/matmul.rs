@@ -22,11 +22,10 @@
 //! MKL (`libmkl_rt.so`) and BLIS (`libblis.so.4`) that loads, MKL first on Intel CPUs, where
 //! it is the faster of the two (+3–5 % on a ViT-B/32 training step here, BENCHMARKS.md).
 //! `conda install mkl` and `pip install mkl` put MKL in an environment's `lib/`, outside the
-//! loader's path: the active conda environment's and venv's are searched for it too. The
-//! BLAS runs
-//! single-threaded per call and wise splits each product over its rayon threads (rows of
-//! the output, columns when it has few rows, or the batch of an attention product), so the
-//! BLAS's own threads never compete with rayon's for the cores. OpenBLAS 0.3.21 (Debian 12)
+//! loader's path: the active conda environment's and venv's are searched for it too.
+//! The BLAS runs single-threaded per call and wise splits each product over its rayon
+//! threads (rows of the output, columns when it has few rows, or the batch of an attention
+//! product), so the BLAS's own threads never compete with rayon's for the cores. OpenBLAS 0.3.21 (Debian 12)
 //! does not recognise recent Xeons and falls back to a generic core at ~20 % of the speed:
 //! when `OPENBLAS_CORETYPE` is unset, wise sets it from the CPU's features before loading
 //! (SkylakeX with AVX-512, Haswell with AVX2).
@@ -462,7 +461,7 @@ const ROWS_PER_THREAD: usize = 256;
 /// rows, every thread packs the whole of op(B) (`n × k`, a layer's weight in a forward);
 /// by columns, the whole of op(A) (`m × k`). So columns pack less when `m < n`, and for few
 /// rows packing is most of the work: a batch-1 ViT-B/32 forward (50 rows a product) runs
-/// 35 % faster split by columns (BENCHMARKS.md, session 11). With a few hundred rows a
+/// ~30 % faster split by columns (BENCHMARKS.md, session 11). With a few hundred rows a
 /// thread the packing is small beside the product and rows are as fast or faster (a
 /// training step's 800 rows: session 8). Too few columns to go round: rows.
 fn split_by_rows((m, n): (usize, usize), threads: usize) -> bool {
