@@ -85,7 +85,7 @@ TORCH_VERSION=$("$PY" -c 'import torch; print(torch.__version__)')
 echo "== machine"
 echo "date:       $(date -u +%Y-%m-%dT%H:%M:%SZ)"
 echo "nproc:      $(nproc)"
-echo "cpu:        $(lscpu | sed -n 's/^Model name:[[:space:]]*//p' | head -n 1)"
+echo "cpu:        $(lscpu | awk -F': *' '/^Model name/{n=$2} /^CPU family/{f=$2} /^Model:/{m=$2} /^Flags/{v=($2 ~ /avx512f/) ? "AVX-512" : ($2 ~ /avx2/) ? "AVX2" : "no AVX2"} END{printf "%s (family %s, model %s, %s)", n, f, m, v}')"
 echo "uptime:     $(uptime)"
 echo "torch:      $TORCH_VERSION ($PY)"
 echo "rustc:      $(rustc --version)"

@@ -67,7 +67,7 @@ fi
 
 echo "== machine"
 echo "date:   $(date -u +%Y-%m-%dT%H:%M:%SZ)   nproc: $(nproc)   uptime: $(uptime)"
-echo "cpu:    $(lscpu | sed -n 's/^Model name:[[:space:]]*//p' | head -n 1)"
+echo "cpu:    $(lscpu | awk -F': *' '/^Model name/{n=$2} /^CPU family/{f=$2} /^Model:/{m=$2} /^Flags/{v=($2 ~ /avx512f/) ? "AVX-512" : ($2 ~ /avx2/) ? "AVX2" : "no AVX2"} END{printf "%s (family %s, model %s, %s)", n, f, m, v}')"
 echo "data:   $DATA ($(find "$DATA" -type f | wc -l) files)"
 
 RESULTS=$TMP/results.jsonl

@@ -28,7 +28,8 @@
 //! product), so the BLAS's own threads never compete with rayon's for the cores. OpenBLAS 0.3.21 (Debian 12)
 //! does not recognise recent Xeons and falls back to a generic core at ~20 % of the speed:
 //! when `OPENBLAS_CORETYPE` is unset, wise sets it from the CPU's features before loading
-//! (SkylakeX with AVX-512, Haswell with AVX2).
+//! (SkylakeX with AVX-512; Haswell with AVX2, and on AMD's Zen 4, whose AVX-512 runs on
+//! 256-bit halves).
 //!
 //! The product is a custom op with its own backward (`dA = dC·Bᵀ`, `dB = Aᵀ·dC`, both
 //! again through the BLAS), so training gets the same speed-up. Results differ from
@@ -226,17 +227,18 @@ fn blas() -> Option<&'static Blas> {
 }
 
 fn load_blas() -> Option<Blas> {
+    let cpu = Cpu::this();
     let candidates: Vec<String> = match std::env::var("WISE_BLAS") {
         Ok(v) if v == "off" || v == "0" || v.is_empty() => return None,
         Ok(path) => vec![path],
         Err(_) => {
             let envs =
                 ["CONDA_PREFIX", "VIRTUAL_ENV"].map(|v| std::env::var_os(v).map(std::path::PathBuf::from));
-            candidates(intel_cpu(), &envs.into_iter().flatten().collect::<Vec<_>>())
+            candidates(cpu.intel, &envs.into_iter().flatten().collect::<Vec<_>>())
         }
     };
     if std::env::var_os("OPENBLAS_CORETYPE").is_none() {
-        if let Some(core) = openblas_core() {
+        if let Some(core) = openblas_core(&cpu) {
             // Read by OpenBLAS's initialiser when the library is loaded, just below.
             std::env::set_var("OPENBLAS_CORETYPE", core);
         }
@@ -326,30 +328,52 @@ fn candidates(intel: bool, envs: &[std::path::PathBuf]) -> Vec<String> {
     out
 }
 
-/// Whether the CPU's vendor is Intel (`cpuid` leaf 0).
-fn intel_cpu() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        let id = std::arch::x86_64::__cpuid(0);
-        let vendor: Vec<u8> = [id.ebx, id.edx, id.ecx].iter().flat_map(|r| r.to_le_bytes()).collect();
-        vendor == b"GenuineIntel"
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    false
+/// What picks the BLAS and its kernels: the CPU's vendor and family (`cpuid` leaves 0
+/// and 1) and its widest f32 FMA units.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Cpu {
+    intel: bool,
+    amd: bool,
+    /// Base family plus extended family, as `/proc/cpuinfo`'s "cpu family" (AMD Zen 3
+    /// and Zen 4: 25).
+    family: u32,
+    avx512: bool,
+    avx2_fma: bool,
 }
 
-/// The OpenBLAS core type for this CPU's widest f32 FMA units.
-fn openblas_core() -> Option<&'static str> {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            return Some("SkylakeX");
+impl Cpu {
+    fn this() -> Cpu {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let id = std::arch::x86_64::__cpuid(0);
+            let vendor: Vec<u8> = [id.ebx, id.edx, id.ecx].iter().flat_map(|r| r.to_le_bytes()).collect();
+            let eax = std::arch::x86_64::__cpuid(1).eax;
+            let base = (eax >> 8) & 0xf;
+            Cpu {
+                intel: vendor == b"GenuineIntel",
+                amd: vendor == b"AuthenticAMD",
+                family: if base == 0xf { base + ((eax >> 20) & 0xff) } else { base },
+                avx512: std::arch::is_x86_feature_detected!("avx512f"),
+                avx2_fma: std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma"),
+            }
         }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-            return Some("Haswell");
-        }
+        #[cfg(not(target_arch = "x86_64"))]
+        Cpu { intel: false, amd: false, family: 0, avx512: false, avx2_fma: false }
     }
-    None
+}
+
+/// The OpenBLAS core type for `cpu`: the kernels for its widest f32 FMA units, except on
+/// AMD's Zen 4 (family 25 with AVX-512), which runs AVX-512 on 256-bit halves: there the
+/// AVX2 (Haswell) kernels are 4–5 % faster on the model's products and ViT-B/32
+/// inference than the SkylakeX ones (BENCHMARKS.md, session 12).
+fn openblas_core(cpu: &Cpu) -> Option<&'static str> {
+    match cpu {
+        Cpu { amd: true, family: 25, avx2_fma: true, .. } => Some("Haswell"),
+        Cpu { avx512: true, .. } => Some("SkylakeX"),
+        Cpu { avx2_fma: true, .. } => Some("Haswell"),
+        _ => None,
+    }
 }
 
 /// How a `[.., rows, cols]` operand lies in memory for `cblas_sgemm`.
@@ -749,10 +773,39 @@ mod tests {
         assert_eq!(a, b);
         a.dedup();
         assert_eq!(a.len(), 6);
-        // This machine's vendor, as /proc/cpuinfo names it.
-        if let Ok(info) = std::fs::read_to_string("/proc/cpuinfo") {
-            assert_eq!(intel_cpu(), info.contains("GenuineIntel"));
+    }
+
+    /// `cpuid` read as `/proc/cpuinfo` reads it: vendor, family, AVX-512.
+    #[test]
+    fn cpu_is_described_as_the_kernel_sees_it() {
+        let Ok(info) = std::fs::read_to_string("/proc/cpuinfo") else { return };
+        let field = |name: &str| {
+            info.lines().find(|l| l.starts_with(name)).and_then(|l| l.split(':').nth(1)).map(str::trim)
+        };
+        let cpu = Cpu::this();
+        assert_eq!(cpu.intel, field("vendor_id") == Some("GenuineIntel"));
+        assert_eq!(cpu.amd, field("vendor_id") == Some("AuthenticAMD"));
+        if let Some(family) = field("cpu family") {
+            assert_eq!(cpu.family.to_string(), family);
         }
+        assert_eq!(cpu.avx512, field("flags").is_some_and(|f| f.split(' ').any(|x| x == "avx512f")));
+    }
+
+    /// SkylakeX kernels for AVX-512, Haswell's for AVX2 and for AMD's Zen 4.
+    #[test]
+    fn openblas_kernels_follow_the_fma_units() {
+        let xeon = Cpu { intel: true, amd: false, family: 6, avx512: true, avx2_fma: true };
+        let zen4 = Cpu { intel: false, amd: true, family: 25, ..xeon };
+        let zen3 = Cpu { avx512: false, ..zen4 };
+        // Zen 5 (family 26) has full-width AVX-512 units: not measured, the default rule.
+        let zen5 = Cpu { family: 26, ..zen4 };
+        let old = Cpu { avx512: false, avx2_fma: false, ..xeon };
+        assert_eq!(openblas_core(&xeon), Some("SkylakeX"));
+        assert_eq!(openblas_core(&Cpu { avx512: false, ..xeon }), Some("Haswell"));
+        assert_eq!(openblas_core(&zen4), Some("Haswell"));
+        assert_eq!(openblas_core(&zen3), Some("Haswell"));
+        assert_eq!(openblas_core(&zen5), Some("SkylakeX"));
+        assert_eq!(openblas_core(&old), None);
     }
 
     fn max_rel(a: &Tensor, b: &Tensor) -> f32 {
