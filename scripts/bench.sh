@@ -2,9 +2,11 @@
 # Side-by-side CPU benchmark of a ViT-B/32 classifier: PyTorch (HF, open_clip) vs wise.
 #
 # Usage:
-#   scripts/bench.sh [--mode infer|train|zeroshot] [--batch-size N] [--warmup W] [--iters 5]
-#                    [--threads T] [--classnames FILE]
+#   scripts/bench.sh [--mode infer|train|zeroshot] [--preset ViT-B/32|ViT-B/16] [--batch-size N]
+#                    [--warmup W] [--iters 5] [--threads T] [--classnames FILE]
 #
+#   --preset        the model's shape, ViT-B/32 by default (ViT-B/16: 4x the tokens, 4x the
+#                   FLOPs; the sgemm ceiling is then measured at its product shapes too)
 #   --mode infer    the image tower forward, fp32, batch 32 by default
 #   --mode train    one fine-tuning step (tower + head, cross-entropy, backward, clipping,
 #                   AdamW), fp32, batch 16 by default
@@ -38,6 +40,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 MODE=infer
+PRESET=ViT-B/32
 BATCH=
 WARMUP=
 ITERS=5
@@ -46,12 +49,13 @@ CLASSNAMES=
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --mode) MODE=$2; shift 2 ;;
+        --preset) PRESET=$2; shift 2 ;;
         --batch-size) BATCH=$2; shift 2 ;;
         --warmup) WARMUP=$2; shift 2 ;;
         --iters) ITERS=$2; shift 2 ;;
         --threads) THREADS=$2; shift 2 ;;
         --classnames) CLASSNAMES=$2; shift 2 ;;
-        -h|--help) sed -n '2,35p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,37p' "$0"; exit 0 ;;
         *) echo "unknown argument: $1" >&2; exit 2 ;;
     esac
 done
@@ -89,7 +93,7 @@ echo "cpu:        $(lscpu | awk -F': *' '/^Model name/{n=$2} /^CPU family/{f=$2}
 echo "uptime:     $(uptime)"
 echo "torch:      $TORCH_VERSION ($PY)"
 echo "rustc:      $(rustc --version)"
-echo "mode:       $MODE   threads: $THREADS   batch: $BATCH   warmup: $WARMUP   iters: $ITERS"
+echo "mode:       $MODE   preset: $PRESET   threads: $THREADS   batch: $BATCH   warmup: $WARMUP   iters: $ITERS"
 
 RESULTS=$(mktemp)
 NAMES=$(mktemp)
@@ -104,9 +108,11 @@ fi
 # BLAS path), on the model's product shapes and 2048³; before and after the models, so a
 # VM's drifting clock speed is caught on both sides.
 ceiling() {
-    "$PY" scripts/bench_torch.py --mode sgemm --batch-size "$BATCH" --threads "$THREADS" --warmup 1 --iters 5 \
+    "$PY" scripts/bench_torch.py --mode sgemm --preset "$PRESET" --batch-size "$BATCH" --threads "$THREADS" \
+        --warmup 1 --iters 5 \
         | tee -a "$RESULTS"
-    RAYON_NUM_THREADS=$THREADS "$WISE_BIN" bench --mode sgemm --batch-size "$BATCH" --warmup 1 --iters 5 \
+    RAYON_NUM_THREADS=$THREADS "$WISE_BIN" bench --mode sgemm --preset "$PRESET" --batch-size "$BATCH" \
+        --warmup 1 --iters 5 \
         | tee -a "$RESULTS"
 }
 
@@ -117,11 +123,13 @@ if [[ "$MODE" != zeroshot ]]; then
 fi
 
 echo "== PyTorch"
-"$PY" scripts/bench_torch.py --mode "$MODE" --batch-size "$BATCH" --warmup "$WARMUP" --iters "$ITERS" --threads "$THREADS" \
+"$PY" scripts/bench_torch.py --mode "$MODE" --preset "$PRESET" --batch-size "$BATCH" --warmup "$WARMUP" \
+    --iters "$ITERS" --threads "$THREADS" \
     --classnames "$CLASSNAMES" 2> >(grep -v "No pretrained weights loaded" >&2) | tee -a "$RESULTS"
 
 echo "== wise"
-RAYON_NUM_THREADS=$THREADS "$WISE_BIN" bench --mode "$MODE" --batch-size "$BATCH" --warmup "$WARMUP" --iters "$ITERS" \
+RAYON_NUM_THREADS=$THREADS "$WISE_BIN" bench --mode "$MODE" --preset "$PRESET" --batch-size "$BATCH" \
+    --warmup "$WARMUP" --iters "$ITERS" \
     --classnames "$CLASSNAMES" | tee -a "$RESULTS"
 
 if [[ "$MODE" != zeroshot ]]; then
