@@ -33,8 +33,8 @@
 #       (WISE_ATTENTION_PADDING=off), flash=off (WISE_FLASH_ATTENTION=off: cuBLAS products
 #       around a softmax kernel). PROFILE_VARIANTS="default flash=off" picks some.
 #   (d) the host's data path: `wise bench --mode preprocess` of the photo-sized JPEGs that
-#       `build` puts in .gpu/photos, on all cores and on one (the CPU decodes what the GPU
-#       evaluates).
+#       `build` puts in .gpu/photos, on all cores, one thread per physical core (with SMT)
+#       and one core (the CPU decodes what the GPU evaluates).
 #   Everything lands in OUTDIR: gpu-check.log, parity.jsonl, bench.jsonl, summary.md,
 #   profile.jsonl, data-path.jsonl.
 set -euo pipefail
@@ -136,7 +136,7 @@ device() {
     cat .gpu/BUILD_INFO 2>/dev/null || true
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
     echo "torch: $("$py" -c 'import torch; print(torch.__version__, torch.cuda.is_available() and torch.cuda.get_device_name())')"
-    echo "cpu cores: $(nproc)"
+    echo "cpu cores: $(nproc) ($(lscpu | awk -F': *' '/^Model name/{n=$2} /^Thread\(s\) per core/{t=$2} END{printf "%s, %s threads per core", n, t}'))"
     "$wise" --version
     ldd "$wise" | grep "not found" && echo "MISSING LIBRARIES above (LD_LIBRARY_PATH=$LD_LIBRARY_PATH)"
 
@@ -364,8 +364,13 @@ data_path() {
     [[ -d .gpu/photos ]] || { echo "== data path: no .gpu/photos, skipped"; return 0; }
     echo "== data path on the host CPU: decode + resize + normalise of photo-sized JPEGs"
     : > "$out/data-path.jsonl"
-    local threads
-    for threads in "$(nproc)" 1; do
+    # With SMT, also one thread per physical core: is rayon's default (a thread per logical
+    # CPU) the right size for the data path?
+    local threads per_core all physical
+    per_core=$(lscpu | awk -F': *' '/^Thread\(s\) per core/{print $2}')
+    all=$(nproc)
+    physical=$((all / ${per_core:-1}))
+    for threads in "$all" $( ((physical < all)) && echo "$physical" || true) 1; do
         RAYON_NUM_THREADS=$threads "$wise" bench --mode preprocess --data .gpu/photos --warmup 1 --iters 5 \
             | tee -a "$out/data-path.jsonl" || echo "wise preprocess ($threads threads) failed"
     done
