@@ -345,9 +345,11 @@ impl Cpu {
     fn this() -> Cpu {
         #[cfg(target_arch = "x86_64")]
         {
-            let id = std::arch::x86_64::__cpuid(0);
+            // SAFETY: every x86-64 CPU has `cpuid`. Recent compilers declare `__cpuid` safe;
+            // the `unsafe` block keeps the older ones back to the crate's rust-version building.
+            #[allow(unused_unsafe)]
+            let (id, eax) = unsafe { (std::arch::x86_64::__cpuid(0), std::arch::x86_64::__cpuid(1).eax) };
             let vendor: Vec<u8> = [id.ebx, id.edx, id.ecx].iter().flat_map(|r| r.to_le_bytes()).collect();
-            let eax = std::arch::x86_64::__cpuid(1).eax;
             let base = (eax >> 8) & 0xf;
             Cpu {
                 intel: vendor == b"GenuineIntel",
