@@ -3,8 +3,11 @@
 #
 # Usage:
 #   scripts/bench.sh [--mode infer|train|zeroshot] [--preset ViT-B/32|ViT-B/16] [--batch-size N]
-#                    [--warmup W] [--iters 5] [--threads T] [--classnames FILE]
+#                    [--warmup W] [--iters 5] [--threads T] [--classnames FILE] [--bf16]
 #
+#   --bf16          inference in bf16 on both sides: PyTorch under torch.autocast("cpu",
+#                   torch.bfloat16), wise with WISE_CPU_BF16=1 (the blocks' products in bf16
+#                   on AVX512_BF16 CPUs); infer mode only, no fp32 ceiling (it does not apply)
 #   --preset        the model's shape, ViT-B/32 by default (ViT-B/16: 4x the tokens, 4x the
 #                   FLOPs; the sgemm ceiling is then measured at its product shapes too)
 #   --mode infer    the image tower forward, fp32, batch 32 by default
@@ -41,6 +44,7 @@ cd "$(dirname "$0")/.."
 
 MODE=infer
 PRESET=ViT-B/32
+BF16=0
 BATCH=
 WARMUP=
 ITERS=5
@@ -50,12 +54,13 @@ while [[ $# -gt 0 ]]; do
     case "$1" in
         --mode) MODE=$2; shift 2 ;;
         --preset) PRESET=$2; shift 2 ;;
+        --bf16) BF16=1; shift ;;
         --batch-size) BATCH=$2; shift 2 ;;
         --warmup) WARMUP=$2; shift 2 ;;
         --iters) ITERS=$2; shift 2 ;;
         --threads) THREADS=$2; shift 2 ;;
         --classnames) CLASSNAMES=$2; shift 2 ;;
-        -h|--help) sed -n '2,37p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,41p' "$0"; exit 0 ;;
         *) echo "unknown argument: $1" >&2; exit 2 ;;
     esac
 done
@@ -65,6 +70,12 @@ case "$MODE" in
     zeroshot) BATCH=${BATCH:-256}; WARMUP=${WARMUP:-1} ;;
     *) echo "--mode must be infer, train or zeroshot, not $MODE" >&2; exit 2 ;;
 esac
+AMP=none
+if [[ $BF16 == 1 ]]; then
+    [[ $MODE == infer ]] || { echo "--bf16 is for --mode infer only (wise trains in f32)" >&2; exit 2; }
+    AMP=bf16
+    export WISE_CPU_BF16=1
+fi
 PY=${WISE_PY:-}
 if [[ -z "$PY" ]]; then
     if [[ -x .venv-fixtures/bin/python ]]; then
@@ -93,7 +104,7 @@ echo "cpu:        $(lscpu | awk -F': *' '/^Model name/{n=$2} /^CPU family/{f=$2}
 echo "uptime:     $(uptime)"
 echo "torch:      $TORCH_VERSION ($PY)"
 echo "rustc:      $(rustc --version)"
-echo "mode:       $MODE   preset: $PRESET   threads: $THREADS   batch: $BATCH   warmup: $WARMUP   iters: $ITERS"
+echo "mode:       $MODE   preset: $PRESET   threads: $THREADS   batch: $BATCH   warmup: $WARMUP   iters: $ITERS   amp: $AMP"
 
 RESULTS=$(mktemp)
 NAMES=$(mktemp)
@@ -117,14 +128,14 @@ ceiling() {
 }
 
 # The ceiling is for the image tower's modes (its shapes, its FLOP count).
-if [[ "$MODE" != zeroshot ]]; then
+if [[ "$MODE" != zeroshot && $BF16 == 0 ]]; then
     echo "== sgemm ceiling (before)"
     ceiling
 fi
 
 echo "== PyTorch"
 "$PY" scripts/bench_torch.py --mode "$MODE" --preset "$PRESET" --batch-size "$BATCH" --warmup "$WARMUP" \
-    --iters "$ITERS" --threads "$THREADS" \
+    --iters "$ITERS" --threads "$THREADS" --amp "$AMP" \
     --classnames "$CLASSNAMES" 2> >(grep -v "No pretrained weights loaded" >&2) | tee -a "$RESULTS"
 
 echo "== wise"
@@ -132,7 +143,7 @@ RAYON_NUM_THREADS=$THREADS "$WISE_BIN" bench --mode "$MODE" --preset "$PRESET" -
     --warmup "$WARMUP" --iters "$ITERS" \
     --classnames "$CLASSNAMES" | tee -a "$RESULTS"
 
-if [[ "$MODE" != zeroshot ]]; then
+if [[ "$MODE" != zeroshot && $BF16 == 0 ]]; then
     echo "== sgemm ceiling (after)"
     ceiling
 fi

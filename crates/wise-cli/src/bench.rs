@@ -215,6 +215,12 @@ pub fn run(mut args: BenchArgs) -> anyhow::Result<()> {
         "iter_s": times.iter().map(|t| (t * 1e4).round() / 1e4).collect::<Vec<_>>(),
         "blas": wise_clip::matmul::blas_name(),
     });
+    // Inference-mode forwards with `WISE_CPU_BF16=1` on an AVX512_BF16 CPU: the blocks'
+    // products in bf16 (the training step's forward keeps f32).
+    use wise_clip::bf16_products::{requested, supported};
+    if device.is_cpu() && args.mode != Mode::Train && requested() && supported() {
+        line["products"] = serde_json::json!("bf16");
+    }
     let forward = vc.forward_flops(config.projection_dim);
     match args.mode {
         Mode::Infer => line["model_gflop_per_img"] = serde_json::json!(round3(forward / 1e9)),

@@ -19,6 +19,7 @@
 //!   on CUDA), trained through [`backward`].
 
 mod attention;
+pub mod bf16_products;
 mod block;
 pub mod config;
 pub mod device;
@@ -40,7 +41,7 @@ pub mod tokenizer;
 pub mod vision;
 pub mod weights;
 
-pub use block::{backward, inference_mode, on_compute_threads};
+pub use block::{backward, bf16_inference_mode, inference_mode, on_compute_threads};
 pub use config::{Activation, ClipConfig, TextConfig, VisionConfig};
 pub use device::{compute_dtype, parse_device};
 pub use error::{Error, Result};
