@@ -215,10 +215,8 @@ pub fn run(mut args: BenchArgs) -> anyhow::Result<()> {
         "iter_s": times.iter().map(|t| (t * 1e4).round() / 1e4).collect::<Vec<_>>(),
         "blas": wise_clip::matmul::blas_name(),
     });
-    // Inference-mode forwards with `WISE_CPU_BF16=1` on an AVX512_BF16 CPU: the blocks'
-    // products in bf16 (the training step's forward keeps f32).
-    use wise_clip::bf16_products::{requested, supported};
-    if device.is_cpu() && args.mode != Mode::Train && requested() && supported() {
+    // The training step's forward keeps f32 products.
+    if args.mode != Mode::Train && bf16_products(&device) {
         line["products"] = serde_json::json!("bf16");
     }
     let forward = vc.forward_flops(config.projection_dim);
@@ -248,6 +246,13 @@ pub fn run(mut args: BenchArgs) -> anyhow::Result<()> {
     }
     println!("{line}");
     Ok(())
+}
+
+/// Whether inference-mode forwards run the blocks' products in bf16 (`WISE_CPU_BF16=1` on a
+/// CPU with AVX512_BF16).
+fn bf16_products(device: &Device) -> bool {
+    use wise_clip::bf16_products::{requested, supported};
+    device.is_cpu() && requested() && supported()
 }
 
 /// `wise bench --mode sgemm`: each product a ViT block runs (q/k/v, out, fc1, fc2 over
@@ -320,7 +325,7 @@ fn zeroshot_head_rate(args: &BenchArgs, config: &ClipConfig, device: &Device) ->
     }
     let total: f64 = times.iter().sum();
     let best = times.iter().copied().fold(f64::INFINITY, f64::min);
-    let line = serde_json::json!({
+    let mut line = serde_json::json!({
         "impl": "wise",
         "mode": "zeroshot",
         "preset": args.preset,
@@ -337,6 +342,9 @@ fn zeroshot_head_rate(args: &BenchArgs, config: &ClipConfig, device: &Device) ->
         "iter_s": times.iter().map(|t| (t * 1e4).round() / 1e4).collect::<Vec<_>>(),
         "blas": wise_clip::matmul::blas_name(),
     });
+    if bf16_products(device) {
+        line["products"] = serde_json::json!("bf16");
+    }
     println!("{line}");
     Ok(())
 }
