@@ -621,14 +621,20 @@ mod tests {
     use crate::params::ParamBuilder;
     use crate::tests::{assert_gradients_match, rel_diff};
 
+    /// Whether a BLAS is loaded, which the fused blocks need (CI must have one).
+    fn has_blas() -> candle_core::Result<bool> {
+        let blas = crate::matmul::on_blas(&[&Tensor::zeros(1, candle_core::DType::F32, &Device::Cpu)?]);
+        assert!(blas || std::env::var_os("CI").is_none(), "CI must have a BLAS");
+        Ok(blas)
+    }
+
     /// The fused block equals the op-by-op block (which the parity tests hold to
     /// PyTorch): output, input gradient and every parameter's gradient, for each
     /// activation, with and without a causal mask, through [`backward`].
     #[test]
     fn matches_the_op_by_op_block() -> candle_core::Result<()> {
         let dev = Device::Cpu;
-        if !crate::matmul::on_blas(&[&Tensor::zeros(1, candle_core::DType::F32, &dev)?]) {
-            assert!(std::env::var_os("CI").is_none(), "CI must have a BLAS");
+        if !has_blas()? {
             return Ok(());
         }
         let (b, t, c, heads) = (3, 7, 24, 4);
@@ -690,8 +696,7 @@ mod tests {
     #[test]
     fn bf16_inference_is_f32_up_to_bf16_rounding() -> candle_core::Result<()> {
         let dev = Device::Cpu;
-        if !crate::matmul::on_blas(&[&Tensor::zeros(1, candle_core::DType::F32, &dev)?]) {
-            assert!(std::env::var_os("CI").is_none(), "CI must have a BLAS");
+        if !has_blas()? {
             return Ok(());
         }
         // Widths the bf16 kernel takes: 128 (q/k/v, out, fc2), 256 (fc1).
