@@ -46,10 +46,9 @@ pub(crate) fn fits(n: usize, k: usize) -> bool {
     n.is_multiple_of(PANEL) && k.is_multiple_of(2) && k > 0
 }
 
-/// `C = β·C + A·Wᵀ` for `A` `[m, k]` (row stride `lda`), `W` `[n, k]` (row stride `ldw`),
-/// `C` `[m, n]` (row stride `ldc`), β 0 or 1, A and W rounded to bf16. Needs [`supported`]
-/// and [`fits`].
-#[allow(clippy::too_many_arguments)]
+/// `C = A·Wᵀ`, or `C += A·Wᵀ` when `accumulate`, for `A` `[m, k]` (row stride `lda`), `W`
+/// `[n, k]` (row stride `ldw`), `C` `[m, n]` (row stride `ldc`), A and W rounded to bf16.
+/// Needs [`supported`] and [`fits`].
 pub(crate) fn product_nt(
     (m, n, k): (usize, usize, usize),
     (a, lda): (&[f32], usize),
