@@ -57,8 +57,8 @@ pub fn inference_mode<T>(f: impl FnOnce() -> T) -> T {
 }
 
 /// [`inference_mode`] with the fused blocks' `x·Wᵀ` products in bf16 (f32 sums) on CPUs
-/// with AVX512_BF16, ~1.7× faster there (a ViT-B/32's features then differ from f32's by
-/// bf16's rounding, ~1e-2, as under PyTorch's CPU autocast); f32 on other CPUs.
+/// with AVX512_BF16, ~1.7× faster there for a ViT-B/32; outputs differ from f32's by bf16's
+/// rounding of the products' inputs, as under PyTorch's CPU autocast. f32 on other CPUs.
 pub fn bf16_inference_mode<T>(f: impl FnOnce() -> T) -> T {
     with_flags((true, true), f)
 }
