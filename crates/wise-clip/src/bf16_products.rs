@@ -20,6 +20,8 @@ use std::sync::OnceLock;
 
 use rayon::prelude::*;
 
+use crate::matmul::Out;
+
 /// Columns of C a panel holds: four 16-lane registers.
 const PANEL: usize = 64;
 /// Rows of C a kernel call holds in registers (6 × 4 accumulators).
@@ -69,7 +71,7 @@ pub(crate) fn product_nt(
         // SAFETY: AVX512_BF16 checked above; `row` holds k bf16 values.
         unsafe { to_bf16_pairs(&a[i * lda..i * lda + k], row) }
     });
-    let c_ptr = SendPtr(c.as_mut_ptr());
+    let out = Out(c.as_mut_ptr());
     (0..n / PANEL).into_par_iter().for_each(|panel| {
         let mut packed = vec![0u32; pairs * PANEL];
         for col in 0..PANEL {
@@ -77,7 +79,6 @@ pub(crate) fn product_nt(
             // SAFETY: as above; `w` holds row `row`'s k values (asserted).
             unsafe { pack_column(&w[row * ldw..row * ldw + k], &mut packed, col) };
         }
-        let c_ptr = &c_ptr;
         for i in (0..m).step_by(ROWS) {
             let rows = ROWS.min(m - i);
             // SAFETY: panels write disjoint columns of C; rows i..i+rows, columns
@@ -88,7 +89,7 @@ pub(crate) fn product_nt(
                     pairs,
                     rows,
                     packed.as_ptr(),
-                    c_ptr.0.add(i * ldc + panel * PANEL),
+                    out.at(i * ldc + panel * PANEL).0,
                     ldc,
                     accumulate,
                 )
@@ -96,11 +97,6 @@ pub(crate) fn product_nt(
         }
     });
 }
-
-/// A pointer to C shared by the panels' tasks, which write disjoint columns.
-struct SendPtr(*mut f32);
-// SAFETY: only used for disjoint writes, see `product_nt`.
-unsafe impl Sync for SendPtr {}
 
 /// `x` rounded to bf16, two values a `u32` (the lower half holds the even element).
 #[cfg(target_arch = "x86_64")]

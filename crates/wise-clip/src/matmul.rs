@@ -114,7 +114,7 @@ fn span(rows: usize, cols: usize, ld: usize) -> usize {
 /// contiguous), and a fresh buffer for a β = 0 product needs no zero-fill first (the
 /// BLAS writes every element of C and reads none).
 #[derive(Clone, Copy)]
-struct Out(*mut f32);
+pub(crate) struct Out(pub(crate) *mut f32);
 
 // SAFETY: an `Out` is shared only by the tasks of one product, which write disjoint
 // elements of C, and the product's caller does not touch C until all of them are done.
@@ -124,7 +124,7 @@ unsafe impl Sync for Out {}
 impl Out {
     /// `offset` elements further. (A method, so that closures capture the whole `Out`, which
     /// is `Send`, not its raw field.)
-    fn at(self, offset: usize) -> Self {
+    pub(crate) fn at(self, offset: usize) -> Self {
         // SAFETY: callers stay inside C's buffer (their bounds are checked by whoever made
         // the `Out`).
         Self(unsafe { self.0.add(offset) })
