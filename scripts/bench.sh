@@ -5,9 +5,10 @@
 #   scripts/bench.sh [--mode infer|train|zeroshot] [--preset ViT-B/32|ViT-B/16] [--batch-size N]
 #                    [--warmup W] [--iters 5] [--threads T] [--classnames FILE] [--bf16]
 #
-#   --bf16          inference in bf16 on both sides: PyTorch under torch.autocast("cpu",
-#                   torch.bfloat16), wise with WISE_CPU_BF16=1 (the blocks' products in bf16
-#                   on AVX512_BF16 CPUs); infer mode only, no fp32 ceiling (it does not apply)
+#   --bf16          mixed precision on both sides: PyTorch under torch.autocast("cpu",
+#                   torch.bfloat16), wise with WISE_CPU_BF16=1 (the blocks' products in bf16,
+#                   forward and backward, on AVX512_BF16 CPUs); infer and train modes, no
+#                   fp32 ceiling (it does not apply)
 #   --preset        the model's shape, ViT-B/32 by default (ViT-B/16: 4x the tokens, 4x the
 #                   FLOPs; the sgemm ceiling is then measured at its product shapes too)
 #   --mode infer    the image tower forward, fp32, batch 32 by default
@@ -60,7 +61,7 @@ while [[ $# -gt 0 ]]; do
         --iters) ITERS=$2; shift 2 ;;
         --threads) THREADS=$2; shift 2 ;;
         --classnames) CLASSNAMES=$2; shift 2 ;;
-        -h|--help) sed -n '2,41p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,42p' "$0"; exit 0 ;;
         *) echo "unknown argument: $1" >&2; exit 2 ;;
     esac
 done
@@ -72,7 +73,7 @@ case "$MODE" in
 esac
 AMP=none
 if [[ $BF16 == 1 ]]; then
-    [[ $MODE == infer ]] || { echo "--bf16 is for --mode infer only (wise trains in f32)" >&2; exit 2; }
+    [[ $MODE != zeroshot ]] || { echo "--bf16 is for --mode infer and train" >&2; exit 2; }
     AMP=bf16
     export WISE_CPU_BF16=1
 fi

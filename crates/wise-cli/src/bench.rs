@@ -215,8 +215,7 @@ pub fn run(mut args: BenchArgs) -> anyhow::Result<()> {
         "iter_s": times.iter().map(|t| (t * 1e4).round() / 1e4).collect::<Vec<_>>(),
         "blas": wise_clip::matmul::blas_name(),
     });
-    // The training step's forward keeps f32 products.
-    if args.mode != Mode::Train && bf16_products(&device) {
+    if bf16_products(&device) {
         line["products"] = serde_json::json!("bf16");
     }
     let forward = vc.forward_flops(config.projection_dim);
@@ -248,11 +247,9 @@ pub fn run(mut args: BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Whether inference-mode forwards run the blocks' products in bf16 (`WISE_CPU_BF16=1` on a
-/// CPU with AVX512_BF16).
+/// Whether the blocks' products run in bf16 (`WISE_CPU_BF16=1` on a CPU with AVX512_BF16).
 fn bf16_products(device: &Device) -> bool {
-    use wise_clip::bf16_products::{requested, supported};
-    device.is_cpu() && requested() && supported()
+    device.is_cpu() && wise_clip::in_bf16_mode()
 }
 
 /// `wise bench --mode sgemm`: each product a ViT block runs (q/k/v, out, fc1, fc2 over

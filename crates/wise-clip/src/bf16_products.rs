@@ -1,33 +1,35 @@
-//! The transformer blocks' `x·Wᵀ` products in bf16, for inference on CPUs with AVX512_BF16
-//! (AMD Zen 4 and later, Intel Cooper Lake and Sapphire Rapids).
+//! The transformer blocks' matrix products in bf16, forward and backward, on CPUs with
+//! AVX512_BF16 (AMD Zen 4 and later, Intel Cooper Lake and Sapphire Rapids).
 //!
 //! There `vdpbf16ps` multiplies 32 bf16 pairs and accumulates them into 16 f32 lanes per
 //! instruction, twice the f32 FMA rate: on a Zen 4 these products run at 370–420 GFLOP/s
 //! on two cores against 205–220 for OpenBLAS's f32 sgemm (BENCHMARKS.md, session 12), and
-//! PyTorch's CPU autocast (oneDNN) gets the same from them. Opt-in, for forwards that keep
-//! no activations: `bf16_inference_mode`, or `WISE_CPU_BF16=1` for every `inference_mode`
-//! (`wise eval`, `embed`, zero-shot heads). Inputs and weights are rounded to bf16 (to
-//! nearest even), products summed in f32, everything else stays f32, as under
-//! `torch.autocast("cpu", torch.bfloat16)`.
+//! PyTorch's CPU autocast (oneDNN) gets the same from them. Opt-in: `wise_clip::bf16_mode`,
+//! or `WISE_CPU_BF16=1` for every forward and backward (`wise train`, `eval`, `embed`,
+//! zero-shot heads). Both operands are rounded to bf16 (to nearest even), products summed
+//! in f32, everything else stays f32 (the activations kept for the backward, the gradients
+//! handed on, the weights and the optimizer), as under `torch.autocast("cpu", torch.bfloat16)`.
 //!
-//! The kernel: C's columns in panels of 64 (four 16-lane registers), W's panel packed per
+//! The kernel: C's columns in panels of 64 (four 16-lane registers), B's panel packed per
 //! product as bf16 pairs `[k/2][64]` (each register then holds 16 columns' pair for one
-//! step of k), A's rows converted once to bf16 pairs (a row-major bf16 row already is one);
-//! a 6-row × 64-column tile of C stays in 24 registers over the whole of k. Panels are
-//! shared out over rayon's threads.
+//! step of k), A converted once to bf16 pairs along k (a row-major bf16 row already is one;
+//! a transposed A interleaves two rows of its store); a 6-row × 64-column tile of C stays in
+//! 24 registers over the whole of k. Panels, or for few panels groups of rows of them, are
+//! shared out over rayon's threads. A forward's `x·Wᵀ` reads W `[n, k]` as Bᵀ; a backward's
+//! `dY·W` and `dYᵀ·X` read B as stored and A transposed.
 
 use std::sync::OnceLock;
 
 use rayon::prelude::*;
 
-use crate::matmul::Out;
+use crate::matmul::{span, Out};
 
 /// Columns of C a panel holds: four 16-lane registers.
 const PANEL: usize = 64;
 /// Rows of C a kernel call holds in registers (6 × 4 accumulators).
 const ROWS: usize = 6;
 
-/// Whether `WISE_CPU_BF16=1` asks for bf16 products in every inference-mode forward.
+/// Whether `WISE_CPU_BF16=1` asks for bf16 products in every forward and backward.
 pub fn requested() -> bool {
     static ON: OnceLock<bool> = OnceLock::new();
     *ON.get_or_init(|| std::env::var("WISE_CPU_BF16").is_ok_and(|v| v == "1"))
@@ -43,53 +45,131 @@ pub fn supported() -> bool {
     false
 }
 
-/// Shapes the kernel takes: whole panels of columns, pairs of k.
+/// Shapes the kernel takes: whole panels of columns (any m, any k > 0).
 pub(crate) fn fits(n: usize, k: usize) -> bool {
-    n.is_multiple_of(PANEL) && k.is_multiple_of(2) && k > 0
+    n > 0 && n.is_multiple_of(PANEL) && k > 0
 }
 
-/// `C = A·Wᵀ`, or `C += A·Wᵀ` when `accumulate`, for `A` `[m, k]` (row stride `lda`), `W`
-/// `[n, k]` (row stride `ldw`), `C` `[m, n]` (row stride `ldc`), A and W rounded to bf16.
-/// Needs [`supported`] and [`fits`].
-pub(crate) fn product_nt(
+/// `C = op(A)·op(B)`, or `C += op(A)·op(B)` when `accumulate`, row-major, as
+/// [`crate::matmul::par_sgemm`]: `op(A)` `[m, k]` is A, or Aᵀ for A stored `[k, m]` when
+/// `trans.0`; `op(B)` `[k, n]` is B, or Bᵀ for B stored `[n, k]` (a layer's weight in a
+/// forward) when `trans.1`. A and B are rounded to bf16, the sums are f32's. Needs
+/// [`supported`] and [`fits`].
+pub(crate) fn product_into(
+    trans: (bool, bool),
     (m, n, k): (usize, usize, usize),
-    (a, lda): (&[f32], usize),
-    (w, ldw): (&[f32], usize),
+    a: (&[f32], usize),
+    b: (&[f32], usize),
     accumulate: bool,
     (c, ldc): (&mut [f32], usize),
 ) {
-    assert!(supported() && fits(n, k), "bf16 products need AVX512_BF16, n % 64 == 0 and even k");
-    assert!(m == 0 || (a.len() >= (m - 1) * lda + k && c.len() >= (m - 1) * ldc + n));
-    assert!(w.len() >= (n - 1) * ldw + k && lda >= k && ldw >= k && ldc >= n);
+    assert!(ldc >= n && c.len() >= span(m, n, ldc), "bf16 products: C too small");
+    // SAFETY: `c` is borrowed mutably and holds every element of C (checked just above).
+    unsafe { product_to(trans, (m, n, k), a, b, accumulate, Out(c.as_mut_ptr()), ldc) }
+}
+
+/// `op(A)·op(B)` in bf16 as [`product_into`], `m × n`, in a new row-major buffer (never
+/// zero-filled: the product writes every element).
+pub(crate) fn product(
+    trans: (bool, bool),
+    (m, n, k): (usize, usize, usize),
+    a: (&[f32], usize),
+    b: (&[f32], usize),
+) -> Vec<f32> {
+    let mut c = Vec::with_capacity(m * n);
+    // SAFETY: `c` has room for the m × n matrix, which the product writes whole (β = 0)
+    // before `set_len` exposes it.
+    unsafe {
+        product_to(trans, (m, n, k), a, b, false, Out(c.as_mut_ptr()), n);
+        c.set_len(m * n);
+    }
+    c
+}
+
+/// [`product_into`] into raw `c`.
+///
+/// # Safety
+/// `c` must be valid for writes (and, when `accumulate`, reads of initialised values) of
+/// every `C[i][j]` at `c + i·ldc + j`, and nothing else may access them meanwhile.
+#[allow(clippy::too_many_arguments)]
+unsafe fn product_to(
+    (trans_a, trans_b): (bool, bool),
+    (m, n, k): (usize, usize, usize),
+    (a, lda): (&[f32], usize),
+    (b, ldb): (&[f32], usize),
+    accumulate: bool,
+    out: Out,
+    ldc: usize,
+) {
+    assert!(supported() && fits(n, k), "bf16 products need AVX512_BF16 and n % 64 == 0");
+    let (ar, ac) = if trans_a { (k, m) } else { (m, k) };
+    let (br, bc) = if trans_b { (n, k) } else { (k, n) };
+    assert!(lda >= ac && ldb >= bc && ldc >= n, "bf16 products: leading dimensions too small");
+    assert!(a.len() >= span(ar, ac, lda) && b.len() >= span(br, bc, ldb));
     if m == 0 {
         return;
     }
-    let pairs = k / 2;
-    // A's rows as bf16 pairs, contiguous.
+    // A as bf16 pairs along k: row i's pair p at `a16[i·a_row + p·a_pair]`. Stored `[m, k]`, each
+    // row converts on its own (a bf16 row already is a row of pairs); stored `[k, m]`, rows
+    // 2p and 2p + 1 of the store interleave into line p.
+    let pairs = k.div_ceil(2);
     let mut a16 = vec![0u32; m * pairs];
-    a16.par_chunks_mut(pairs).enumerate().for_each(|(i, row)| {
-        // SAFETY: AVX512_BF16 checked above; `row` holds k bf16 values.
-        unsafe { to_bf16_pairs(&a[i * lda..i * lda + k], row) }
-    });
-    let out = Out(c.as_mut_ptr());
-    (0..n / PANEL).into_par_iter().for_each(|panel| {
-        let mut packed = vec![0u32; pairs * PANEL];
-        for col in 0..PANEL {
-            let row = panel * PANEL + col;
-            // SAFETY: as above; `w` holds row `row`'s k values (asserted).
-            unsafe { pack_column(&w[row * ldw..row * ldw + k], &mut packed, col) };
+    let (a_row, a_pair) = if trans_a {
+        a16.par_chunks_mut(m).enumerate().for_each(|(p, line)| {
+            // SAFETY: AVX512_BF16 checked above; both rows hold m values (asserted).
+            unsafe {
+                interleave(
+                    &a[2 * p * lda..][..m],
+                    (2 * p + 1 < k).then(|| &a[(2 * p + 1) * lda..][..m]),
+                    line,
+                )
+            }
+        });
+        (1, m)
+    } else {
+        a16.par_chunks_mut(pairs).enumerate().for_each(|(i, line)| {
+            // SAFETY: as above; row i holds k values.
+            unsafe { to_bf16_pairs(&a[i * lda..i * lda + k], line) }
+        });
+        (pairs, 1)
+    };
+    // Tasks: each panel of 64 columns, cut into groups of rows when there are fewer than
+    // two panels a thread (a task packs its own panel, so groups pack the same one again).
+    let panels = n / PANEL;
+    let threads = rayon::current_num_threads().max(1);
+    let groups = (2 * threads).div_ceil(panels).min(m.div_ceil(8 * ROWS)).max(1);
+    let per_group = m.div_ceil(groups).next_multiple_of(ROWS);
+    (0..panels * groups).into_par_iter().for_each(|task| {
+        let (panel, group) = (task / groups, task % groups);
+        let rows = group * per_group..m.min((group + 1) * per_group);
+        if rows.is_empty() {
+            return;
         }
-        for i in (0..m).step_by(ROWS) {
-            let rows = ROWS.min(m - i);
-            // SAFETY: panels write disjoint columns of C; rows i..i+rows, columns
-            // panel·64..+64 lie inside C (asserted above).
+        // B's panel as bf16 pairs: pair p of column `col` at `packed[p·64 + col]`.
+        let mut packed = vec![0u32; pairs * PANEL];
+        let j0 = panel * PANEL;
+        if trans_b {
+            for col in 0..PANEL {
+                // SAFETY: as above; B's row j0 + col holds k values (asserted).
+                unsafe { pack_column(&b[(j0 + col) * ldb..][..k], &mut packed, col) };
+            }
+        } else {
+            for (p, line) in packed.chunks_exact_mut(PANEL).enumerate() {
+                let second = (2 * p + 1 < k).then(|| &b[(2 * p + 1) * ldb + j0..][..PANEL]);
+                // SAFETY: as above; rows 2p and 2p + 1 of B hold columns j0..j0 + 64.
+                unsafe { interleave(&b[2 * p * ldb + j0..][..PANEL], second, line) };
+            }
+        }
+        for i in rows.step_by(ROWS) {
+            // SAFETY: tasks write disjoint blocks of C; rows i..i + 6 (at most m), columns
+            // j0..j0 + 64 lie inside C (the caller's contract).
             unsafe {
                 tile(
-                    a16.as_ptr().add(i * pairs),
-                    pairs,
-                    rows,
+                    a16.as_ptr().add(i * a_row),
+                    (a_row, a_pair, pairs),
+                    ROWS.min(m - i),
                     packed.as_ptr(),
-                    out.at(i * ldc + panel * PANEL).0,
+                    out.at(i * ldc + j0).0,
                     ldc,
                     accumulate,
                 )
@@ -98,7 +178,8 @@ pub(crate) fn product_nt(
     });
 }
 
-/// `x` rounded to bf16, two values a `u32` (the lower half holds the even element).
+/// `x` rounded to bf16, two values a `u32` (the lower half holds the even element; an odd
+/// length's last pair is completed with 0).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bf16")]
 unsafe fn to_bf16_pairs(x: &[f32], out: &mut [u32]) {
@@ -112,7 +193,8 @@ unsafe fn to_bf16_pairs(x: &[f32], out: &mut [u32]) {
         i += 32;
     }
     while i < x.len() {
-        out[i / 2] = bf16(x[i]) as u32 | (bf16(x[i + 1]) as u32) << 16;
+        let second = x.get(i + 1).map_or(0, |&v| bf16(v));
+        out[i / 2] = bf16(x[i]) as u32 | (second as u32) << 16;
         i += 2;
     }
 }
@@ -122,11 +204,48 @@ unsafe fn to_bf16_pairs(_: &[f32], _: &mut [u32]) {
     unreachable!("bf16 products are only offered on x86-64")
 }
 
-/// One row of W (a column of C) into its panel: pair `p` at `packed[p·64 + col]`.
+/// `out[j]` = the bf16 pair (`first[j]`, `second[j]`), `second` all 0 when `None`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn interleave(first: &[f32], second: Option<&[f32]>, out: &mut [u32]) {
+    use std::arch::x86_64::*;
+    let n = first.len();
+    let mut j = 0;
+    while j + 16 <= n {
+        let lo = widened_bf16(_mm512_loadu_ps(first.as_ptr().add(j)));
+        let hi = match second {
+            Some(s) => _mm512_slli_epi32::<16>(widened_bf16(_mm512_loadu_ps(s.as_ptr().add(j)))),
+            None => _mm512_setzero_si512(),
+        };
+        _mm512_storeu_si512(out.as_mut_ptr().add(j) as *mut _, _mm512_or_si512(lo, hi));
+        j += 16;
+    }
+    for j in j..n {
+        let hi = second.map_or(0, |s| bf16(s[j]));
+        out[j] = bf16(first[j]) as u32 | (hi as u32) << 16;
+    }
+}
+
+/// 16 values rounded to bf16, each in the lower half of a 32-bit lane. (A function, not a
+/// closure: a closure would not inherit the caller's target features.)
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16")]
+#[inline]
+unsafe fn widened_bf16(v: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512i {
+    use std::arch::x86_64::*;
+    _mm512_cvtepu16_epi32(std::mem::transmute::<__m256bh, __m256i>(_mm512_cvtneps_pbh(v)))
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn interleave(_: &[f32], _: Option<&[f32]>, _: &mut [u32]) {
+    unreachable!("bf16 products are only offered on x86-64")
+}
+
+/// One row of a `[n, k]` B (a column of C) into its panel: pair `p` at `packed[p·64 + col]`.
 unsafe fn pack_column(w_row: &[f32], packed: &mut [u32], col: usize) {
     let mut pairs = [0u32; 256];
     for (chunk, start) in w_row.chunks(512).zip((0..).step_by(256)) {
-        let n = chunk.len() / 2;
+        let n = chunk.len().div_ceil(2);
         // SAFETY: the caller checked AVX512_BF16.
         unsafe { to_bf16_pairs(chunk, &mut pairs[..n]) };
         for (p, &v) in pairs[..n].iter().enumerate() {
@@ -144,12 +263,13 @@ fn bf16(x: f32) -> u16 {
     (b.wrapping_add(0x7fff + ((b >> 16) & 1)) >> 16) as u16
 }
 
-/// `rows` (≤ 6) rows of C times one 64-column panel, over all `pairs` steps of k.
+/// `rows` (≤ 6) rows of C times one 64-column panel, over all `pairs` steps of k: row r's
+/// pair p of A at `a + r·a_row + p·a_pair`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bf16")]
 unsafe fn tile(
     a: *const u32,
-    pairs: usize,
+    (a_row, a_pair, pairs): (usize, usize, usize),
     rows: usize,
     b: *const u32,
     c: *mut f32,
@@ -175,8 +295,9 @@ unsafe fn tile(
             std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(bp.add(48) as *const _)),
         ];
         for (r, row) in acc.iter_mut().enumerate().take(rows) {
-            let av =
-                std::mem::transmute::<__m512i, __m512bh>(_mm512_set1_epi32(*a.add(r * pairs + p) as i32));
+            let av = std::mem::transmute::<__m512i, __m512bh>(_mm512_set1_epi32(
+                *a.add(r * a_row + p * a_pair) as i32,
+            ));
             for (lane, &bv) in row.iter_mut().zip(&bv) {
                 *lane = _mm512_dpbf16_ps(*lane, av, bv);
             }
@@ -190,7 +311,15 @@ unsafe fn tile(
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn tile(_: *const u32, _: usize, _: usize, _: *const u32, _: *mut f32, _: usize, _: bool) {
+unsafe fn tile(
+    _: *const u32,
+    _: (usize, usize, usize),
+    _: usize,
+    _: *const u32,
+    _: *mut f32,
+    _: usize,
+    _: bool,
+) {
     unreachable!("bf16 products are only offered on x86-64")
 }
 
@@ -203,7 +332,8 @@ mod tests {
     }
 
     /// Against the definition in f64 over the bf16-rounded inputs: the kernel only sums
-    /// differently (f32 accumulation), for tails of rows, strided A/W/C and β = 0 and 1.
+    /// differently (f32 accumulation), for each layout of A and B, odd k, tails of rows,
+    /// strided A/B/C, β = 0 and 1, and rows split into groups (few panels, many rows).
     #[test]
     fn bf16_products_match_the_definition() {
         if !supported() {
@@ -211,29 +341,45 @@ mod tests {
             return;
         }
         let pool = rayon::ThreadPoolBuilder::new().num_threads(3).build().unwrap();
-        for (m, n, k, pad) in [(1, 64, 2, 0), (13, 128, 70, 3), (50, 192, 768, 0), (7, 64, 36, 5)] {
-            let (lda, ldw, ldc) = (k + pad, k + 2 * pad, n + pad);
-            let val = |i: usize, s: usize| ((i * s % 1013) as f32 / 1013.0 - 0.5) * 3.0;
-            let a: Vec<f32> = (0..m * lda).map(|i| val(i, 7919)).collect();
-            let w: Vec<f32> = (0..n * ldw).map(|i| val(i, 104_729)).collect();
-            for accumulate in [false, true] {
-                let c0: Vec<f32> = (0..m * ldc).map(|i| val(i, 31)).collect();
-                let mut c = c0.clone();
-                pool.install(|| product_nt((m, n, k), (&a, lda), (&w, ldw), accumulate, (&mut c, ldc)));
-                for i in 0..m {
-                    for j in 0..n {
-                        let dot: f64 = (0..k)
-                            .map(|l| from_bf16(bf16(a[i * lda + l])) * from_bf16(bf16(w[j * ldw + l])))
-                            .sum();
-                        let want = dot + if accumulate { c0[i * ldc + j] as f64 } else { 0.0 };
-                        let got = c[i * ldc + j] as f64;
-                        assert!(
-                            (got - want).abs() <= 1e-5 * (1.0 + want.abs()),
-                            "{m}x{n}x{k} ({i}, {j}): {got} vs {want}"
-                        );
+        let shapes = [(1, 64, 2, 0), (13, 128, 70, 3), (50, 192, 768, 0), (7, 64, 37, 5), (200, 64, 9, 1)];
+        for (m, n, k, pad) in shapes {
+            for trans in [(false, true), (false, false), (true, false), (true, true)] {
+                let (ar, ac) = if trans.0 { (k, m) } else { (m, k) };
+                let (br, bc) = if trans.1 { (n, k) } else { (k, n) };
+                let (lda, ldb, ldc) = (ac + pad, bc + 2 * pad, n + pad);
+                let val = |i: usize, s: usize| ((i * s % 1013) as f32 / 1013.0 - 0.5) * 3.0;
+                let a: Vec<f32> = (0..ar * lda).map(|i| val(i, 7919)).collect();
+                let b: Vec<f32> = (0..br * ldb).map(|i| val(i, 104_729)).collect();
+                let op_a = |i: usize, l: usize| a[if trans.0 { l * lda + i } else { i * lda + l }];
+                let op_b = |l: usize, j: usize| b[if trans.1 { j * ldb + l } else { l * ldb + j }];
+                for accumulate in [false, true] {
+                    let c0: Vec<f32> = (0..m * ldc).map(|i| val(i, 31)).collect();
+                    let mut c = c0.clone();
+                    pool.install(|| {
+                        product_into(trans, (m, n, k), (&a, lda), (&b, ldb), accumulate, (&mut c, ldc))
+                    });
+                    let what = format!("{m}x{n}x{k} {trans:?}");
+                    for i in 0..m {
+                        for j in 0..n {
+                            let dot: f64 = (0..k)
+                                .map(|l| from_bf16(bf16(op_a(i, l))) * from_bf16(bf16(op_b(l, j))))
+                                .sum();
+                            let want = dot + if accumulate { c0[i * ldc + j] as f64 } else { 0.0 };
+                            let got = c[i * ldc + j] as f64;
+                            assert!(
+                                (got - want).abs() <= 1e-5 * (1.0 + want.abs()),
+                                "{what} ({i}, {j}): {got} vs {want}"
+                            );
+                        }
+                        // Padding between rows of C is left alone.
+                        assert_eq!(c[i * ldc + n..(i + 1) * ldc], c0[i * ldc + n..(i + 1) * ldc], "{what}");
                     }
-                    // Padding between rows of C is left alone.
-                    assert_eq!(c[i * ldc + n..(i + 1) * ldc], c0[i * ldc + n..(i + 1) * ldc]);
+                    if !accumulate {
+                        let fresh = pool.install(|| product(trans, (m, n, k), (&a, lda), (&b, ldb)));
+                        for (i, row) in fresh.chunks_exact(n).enumerate() {
+                            assert_eq!(row, &c[i * ldc..i * ldc + n], "{what}: new buffer");
+                        }
+                    }
                 }
             }
         }
@@ -254,6 +400,17 @@ mod tests {
             unsafe { to_bf16_pairs(&x, &mut out) };
             for (i, pair) in out.iter().enumerate() {
                 assert_eq!((*pair as u16, (*pair >> 16) as u16), (bf16(x[2 * i]), bf16(x[2 * i + 1])));
+            }
+            // Two rows interleaved, 16 at a time and the tail; a missing second row is 0.
+            let (first, second) = (&x[..21], &x[30..51]);
+            let mut out = vec![0u32; 21];
+            for with_second in [true, false] {
+                // SAFETY: AVX512_BF16 checked.
+                unsafe { interleave(first, with_second.then_some(second), &mut out) };
+                for (j, pair) in out.iter().enumerate() {
+                    let hi = if with_second { bf16(second[j]) } else { 0 };
+                    assert_eq!((*pair as u16, (*pair >> 16) as u16), (bf16(first[j]), hi));
+                }
             }
         }
     }

@@ -17,7 +17,8 @@
 //! collects. Train with [`backward`], not `Tensor::backward`, or these parameters get no
 //! gradient (the parity tests check every parameter's gradient through [`backward`]).
 //!
-//! f32 on CPU with a BLAS only (`nn::EncoderLayer` keeps the op-by-op block elsewhere).
+//! f32 on CPU with a BLAS only, its products optionally in bf16 ([`bf16_mode`]);
+//! `nn::EncoderLayer` keeps the op-by-op block elsewhere.
 
 use std::cell::{Cell, RefCell};
 use std::ops::Range;
@@ -41,7 +42,7 @@ thread_local! {
     static PARAM_GRADS: RefCell<Vec<(Tensor, Tensor)>> = const { RefCell::new(Vec::new()) };
     /// Set inside [`inference_mode`] on this thread.
     static INFERENCE: Cell<bool> = const { Cell::new(false) };
-    /// Set inside [`bf16_inference_mode`] (or [`inference_mode`] with `WISE_CPU_BF16=1`).
+    /// Set inside [`bf16_mode`].
     static BF16_PRODUCTS: Cell<bool> = const { Cell::new(false) };
 }
 
@@ -50,21 +51,28 @@ thread_local! {
 /// block's buffers go back to the pool as soon as it is done, instead of living as long as
 /// the output (for a ViT-L/14 at batch 256, ~100 GB). The blocks' outputs then have no
 /// gradient.
-///
-/// With `WISE_CPU_BF16=1` in the environment it is [`bf16_inference_mode`].
 pub fn inference_mode<T>(f: impl FnOnce() -> T) -> T {
-    with_flags((true, BF16_PRODUCTS.get() || bf16_products::requested()), f)
+    with_flags((true, BF16_PRODUCTS.get()), f)
 }
 
-/// [`inference_mode`] with the fused blocks' `x·Wᵀ` products in bf16 (f32 sums) on CPUs
-/// with AVX512_BF16, ~1.7× faster there for a ViT-B/32; outputs differ from f32's by bf16's
-/// rounding of the products' inputs, as under PyTorch's CPU autocast. f32 on other CPUs.
-pub fn bf16_inference_mode<T>(f: impl FnOnce() -> T) -> T {
-    with_flags((true, true), f)
+/// Runs `f` with the fused blocks' products in bf16 (f32 sums), forward and backward, on
+/// CPUs with AVX512_BF16, as PyTorch's CPU autocast: ~1.7× faster there for a ViT-B/32's
+/// inference and ~1.6× for its training step (BENCHMARKS.md); results differ from f32's by
+/// bf16's rounding of the products' inputs. Everything else (LayerNorm, softmax, the
+/// activations, the gradients' sums, the optimizer) stays f32. f32 on other CPUs.
+/// `WISE_CPU_BF16=1` in the environment sets it everywhere.
+pub fn bf16_mode<T>(f: impl FnOnce() -> T) -> T {
+    with_flags((INFERENCE.get(), true), f)
 }
 
-/// Runs `f` with [`inference_mode`]'s and [`bf16_inference_mode`]'s flags set on this
-/// thread, restored after however `f` ends (a panic included).
+/// Whether the fused blocks run their products in bf16 on this thread: inside [`bf16_mode`]
+/// or with `WISE_CPU_BF16=1`, on a CPU with AVX512_BF16.
+pub fn in_bf16_mode() -> bool {
+    (BF16_PRODUCTS.get() || bf16_products::requested()) && bf16_products::supported()
+}
+
+/// Runs `f` with [`inference_mode`]'s and [`bf16_mode`]'s flags set on this thread,
+/// restored after however `f` ends (a panic included).
 fn with_flags<T>((inference, bf16): (bool, bool), f: impl FnOnce() -> T) -> T {
     struct Restore(bool, bool);
     impl Drop for Restore {
@@ -228,7 +236,7 @@ pub(crate) fn forward(
         act: layer.mlp.act,
         mask,
         keep: keeps_activations(),
-        bf16: !keeps_activations() && BF16_PRODUCTS.get() && bf16_products::supported(),
+        bf16: in_bf16_mode(),
         saved: Mutex::new(None),
     };
     let x = x.contiguous()?;
@@ -246,7 +254,7 @@ struct Block {
     mask: Option<Vec<f32>>,
     /// Whether to keep the activations for a backward pass (not in [`inference_mode`]).
     keep: bool,
-    /// Whether the `x·Wᵀ` products run in bf16 ([`bf16_inference_mode`]).
+    /// Whether the products run in bf16 ([`bf16_mode`]), forward and backward.
     bf16: bool,
     /// The forward's activations, for the backward.
     saved: Mutex<Option<Saved>>,
@@ -376,20 +384,36 @@ impl Block {
         Ok(inter)
     }
 
-    /// `C (+)= A·Wᵀ`, `A` `[m, k]`, `W` `[n, k]`, `C` `[m, n]`: a product of the forward,
-    /// in bf16 in [`bf16_inference_mode`], else the BLAS's f32 product.
-    fn project(
+    /// `C (+)= op(A)·op(B)` as [`par_sgemm`] with β = 0 or 1: in bf16 in [`bf16_mode`]
+    /// (when the shape fits the kernel), else the BLAS's f32 product.
+    fn product_into(
         &self,
+        trans: (bool, bool),
         (m, n, k): (usize, usize, usize),
         a: (&[f32], usize),
-        w: &[f32],
+        b: (&[f32], usize),
         accumulate: bool,
         c: (&mut [f32], usize),
     ) {
         if self.bf16 && bf16_products::fits(n, k) {
-            bf16_products::product_nt((m, n, k), a, (w, k), accumulate, c);
+            bf16_products::product_into(trans, (m, n, k), a, b, accumulate, c);
         } else {
-            par_sgemm((false, true), (m, n, k), 1.0, a, (w, k), if accumulate { 1.0 } else { 0.0 }, c);
+            par_sgemm(trans, (m, n, k), 1.0, a, b, if accumulate { 1.0 } else { 0.0 }, c);
+        }
+    }
+
+    /// `op(A)·op(B)` in a new buffer, in bf16 as [`Block::product_into`].
+    fn product(
+        &self,
+        trans: (bool, bool),
+        (m, n, k): (usize, usize, usize),
+        a: (&[f32], usize),
+        b: (&[f32], usize),
+    ) -> Vec<f32> {
+        if self.bf16 && bf16_products::fits(n, k) {
+            bf16_products::product(trans, (m, n, k), a, b)
+        } else {
+            product(trans, (m, n, k), a, b)
         }
     }
 
@@ -403,11 +427,11 @@ impl Block {
         let rows = self.pooled_rows(t);
         let first = if rows.is_some() { 1 } else { 0 };
         for (i, wi) in [w[Q_W], w[K_W], w[V_W]].into_iter().enumerate().skip(first) {
-            self.project((n, c, c), (ln1, c), wi, true, (&mut qkv[i * c..], 3 * c));
+            self.product_into((false, true), (n, c, c), (ln1, c), (wi, c), true, (&mut qkv[i * c..], 3 * c));
         }
         if let Some(rows) = rows {
             let ln1_at = gather(ln1, &rows, c);
-            let q = product((false, true), (rows.len(), c, c), (&ln1_at, c), (w[Q_W], c));
+            let q = self.product((false, true), (rows.len(), c, c), (&ln1_at, c), (w[Q_W], c));
             scatter_add(&q, &rows, (&mut qkv, 3 * c));
             give([ln1_at]);
         }
@@ -454,18 +478,25 @@ impl CustomOp1 for Block {
             let x_at = rows.as_ref().map(|rows| gather(x, rows, c));
             let mut x_mid = start(take(m * c), m, w[OUT_B], Some(x_at.as_deref().unwrap_or(x)));
             give(x_at);
-            self.project((m, c, c), (&attn, c), w[OUT_W], true, (&mut x_mid, c));
+            self.product_into((false, true), (m, c, c), (&attn, c), (w[OUT_W], c), true, (&mut x_mid, c));
             let mut ln2 = take(m * c);
             layer_norm_rows(&x_mid, (w[LN2_W], w[LN2_B]), self.eps.1, &mut ln2);
             // fc1's bias is added by the activation's pass, which reads h anyway (as the
             // product's starting accumulator it cost a pass writing h and the product
             // reading it back).
             let mut h = take(m * inter);
-            self.project((m, inter, c), (&ln2, c), w[FC1_W], false, (&mut h, inter));
+            self.product_into((false, true), (m, inter, c), (&ln2, c), (w[FC1_W], c), false, (&mut h, inter));
             let mut act = take(m * inter);
             bias_activation_rows(self.act, w[FC1_B], &mut h, &mut act);
             let mut y = start(Vec::new(), m, w[FC2_B], Some(&x_mid));
-            self.project((m, c, inter), (&act, inter), w[FC2_W], true, (&mut y, c));
+            self.product_into(
+                (false, true),
+                (m, c, inter),
+                (&act, inter),
+                (w[FC2_W], inter),
+                true,
+                (&mut y, c),
+            );
             Ok((y, Saved { ln1, qkv, probs, attn, x_mid, ln2, h, act }))
         })?;
         if self.keep {
@@ -490,12 +521,26 @@ impl CustomOp1 for Block {
             // The MLP: y = x_mid + act(LN2(x_mid)·W1ᵀ + b1)·W2ᵀ + b2 (M rows).
             let mut d_mid = dy.to_vec();
             let mut dh = take(m * inter);
-            par_sgemm((false, false), (m, inter, c), 1.0, (dy, c), (w[FC2_W], inter), 0.0, (&mut dh, inter));
-            let d_fc2 = product((true, false), (c, inter, m), (dy, c), (&s.act, inter));
+            self.product_into(
+                (false, false),
+                (m, inter, c),
+                (dy, c),
+                (w[FC2_W], inter),
+                false,
+                (&mut dh, inter),
+            );
+            let d_fc2 = self.product((true, false), (c, inter, m), (dy, c), (&s.act, inter));
             activation_grad_rows(self.act, &s.h, &mut dh);
             let mut d_ln2 = take(m * c);
-            par_sgemm((false, false), (m, c, inter), 1.0, (&dh, inter), (w[FC1_W], c), 0.0, (&mut d_ln2, c));
-            let d_fc1 = product((true, false), (inter, c, m), (&dh, inter), (&s.ln2, c));
+            self.product_into(
+                (false, false),
+                (m, c, inter),
+                (&dh, inter),
+                (w[FC1_W], c),
+                false,
+                (&mut d_ln2, c),
+            );
+            let d_fc1 = self.product((true, false), (inter, c, m), (&dh, inter), (&s.ln2, c));
             let (mut d_ln2_w, mut d_ln2_b) = (vec![0f32; c], vec![0f32; c]);
             layer_norm_grad_rows(
                 &s.x_mid,
@@ -507,8 +552,8 @@ impl CustomOp1 for Block {
             );
             // Attention: x_mid = x + attention(LN1(x)·Wqkvᵀ + bqkv)·Woᵀ + bo.
             let mut d_attn = take(m * c);
-            par_sgemm((false, false), (m, c, c), 1.0, (&d_mid, c), (w[OUT_W], c), 0.0, (&mut d_attn, c));
-            let d_out = product((true, false), (c, c, m), (&d_mid, c), (&s.attn, c));
+            self.product_into((false, false), (m, c, c), (&d_mid, c), (w[OUT_W], c), false, (&mut d_attn, c));
+            let d_out = self.product((true, false), (c, c, m), (&d_mid, c), (&s.attn, c));
             // Pooled, dQ is 0 off the pooled rows: zeroed, the bias gradient is plain column sums.
             let mut dqkv = take(n * 3 * c);
             if rows.is_some() {
@@ -530,41 +575,25 @@ impl CustomOp1 for Block {
             let (d_wq, d_wkv) = match &rows {
                 None => {
                     for (i, wi) in [w[Q_W], w[K_W], w[V_W]].into_iter().enumerate() {
-                        let beta = if i == 0 { 0.0 } else { 1.0 };
-                        par_sgemm(
-                            (false, false),
-                            (n, c, c),
-                            1.0,
-                            (&dqkv[i * c..], 3 * c),
-                            (wi, c),
-                            beta,
-                            (&mut d_ln1, c),
-                        );
+                        let d_proj = (&dqkv[i * c..], 3 * c);
+                        self.product_into((false, false), (n, c, c), d_proj, (wi, c), i > 0, (&mut d_ln1, c));
                     }
                     // One product; the q/k/v gradients are row blocks of it.
-                    let d_wqkv = product((true, false), (3 * c, c, n), (&dqkv, 3 * c), (&s.ln1, c));
+                    let d_wqkv = self.product((true, false), (3 * c, c, n), (&dqkv, 3 * c), (&s.ln1, c));
                     let d_wqkv = Tensor::from_vec(d_wqkv, (3 * c, c), &Device::Cpu)?;
                     (d_wqkv.narrow(0, 0, c)?, d_wqkv.narrow(0, c, 2 * c)?)
                 }
                 Some(rows) => {
                     for (i, wi) in [w[K_W], w[V_W]].into_iter().enumerate() {
-                        let beta = if i == 0 { 0.0 } else { 1.0 };
-                        par_sgemm(
-                            (false, false),
-                            (n, c, c),
-                            1.0,
-                            (&dqkv[(i + 1) * c..], 3 * c),
-                            (wi, c),
-                            beta,
-                            (&mut d_ln1, c),
-                        );
+                        let d_proj = (&dqkv[(i + 1) * c..], 3 * c);
+                        self.product_into((false, false), (n, c, c), d_proj, (wi, c), i > 0, (&mut d_ln1, c));
                     }
                     let dq = gather(&dqkv, rows, 3 * c);
-                    let d_ln1_at = product((false, false), (m, c, c), (&dq, 3 * c), (w[Q_W], c));
+                    let d_ln1_at = self.product((false, false), (m, c, c), (&dq, 3 * c), (w[Q_W], c));
                     scatter_add(&d_ln1_at, rows, (&mut d_ln1, c));
                     let ln1_at = gather(&s.ln1, rows, c);
-                    let d_wq = product((true, false), (c, c, m), (&dq, 3 * c), (&ln1_at, c));
-                    let d_wkv = product((true, false), (2 * c, c, n), (&dqkv[c..], 3 * c), (&s.ln1, c));
+                    let d_wq = self.product((true, false), (c, c, m), (&dq, 3 * c), (&ln1_at, c));
+                    let d_wkv = self.product((true, false), (2 * c, c, n), (&dqkv[c..], 3 * c), (&s.ln1, c));
                     give([dq, ln1_at]);
                     (
                         Tensor::from_vec(d_wq, (c, c), &Device::Cpu)?,
@@ -690,7 +719,7 @@ mod tests {
         Ok(())
     }
 
-    /// [`bf16_inference_mode`] through an encoder (on rayon's threads, an `inference_mode`
+    /// [`bf16_mode`] inference through an encoder (on rayon's threads, an `inference_mode`
     /// nested inside): within bf16's rounding of the f32 output where the CPU has
     /// AVX512_BF16, and not equal to it (the bf16 products ran); equal elsewhere.
     #[test]
@@ -714,13 +743,63 @@ mod tests {
         let encoder = crate::nn::Encoder { layers: layers.unwrap() };
         let x = Tensor::randn(0f32, 1.0, (2, 9, 128), &dev)?;
         let f32_out = inference_mode(|| encoder.forward(&x, None))?;
-        let bf16_out = bf16_inference_mode(|| inference_mode(|| encoder.forward(&x, None)))?;
+        let bf16_out = bf16_mode(|| inference_mode(|| encoder.forward(&x, None)))?;
         let diff = rel_diff(&bf16_out, &f32_out);
         if crate::bf16_products::supported() {
             assert!(diff > 0.0 && diff < 1e-2, "bf16 against f32: {diff}");
         } else {
             assert_eq!(diff, 0.0);
         }
+        Ok(())
+    }
+
+    /// [`bf16_mode`] training through two blocks, the last one pooled (every layout of the
+    /// bf16 kernel: forward x·Wᵀ, backward dY·W and dYᵀ·X): the loss and every parameter's
+    /// gradient within bf16's rounding of f32's and not equal to them where the CPU has
+    /// AVX512_BF16; equal elsewhere.
+    #[test]
+    fn bf16_training_is_f32_up_to_bf16_rounding() -> candle_core::Result<()> {
+        let dev = Device::Cpu;
+        if !has_blas()? {
+            return Ok(());
+        }
+        let shape = EncoderShape {
+            hidden: 128,
+            intermediate: 256,
+            layers: 2,
+            heads: 2,
+            act: Activation::Gelu,
+            eps: 1e-5,
+        };
+        let mut pb = ParamBuilder::fresh(13, &dev);
+        let first = EncoderLayer::new(&mut pb, "l0", &shape).unwrap();
+        let last = EncoderLayer::new(&mut pb, "l1", &shape).unwrap();
+        let params = pb.finish().unwrap();
+        let x = candle_core::Var::randn(0f32, 1.0, (3, 9, 128), &dev)?;
+        let probe = Tensor::randn(0f32, 1.0, (3, 128), &dev)?;
+        let step = || -> candle_core::Result<(Tensor, GradStore)> {
+            let y = last.forward_at(&first.forward(&x, None)?, &[0, 4, 8], None)?;
+            let loss = (y * &probe)?.sqr()?.sum_all()?;
+            let grads = backward(&loss)?;
+            Ok((loss, grads))
+        };
+        let (loss, grads) = step()?;
+        let (bf16_loss, bf16_grads) = bf16_mode(step)?;
+        let bf16 = crate::bf16_products::supported();
+        let diff = rel_diff(&bf16_loss, &loss);
+        assert!(if bf16 { diff > 0.0 && diff < 1e-2 } else { diff == 0.0 }, "loss: {diff}");
+        let mut checked = 0;
+        for (name, var) in params.iter().map(|(n, v)| (n.as_str(), v)).chain([("x", &x)]) {
+            let (g, want) = (bf16_grads.get(var).unwrap(), grads.get(var).unwrap());
+            let diff = rel_diff(g, want);
+            if !bf16 {
+                assert_eq!(diff, 0.0, "d{name}");
+            } else if !name.ends_with("k_proj.bias") {
+                assert!(diff > 0.0 && diff < 2e-2, "d{name}: {diff}");
+            }
+            checked += 1;
+        }
+        assert_eq!(checked, 33, "32 parameters and the input");
         Ok(())
     }
 }

@@ -101,7 +101,7 @@ pub(crate) fn sgemm(
 }
 
 /// Elements a row-major `rows × cols` matrix with leading dimension `ld` spans.
-fn span(rows: usize, cols: usize, ld: usize) -> usize {
+pub(crate) fn span(rows: usize, cols: usize, ld: usize) -> usize {
     if rows * cols == 0 {
         0
     } else {

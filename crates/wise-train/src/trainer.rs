@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use candle_core::backprop::GradStore;
-use candle_core::{Module, Tensor, Var};
+use candle_core::{Device, Module, Tensor, Var};
 use wise_data::{Dataset, Loader};
 use wise_eval::{evaluate, EvalOptions, Evaluation, ResultsFile};
 use wise_zeroshot::ImageClassifier;
@@ -341,7 +341,7 @@ pub fn train_with_clip(run: Run, clip: Option<&str>, observer: &mut dyn Observer
         let mut epoch_classifier = classifier.clone();
         epoch_classifier.meta.extra.insert(
             "train".into(),
-            train_record(&config, &progress, serde_json::json!({ "epoch": epoch + 1 })),
+            train_record(&config, &progress, &device, serde_json::json!({ "epoch": epoch + 1 })),
         );
         epoch_classifier.save(&run.out_dir.join(format!("epoch_{}.safetensors", epoch + 1)))?;
         state::save(&run.out_dir, &classifier, &extra, &optimizer, &progress)?;
@@ -365,7 +365,7 @@ pub fn train_with_clip(run: Run, clip: Option<&str>, observer: &mut dyn Observer
     let mut finetuned = classifier.clone();
     finetuned.meta.extra.insert(
         "train".into(),
-        train_record(&config, &progress, serde_json::json!({ "epochs": progress.epoch })),
+        train_record(&config, &progress, &device, serde_json::json!({ "epochs": progress.epoch })),
     );
     let path = run.out_dir.join(FINETUNED_FILE);
     finetuned.save(&path)?;
@@ -379,12 +379,21 @@ pub fn train_with_clip(run: Run, clip: Option<&str>, observer: &mut dyn Observer
     })
 }
 
-/// The `wise.train` metadata of a checkpoint: the config, the step, `epoch_info`, and for
-/// a contrastive run the CLIP whose text tower gave the head.
-fn train_record(config: &TrainConfig, progress: &Progress, epoch_info: serde_json::Value) -> String {
+/// The `wise.train` metadata of a checkpoint: the config, the step, `epoch_info`, for a
+/// contrastive run the CLIP whose text tower gave the head, and `"cpu_products": "bf16"`
+/// when this process trains on a CPU with the blocks' products in bf16.
+fn train_record(
+    config: &TrainConfig,
+    progress: &Progress,
+    device: &Device,
+    epoch_info: serde_json::Value,
+) -> String {
     let mut record = serde_json::json!({ "config": config, "step": progress.step });
     if let (Some(m), serde_json::Value::Object(info)) = (record.as_object_mut(), epoch_info) {
         m.extend(info);
+        if device.is_cpu() && wise_clip::in_bf16_mode() {
+            m.insert("cpu_products".into(), "bf16".into());
+        }
         if let Some(clip) = &progress.clip {
             m.insert("clip".into(), clip.clone().into());
         }
