@@ -79,26 +79,29 @@ impl Layout {
 pub fn plan(exp: &Experiment) -> Vec<Stage> {
     let out = exp.out();
     let layout = Layout::new(&out);
-    let key_of = |settings: &serde_json::Value, upstream: &[String]| {
-        stages::stage_key(settings, &upstream.iter().map(String::as_str).collect::<Vec<_>>())
+    let mut stages: Vec<Stage> = Vec::new();
+    // The settings of a stage that runs the model: with the CPU's products in bf16
+    // (`WISE_CPU_BF16=1`) its outputs differ, so switching it redoes these stages.
+    let bf16 = wise_clip::in_bf16_mode();
+    let model_settings = |mut settings: serde_json::Value| {
+        if let (true, Some(m)) = (bf16, settings.as_object_mut()) {
+            m.insert("cpu_products".into(), "bf16".into());
+        }
+        settings
     };
-    let mut stages = Vec::new();
+    // The key of the stage just pushed.
+    let last_key = |stages: &[Stage]| stages.last().expect("pushed").key.clone();
     let mut data_keys: Vec<String> = Vec::new();
     for imp in &exp.import {
-        let key = key_of(&json!(imp), &[]);
-        data_keys.push(key.clone());
         let limit = imp.limit_per_class.map(|n| format!(" (first {n} per class)")).unwrap_or_default();
-        stages.push(Stage {
-            name: format!("import:{}", imp.to),
-            description: format!(
-                "import {} from {} into {}{limit}",
-                imp.source,
-                imp.from,
-                exp.path(&imp.to).display()
-            ),
-            outputs: vec![exp.path(&imp.to)],
-            key,
-        });
+        stages.push(Stage::new(
+            format!("import:{}", imp.to),
+            format!("import {} from {} into {}{limit}", imp.source, imp.from, exp.path(&imp.to).display()),
+            vec![exp.path(&imp.to)],
+            &json!(imp),
+            Vec::new(),
+        ));
+        data_keys.push(last_key(&stages));
     }
     // Shifted sets read the imports (and an earlier shift whose folder holds their data).
     // The stages after them depend on the shifts whose folders hold what they read, so
@@ -109,87 +112,80 @@ pub fn plan(exp: &Experiment) -> Vec<Stage> {
         base.iter().cloned().chain(deps.map(|(_, key)| key.clone())).collect()
     };
     for sh in &exp.shift {
-        let key = key_of(&json!(sh), &reading(&shifts, &data_keys, &[exp.path(&sh.data)]));
         let to = exp.path(&sh.to);
         let count = sh.corruption_list().map(|c| c.len()).unwrap_or_default();
         let severities = sh.severity_list().unwrap_or_default();
-        stages.push(Stage {
-            name: format!("shift:{}", sh.to),
-            description: format!(
+        stages.push(Stage::new(
+            format!("shift:{}", sh.to),
+            format!(
                 "corrupt {} ({count} corruption(s), severity {}) into {}",
                 exp.path(&sh.data).display(),
                 severities.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(","),
                 to.display()
             ),
-            outputs: vec![to.join(wise_shift::SHIFT_MANIFEST)],
-            key: key.clone(),
-        });
-        shifts.push((to, key));
+            vec![to.join(wise_shift::SHIFT_MANIFEST)],
+            &json!(sh),
+            reading(&shifts, &data_keys, &[exp.path(&sh.data)]),
+        ));
+        shifts.push((to, last_key(&stages)));
     }
     let model_key = match &exp.model.pretrain {
         Some(p) => {
             let paths: Vec<PathBuf> = p.data.iter().map(|d| exp.path(d)).collect();
-            let key = key_of(&json!(p), &reading(&shifts, &data_keys, &paths));
-            stages.push(Stage {
-                name: "pretrain".into(),
-                description: format!(
-                    "pretrain a CLIP on {} into {}",
-                    p.data.join(", "),
-                    layout.model.display()
-                ),
-                outputs: vec![layout.model.join("model.safetensors")],
-                key: key.clone(),
-            });
-            key
+            stages.push(Stage::new(
+                "pretrain".into(),
+                format!("pretrain a CLIP on {} into {}", p.data.join(", "), layout.model.display()),
+                vec![layout.model.join("model.safetensors")],
+                &model_settings(json!(p)),
+                reading(&shifts, &data_keys, &paths),
+            ));
+            last_key(&stages)
         }
-        None => key_of(&json!(exp.model.path), &[]),
+        None => stages::stage_key(&json!(exp.model.path), &[]),
     };
     let mut upstream = data_keys.clone();
     upstream.push(model_key);
-    let zs_key =
-        key_of(&json!(exp.zeroshot), &reading(&shifts, &upstream, &[exp.path(&exp.zeroshot.classes)]));
-    stages.push(Stage {
-        name: "zeroshot".into(),
-        description: format!(
+    stages.push(Stage::new(
+        "zeroshot".into(),
+        format!(
             "zero-shot classifier ({} templates) → {}",
             exp.zeroshot.templates,
             layout.zeroshot.display()
         ),
-        outputs: vec![layout.zeroshot.clone()],
-        key: zs_key.clone(),
-    });
-    let ft_key = key_of(
-        &json!({ "train": exp.train, "data": exp.data.train }),
-        &reading(&shifts, std::slice::from_ref(&zs_key), &[exp.path(&exp.data.train)]),
-    );
-    stages.push(Stage {
-        name: "finetune".into(),
-        description: format!("fine-tune on {} → {}", exp.data.train, layout.finetune.display()),
-        outputs: vec![layout.finetune.join(wise_train::FINETUNED_FILE)],
-        key: ft_key.clone(),
-    });
+        vec![layout.zeroshot.clone()],
+        &model_settings(json!(exp.zeroshot)),
+        reading(&shifts, &upstream, &[exp.path(&exp.zeroshot.classes)]),
+    ));
+    let zs_key = last_key(&stages);
+    stages.push(Stage::new(
+        "finetune".into(),
+        format!("fine-tune on {} → {}", exp.data.train, layout.finetune.display()),
+        vec![layout.finetune.join(wise_train::FINETUNED_FILE)],
+        &model_settings(json!({ "train": exp.train, "data": exp.data.train })),
+        reading(&shifts, std::slice::from_ref(&zs_key), &[exp.path(&exp.data.train)]),
+    ));
+    let ft_key = last_key(&stages);
     let eval_paths: Vec<PathBuf> = exp.data.eval.values().map(|p| exp.path(p)).collect();
-    let sweep_key = key_of(
-        &json!({ "alphas": exp.ensemble.alphas, "eval": exp.data.eval }),
-        &reading(&shifts, &[zs_key, ft_key], &eval_paths),
-    );
-    stages.push(Stage {
-        name: "sweep".into(),
-        description: format!(
+    stages.push(Stage::new(
+        "sweep".into(),
+        format!(
             "evaluate θ(α) for α in {:?} on {} → {}",
             exp.ensemble.alphas,
             exp.data.eval.keys().cloned().collect::<Vec<_>>().join(", "),
             layout.results.display()
         ),
-        outputs: vec![layout.results.clone()],
-        key: sweep_key.clone(),
-    });
-    stages.push(Stage {
-        name: "report".into(),
-        description: format!("plot and report → {}, {}", layout.plot.display(), layout.report.display()),
-        outputs: vec![layout.plot.clone(), layout.report.clone()],
-        key: key_of(&json!({ "reference": exp.data.reference }), &[sweep_key]),
-    });
+        vec![layout.results.clone()],
+        &model_settings(json!({ "alphas": exp.ensemble.alphas, "eval": exp.data.eval })),
+        reading(&shifts, &[zs_key, ft_key], &eval_paths),
+    ));
+    let sweep_key = last_key(&stages);
+    stages.push(Stage::new(
+        "report".into(),
+        format!("plot and report → {}, {}", layout.plot.display(), layout.report.display()),
+        vec![layout.plot.clone(), layout.report.clone()],
+        &json!({ "reference": exp.data.reference }),
+        vec![sweep_key],
+    ));
     stages
 }
 
@@ -200,9 +196,10 @@ pub enum Outcome {
     Ran,
 }
 
-/// Runs the experiment: every stage that is not already done (or is forced).
-/// `force` names stages (`import`, `shift`, `pretrain`, `zeroshot`, `finetune`, `sweep`,
-/// `report`).
+/// Runs the experiment: every stage that is not already done, is forced, or reads what a
+/// stage run by this call wrote. `force` names stages (`import`, `shift`, `pretrain`,
+/// `zeroshot`, `finetune`, `sweep`, `report`): `--force finetune` fine-tunes again and
+/// then redoes the sweep and the report.
 pub fn run(
     exp: &Experiment,
     force: &[String],
@@ -217,9 +214,11 @@ pub fn run(
         return Err(Error::Invalid(format!("--force {bad}: stages are {}", known.join(", "))));
     }
     let mut outcomes = Vec::new();
+    // Stages run by this call: what reads their outputs runs again too.
+    let mut ran: Vec<String> = Vec::new();
     for stage in plan(exp) {
         let family = stage.name.split(':').next().unwrap_or_default().to_string();
-        if force.contains(&family) {
+        if force.contains(&family) || stage.reads.iter().any(|k| ran.contains(k)) {
             stage.forget(&out);
         }
         if stage.is_done(&out) {
@@ -332,6 +331,7 @@ pub fn run(
         }
         stage.mark_done(&out)?;
         log(&format!("      done in {:.1} s", started.elapsed().as_secs_f64()));
+        ran.push(stage.key.clone());
         outcomes.push((stage.name.clone(), Outcome::Ran));
     }
     Ok(outcomes)

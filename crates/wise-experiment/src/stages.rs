@@ -20,10 +20,13 @@ pub struct Stage {
     /// Files or folders the stage produces; all must exist for it to count as done.
     pub outputs: Vec<PathBuf>,
     pub key: String,
+    /// The keys of the stages it reads from: when one of them runs again (`--force`), so
+    /// does this one, its inputs having been rewritten.
+    pub reads: Vec<String>,
 }
 
 /// The key of a stage: its settings (as JSON) and its inputs' keys.
-pub fn stage_key(settings: &serde_json::Value, upstream: &[&str]) -> String {
+pub fn stage_key(settings: &serde_json::Value, upstream: &[String]) -> String {
     let mut h = Sha256::new();
     h.update(settings.to_string().as_bytes());
     for key in upstream {
@@ -53,6 +56,17 @@ fn write_key(path: &Path, key: &str) -> Result<()> {
 }
 
 impl Stage {
+    /// A stage with `settings` (as JSON) reading from the stages keyed `reads`.
+    pub fn new(
+        name: String,
+        description: String,
+        outputs: Vec<PathBuf>,
+        settings: &serde_json::Value,
+        reads: Vec<String>,
+    ) -> Self {
+        Self { name, description, outputs, key: stage_key(settings, &reads), reads }
+    }
+
     /// Finished with this key, outputs present.
     pub fn is_done(&self, out: &Path) -> bool {
         read_key(&marker(out, &self.name, "")).as_deref() == Some(self.key.as_str())

@@ -96,11 +96,23 @@ fn smoke_experiment_runs_every_stage_and_reruns_only_what_changed() {
     let exp = Experiment::from_file(&file).unwrap();
     assert_eq!(ran(&outcomes(&exp)), ["finetune", "sweep", "report"]);
 
-    // --force redoes one stage.
-    // --force redoes that stage; its output is the same, so the stages after it keep their
-    // keys and are not redone.
+    // --force redoes that stage and the stages reading what it rewrote.
     let forced = run(&exp, &["zeroshot".into()], &Device::Cpu, &mut Quiet, &mut |_| {}).unwrap();
-    assert_eq!(ran(&forced), ["zeroshot"]);
+    assert_eq!(ran(&forced), ["zeroshot", "finetune", "sweep", "report"]);
+    let forced = run(&exp, &["sweep".into()], &Device::Cpu, &mut Quiet, &mut |_| {}).unwrap();
+    assert_eq!(ran(&forced), ["sweep", "report"]);
+
+    // The model's stages with the CPU's products in bf16 are other stages (where the CPU
+    // has them); the data's are the same.
+    let keys = |plan: Vec<wise_experiment::Stage>| -> Vec<(String, String)> {
+        plan.into_iter().map(|s| (s.name, s.key)).collect()
+    };
+    let (f32_keys, bf16_keys) = (keys(plan(&exp)), keys(wise_clip::bf16_mode(|| plan(&exp))));
+    for ((name, f32_key), (_, bf16_key)) in f32_keys.iter().zip(&bf16_keys) {
+        let model = ["pretrain", "zeroshot", "finetune", "sweep", "report"].contains(&name.as_str());
+        let differs = model && wise_clip::bf16_products::supported();
+        assert_eq!(f32_key != bf16_key, differs, "{name}");
+    }
 }
 
 #[test]
@@ -282,9 +294,9 @@ fn shift_stages_make_the_corrupted_sets_and_rerun_only_what_reads_them() {
     let exp = Experiment::from_file(&file).unwrap();
     assert_eq!(ran(&outcomes(&exp)), ["shift:{out}/shifted", "sweep", "report"]);
 
-    // --force shift redoes both; the same images come out, so nothing after them reruns.
+    // --force shift redoes both, and the sweep that reads them.
     let forced = run(&exp, &["shift".into()], &Device::Cpu, &mut Quiet, &mut |_| {}).unwrap();
-    assert_eq!(ran(&forced), ["shift:{out}/shifted", "shift:{out}/noisy"]);
+    assert_eq!(ran(&forced), ["shift:{out}/shifted", "shift:{out}/noisy", "sweep", "report"]);
 }
 
 #[test]
