@@ -185,16 +185,22 @@ pub fn run(mut args: BenchArgs) -> anyhow::Result<()> {
         device.synchronize()?;
         Ok(())
     };
-    for _ in 0..args.warmup {
-        step(&mut [0.0; 4])?;
-    }
-    wise_clip::profile::take();
-    let (mut times, mut phases) = (Vec::with_capacity(args.iters), [0f64; 4]);
-    for _ in 0..args.iters {
-        let t0 = Instant::now();
-        step(&mut phases)?;
-        times.push(t0.elapsed().as_secs_f64());
-    }
+    let mut timed = || -> anyhow::Result<(Vec<f64>, [f64; 4])> {
+        for _ in 0..args.warmup {
+            step(&mut [0.0; 4])?;
+        }
+        wise_clip::profile::take();
+        let (mut times, mut phases) = (Vec::with_capacity(args.iters), [0f64; 4]);
+        for _ in 0..args.iters {
+            let t0 = Instant::now();
+            step(&mut phases)?;
+            times.push(t0.elapsed().as_secs_f64());
+        }
+        Ok((times, phases))
+    };
+    // Forwards of fixed weights (not training): with bf16 products, each weight is packed
+    // once for all the iterations, as `wise eval` packs it once for a whole dataset.
+    let (times, phases) = if args.mode == Mode::Train { timed()? } else { wise_clip::frozen_weights(timed)? };
 
     // Images per timed iteration: the batch, or the whole (limited) dataset.
     let images = dataset.as_ref().map_or(args.batch_size, |d| d.len());

@@ -55,14 +55,18 @@ pub fn run(args: EmbedArgs) -> anyhow::Result<()> {
         let preprocessor = source.preprocessor()?;
         let bar = progress(images.len(), "images");
         let (mut embeds, mut pixels) = (Vec::new(), Vec::new());
-        for chunk in images.chunks(args.batch_size) {
-            let batch = preprocessor.eval_files(chunk, &device)?;
-            embeds.push(wise_clip::inference_mode(|| model.image_features(&batch))?);
-            if args.save_pixels {
-                pixels.push(batch.to_device(&candle_core::Device::Cpu)?);
+        // Each weight packed once for all the images (bf16 products).
+        wise_clip::frozen_weights(|| -> anyhow::Result<()> {
+            for chunk in images.chunks(args.batch_size) {
+                let batch = preprocessor.eval_files(chunk, &device)?;
+                embeds.push(wise_clip::inference_mode(|| model.image_features(&batch))?);
+                if args.save_pixels {
+                    pixels.push(batch.to_device(&candle_core::Device::Cpu)?);
+                }
+                bar.inc(chunk.len() as u64);
             }
-            bar.inc(chunk.len() as u64);
-        }
+            Ok(())
+        })?;
         bar.finish_and_clear();
         tensors.push(("image_embeds".into(), Tensor::cat(&embeds, 0)?));
         if args.save_pixels {
@@ -78,11 +82,14 @@ pub fn run(args: EmbedArgs) -> anyhow::Result<()> {
         let ids = tokenizer.encode_batch(&texts)?;
         let bar = progress(texts.len(), "texts");
         let mut embeds = Vec::new();
-        for chunk in ids.chunks(args.batch_size) {
-            let ids = model.ids_tensor(chunk)?;
-            embeds.push(wise_clip::inference_mode(|| model.text_features(&ids))?);
-            bar.inc(chunk.len() as u64);
-        }
+        wise_clip::frozen_weights(|| -> anyhow::Result<()> {
+            for chunk in ids.chunks(args.batch_size) {
+                let ids = model.ids_tensor(chunk)?;
+                embeds.push(wise_clip::inference_mode(|| model.text_features(&ids))?);
+                bar.inc(chunk.len() as u64);
+            }
+            Ok(())
+        })?;
         bar.finish_and_clear();
         tensors.push(("text_embeds".into(), Tensor::cat(&embeds, 0)?));
         tensors.push(("input_ids".into(), model.ids_tensor(&ids)?.to_dtype(DType::I64)?));

@@ -18,6 +18,7 @@
 //! shared out over rayon's threads. A forward's `x·Wᵀ` reads W `[n, k]` as Bᵀ; a backward's
 //! `dY·W` and `dYᵀ·X` read B as stored and A transposed.
 
+use std::mem::MaybeUninit;
 use std::sync::OnceLock;
 
 use rayon::prelude::*;
@@ -29,10 +30,25 @@ const PANEL: usize = 64;
 /// Rows of C a kernel call holds in registers (6 × 4 accumulators).
 const ROWS: usize = 6;
 
-/// Whether `WISE_CPU_BF16=1` asks for bf16 products in every forward and backward.
+/// Whether `WISE_CPU_BF16=1` asks for bf16 products in every forward and backward. A value
+/// that is neither on nor off, or on for a CPU without AVX512_BF16, is said once on stderr.
 pub fn requested() -> bool {
     static ON: OnceLock<bool> = OnceLock::new();
-    *ON.get_or_init(|| std::env::var("WISE_CPU_BF16").is_ok_and(|v| v == "1"))
+    *ON.get_or_init(|| {
+        let Ok(value) = std::env::var("WISE_CPU_BF16") else { return false };
+        let on = match value.trim().to_ascii_lowercase().as_str() {
+            "1" | "true" | "on" | "yes" => true,
+            "0" | "false" | "off" | "no" | "" => false,
+            _ => {
+                eprintln!("warning: WISE_CPU_BF16={value} is neither 1 nor 0; ignored (f32 products)");
+                false
+            }
+        };
+        if on && !supported() {
+            eprintln!("warning: WISE_CPU_BF16={value}: this CPU has no AVX512_BF16; its products stay f32");
+        }
+        on
+    })
 }
 
 /// Whether this CPU has the AVX-512 bf16 dot products.
@@ -53,19 +69,20 @@ pub(crate) fn fits(n: usize, k: usize) -> bool {
 /// `C = op(A)·op(B)`, or `C += op(A)·op(B)` when `accumulate`, row-major, as
 /// [`crate::matmul::par_sgemm`]: `op(A)` `[m, k]` is A, or Aᵀ for A stored `[k, m]` when
 /// `trans.0`; `op(B)` `[k, n]` is B, or Bᵀ for B stored `[n, k]` (a layer's weight in a
-/// forward) when `trans.1`. A and B are rounded to bf16, the sums are f32's. Needs
-/// [`supported`] and [`fits`].
+/// forward) when `trans.1`. A and B are rounded to bf16, the sums are f32's; B is read from
+/// `packed` when given (which must hold this B). Needs [`supported`] and [`fits`].
 pub(crate) fn product_into(
     trans: (bool, bool),
     (m, n, k): (usize, usize, usize),
     a: (&[f32], usize),
     b: (&[f32], usize),
+    packed: Option<&PackedB>,
     accumulate: bool,
     (c, ldc): (&mut [f32], usize),
 ) {
     assert!(ldc >= n && c.len() >= span(m, n, ldc), "bf16 products: C too small");
     // SAFETY: `c` is borrowed mutably and holds every element of C (checked just above).
-    unsafe { product_to(trans, (m, n, k), a, b, accumulate, Out(c.as_mut_ptr()), ldc) }
+    unsafe { product_to(trans, (m, n, k), a, b, packed, accumulate, Out(c.as_mut_ptr()), ldc) }
 }
 
 /// `op(A)·op(B)` in bf16 as [`product_into`], `m × n`, in a new row-major buffer (never
@@ -75,18 +92,79 @@ pub(crate) fn product(
     (m, n, k): (usize, usize, usize),
     a: (&[f32], usize),
     b: (&[f32], usize),
+    packed: Option<&PackedB>,
 ) -> Vec<f32> {
     let mut c = Vec::with_capacity(m * n);
     // SAFETY: `c` has room for the m × n matrix, which the product writes whole (β = 0)
     // before `set_len` exposes it.
     unsafe {
-        product_to(trans, (m, n, k), a, b, false, Out(c.as_mut_ptr()), n);
+        product_to(trans, (m, n, k), a, b, packed, false, Out(c.as_mut_ptr()), n);
         c.set_len(m * n);
     }
     c
 }
 
-/// [`product_into`] into raw `c`.
+/// B packed for the kernel: its 64-column panels one after the other, each `[k/2][64]` bf16
+/// pairs (pair p of column `col` at `p·64 + col`). A layer's weight packed once serves every
+/// forward of a batch loop ([`crate::frozen_weights`]) instead of being packed per product.
+pub(crate) struct PackedB {
+    k: usize,
+    data: Vec<u32>,
+}
+
+impl PackedB {
+    /// `op(B)` `[k, n]` packed (`trans_b`: B stored `[n, k]`). Needs [`supported`] and [`fits`].
+    pub(crate) fn new(trans_b: bool, (n, k): (usize, usize), (b, ldb): (&[f32], usize)) -> Self {
+        assert!(supported() && fits(n, k), "bf16 products need AVX512_BF16 and n % 64 == 0");
+        let (br, bc) = if trans_b { (n, k) } else { (k, n) };
+        assert!(ldb >= bc && b.len() >= span(br, bc, ldb), "bf16 products: B too small");
+        let panel = k.div_ceil(2) * PANEL;
+        let pack = |all: &mut [MaybeUninit<u32>]| {
+            all.par_chunks_mut(panel)
+                .enumerate()
+                .for_each(|(j, out)| pack_panel(trans_b, k, (b, ldb), j, out))
+        };
+        // SAFETY: each chunk is one panel, which `pack_panel` writes whole.
+        let data = unsafe { filled(n * k.div_ceil(2), pack) };
+        Self { k, data }
+    }
+
+    fn panel(&self, j: usize) -> &[u32] {
+        let len = self.k.div_ceil(2) * PANEL;
+        &self.data[j * len..(j + 1) * len]
+    }
+}
+
+/// `len` values written by `write`, without zero-filling them first.
+///
+/// # Safety
+/// `write` must write every element.
+unsafe fn filled(len: usize, write: impl FnOnce(&mut [MaybeUninit<u32>])) -> Vec<u32> {
+    let mut v = Vec::with_capacity(len);
+    write(&mut v.spare_capacity_mut()[..len]);
+    // SAFETY: the caller vouches that `write` initialised all `len` elements.
+    unsafe { v.set_len(len) };
+    v
+}
+
+/// Panel `j` (columns 64j..64j + 64) of `op(B)` into `out` (`[k/2][64]` pairs, all written).
+fn pack_panel(trans_b: bool, k: usize, (b, ldb): (&[f32], usize), j: usize, out: &mut [MaybeUninit<u32>]) {
+    let j0 = j * PANEL;
+    if trans_b {
+        for col in 0..PANEL {
+            // SAFETY: callers checked AVX512_BF16 and B's bounds; row j0 + col holds k values.
+            unsafe { pack_column(&b[(j0 + col) * ldb..][..k], out, col) };
+        }
+    } else {
+        for (p, line) in out.chunks_exact_mut(PANEL).enumerate() {
+            let second = (2 * p + 1 < k).then(|| &b[(2 * p + 1) * ldb + j0..][..PANEL]);
+            // SAFETY: as above; rows 2p and 2p + 1 of B hold columns j0..j0 + 64.
+            unsafe { interleave(&b[2 * p * ldb + j0..][..PANEL], second, line) };
+        }
+    }
+}
+
+/// [`product_into`] into raw `c`, B read from `packed` when given (packed from this `b`).
 ///
 /// # Safety
 /// `c` must be valid for writes (and, when `accumulate`, reads of initialised values) of
@@ -97,6 +175,7 @@ unsafe fn product_to(
     (m, n, k): (usize, usize, usize),
     (a, lda): (&[f32], usize),
     (b, ldb): (&[f32], usize),
+    packed: Option<&PackedB>,
     accumulate: bool,
     out: Out,
     ldc: usize,
@@ -106,33 +185,31 @@ unsafe fn product_to(
     let (br, bc) = if trans_b { (n, k) } else { (k, n) };
     assert!(lda >= ac && ldb >= bc && ldc >= n, "bf16 products: leading dimensions too small");
     assert!(a.len() >= span(ar, ac, lda) && b.len() >= span(br, bc, ldb));
+    assert!(packed.is_none_or(|p| p.k == k && p.data.len() == n * k.div_ceil(2)), "bf16 products: packed B");
     if m == 0 {
         return;
     }
-    // A as bf16 pairs along k: row i's pair p at `a16[i·a_row + p·a_pair]`. Stored `[m, k]`, each
-    // row converts on its own (a bf16 row already is a row of pairs); stored `[k, m]`, rows
-    // 2p and 2p + 1 of the store interleave into line p.
+    // A as bf16 pairs along k: row i's pair p at `a16[i·a_row + p·a_pair]`. Stored `[m, k]`,
+    // each row converts on its own (a bf16 row already is a row of pairs); stored `[k, m]`,
+    // rows 2p and 2p + 1 of the store interleave into line p.
     let pairs = k.div_ceil(2);
-    let mut a16 = vec![0u32; m * pairs];
-    let (a_row, a_pair) = if trans_a {
-        a16.par_chunks_mut(m).enumerate().for_each(|(p, line)| {
-            // SAFETY: AVX512_BF16 checked above; both rows hold m values (asserted).
-            unsafe {
-                interleave(
-                    &a[2 * p * lda..][..m],
-                    (2 * p + 1 < k).then(|| &a[(2 * p + 1) * lda..][..m]),
-                    line,
-                )
-            }
-        });
-        (1, m)
-    } else {
-        a16.par_chunks_mut(pairs).enumerate().for_each(|(i, line)| {
-            // SAFETY: as above; row i holds k values.
-            unsafe { to_bf16_pairs(&a[i * lda..i * lda + k], line) }
-        });
-        (pairs, 1)
+    let (a_row, a_pair) = if trans_a { (1, m) } else { (pairs, 1) };
+    let convert = |all: &mut [MaybeUninit<u32>]| {
+        if trans_a {
+            all.par_chunks_mut(m).enumerate().for_each(|(p, line)| {
+                let second = (2 * p + 1 < k).then(|| &a[(2 * p + 1) * lda..][..m]);
+                // SAFETY: AVX512_BF16 checked above; both rows hold m values (asserted).
+                unsafe { interleave(&a[2 * p * lda..][..m], second, line) }
+            })
+        } else {
+            all.par_chunks_mut(pairs).enumerate().for_each(|(i, line)| {
+                // SAFETY: as above; row i holds k values.
+                unsafe { to_bf16_pairs(&a[i * lda..i * lda + k], line) }
+            })
+        }
     };
+    // SAFETY: the lines of either layout cover the buffer, and each is written whole.
+    let a16 = unsafe { filled(m * pairs, convert) };
     // Tasks: each panel of 64 columns, cut into groups of rows when there are fewer than
     // two panels a thread (a task packs its own panel, so groups pack the same one again).
     let panels = n / PANEL;
@@ -145,31 +222,25 @@ unsafe fn product_to(
         if rows.is_empty() {
             return;
         }
-        // B's panel as bf16 pairs: pair p of column `col` at `packed[p·64 + col]`.
-        let mut packed = vec![0u32; pairs * PANEL];
-        let j0 = panel * PANEL;
-        if trans_b {
-            for col in 0..PANEL {
-                // SAFETY: as above; B's row j0 + col holds k values (asserted).
-                unsafe { pack_column(&b[(j0 + col) * ldb..][..k], &mut packed, col) };
+        let own;
+        let b16 = match packed {
+            Some(packed) => packed.panel(panel),
+            None => {
+                // SAFETY: `pack_panel` writes the whole panel.
+                own = unsafe { filled(pairs * PANEL, |out| pack_panel(trans_b, k, (b, ldb), panel, out)) };
+                &own
             }
-        } else {
-            for (p, line) in packed.chunks_exact_mut(PANEL).enumerate() {
-                let second = (2 * p + 1 < k).then(|| &b[(2 * p + 1) * ldb + j0..][..PANEL]);
-                // SAFETY: as above; rows 2p and 2p + 1 of B hold columns j0..j0 + 64.
-                unsafe { interleave(&b[2 * p * ldb + j0..][..PANEL], second, line) };
-            }
-        }
+        };
         for i in rows.step_by(ROWS) {
             // SAFETY: tasks write disjoint blocks of C; rows i..i + 6 (at most m), columns
-            // j0..j0 + 64 lie inside C (the caller's contract).
+            // 64·panel..+64 lie inside C (the caller's contract).
             unsafe {
                 tile(
                     a16.as_ptr().add(i * a_row),
                     (a_row, a_pair, pairs),
                     ROWS.min(m - i),
-                    packed.as_ptr(),
-                    out.at(i * ldc + j0).0,
+                    b16.as_ptr(),
+                    out.at(i * ldc + panel * PANEL).0,
                     ldc,
                     accumulate,
                 )
@@ -178,12 +249,13 @@ unsafe fn product_to(
     });
 }
 
-/// `x` rounded to bf16, two values a `u32` (the lower half holds the even element; an odd
-/// length's last pair is completed with 0).
+/// `x` rounded to bf16 into `out`, two values a `u32` (the lower half holds the even
+/// element; an odd length's last pair is completed with 0): `x.len().div_ceil(2)` written.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bf16")]
-unsafe fn to_bf16_pairs(x: &[f32], out: &mut [u32]) {
+unsafe fn to_bf16_pairs(x: &[f32], out: &mut [MaybeUninit<u32>]) {
     use std::arch::x86_64::*;
+    assert!(out.len() >= x.len().div_ceil(2));
     let mut i = 0;
     while i + 32 <= x.len() {
         let lo = _mm512_loadu_ps(x.as_ptr().add(i));
@@ -194,22 +266,24 @@ unsafe fn to_bf16_pairs(x: &[f32], out: &mut [u32]) {
     }
     while i < x.len() {
         let second = x.get(i + 1).map_or(0, |&v| bf16(v));
-        out[i / 2] = bf16(x[i]) as u32 | (second as u32) << 16;
+        out[i / 2].write(bf16(x[i]) as u32 | (second as u32) << 16);
         i += 2;
     }
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn to_bf16_pairs(_: &[f32], _: &mut [u32]) {
+unsafe fn to_bf16_pairs(_: &[f32], _: &mut [MaybeUninit<u32>]) {
     unreachable!("bf16 products are only offered on x86-64")
 }
 
-/// `out[j]` = the bf16 pair (`first[j]`, `second[j]`), `second` all 0 when `None`.
+/// `out[j]` = the bf16 pair (`first[j]`, `second[j]`), `second` all 0 when `None`; all of
+/// `out` written.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bf16")]
-unsafe fn interleave(first: &[f32], second: Option<&[f32]>, out: &mut [u32]) {
+unsafe fn interleave(first: &[f32], second: Option<&[f32]>, out: &mut [MaybeUninit<u32>]) {
     use std::arch::x86_64::*;
-    let n = first.len();
+    let n = out.len();
+    assert!(first.len() >= n && second.is_none_or(|s| s.len() >= n));
     let mut j = 0;
     while j + 16 <= n {
         let lo = widened_bf16(_mm512_loadu_ps(first.as_ptr().add(j)));
@@ -222,7 +296,7 @@ unsafe fn interleave(first: &[f32], second: Option<&[f32]>, out: &mut [u32]) {
     }
     for j in j..n {
         let hi = second.map_or(0, |s| bf16(s[j]));
-        out[j] = bf16(first[j]) as u32 | (hi as u32) << 16;
+        out[j].write(bf16(first[j]) as u32 | (hi as u32) << 16);
     }
 }
 
@@ -237,19 +311,19 @@ unsafe fn widened_bf16(v: std::arch::x86_64::__m512) -> std::arch::x86_64::__m51
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn interleave(_: &[f32], _: Option<&[f32]>, _: &mut [u32]) {
+unsafe fn interleave(_: &[f32], _: Option<&[f32]>, _: &mut [MaybeUninit<u32>]) {
     unreachable!("bf16 products are only offered on x86-64")
 }
 
 /// One row of a `[n, k]` B (a column of C) into its panel: pair `p` at `packed[p·64 + col]`.
-unsafe fn pack_column(w_row: &[f32], packed: &mut [u32], col: usize) {
-    let mut pairs = [0u32; 256];
+unsafe fn pack_column(w_row: &[f32], packed: &mut [MaybeUninit<u32>], col: usize) {
+    let mut pairs = [MaybeUninit::new(0u32); 256];
     for (chunk, start) in w_row.chunks(512).zip((0..).step_by(256)) {
         let n = chunk.len().div_ceil(2);
         // SAFETY: the caller checked AVX512_BF16.
         unsafe { to_bf16_pairs(chunk, &mut pairs[..n]) };
-        for (p, &v) in pairs[..n].iter().enumerate() {
-            packed[(start + p) * PANEL + col] = v;
+        for (p, v) in pairs[..n].iter().enumerate() {
+            packed[(start + p) * PANEL + col] = *v;
         }
     }
 }
@@ -333,7 +407,8 @@ mod tests {
 
     /// Against the definition in f64 over the bf16-rounded inputs: the kernel only sums
     /// differently (f32 accumulation), for each layout of A and B, odd k, tails of rows,
-    /// strided A/B/C, β = 0 and 1, and rows split into groups (few panels, many rows).
+    /// strided A/B/C, β = 0 and 1, B packed beforehand or per product, and rows split into
+    /// groups (few panels, many rows).
     #[test]
     fn bf16_products_match_the_definition() {
         if !supported() {
@@ -355,8 +430,19 @@ mod tests {
                 for accumulate in [false, true] {
                     let c0: Vec<f32> = (0..m * ldc).map(|i| val(i, 31)).collect();
                     let mut c = c0.clone();
+                    // β = 0 from B packed beforehand (a frozen weight), β = 1 packed per product.
+                    let packed = pool.install(|| PackedB::new(trans.1, (n, k), (&b, ldb)));
+                    let packed = (!accumulate).then_some(&packed);
                     pool.install(|| {
-                        product_into(trans, (m, n, k), (&a, lda), (&b, ldb), accumulate, (&mut c, ldc))
+                        product_into(
+                            trans,
+                            (m, n, k),
+                            (&a, lda),
+                            (&b, ldb),
+                            packed,
+                            accumulate,
+                            (&mut c, ldc),
+                        )
                     });
                     let what = format!("{m}x{n}x{k} {trans:?}");
                     for i in 0..m {
@@ -375,7 +461,8 @@ mod tests {
                         assert_eq!(c[i * ldc + n..(i + 1) * ldc], c0[i * ldc + n..(i + 1) * ldc], "{what}");
                     }
                     if !accumulate {
-                        let fresh = pool.install(|| product(trans, (m, n, k), (&a, lda), (&b, ldb)));
+                        // Packed per product, the same values.
+                        let fresh = pool.install(|| product(trans, (m, n, k), (&a, lda), (&b, ldb), None));
                         for (i, row) in fresh.chunks_exact(n).enumerate() {
                             assert_eq!(row, &c[i * ldc..i * ldc + n], "{what}: new buffer");
                         }
@@ -395,18 +482,16 @@ mod tests {
         assert_eq!(bf16(f32::from_bits(0x7f80_0001)) & 0x7fc0, 0x7fc0);
         if supported() {
             let x: Vec<f32> = (0..64).map(|i| f32::from_bits(0x3f80_0000 + i * 0x0001_2345)).collect();
-            let mut out = vec![0u32; 32];
-            // SAFETY: AVX512_BF16 checked.
-            unsafe { to_bf16_pairs(&x, &mut out) };
+            // SAFETY: AVX512_BF16 checked; 64 values make 32 pairs.
+            let out = unsafe { filled(32, |out| to_bf16_pairs(&x, out)) };
             for (i, pair) in out.iter().enumerate() {
                 assert_eq!((*pair as u16, (*pair >> 16) as u16), (bf16(x[2 * i]), bf16(x[2 * i + 1])));
             }
             // Two rows interleaved, 16 at a time and the tail; a missing second row is 0.
             let (first, second) = (&x[..21], &x[30..51]);
-            let mut out = vec![0u32; 21];
             for with_second in [true, false] {
-                // SAFETY: AVX512_BF16 checked.
-                unsafe { interleave(first, with_second.then_some(second), &mut out) };
+                // SAFETY: AVX512_BF16 checked; `interleave` writes all of `out`.
+                let out = unsafe { filled(21, |out| interleave(first, with_second.then_some(second), out)) };
                 for (j, pair) in out.iter().enumerate() {
                     let hi = if with_second { bf16(second[j]) } else { 0 };
                     assert_eq!((*pair as u16, (*pair >> 16) as u16), (bf16(first[j]), hi));

@@ -21,15 +21,16 @@
 //! `nn::EncoderLayer` keeps the op-by-op block elsewhere.
 
 use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::ops::Range;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use candle_core::backprop::GradStore;
-use candle_core::{CpuStorage, CustomOp1, Device, Layout, Shape, Storage, Tensor};
+use candle_core::{CpuStorage, CustomOp1, Device, Layout, Shape, Storage, Tensor, TensorId};
 use rayon::prelude::*;
 
 use crate::attention::Heads;
-use crate::bf16_products;
+use crate::bf16_products::{self, PackedB};
 use crate::config::Activation;
 use crate::fused::{
     activation_grad_rows, bias_activation_rows, f32_slice, layer_norm_grad_rows, layer_norm_rows,
@@ -44,7 +45,12 @@ thread_local! {
     static INFERENCE: Cell<bool> = const { Cell::new(false) };
     /// Set inside [`bf16_mode`].
     static BF16_PRODUCTS: Cell<bool> = const { Cell::new(false) };
+    /// The packed weights of the [`frozen_weights`] scope this thread is in.
+    static FROZEN: RefCell<Option<Arc<PackedWeights>>> = const { RefCell::new(None) };
 }
+
+/// Weights packed for the bf16 kernel, by tensor, for one [`frozen_weights`] scope.
+type PackedWeights = Mutex<HashMap<TensorId, Arc<PackedB>>>;
 
 /// Runs `f` (forwards only: evaluation, features, zero-shot heads) with the fused blocks
 /// keeping no activations for a backward pass, as PyTorch's `inference_mode`: each
@@ -52,7 +58,7 @@ thread_local! {
 /// the output (for a ViT-L/14 at batch 256, ~100 GB). The blocks' outputs then have no
 /// gradient.
 pub fn inference_mode<T>(f: impl FnOnce() -> T) -> T {
-    with_flags((true, BF16_PRODUCTS.get()), f)
+    with_state(State { inference: true, ..State::current() }, f)
 }
 
 /// Runs `f` with the fused blocks' products in bf16 (f32 sums), forward and backward, on
@@ -62,7 +68,20 @@ pub fn inference_mode<T>(f: impl FnOnce() -> T) -> T {
 /// activations, the gradients' sums, the optimizer) stays f32. f32 on other CPUs.
 /// `WISE_CPU_BF16=1` in the environment sets it everywhere.
 pub fn bf16_mode<T>(f: impl FnOnce() -> T) -> T {
-    with_flags((INFERENCE.get(), true), f)
+    with_state(State { bf16: true, ..State::current() }, f)
+}
+
+/// Runs `f`, a loop of forwards over models whose weights do not change inside it (an
+/// evaluation, the features of a dataset, a zero-shot head), with each weight converted and
+/// packed for the bf16 products once for the whole of `f` instead of once per product: in
+/// [`bf16_mode`], ~2.4× faster one image at a time, 5–10 % at batch 32, for as much memory as
+/// a bf16 copy of the weights used, freed when `f` ends. Changing a weight inside (an optimizer
+/// step, `Var::set`) leaves its stale copy in use. In f32 it changes nothing.
+pub fn frozen_weights<T>(f: impl FnOnce() -> T) -> T {
+    if FROZEN.with_borrow(Option::is_some) {
+        return f();
+    }
+    with_state(State { frozen: Some(Arc::default()), ..State::current() }, f)
 }
 
 /// Whether the fused blocks run their products in bf16 on this thread: inside [`bf16_mode`]
@@ -71,22 +90,51 @@ pub fn in_bf16_mode() -> bool {
     (BF16_PRODUCTS.get() || bf16_products::requested()) && bf16_products::supported()
 }
 
-/// Runs `f` with [`inference_mode`]'s and [`bf16_mode`]'s flags set on this thread,
-/// restored after however `f` ends (a panic included).
-fn with_flags<T>((inference, bf16): (bool, bool), f: impl FnOnce() -> T) -> T {
-    struct Restore(bool, bool);
-    impl Drop for Restore {
-        fn drop(&mut self) {
-            INFERENCE.set(self.0);
-            BF16_PRODUCTS.set(self.1);
+/// What [`inference_mode`], [`bf16_mode`] and [`frozen_weights`] set on a thread.
+#[derive(Clone)]
+struct State {
+    inference: bool,
+    bf16: bool,
+    frozen: Option<Arc<PackedWeights>>,
+}
+
+impl State {
+    fn current() -> Self {
+        Self {
+            inference: INFERENCE.get(),
+            bf16: BF16_PRODUCTS.get(),
+            frozen: FROZEN.with_borrow(Clone::clone),
         }
     }
-    let _restore = Restore(INFERENCE.replace(inference), BF16_PRODUCTS.replace(bf16));
+
+    /// Sets this state on this thread, returning the one it replaces.
+    fn install(self) -> Self {
+        Self {
+            inference: INFERENCE.replace(self.inference),
+            bf16: BF16_PRODUCTS.replace(self.bf16),
+            frozen: FROZEN.replace(self.frozen),
+        }
+    }
+}
+
+/// Runs `f` with `state` set on this thread, the previous one restored after however `f`
+/// ends (a panic included).
+fn with_state<T>(state: State, f: impl FnOnce() -> T) -> T {
+    struct Restore(Option<State>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            if let Some(previous) = self.0.take() {
+                previous.install();
+            }
+        }
+    }
+    let _restore = Restore(Some(state.install()));
     f()
 }
 
 /// Runs `f` on one of rayon's threads when `device` is the CPU (on this one when it is
-/// one already, or for other devices), carrying [`inference_mode`] along.
+/// one already, or for other devices), carrying [`inference_mode`], [`bf16_mode`] and
+/// [`frozen_weights`] along.
 ///
 /// The CPU kernels split their work over rayon's threads. Called from outside the pool
 /// (a program's main thread), each of a training step's hundreds of splits is handed to
@@ -106,8 +154,8 @@ pub fn on_compute_threads<R: Send>(device: &Device, f: impl FnOnce() -> R + Send
     if !device.is_cpu() || rayon::current_thread_index().is_some() {
         return f();
     }
-    let flags = (INFERENCE.get(), BF16_PRODUCTS.get());
-    rayon::scope(|_| with_flags(flags, f))
+    let state = State::current();
+    rayon::scope(|_| with_state(state, f))
 }
 
 /// Buffers of the blocks' activations and temporaries, handed back when done with and
@@ -237,6 +285,7 @@ pub(crate) fn forward(
         mask,
         keep: keeps_activations(),
         bf16: in_bf16_mode(),
+        frozen: FROZEN.with_borrow(Clone::clone),
         saved: Mutex::new(None),
     };
     let x = x.contiguous()?;
@@ -256,6 +305,8 @@ struct Block {
     keep: bool,
     /// Whether the products run in bf16 ([`bf16_mode`]), forward and backward.
     bf16: bool,
+    /// Where the forward's bf16 products find their weights packed ([`frozen_weights`]).
+    frozen: Option<Arc<PackedWeights>>,
     /// The forward's activations, for the backward.
     saved: Mutex<Option<Saved>>,
 }
@@ -396,10 +447,44 @@ impl Block {
         c: (&mut [f32], usize),
     ) {
         if self.bf16 && bf16_products::fits(n, k) {
-            bf16_products::product_into(trans, (m, n, k), a, b, accumulate, c);
+            bf16_products::product_into(trans, (m, n, k), a, b, None, accumulate, c);
         } else {
             par_sgemm(trans, (m, n, k), 1.0, a, b, if accumulate { 1.0 } else { 0.0 }, c);
         }
+    }
+
+    /// `C (+)= A·Wᵀ` for parameter `weight` `[n, k]` (`w` holds the parameters' data): a
+    /// product of the forward, as [`Block::product_into`], with the weight packed once per
+    /// [`frozen_weights`] scope.
+    fn project(
+        &self,
+        (weight, w): (usize, &[&[f32]]),
+        (m, n, k): (usize, usize, usize),
+        a: (&[f32], usize),
+        accumulate: bool,
+        c: (&mut [f32], usize),
+    ) {
+        let (Some(frozen), true) = (&self.frozen, self.bf16 && bf16_products::fits(n, k)) else {
+            return self.product_into((false, true), (m, n, k), a, (w[weight], k), accumulate, c);
+        };
+        let id = self.params[weight].id();
+        let cached = frozen.lock().unwrap_or_else(|e| e.into_inner()).get(&id).cloned();
+        // Packed outside the lock: packing splits over rayon's threads, and a thread waiting
+        // for its split may run another block's product meanwhile.
+        let packed = cached.unwrap_or_else(|| {
+            let packed = Arc::new(PackedB::new(true, (n, k), (w[weight], k)));
+            frozen.lock().unwrap_or_else(|e| e.into_inner()).insert(id, packed.clone());
+            packed
+        });
+        bf16_products::product_into(
+            (false, true),
+            (m, n, k),
+            a,
+            (w[weight], k),
+            Some(&packed),
+            accumulate,
+            c,
+        );
     }
 
     /// `op(A)·op(B)` in a new buffer, in bf16 as [`Block::product_into`].
@@ -411,7 +496,7 @@ impl Block {
         b: (&[f32], usize),
     ) -> Vec<f32> {
         if self.bf16 && bf16_products::fits(n, k) {
-            bf16_products::product(trans, (m, n, k), a, b)
+            bf16_products::product(trans, (m, n, k), a, b, None)
         } else {
             product(trans, (m, n, k), a, b)
         }
@@ -426,14 +511,15 @@ impl Block {
         let mut qkv = start(take(n * 3 * c), n, &bqkv, None);
         let rows = self.pooled_rows(t);
         let first = if rows.is_some() { 1 } else { 0 };
-        for (i, wi) in [w[Q_W], w[K_W], w[V_W]].into_iter().enumerate().skip(first) {
-            self.product_into((false, true), (n, c, c), (ln1, c), (wi, c), true, (&mut qkv[i * c..], 3 * c));
+        for (i, weight) in [Q_W, K_W, V_W].into_iter().enumerate().skip(first) {
+            self.project((weight, w), (n, c, c), (ln1, c), true, (&mut qkv[i * c..], 3 * c));
         }
         if let Some(rows) = rows {
             let ln1_at = gather(ln1, &rows, c);
-            let q = self.product((false, true), (rows.len(), c, c), (&ln1_at, c), (w[Q_W], c));
+            let mut q = take(rows.len() * c);
+            self.project((Q_W, w), (rows.len(), c, c), (&ln1_at, c), false, (&mut q, c));
             scatter_add(&q, &rows, (&mut qkv, 3 * c));
-            give([ln1_at]);
+            give([ln1_at, q]);
         }
         qkv
     }
@@ -478,25 +564,18 @@ impl CustomOp1 for Block {
             let x_at = rows.as_ref().map(|rows| gather(x, rows, c));
             let mut x_mid = start(take(m * c), m, w[OUT_B], Some(x_at.as_deref().unwrap_or(x)));
             give(x_at);
-            self.product_into((false, true), (m, c, c), (&attn, c), (w[OUT_W], c), true, (&mut x_mid, c));
+            self.project((OUT_W, w), (m, c, c), (&attn, c), true, (&mut x_mid, c));
             let mut ln2 = take(m * c);
             layer_norm_rows(&x_mid, (w[LN2_W], w[LN2_B]), self.eps.1, &mut ln2);
             // fc1's bias is added by the activation's pass, which reads h anyway (as the
             // product's starting accumulator it cost a pass writing h and the product
             // reading it back).
             let mut h = take(m * inter);
-            self.product_into((false, true), (m, inter, c), (&ln2, c), (w[FC1_W], c), false, (&mut h, inter));
+            self.project((FC1_W, w), (m, inter, c), (&ln2, c), false, (&mut h, inter));
             let mut act = take(m * inter);
             bias_activation_rows(self.act, w[FC1_B], &mut h, &mut act);
             let mut y = start(Vec::new(), m, w[FC2_B], Some(&x_mid));
-            self.product_into(
-                (false, true),
-                (m, c, inter),
-                (&act, inter),
-                (w[FC2_W], inter),
-                true,
-                (&mut y, c),
-            );
+            self.project((FC2_W, w), (m, c, inter), (&act, inter), true, (&mut y, c));
             Ok((y, Saved { ln1, qkv, probs, attn, x_mid, ln2, h, act }))
         })?;
         if self.keep {
@@ -721,7 +800,8 @@ mod tests {
 
     /// [`bf16_mode`] inference through an encoder (on rayon's threads, an `inference_mode`
     /// nested inside): within bf16's rounding of the f32 output where the CPU has
-    /// AVX512_BF16, and not equal to it (the bf16 products ran); equal elsewhere.
+    /// AVX512_BF16, and not equal to it (the bf16 products ran); equal elsewhere. Inside
+    /// [`frozen_weights`], equal to it.
     #[test]
     fn bf16_inference_is_f32_up_to_bf16_rounding() -> candle_core::Result<()> {
         let dev = Device::Cpu;
@@ -750,6 +830,20 @@ mod tests {
         } else {
             assert_eq!(diff, 0.0);
         }
+        // With the weights packed once for a scope: the same values, batch after batch, from
+        // one packed copy of each of the 2 × 6 weights of the blocks' products (none in f32).
+        let values = |t: Tensor| t.flatten_all()?.to_vec1::<f32>();
+        let (frozen, packed) = frozen_weights(|| -> candle_core::Result<_> {
+            let mut outs = Vec::new();
+            for _ in 0..2 {
+                outs.push(values(bf16_mode(|| inference_mode(|| encoder.forward(&x, None)))?)?);
+            }
+            let packed = FROZEN.with_borrow(|f| f.as_ref().map(|f| f.lock().unwrap().len()));
+            Ok((outs, packed))
+        })?;
+        assert_eq!(frozen, [values(bf16_out.clone())?, values(bf16_out)?]);
+        assert_eq!(packed, Some(if crate::bf16_products::supported() { 12 } else { 0 }));
+        assert!(FROZEN.with_borrow(Option::is_none), "the packed weights go with the scope");
         Ok(())
     }
 

@@ -41,7 +41,7 @@ pub mod tokenizer;
 pub mod vision;
 pub mod weights;
 
-pub use block::{backward, bf16_mode, in_bf16_mode, inference_mode, on_compute_threads};
+pub use block::{backward, bf16_mode, frozen_weights, in_bf16_mode, inference_mode, on_compute_threads};
 pub use config::{Activation, ClipConfig, TextConfig, VisionConfig};
 pub use device::{compute_dtype, parse_device};
 pub use error::{Error, Result};

@@ -41,12 +41,16 @@ impl FrozenFeatures {
         let loader =
             Loader::new(dataset, classifier.preprocessor(), device).with_batch_size(batch_size.max(1));
         let mut rows = Vec::new();
-        for batch in loader.eval()? {
-            let batch = batch?;
-            let pixels = batch.pixels.to_dtype(classifier.compute_dtype)?;
-            let f = wise_clip::inference_mode(|| classifier.encoder.forward(&pixels))?;
-            rows.push(l2_normalize(&f.to_dtype(DType::F32)?)?.detach());
-        }
+        // Each weight packed once for the whole dataset (bf16 products).
+        wise_clip::frozen_weights(|| -> Result<()> {
+            for batch in loader.eval()? {
+                let batch = batch?;
+                let pixels = batch.pixels.to_dtype(classifier.compute_dtype)?;
+                let f = wise_clip::inference_mode(|| classifier.encoder.forward(&pixels))?;
+                rows.push(l2_normalize(&f.to_dtype(DType::F32)?)?.detach());
+            }
+            Ok(())
+        })?;
         let features = Tensor::cat(&rows, 0)?;
         wise_clip::weights::save_safetensors_atomic(
             &path,

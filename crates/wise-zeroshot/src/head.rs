@@ -46,19 +46,23 @@ pub fn zeroshot_head(
     let mut sums = vec![vec![0f64; dim]; class_names.len()];
     let mut counts = vec![0usize; class_names.len()];
     let mut done = 0;
-    for batch in order.chunks(batch_size.max(1)) {
-        let ids: Vec<Vec<u32>> = batch.iter().map(|&i| prompts[i].clone()).collect();
-        let ids = model.ids_tensor(&ids)?;
-        let features = wise_clip::inference_mode(|| model.text_features(&ids))?;
-        let features = l2_normalize(&features)?.to_vec2::<f32>()?;
-        for (&i, row) in batch.iter().zip(features) {
-            let sum = &mut sums[class_of[i]];
-            sum.iter_mut().zip(row).for_each(|(s, x)| *s += x as f64);
-            counts[class_of[i]] += 1;
+    // Each weight packed once for all the prompts (bf16 products).
+    wise_clip::frozen_weights(|| -> Result<()> {
+        for batch in order.chunks(batch_size.max(1)) {
+            let ids: Vec<Vec<u32>> = batch.iter().map(|&i| prompts[i].clone()).collect();
+            let ids = model.ids_tensor(&ids)?;
+            let features = wise_clip::inference_mode(|| model.text_features(&ids))?;
+            let features = l2_normalize(&features)?.to_vec2::<f32>()?;
+            for (&i, row) in batch.iter().zip(features) {
+                let sum = &mut sums[class_of[i]];
+                sum.iter_mut().zip(row).for_each(|(s, x)| *s += x as f64);
+                counts[class_of[i]] += 1;
+            }
+            done += batch.len();
+            progress(done, prompts.len());
         }
-        done += batch.len();
-        progress(done, prompts.len());
-    }
+        Ok(())
+    })?;
     let means: Vec<f32> = sums
         .iter()
         .zip(&counts)
