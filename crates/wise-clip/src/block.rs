@@ -725,6 +725,10 @@ impl CustomOp1 for Block {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeMap;
+
+    use candle_core::Var;
+
     use crate::nn::EncoderShape;
     use crate::params::ParamBuilder;
     use crate::tests::{assert_gradients_match, rel_diff};
@@ -798,6 +802,15 @@ mod tests {
         Ok(())
     }
 
+    /// Two random blocks of widths the bf16 kernel takes: 128 (q/k/v, out, fc2), 256 (fc1);
+    /// and their parameters by name.
+    fn bf16_sized_layers(seed: u64, act: Activation) -> (Vec<EncoderLayer>, BTreeMap<String, Var>) {
+        let shape = EncoderShape { hidden: 128, intermediate: 256, layers: 2, heads: 2, act, eps: 1e-5 };
+        let mut pb = ParamBuilder::fresh(seed, &Device::Cpu);
+        let layers = (0..2).map(|i| EncoderLayer::new(&mut pb, &format!("l{i}"), &shape).unwrap()).collect();
+        (layers, pb.finish().unwrap())
+    }
+
     /// [`bf16_mode`] inference through an encoder (on rayon's threads, an `inference_mode`
     /// nested inside): within bf16's rounding of the f32 output where the CPU has
     /// AVX512_BF16, and not equal to it (the bf16 products ran); equal elsewhere. Inside
@@ -808,19 +821,8 @@ mod tests {
         if !has_blas()? {
             return Ok(());
         }
-        // Widths the bf16 kernel takes: 128 (q/k/v, out, fc2), 256 (fc1).
-        let shape = EncoderShape {
-            hidden: 128,
-            intermediate: 256,
-            layers: 2,
-            heads: 2,
-            act: Activation::QuickGelu,
-            eps: 1e-5,
-        };
-        let mut pb = ParamBuilder::fresh(11, &dev);
-        let layers =
-            (0..2).map(|i| EncoderLayer::new(&mut pb, &format!("l{i}"), &shape)).collect::<Result<_, _>>();
-        let encoder = crate::nn::Encoder { layers: layers.unwrap() };
+        let (layers, _) = bf16_sized_layers(11, Activation::QuickGelu);
+        let encoder = crate::nn::Encoder { layers };
         let x = Tensor::randn(0f32, 1.0, (2, 9, 128), &dev)?;
         let f32_out = inference_mode(|| encoder.forward(&x, None))?;
         let bf16_out = bf16_mode(|| inference_mode(|| encoder.forward(&x, None)))?;
@@ -857,18 +859,8 @@ mod tests {
         if !has_blas()? {
             return Ok(());
         }
-        let shape = EncoderShape {
-            hidden: 128,
-            intermediate: 256,
-            layers: 2,
-            heads: 2,
-            act: Activation::Gelu,
-            eps: 1e-5,
-        };
-        let mut pb = ParamBuilder::fresh(13, &dev);
-        let first = EncoderLayer::new(&mut pb, "l0", &shape).unwrap();
-        let last = EncoderLayer::new(&mut pb, "l1", &shape).unwrap();
-        let params = pb.finish().unwrap();
+        let (layers, params) = bf16_sized_layers(13, Activation::Gelu);
+        let (first, last) = (&layers[0], &layers[1]);
         let x = candle_core::Var::randn(0f32, 1.0, (3, 9, 128), &dev)?;
         let probe = Tensor::randn(0f32, 1.0, (3, 128), &dev)?;
         let step = || -> candle_core::Result<(Tensor, GradStore)> {
