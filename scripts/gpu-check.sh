@@ -35,8 +35,11 @@
 #   (d) the host's data path: `wise bench --mode preprocess` of the photo-sized JPEGs that
 #       `build` puts in .gpu/photos, on all cores, one thread per physical core (with SMT)
 #       and one core (the CPU decodes what the GPU evaluates).
+#   (e) the host CPU, when it has AVX512_BF16 (Intel's side of bf16 on CPU, not measured on
+#       this project's machines): ViT-B/32 inference at batch 32, wise in f32 and with
+#       WISE_CPU_BF16=1 against PyTorch HF in f32 and under CPU autocast, one after the other.
 #   Everything lands in OUTDIR: gpu-check.log, parity.jsonl, bench.jsonl, summary.md,
-#   profile.jsonl, data-path.jsonl.
+#   profile.jsonl, data-path.jsonl, host-cpu.jsonl.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -143,6 +146,7 @@ device() {
     parity "$wise" "$py" "$work" "$out" || echo "PARITY FAILED (see above); benchmarks follow"
     benchmarks "$wise" "$py" "$out"
     data_path "$wise" "$out"
+    host_cpu "$wise" "$py" "$out"
     rm -rf "$work"
 }
 
@@ -376,8 +380,26 @@ data_path() {
     done
 }
 
+host_cpu() {
+    local wise=$1 py=$2 out=$3
+    grep -qw avx512_bf16 /proc/cpuinfo || { echo "== host CPU: no AVX512_BF16, skipped"; return 0; }
+    echo "== host CPU: ViT-B/32 inference, batch 32, f32 and bf16 (wise; PyTorch HF, autocast)"
+    : > "$out/host-cpu.jsonl"
+    local bf16
+    for bf16 in 0 1; do
+        WISE_CPU_BF16=$bf16 "$wise" bench --device cpu --mode infer --batch-size 32 --warmup 1 --iters 3 \
+            | tee -a "$out/host-cpu.jsonl" || echo "wise host CPU (WISE_CPU_BF16=$bf16) failed"
+    done
+    local amp
+    for amp in none bf16; do
+        "$py" scripts/bench_torch.py --impl hf --device cpu --amp "$amp" --mode infer --batch-size 32 \
+            --warmup 1 --iters 3 2> >(grep -v "No pretrained" >&2) | tee -a "$out/host-cpu.jsonl" \
+            || echo "PyTorch host CPU (amp $amp) failed"
+    done
+}
+
 case "${1:-}" in
     build) build ;;
     device) shift; device "$@" ;;
-    *) sed -n '2,39p' "$0"; exit 2 ;;
+    *) sed -n '2,42p' "$0"; exit 2 ;;
 esac

@@ -31,7 +31,9 @@ const PANEL: usize = 64;
 const ROWS: usize = 6;
 
 /// Whether `WISE_CPU_BF16=1` asks for bf16 products in every forward and backward. A value
-/// that is neither on nor off, or on for a CPU without AVX512_BF16, is said once on stderr.
+/// that is neither on nor off, or on for a CPU without AVX512_BF16 or without a BLAS (the
+/// fused blocks, where the bf16 products run, need one for their other products), is said
+/// once on stderr.
 pub fn requested() -> bool {
     static ON: OnceLock<bool> = OnceLock::new();
     *ON.get_or_init(|| {
@@ -46,6 +48,10 @@ pub fn requested() -> bool {
         };
         if on && !supported() {
             eprintln!("warning: WISE_CPU_BF16={value}: this CPU has no AVX512_BF16; its products stay f32");
+        } else if on && crate::matmul::blas_name().is_none() {
+            eprintln!(
+                "warning: WISE_CPU_BF16={value} needs a BLAS (none loaded; see WISE_BLAS); products stay f32"
+            );
         }
         on
     })

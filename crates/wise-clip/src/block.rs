@@ -85,9 +85,12 @@ pub fn frozen_weights<T>(f: impl FnOnce() -> T) -> T {
 }
 
 /// Whether the fused blocks run their products in bf16 on this thread: inside [`bf16_mode`]
-/// or with `WISE_CPU_BF16=1`, on a CPU with AVX512_BF16.
+/// or with `WISE_CPU_BF16=1`, on a CPU with AVX512_BF16, with a BLAS loaded (without one
+/// the blocks run op by op, in f32).
 pub fn in_bf16_mode() -> bool {
-    (BF16_PRODUCTS.get() || bf16_products::requested()) && bf16_products::supported()
+    (BF16_PRODUCTS.get() || bf16_products::requested())
+        && bf16_products::supported()
+        && crate::matmul::blas_name().is_some()
 }
 
 /// What [`inference_mode`], [`bf16_mode`] and [`frozen_weights`] set on a thread.
