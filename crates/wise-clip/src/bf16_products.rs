@@ -18,8 +18,9 @@
 //! shared out over rayon's threads. A forward's `x·Wᵀ` reads W `[n, k]` as Bᵀ; a backward's
 //! `dY·W` and `dYᵀ·X` read B as stored and A transposed.
 
+use std::cell::RefCell;
 use std::mem::MaybeUninit;
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 
 use rayon::prelude::*;
 
@@ -146,11 +147,46 @@ impl PackedB {
 /// # Safety
 /// `write` must write every element.
 unsafe fn filled(len: usize, write: impl FnOnce(&mut [MaybeUninit<u32>])) -> Vec<u32> {
-    let mut v = Vec::with_capacity(len);
+    let mut v = Vec::new();
+    // SAFETY: passed on to the caller.
+    unsafe { refill(&mut v, len, write) };
+    v
+}
+
+/// `v` made `len` values written by `write`, in its allocation when that is large enough.
+///
+/// # Safety
+/// `write` must write every element.
+unsafe fn refill(v: &mut Vec<u32>, len: usize, write: impl FnOnce(&mut [MaybeUninit<u32>])) {
+    v.clear();
+    v.reserve(len);
     write(&mut v.spare_capacity_mut()[..len]);
     // SAFETY: the caller vouches that `write` initialised all `len` elements.
     unsafe { v.set_len(len) };
-    v
+}
+
+/// Buffers for A's bf16 copy, kept from product to product, and each thread's buffer for a
+/// panel of B: a new multi-megabyte buffer a product is a fresh mapping from the kernel, each
+/// of its pages a fault (~27,000 a ViT-B/32 training step, ~3 % of its time).
+static A_BUFFERS: Mutex<Vec<Vec<u32>>> = Mutex::new(Vec::new());
+
+thread_local! {
+    static PANEL_BUFFER: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A kept buffer for A (the largest, or a new one), to hand back with [`give_a_buffer`].
+fn take_a_buffer() -> Vec<u32> {
+    let mut kept = A_BUFFERS.lock().unwrap_or_else(|e| e.into_inner());
+    let largest = (0..kept.len()).max_by_key(|&i| kept[i].capacity());
+    largest.map(|i| kept.swap_remove(i)).unwrap_or_default()
+}
+
+fn give_a_buffer(buffer: Vec<u32>) {
+    let mut kept = A_BUFFERS.lock().unwrap_or_else(|e| e.into_inner());
+    // As many as products can run at once on different threads; rarely more than one.
+    if kept.len() < 4 {
+        kept.push(buffer);
+    }
 }
 
 /// Panel `j` (columns 64j..64j + 64) of `op(B)` into `out` (`[k/2][64]` pairs, all written).
@@ -214,8 +250,9 @@ unsafe fn product_to(
             })
         }
     };
+    let mut a16 = take_a_buffer();
     // SAFETY: the lines of either layout cover the buffer, and each is written whole.
-    let a16 = unsafe { filled(m * pairs, convert) };
+    unsafe { refill(&mut a16, m * pairs, convert) };
     // Tasks: each panel of 64 columns, cut into groups of rows when there are fewer than
     // two panels a thread (a task packs its own panel, so groups pack the same one again).
     let panels = n / PANEL;
@@ -228,31 +265,35 @@ unsafe fn product_to(
         if rows.is_empty() {
             return;
         }
-        let own;
-        let b16 = match packed {
-            Some(packed) => packed.panel(panel),
-            None => {
-                // SAFETY: `pack_panel` writes the whole panel.
-                own = unsafe { filled(pairs * PANEL, |out| pack_panel(trans_b, k, (b, ldb), panel, out)) };
-                &own
+        let tiles = |b16: &[u32]| {
+            for i in rows.clone().step_by(ROWS) {
+                // SAFETY: tasks write disjoint blocks of C; rows i..i + 6 (at most m), columns
+                // 64·panel..+64 lie inside C (the caller's contract).
+                unsafe {
+                    tile(
+                        a16.as_ptr().add(i * a_row),
+                        (a_row, a_pair, pairs),
+                        ROWS.min(m - i),
+                        b16.as_ptr(),
+                        out.at(i * ldc + panel * PANEL).0,
+                        ldc,
+                        accumulate,
+                    )
+                }
             }
         };
-        for i in rows.step_by(ROWS) {
-            // SAFETY: tasks write disjoint blocks of C; rows i..i + 6 (at most m), columns
-            // 64·panel..+64 lie inside C (the caller's contract).
-            unsafe {
-                tile(
-                    a16.as_ptr().add(i * a_row),
-                    (a_row, a_pair, pairs),
-                    ROWS.min(m - i),
-                    b16.as_ptr(),
-                    out.at(i * ldc + panel * PANEL).0,
-                    ldc,
-                    accumulate,
-                )
-            }
+        match packed {
+            Some(packed) => tiles(packed.panel(panel)),
+            // (Nothing in here waits for rayon, so no other task can run on this thread and
+            // want its buffer meanwhile.)
+            None => PANEL_BUFFER.with_borrow_mut(|own| {
+                // SAFETY: `pack_panel` writes the whole panel.
+                unsafe { refill(own, pairs * PANEL, |out| pack_panel(trans_b, k, (b, ldb), panel, out)) };
+                tiles(own)
+            }),
         }
     });
+    give_a_buffer(a16);
 }
 
 /// `x` rounded to bf16 into `out`, two values a `u32` (the lower half holds the even
