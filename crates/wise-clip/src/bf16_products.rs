@@ -212,7 +212,7 @@ fn pack_panel(trans_b: bool, k: usize, (b, ldb): (&[f32], usize), j: usize, out:
 /// `c` must be valid for writes (and, when `accumulate`, reads of initialised values) of
 /// every `C[i][j]` at `c + i·ldc + j`, and nothing else may access them meanwhile.
 #[allow(clippy::too_many_arguments)]
-unsafe fn product_to(
+pub(crate) unsafe fn product_to(
     (trans_a, trans_b): (bool, bool),
     (m, n, k): (usize, usize, usize),
     (a, lda): (&[f32], usize),

@@ -61,12 +61,14 @@ pub fn inference_mode<T>(f: impl FnOnce() -> T) -> T {
     with_state(State { inference: true, ..State::current() }, f)
 }
 
-/// Runs `f` with the fused blocks' products in bf16 (f32 sums), forward and backward, on
-/// CPUs with AVX512_BF16, as PyTorch's CPU autocast: ~1.7× faster there for a ViT-B/32's
-/// inference and ~1.6× for its training step (BENCHMARKS.md); results differ from f32's by
-/// bf16's rounding of the products' inputs. Everything else (LayerNorm, softmax, the
-/// activations, the gradients' sums, the optimizer) stays f32. f32 on other CPUs.
-/// `WISE_CPU_BF16=1` in the environment sets it everywhere.
+/// Runs `f` with the matrix products in bf16 (f32 sums), forward and backward, on CPUs with
+/// AVX512_BF16, as PyTorch's CPU autocast: the fused blocks' products, and
+/// [`crate::matmul`]'s products of whole batches (the patch embedding, projections, heads),
+/// not attention's per-head ones. ~1.7× faster there for a ViT-B/32's inference and ~1.6×
+/// for its training step (BENCHMARKS.md); results differ from f32's by bf16's rounding of
+/// the products' inputs. Everything else (LayerNorm, softmax, the activations, the
+/// gradients' sums, the optimizer) stays f32. f32 on other CPUs. `WISE_CPU_BF16=1` in the
+/// environment sets it everywhere.
 pub fn bf16_mode<T>(f: impl FnOnce() -> T) -> T {
     with_state(State { bf16: true, ..State::current() }, f)
 }
