@@ -76,9 +76,11 @@ pub fn bf16_mode<T>(f: impl FnOnce() -> T) -> T {
 /// Runs `f`, a loop of forwards over models whose weights do not change inside it (an
 /// evaluation, the features of a dataset, a zero-shot head), with each weight converted and
 /// packed for the bf16 products once for the whole of `f` instead of once per product: in
-/// [`bf16_mode`], ~2.4× faster one image at a time, 5–10 % at batch 32, for as much memory as
-/// a bf16 copy of the weights used, freed when `f` ends. Changing a weight inside (an optimizer
-/// step, `Var::set`) leaves its stale copy in use. In f32 it changes nothing.
+/// [`bf16_mode`], ViT-B/32 inference 2.1–2.4× faster one image at a time, 16–19 % at batch 8,
+/// 6 % at batch 32, for as much memory as a bf16 copy of the weights used, freed when `f`
+/// ends. Products of more rows than [`PACK_ONCE_MAX_ROWS`] (batches of ~80 images and more)
+/// gain next to nothing from it and pack per product as outside. Changing a weight inside (an
+/// optimizer step, `Var::set`) leaves its stale copy in use. In f32 it changes nothing.
 pub fn frozen_weights<T>(f: impl FnOnce() -> T) -> T {
     if FROZEN.with_borrow(Option::is_some) {
         return f();
@@ -228,6 +230,13 @@ pub fn backward(loss: &Tensor) -> candle_core::Result<GradStore> {
         Ok(grads)
     })
 }
+
+/// Rows of a product up to which [`frozen_weights`] keeps its weight packed: packing costs
+/// as much as ~100–400 rows of the product, so keeping it made ViT-B/32 bf16 inference 2.1–2.4×
+/// faster at batch 1 (50 rows), 16–19 % at batch 8, 6 % at batch 32 and 2 % at batch 128
+/// (6,400 rows; BENCHMARKS.md). Beyond this the packed copies would cost their memory (half the
+/// model, for each model of a sweep) for next to nothing.
+const PACK_ONCE_MAX_ROWS: usize = 4096;
 
 // The block's parameters, in this order.
 const LN1_W: usize = 0;
@@ -460,7 +469,7 @@ impl Block {
 
     /// `C (+)= A·Wᵀ` for parameter `weight` `[n, k]` (`w` holds the parameters' data): a
     /// product of the forward, as [`Block::product_into`], with the weight packed once per
-    /// [`frozen_weights`] scope.
+    /// [`frozen_weights`] scope for products of up to [`PACK_ONCE_MAX_ROWS`] rows.
     fn project(
         &self,
         (weight, w): (usize, &[&[f32]]),
@@ -469,7 +478,8 @@ impl Block {
         accumulate: bool,
         c: (&mut [f32], usize),
     ) {
-        let (Some(frozen), true) = (&self.frozen, self.bf16 && bf16_products::fits(n, k)) else {
+        let pack_once = self.bf16 && bf16_products::fits(n, k) && m <= PACK_ONCE_MAX_ROWS;
+        let (Some(frozen), true) = (&self.frozen, pack_once) else {
             return self.product_into((false, true), (m, n, k), a, (w[weight], k), accumulate, c);
         };
         let id = self.params[weight].id();
@@ -850,6 +860,13 @@ mod tests {
         })?;
         assert_eq!(frozen, [values(bf16_out.clone())?, values(bf16_out)?]);
         assert_eq!(packed, Some(if crate::bf16_products::supported() { 12 } else { 0 }));
+        // Products of more rows than PACK_ONCE_MAX_ROWS pack per product: no copies kept.
+        let big = Tensor::randn(0f32, 1.0, (PACK_ONCE_MAX_ROWS / 100 + 1, 100, 128), &dev)?;
+        let packed = frozen_weights(|| -> candle_core::Result<_> {
+            bf16_mode(|| inference_mode(|| encoder.forward(&big, None)))?;
+            Ok(FROZEN.with_borrow(|f| f.as_ref().map(|f| f.lock().unwrap().len())))
+        })?;
+        assert_eq!(packed, Some(0));
         assert!(FROZEN.with_borrow(Option::is_none), "the packed weights go with the scope");
         Ok(())
     }
