@@ -188,14 +188,19 @@ pub fn diagonal_fisher(
     // Labels get their own stream, apart from the subset's.
     let mut rng = StdRng::seed_from_u64(options.seed ^ 0x5eed_f15e_4000_0000);
     let mut acc = FisherAccumulator::new();
-    for batch in loader.eval()? {
-        let batch = batch?;
-        for i in 0..batch.len() {
-            let pixels = batch.pixels.narrow(0, i, 1)?;
-            acc.add(classifier, &pixels, |p| sample_label(p, &mut rng))?;
-            progress(acc.examples, n);
+    // The weights do not change: with bf16 products each is packed once for all the examples
+    // (one image a product: packing would cost as much as the product).
+    wise_clip::frozen_weights(|| -> Result<()> {
+        for batch in loader.eval()? {
+            let batch = batch?;
+            for i in 0..batch.len() {
+                let pixels = batch.pixels.narrow(0, i, 1)?;
+                acc.add(classifier, &pixels, |p| sample_label(p, &mut rng))?;
+                progress(acc.examples, n);
+            }
         }
-    }
+        Ok(())
+    })?;
     if acc.examples == 0 {
         return Err(Error::Invalid("no readable images for the Fisher".into()));
     }
