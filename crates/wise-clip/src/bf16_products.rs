@@ -12,7 +12,8 @@
 //!
 //! The kernel: C's columns in panels of 64 (four 16-lane registers), B's panel packed per
 //! product as bf16 pairs `[k/2][64]` (each register then holds 16 columns' pair for one
-//! step of k), A converted once to bf16 pairs along k (a row-major bf16 row already is one;
+//! step of k; a weight's panels are packed once per `wise_clip::frozen_weights` scope instead,
+//! `PackedB`), A converted once to bf16 pairs along k (a row-major bf16 row already is one;
 //! a transposed A interleaves two rows of its store); a 6-row × 64-column tile of C stays in
 //! 24 registers over the whole of k. Panels, or for few panels groups of rows of them, are
 //! shared out over rayon's threads. A forward's `x·Wᵀ` reads W `[n, k]` as Bᵀ; a backward's

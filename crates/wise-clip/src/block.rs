@@ -80,7 +80,7 @@ pub fn bf16_mode<T>(f: impl FnOnce() -> T) -> T {
 /// per product: in
 /// [`bf16_mode`], ViT-B/32 inference 2.1–2.4× faster one image at a time, 16–19 % at batch 8,
 /// 6 % at batch 32, for as much memory as a bf16 copy of the weights used, freed when `f`
-/// ends. Products of more rows than [`PACK_ONCE_MAX_ROWS`] (batches of ~80 images and more)
+/// ends. Products of more rows than `PACK_ONCE_MAX_ROWS` (4096: batches of ~80 images and more)
 /// gain next to nothing from it and pack per product as outside. Changing a weight inside (an
 /// optimizer step, `Var::set`) leaves its stale copy in use. In f32 it changes nothing.
 pub fn frozen_weights<T>(f: impl FnOnce() -> T) -> T {
