@@ -68,7 +68,7 @@ pub struct BenchArgs {
     iters: usize,
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// cpu, cuda[:N] or metal. The compute dtype is the device's (`WISE_COMPUTE_DTYPE` overrides).
+    /// cpu, cuda, cuda:N or metal. The compute dtype is the device's (`WISE_COMPUTE_DTYPE` overrides).
     #[arg(long, default_value = "cpu")]
     device: String,
     /// Dataset for `eval` and `preprocess`: an ImageFolder or CSV manifest.

@@ -49,7 +49,7 @@ struct ImportArgs {
 struct InfoArgs {
     /// An ImageFolder folder or a .csv manifest (path,label).
     path: PathBuf,
-    /// A class-names file (one name per line, or key<TAB>name) overriding the dataset's own.
+    /// A class-names file (one name per line, or key, a tab, name) overriding the dataset's own.
     #[arg(long)]
     classnames: Option<PathBuf>,
 }

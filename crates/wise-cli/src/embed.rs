@@ -31,7 +31,7 @@ pub struct EmbedArgs {
     save_pixels: bool,
     #[arg(long, default_value_t = 32)]
     batch_size: usize,
-    /// cpu, cuda[:N] or metal.
+    /// cpu, cuda, cuda:N or metal.
     #[arg(long, default_value = "cpu")]
     device: String,
 }

@@ -61,7 +61,7 @@ pub struct EnsembleArgs {
     /// With --data: images per evaluation batch.
     #[arg(long, default_value_t = 64)]
     batch_size: usize,
-    /// With --data: cpu, cuda[:N] or metal.
+    /// With --data: cpu, cuda, cuda:N or metal.
     #[arg(long, default_value = "cpu")]
     device: String,
 }

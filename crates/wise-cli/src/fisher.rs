@@ -36,7 +36,7 @@ pub struct FisherArgs {
     /// What to do with an unreadable image: `error` stops, `skip` leaves it out.
     #[arg(long, default_value = "error", value_parser = ["error", "skip"])]
     on_bad_image: String,
-    /// cpu, cuda[:N] or metal.
+    /// cpu, cuda, cuda:N or metal.
     #[arg(long, default_value = "cpu")]
     device: String,
 }

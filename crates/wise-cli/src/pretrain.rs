@@ -58,7 +58,7 @@ pub struct PretrainArgs {
     /// Eval preprocessing instead of RandomResizedCrop.
     #[arg(long)]
     no_augment: bool,
-    /// cpu, cuda[:N] or metal.
+    /// cpu, cuda, cuda:N or metal.
     #[arg(long, default_value = "cpu")]
     device: String,
 }

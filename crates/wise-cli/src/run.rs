@@ -17,7 +17,7 @@ pub struct RunArgs {
     /// zeroshot, finetune, sweep, report. Repeatable.
     #[arg(long)]
     force: Vec<String>,
-    /// cpu, cuda[:N] or metal.
+    /// cpu, cuda, cuda:N or metal.
     #[arg(long, default_value = "cpu")]
     device: String,
 }

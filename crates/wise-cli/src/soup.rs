@@ -32,7 +32,7 @@ pub struct SoupArgs {
     out: PathBuf,
     #[arg(long, default_value_t = 64)]
     batch_size: usize,
-    /// cpu, cuda[:N] or metal.
+    /// cpu, cuda, cuda:N or metal.
     #[arg(long, default_value = "cpu")]
     device: String,
 }

@@ -75,7 +75,7 @@ pub struct TrainArgs {
     /// Continue the run saved in --out (same options required).
     #[arg(long)]
     resume: bool,
-    /// cpu, cuda[:N] or metal.
+    /// cpu, cuda, cuda:N or metal.
     #[arg(long, default_value = "cpu")]
     device: String,
 }

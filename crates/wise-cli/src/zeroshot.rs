@@ -25,7 +25,7 @@ pub struct ZeroshotArgs {
     /// Output classifier checkpoint (.safetensors).
     #[arg(long)]
     out: PathBuf,
-    /// cpu, cuda[:N] or metal.
+    /// cpu, cuda, cuda:N or metal.
     #[arg(long, default_value = "cpu")]
     device: String,
 }

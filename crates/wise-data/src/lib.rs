@@ -11,7 +11,7 @@
 //! - [`loader`]: [`Loader`] → batches of preprocessed `[B, 3, S, S]` tensors, decoded in
 //!   parallel ahead of the consumer; deterministic eval order, seeded training shuffle and
 //!   augmentation, and a choice to stop on or skip unreadable images.
-//! - [`import`]: MNIST, MNIST-5k, USPS, Semeion, optdigits (digits with natural shifts) and
+//! - [`mod@import`]: MNIST, MNIST-5k, USPS, Semeion, optdigits (digits with natural shifts) and
 //!   CIFAR-10, from their public raw files into ImageFolder trees.
 //!
 //! Decoding and preprocessing are `wise_clip::preprocess` (`load_rgb`, `ImagePreprocessor`),

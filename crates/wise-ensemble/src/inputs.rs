@@ -131,7 +131,7 @@ impl Input {
         let _ = (name, range);
     }
 
-    /// Asks the kernel to start reading the next [`READ_AHEAD`] bytes after byte `upto` of
+    /// Asks the kernel to start reading the next `READ_AHEAD` bytes after byte `upto` of
     /// tensor `name`, without waiting (`MADV_WILLNEED`). With a cold page cache this keeps
     /// the disk busy while the current chunk is being mixed, instead of stalling on a page
     /// fault at the start of every readahead window. Requests go out in half-window steps.

@@ -4,7 +4,7 @@
 //! θ(α) = (1−α)·θ_zero-shot + α·θ_fine-tuned, over every tensor, head included. This crate
 //! makes such averages, and their relatives, from checkpoints on disk or in memory:
 //!
-//! - [`merge`]: the streaming merge of any number of safetensors checkpoints into one or
+//! - [`mod@merge`]: the streaming merge of any number of safetensors checkpoints into one or
 //!   more weighted averages (several α in one pass), plain or Fisher-weighted. Inputs are
 //!   memory-mapped and read one chunk at a time, so a ViT-L/14 merge runs in a few MB of
 //!   resident memory; outputs appear only when complete. [`inputs`] checks the inputs agree
@@ -12,7 +12,7 @@
 //! - [`fisher`]: the diagonal Fisher information of a classifier, as wise-ft computes it
 //!   (labels sampled from the model's own prediction, squared per-example gradients), for
 //!   Fisher merging.
-//! - [`memory`] and [`sweep`]: the interpolation of in-memory classifiers, and the α sweep
+//! - [`memory`] and [`mod@sweep`]: the interpolation of in-memory classifiers, and the α sweep
 //!   that evaluates every α without writing a checkpoint.
 //! - [`soup`]: uniform and greedy model soups (Wortsman et al., 2022).
 //! - [`mix`], [`writer`], [`hash`], [`alphas`]: the arithmetic, a safetensors writer that

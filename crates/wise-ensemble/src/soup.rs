@@ -1,7 +1,7 @@
 //! Model soups (Wortsman et al., *Model soups*, ICML 2022): averages of several fine-tuned
 //! models of the same zero-shot start.
 //!
-//! - **uniform**: the plain average of every ingredient (a [`crate::merge`] with weights
+//! - **uniform**: the plain average of every ingredient (a [`fn@crate::merge`] with weights
 //!   1/N; no evaluation needed).
 //! - **greedy**: ingredients sorted by held-out accuracy, best first; each is added if the
 //!   average of the soup so far plus it is at least as accurate on the held-out set as the

@@ -1,4 +1,4 @@
-//! Importers: public raw datasets → ImageFolder trees that [`Dataset::open`] reads.
+//! Importers: public raw datasets → ImageFolder trees that [`crate::Dataset::open`] reads.
 //!
 //! Each source keeps its own splits, so train and test never mix:
 //!
