@@ -321,7 +321,8 @@ struct Block {
     keep: bool,
     /// Whether the products run in bf16 ([`bf16_mode`]), forward and backward.
     bf16: bool,
-    /// Where the forward's bf16 products find their weights packed ([`frozen_weights`]).
+    /// Where the bf16 products find their weights packed, forward and backward
+    /// ([`frozen_weights`]).
     frozen: Option<Arc<PackedWeights>>,
     /// The forward's activations, for the backward.
     saved: Mutex<Option<Saved>>,
