@@ -198,8 +198,8 @@ pub fn run(mut args: BenchArgs) -> anyhow::Result<()> {
         }
         Ok((times, phases))
     };
-    // Forwards of fixed weights (not training): with bf16 products, each weight is packed
-    // once for all the iterations, as `wise eval` packs it once for a whole dataset.
+    // Forwards of fixed weights (not training): with bf16 products and small batches, each
+    // weight is packed once for all the iterations, as `wise eval` does for a dataset.
     let (times, phases) = if args.mode == Mode::Train { timed()? } else { wise_clip::frozen_weights(timed)? };
 
     // Images per timed iteration: the batch, or the whole (limited) dataset.
