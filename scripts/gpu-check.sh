@@ -37,7 +37,8 @@
 #       and one core (the CPU decodes what the GPU evaluates).
 #   (e) the host CPU, when it has AVX512_BF16 (Intel's side of bf16 on CPU, not measured on
 #       this project's machines): ViT-B/32 inference at batch 32, wise in f32 and with
-#       WISE_CPU_BF16=1 against PyTorch HF in f32 and under CPU autocast, one after the other.
+#       WISE_CPU_BF16=1 against PyTorch HF in f32 and under CPU autocast, one after the other;
+#       with SMT, f32 again on one thread per physical core on both sides.
 #   Everything lands in OUTDIR: gpu-check.log, parity.jsonl, bench.jsonl, summary.md,
 #   profile.jsonl, data-path.jsonl, host-cpu.jsonl.
 set -euo pipefail
@@ -396,6 +397,18 @@ host_cpu() {
             --warmup 1 --iters 3 2> >(grep -v "No pretrained" >&2) | tee -a "$out/host-cpu.jsonl" \
             || echo "PyTorch host CPU (amp $amp) failed"
     done
+    # With SMT, f32 again on one thread per physical core, both sides (PyTorch's own default;
+    # wise's rayon takes a thread per logical CPU): which size suits the products?
+    local per_core physical
+    per_core=$(lscpu | awk -F': *' '/^Thread\(s\) per core/{print $2}')
+    physical=$(($(nproc) / ${per_core:-1}))
+    if ((physical < $(nproc))); then
+        RAYON_NUM_THREADS=$physical "$wise" bench --device cpu --mode infer --batch-size 32 --warmup 1 \
+            --iters 3 | tee -a "$out/host-cpu.jsonl" || echo "wise host CPU ($physical threads) failed"
+        "$py" scripts/bench_torch.py --impl hf --device cpu --threads "$physical" --mode infer \
+            --batch-size 32 --warmup 1 --iters 3 2> >(grep -v "No pretrained" >&2) \
+            | tee -a "$out/host-cpu.jsonl" || echo "PyTorch host CPU ($physical threads) failed"
+    fi
 }
 
 case "${1:-}" in

@@ -38,7 +38,8 @@ enum Mode {
     /// The eval data path alone over `--data`: decode, resize, crop, normalise.
     Preprocess,
     /// The best fp32 matrix-product rate through wise's BLAS path, on the model's products
-    /// at `--batch-size` images and on 2048³.
+    /// at `--batch-size` images and on 2048³; also the attention's per-head products (a
+    /// head per thread). In bf16 (`WISE_CPU_BF16=1`) the same products in bf16.
     Sgemm,
     /// The zero-shot head: every `--classnames` × `--templates` prompt through the text
     /// tower, `--batch-size` prompts at a time (rates in prompts, not images).
@@ -284,7 +285,28 @@ fn sgemm_ceiling(args: &BenchArgs, vc: &wise_clip::VisionConfig, device: &Device
         best_of_all = best_of_all.max(gflops);
         rates.insert(format!("{m}x{k}x{n}"), serde_json::json!((gflops * 10.0).round() / 10.0));
     }
-    let line = serde_json::json!({
+    // The attention's products for one sequence, each head's `[T, 64]`·`[64, T]` (scores,
+    // B transposed) and `[T, T]`·`[T, 64]` (values), as the fused block runs them: a head
+    // per thread, not split. Not part of the ceiling (they are far from it).
+    let (heads, t, d) = (c / 64, vc.num_positions(), 64);
+    for (what, k, n, transposed) in [("scores", d, t, true), ("values", t, d, false)] {
+        let a = Tensor::randn(0f32, 1.0, (heads, t, k), device)?;
+        let b = Tensor::randn(0f32, 1.0, if transposed { (heads, n, k) } else { (heads, k, n) }, device)?;
+        let b = if transposed { b.transpose(1, 2)? } else { b };
+        let mut best = f64::INFINITY;
+        for run in 0..args.warmup + args.iters {
+            let t0 = Instant::now();
+            wise_clip::matmul::matmul(&a, &b)?;
+            device.synchronize()?;
+            if run >= args.warmup {
+                best = best.min(t0.elapsed().as_secs_f64());
+            }
+        }
+        let gflops = 2.0 * (heads * t * n * k) as f64 / best / 1e9;
+        rates
+            .insert(format!("{what} {heads}x{t}x{k}x{n}"), serde_json::json!((gflops * 10.0).round() / 10.0));
+    }
+    let mut line = serde_json::json!({
         "impl": "wise",
         "mode": "sgemm",
         "device": device_name(device),
@@ -296,6 +318,9 @@ fn sgemm_ceiling(args: &BenchArgs, vc: &wise_clip::VisionConfig, device: &Device
         "iters": args.iters,
         "blas": wise_clip::matmul::blas_name(),
     });
+    if bf16_products(device) {
+        line["products"] = serde_json::json!("bf16");
+    }
     println!("{line}");
     Ok(())
 }

@@ -17,24 +17,47 @@
 //!
 //! `dV = Pᵀ·dY`, `dP = dY·Vᵀ`, `dS = P∘(dP − rowsum(dP∘P))`, `dQ = scale·dS·K`,
 //! `dK = scale·dSᵀ·Q`.
+//!
+//! In [`crate::bf16_mode`] the six products run in bf16 too (the softmax and everything
+//! else stays f32), as under PyTorch's CPU autocast; each on the calling thread, since the
+//! block already runs one sequence per thread.
 
 use std::ops::Range;
 
+use crate::bf16_products;
 use crate::fused::{softmax_grad_rows, softmax_rows};
 use crate::matmul::sgemm;
 
 /// The shape of the attention: heads of width `d`, `t` tokens, and the additive `[t, t]`
-/// mask (the text tower's causal mask) if any.
+/// mask (the text tower's causal mask) if any; `bf16`: its products in bf16.
 pub(crate) struct Heads<'a> {
     pub heads: usize,
     pub d: usize,
     pub t: usize,
     pub mask: Option<&'a [f32]>,
+    pub bf16: bool,
 }
 
 impl Heads<'_> {
     fn width(&self) -> usize {
         self.heads * self.d
+    }
+
+    /// `C = alpha·op(A)·op(B)` on this thread, as [`sgemm`] with β = 0, in bf16 when asked.
+    fn product(
+        &self,
+        trans: (bool, bool),
+        (m, n, k): (usize, usize, usize),
+        alpha: f32,
+        a: (&[f32], usize),
+        b: (&[f32], usize),
+        c: (&mut [f32], usize),
+    ) {
+        if self.bf16 && bf16_products::fits(n, k) {
+            bf16_products::serial_product_into(trans, (m, n, k), alpha, a, b, c);
+        } else {
+            sgemm(trans, (m, n, k), alpha, a, b, 0.0, c);
+        }
     }
 
     /// `P = softmax(scale·Q_h·K_hᵀ + mask)` into `p` (`queries × T`) from one sequence's
@@ -43,7 +66,7 @@ impl Heads<'_> {
         let (t, d, c) = (self.t, self.d, self.width());
         let scale = (d as f32).powf(-0.5);
         let (q, k) = (&qkv[queries.start * 3 * c + h * d..], &qkv[c + h * d..]);
-        sgemm((false, true), (queries.len(), t, d), scale, (q, 3 * c), (k, 3 * c), 0.0, (p, t));
+        self.product((false, true), (queries.len(), t, d), scale, (q, 3 * c), (k, 3 * c), (p, t));
         softmax_rows(p, t, self.mask.map(|m| &m[queries.start * t..queries.end * t]));
     }
 
@@ -64,7 +87,14 @@ impl Heads<'_> {
             let p = if keep { &mut p[h * per_head..(h + 1) * per_head] } else { &mut p[..per_head] };
             self.probs(qkv, &queries, h, p);
             let v = &qkv[2 * c + h * d..];
-            sgemm((false, false), (queries.len(), d, t), 1.0, (p, t), (v, 3 * c), 0.0, (&mut y[h * d..], c));
+            self.product(
+                (false, false),
+                (queries.len(), d, t),
+                1.0,
+                (p, t),
+                (v, 3 * c),
+                (&mut y[h * d..], c),
+            );
         }
     }
 
@@ -94,25 +124,23 @@ impl Heads<'_> {
                     p
                 }
             };
-            sgemm((true, false), (t, d, m), 1.0, (p, t), (&dy[oq..], c), 0.0, (&mut dqkv[ov..], ld));
-            sgemm((false, true), (m, t, d), 1.0, (&dy[oq..], c), (&qkv[ov..], ld), 0.0, (ds, t));
+            self.product((true, false), (t, d, m), 1.0, (p, t), (&dy[oq..], c), (&mut dqkv[ov..], ld));
+            self.product((false, true), (m, t, d), 1.0, (&dy[oq..], c), (&qkv[ov..], ld), (ds, t));
             softmax_grad_rows(ds, p, t);
-            sgemm(
+            self.product(
                 (false, false),
                 (m, d, t),
                 scale,
                 (ds, t),
                 (&qkv[ok..], ld),
-                0.0,
                 (&mut dqkv[first + oq..], ld),
             );
-            sgemm(
+            self.product(
                 (true, false),
                 (t, d, m),
                 scale,
                 (ds, t),
                 (&qkv[first + oq..], ld),
-                0.0,
                 (&mut dqkv[ok..], ld),
             );
         }

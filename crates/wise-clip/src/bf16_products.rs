@@ -10,14 +10,17 @@
 //! in f32, everything else stays f32 (the activations kept for the backward, the gradients
 //! handed on, the weights and the optimizer), as under `torch.autocast("cpu", torch.bfloat16)`.
 //!
-//! The kernel: C's columns in panels of 64 (four 16-lane registers), B's panel packed per
-//! product as bf16 pairs `[k/2][64]` (each register then holds 16 columns' pair for one
-//! step of k; a weight's panels are packed once per `wise_clip::frozen_weights` scope instead,
-//! `PackedB`), A converted once to bf16 pairs along k (a row-major bf16 row already is one;
-//! a transposed A interleaves two rows of its store); a 6-row × 64-column tile of C stays in
-//! 24 registers over the whole of k. Panels, or for few panels groups of rows of them, are
-//! shared out over rayon's threads. A forward's `x·Wᵀ` reads W `[n, k]` as Bᵀ; a backward's
-//! `dY·W` and `dYᵀ·X` read B as stored and A transposed.
+//! The kernel: C's columns in panels of 64 (four 16-lane registers; the last panel of an
+//! `n` that is not a multiple of 64 padded with zero columns, which masked stores leave
+//! out of C), B's panel packed per product as bf16 pairs `[k/2][64]` (each register then
+//! holds 16 columns' pair for one step of k; a weight's panels are packed once per
+//! `wise_clip::frozen_weights` scope instead, `PackedB`), A converted once to bf16 pairs
+//! along k (a row-major bf16 row already is one; a transposed A interleaves two rows of its
+//! store); a 6-row × 64-column tile of C stays in 24 registers over the whole of k. Panels,
+//! or for few panels groups of rows of them, are shared out over rayon's threads
+//! ([`product_into`]); the attention's per-head products, already one sequence per thread,
+//! run on the calling thread ([`serial_product_into`]). A forward's `x·Wᵀ` reads W `[n, k]`
+//! as Bᵀ; a backward's `dY·W` and `dYᵀ·X` read B as stored and A transposed.
 
 use std::cell::RefCell;
 use std::mem::MaybeUninit;
@@ -69,9 +72,9 @@ pub fn supported() -> bool {
     false
 }
 
-/// Shapes the kernel takes: whole panels of columns (any m, any k > 0).
+/// Shapes the kernel takes: any m, any n > 0 and k > 0.
 pub(crate) fn fits(n: usize, k: usize) -> bool {
-    n > 0 && n.is_multiple_of(PANEL) && k > 0
+    n > 0 && k > 0
 }
 
 /// `C = op(A)·op(B)`, or `C += op(A)·op(B)` when `accumulate`, row-major, as
@@ -89,8 +92,26 @@ pub(crate) fn product_into(
     (c, ldc): (&mut [f32], usize),
 ) {
     assert!(ldc >= n && c.len() >= span(m, n, ldc), "bf16 products: C too small");
+    let how = How { alpha: 1.0, accumulate, parallel: true };
     // SAFETY: `c` is borrowed mutably and holds every element of C (checked just above).
-    unsafe { product_to(trans, (m, n, k), a, b, packed, accumulate, Out(c.as_mut_ptr()), ldc) }
+    unsafe { product_to(trans, (m, n, k), a, b, packed, how, Out(c.as_mut_ptr()), ldc) }
+}
+
+/// `C = alpha·op(A)·op(B)` in bf16 as [`product_into`], computed on the calling thread
+/// only: for products that run one per thread already (the attention's, a head of one
+/// sequence at a time, as [`crate::matmul::sgemm`] for f32).
+pub(crate) fn serial_product_into(
+    trans: (bool, bool),
+    (m, n, k): (usize, usize, usize),
+    alpha: f32,
+    a: (&[f32], usize),
+    b: (&[f32], usize),
+    (c, ldc): (&mut [f32], usize),
+) {
+    assert!(ldc >= n && c.len() >= span(m, n, ldc), "bf16 products: C too small");
+    let how = How { alpha, accumulate: false, parallel: false };
+    // SAFETY: `c` is borrowed mutably and holds every element of C (checked just above).
+    unsafe { product_to(trans, (m, n, k), a, b, None, how, Out(c.as_mut_ptr()), ldc) }
 }
 
 /// `op(A)·op(B)` in bf16 as [`product_into`], `m × n`, in a new row-major buffer (never
@@ -106,7 +127,8 @@ pub(crate) fn product(
     // SAFETY: `c` has room for the m × n matrix, which the product writes whole (β = 0)
     // before `set_len` exposes it.
     unsafe {
-        product_to(trans, (m, n, k), a, b, packed, false, Out(c.as_mut_ptr()), n);
+        let how = How { alpha: 1.0, accumulate: false, parallel: true };
+        product_to(trans, (m, n, k), a, b, packed, how, Out(c.as_mut_ptr()), n);
         c.set_len(m * n);
     }
     c
@@ -123,17 +145,17 @@ pub(crate) struct PackedB {
 impl PackedB {
     /// `op(B)` `[k, n]` packed (`trans_b`: B stored `[n, k]`). Needs [`supported`] and [`fits`].
     pub(crate) fn new(trans_b: bool, (n, k): (usize, usize), (b, ldb): (&[f32], usize)) -> Self {
-        assert!(supported() && fits(n, k), "bf16 products need AVX512_BF16 and n % 64 == 0");
+        assert!(supported() && fits(n, k), "bf16 products need AVX512_BF16 and n, k > 0");
         let (br, bc) = if trans_b { (n, k) } else { (k, n) };
         assert!(ldb >= bc && b.len() >= span(br, bc, ldb), "bf16 products: B too small");
         let panel = k.div_ceil(2) * PANEL;
         let pack = |all: &mut [MaybeUninit<u32>]| {
             all.par_chunks_mut(panel)
                 .enumerate()
-                .for_each(|(j, out)| pack_panel(trans_b, k, (b, ldb), j, out))
+                .for_each(|(j, out)| pack_panel(trans_b, (n, k), (b, ldb), j, out))
         };
         // SAFETY: each chunk is one panel, which `pack_panel` writes whole.
-        let data = unsafe { filled(n * k.div_ceil(2), pack) };
+        let data = unsafe { filled(n.div_ceil(PANEL) * panel, pack) };
         Self { k, data }
     }
 
@@ -190,28 +212,50 @@ fn give_a_buffer(buffer: Vec<u32>) {
     }
 }
 
-/// Panel `j` (columns 64j..64j + 64) of `op(B)` into `out` (`[k/2][64]` pairs, all written).
-fn pack_panel(trans_b: bool, k: usize, (b, ldb): (&[f32], usize), j: usize, out: &mut [MaybeUninit<u32>]) {
+/// Panel `j` (columns 64j..64j + 64) of `op(B)` `[k, n]` into `out` (`[k/2][64]` pairs, all
+/// written; the columns past `n` of a last, partial panel are zeros).
+fn pack_panel(
+    trans_b: bool,
+    (n, k): (usize, usize),
+    (b, ldb): (&[f32], usize),
+    j: usize,
+    out: &mut [MaybeUninit<u32>],
+) {
     let j0 = j * PANEL;
+    let width = PANEL.min(n - j0);
     if trans_b {
-        for col in 0..PANEL {
+        for col in 0..width {
             // SAFETY: callers checked AVX512_BF16 and B's bounds; row j0 + col holds k values.
             unsafe { pack_column(&b[(j0 + col) * ldb..][..k], out, col) };
         }
+        for line in out.chunks_exact_mut(PANEL) {
+            line[width..].fill(MaybeUninit::new(0));
+        }
     } else {
         for (p, line) in out.chunks_exact_mut(PANEL).enumerate() {
-            let second = (2 * p + 1 < k).then(|| &b[(2 * p + 1) * ldb + j0..][..PANEL]);
-            // SAFETY: as above; rows 2p and 2p + 1 of B hold columns j0..j0 + 64.
-            unsafe { interleave(&b[2 * p * ldb + j0..][..PANEL], second, line) };
+            let second = (2 * p + 1 < k).then(|| &b[(2 * p + 1) * ldb + j0..][..width]);
+            // SAFETY: as above; rows 2p and 2p + 1 of B hold columns j0..j0 + width.
+            unsafe { interleave(&b[2 * p * ldb + j0..][..width], second, &mut line[..width]) };
+            line[width..].fill(MaybeUninit::new(0));
         }
     }
 }
 
-/// [`product_into`] into raw `c`, B read from `packed` when given (packed from this `b`).
+/// How a product writes C: `C = alpha·op(A)·op(B)`, plus C's values when `accumulate`;
+/// split over rayon's threads when `parallel`, else on the calling thread.
+#[derive(Clone, Copy)]
+pub(crate) struct How {
+    pub alpha: f32,
+    pub accumulate: bool,
+    pub parallel: bool,
+}
+
+/// [`product_into`] into raw `c` as `how` says, B read from `packed` when given (packed from
+/// this `b`).
 ///
 /// # Safety
-/// `c` must be valid for writes (and, when `accumulate`, reads of initialised values) of
-/// every `C[i][j]` at `c + i·ldc + j`, and nothing else may access them meanwhile.
+/// `c` must be valid for writes (and, when `how.accumulate`, reads of initialised values)
+/// of every `C[i][j]` at `c + i·ldc + j`, and nothing else may access them meanwhile.
 #[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn product_to(
     (trans_a, trans_b): (bool, bool),
@@ -219,36 +263,43 @@ pub(crate) unsafe fn product_to(
     (a, lda): (&[f32], usize),
     (b, ldb): (&[f32], usize),
     packed: Option<&PackedB>,
-    accumulate: bool,
+    how: How,
     out: Out,
     ldc: usize,
 ) {
-    assert!(supported() && fits(n, k), "bf16 products need AVX512_BF16 and n % 64 == 0");
+    assert!(supported() && fits(n, k), "bf16 products need AVX512_BF16 and n, k > 0");
     let (ar, ac) = if trans_a { (k, m) } else { (m, k) };
     let (br, bc) = if trans_b { (n, k) } else { (k, n) };
     assert!(lda >= ac && ldb >= bc && ldc >= n, "bf16 products: leading dimensions too small");
     assert!(a.len() >= span(ar, ac, lda) && b.len() >= span(br, bc, ldb));
-    assert!(packed.is_none_or(|p| p.k == k && p.data.len() == n * k.div_ceil(2)), "bf16 products: packed B");
+    let (panels, pairs) = (n.div_ceil(PANEL), k.div_ceil(2));
+    assert!(
+        packed.is_none_or(|p| p.k == k && p.data.len() == panels * pairs * PANEL),
+        "bf16 products: packed B"
+    );
     if m == 0 {
         return;
     }
     // A as bf16 pairs along k: row i's pair p at `a16[i·a_row + p·a_pair]`. Stored `[m, k]`,
     // each row converts on its own (a bf16 row already is a row of pairs); stored `[k, m]`,
     // rows 2p and 2p + 1 of the store interleave into line p.
-    let pairs = k.div_ceil(2);
     let (a_row, a_pair) = if trans_a { (1, m) } else { (pairs, 1) };
-    let convert = |all: &mut [MaybeUninit<u32>]| {
+    let convert_line = |i: usize, line: &mut [MaybeUninit<u32>]| {
         if trans_a {
-            all.par_chunks_mut(m).enumerate().for_each(|(p, line)| {
-                let second = (2 * p + 1 < k).then(|| &a[(2 * p + 1) * lda..][..m]);
-                // SAFETY: AVX512_BF16 checked above; both rows hold m values (asserted).
-                unsafe { interleave(&a[2 * p * lda..][..m], second, line) }
-            })
+            let second = (2 * i + 1 < k).then(|| &a[(2 * i + 1) * lda..][..m]);
+            // SAFETY: AVX512_BF16 checked above; both rows hold m values (asserted).
+            unsafe { interleave(&a[2 * i * lda..][..m], second, line) }
         } else {
-            all.par_chunks_mut(pairs).enumerate().for_each(|(i, line)| {
-                // SAFETY: as above; row i holds k values.
-                unsafe { to_bf16_pairs(&a[i * lda..i * lda + k], line) }
-            })
+            // SAFETY: as above; row i holds k values.
+            unsafe { to_bf16_pairs(&a[i * lda..i * lda + k], line) }
+        }
+    };
+    let line = if trans_a { m } else { pairs };
+    let convert = |all: &mut [MaybeUninit<u32>]| {
+        if how.parallel {
+            all.par_chunks_mut(line).enumerate().for_each(|(i, l)| convert_line(i, l))
+        } else {
+            all.chunks_mut(line).enumerate().for_each(|(i, l)| convert_line(i, l))
         }
     };
     let mut a16 = take_a_buffer();
@@ -256,29 +307,29 @@ pub(crate) unsafe fn product_to(
     unsafe { refill(&mut a16, m * pairs, convert) };
     // Tasks: each panel of 64 columns, cut into groups of rows when there are fewer than
     // two panels a thread (a task packs its own panel, so groups pack the same one again).
-    let panels = n / PANEL;
-    let threads = rayon::current_num_threads().max(1);
+    let threads = if how.parallel { rayon::current_num_threads().max(1) } else { 1 };
     let groups = (2 * threads).div_ceil(panels).min(m.div_ceil(8 * ROWS)).max(1);
+    let groups = if how.parallel { groups } else { 1 };
     let per_group = m.div_ceil(groups).next_multiple_of(ROWS);
-    (0..panels * groups).into_par_iter().for_each(|task| {
+    let task = |task: usize| {
         let (panel, group) = (task / groups, task % groups);
         let rows = group * per_group..m.min((group + 1) * per_group);
         if rows.is_empty() {
             return;
         }
+        let cols = PANEL.min(n - panel * PANEL);
         let tiles = |b16: &[u32]| {
             for i in rows.clone().step_by(ROWS) {
                 // SAFETY: tasks write disjoint blocks of C; rows i..i + 6 (at most m), columns
-                // 64·panel..+64 lie inside C (the caller's contract).
+                // 64·panel..+cols lie inside C (the caller's contract).
                 unsafe {
                     tile(
                         a16.as_ptr().add(i * a_row),
                         (a_row, a_pair, pairs),
                         ROWS.min(m - i),
                         b16.as_ptr(),
-                        out.at(i * ldc + panel * PANEL).0,
-                        ldc,
-                        accumulate,
+                        (out.at(i * ldc + panel * PANEL).0, ldc, cols),
+                        how,
                     )
                 }
             }
@@ -289,11 +340,18 @@ pub(crate) unsafe fn product_to(
             // want its buffer meanwhile.)
             None => PANEL_BUFFER.with_borrow_mut(|own| {
                 // SAFETY: `pack_panel` writes the whole panel.
-                unsafe { refill(own, pairs * PANEL, |out| pack_panel(trans_b, k, (b, ldb), panel, out)) };
+                unsafe {
+                    refill(own, pairs * PANEL, |out| pack_panel(trans_b, (n, k), (b, ldb), panel, out))
+                };
                 tiles(own)
             }),
         }
-    });
+    };
+    if how.parallel {
+        (0..panels * groups).into_par_iter().for_each(task);
+    } else {
+        (0..panels).for_each(task);
+    }
     give_a_buffer(a16);
 }
 
@@ -386,7 +444,9 @@ fn bf16(x: f32) -> u16 {
 }
 
 /// `rows` (≤ 6) rows of C times one 64-column panel, over all `pairs` steps of k: row r's
-/// pair p of A at `a + r·a_row + p·a_pair`.
+/// pair p of A at `a + r·a_row + p·a_pair`; C's row r at `c + r·ldc`, of which the first
+/// `cols` (≤ 64) columns are written (masked stores: a partial last panel's zero columns
+/// stay out of C), as `alpha·sum`, plus C's value when `how.accumulate`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bf16")]
 unsafe fn tile(
@@ -394,19 +454,11 @@ unsafe fn tile(
     (a_row, a_pair, pairs): (usize, usize, usize),
     rows: usize,
     b: *const u32,
-    c: *mut f32,
-    ldc: usize,
-    acc_c: bool,
+    (c, ldc, cols): (*mut f32, usize, usize),
+    how: How,
 ) {
     use std::arch::x86_64::*;
     let mut acc = [[_mm512_setzero_ps(); 4]; ROWS];
-    if acc_c {
-        for (r, row) in acc.iter_mut().enumerate().take(rows) {
-            for (v, lane) in row.iter_mut().enumerate() {
-                *lane = _mm512_loadu_ps(c.add(r * ldc + v * 16));
-            }
-        }
-    }
     for p in 0..pairs {
         let bp = b.add(p * PANEL);
         // (No closure here: a closure would not inherit this function's target features.)
@@ -425,9 +477,17 @@ unsafe fn tile(
             }
         }
     }
+    let alpha = _mm512_set1_ps(how.alpha);
     for (r, row) in acc.iter().enumerate().take(rows) {
-        for (v, lane) in row.iter().enumerate() {
-            _mm512_storeu_ps(c.add(r * ldc + v * 16), *lane);
+        // Registers wholly past `cols` are skipped (their addresses may lie past C's end).
+        for (v, lane) in row.iter().enumerate().take(cols.div_ceil(16)) {
+            let mask = (u32::MAX >> (32 - (cols - v * 16).min(16))) as __mmask16;
+            let at = c.add(r * ldc + v * 16);
+            let mut sum = _mm512_mul_ps(*lane, alpha);
+            if how.accumulate {
+                sum = _mm512_add_ps(sum, _mm512_maskz_loadu_ps(mask, at));
+            }
+            _mm512_mask_storeu_ps(at, mask, sum);
         }
     }
 }
@@ -438,9 +498,8 @@ unsafe fn tile(
     _: (usize, usize, usize),
     _: usize,
     _: *const u32,
-    _: *mut f32,
-    _: usize,
-    _: bool,
+    _: (*mut f32, usize, usize),
+    _: How,
 ) {
     unreachable!("bf16 products are only offered on x86-64")
 }
@@ -455,8 +514,9 @@ mod tests {
 
     /// Against the definition in f64 over the bf16-rounded inputs: the kernel only sums
     /// differently (f32 accumulation), for each layout of A and B, odd k, tails of rows,
-    /// strided A/B/C, β = 0 and 1, B packed beforehand or per product, and rows split into
-    /// groups (few panels, many rows).
+    /// partial last panels (n not a multiple of 64, also n < 16), strided A/B/C, β = 0 and
+    /// 1, B packed beforehand or per product, rows split into groups (few panels, many
+    /// rows), and on the calling thread with a scale (`serial_product_into`).
     #[test]
     fn bf16_products_match_the_definition() {
         if !supported() {
@@ -464,7 +524,17 @@ mod tests {
             return;
         }
         let pool = rayon::ThreadPoolBuilder::new().num_threads(3).build().unwrap();
-        let shapes = [(1, 64, 2, 0), (13, 128, 70, 3), (50, 192, 768, 0), (7, 64, 37, 5), (200, 64, 9, 1)];
+        let shapes = [
+            (1, 64, 2, 0),
+            (13, 128, 70, 3),
+            (50, 192, 768, 0),
+            (7, 64, 37, 5),
+            (200, 64, 9, 1),
+            (50, 50, 64, 2),
+            (11, 197, 33, 0),
+            (3, 10, 5, 1),
+            (1, 1, 1, 0),
+        ];
         for (m, n, k, pad) in shapes {
             for trans in [(false, true), (false, false), (true, false), (true, true)] {
                 let (ar, ac) = if trans.0 { (k, m) } else { (m, k) };
@@ -513,6 +583,22 @@ mod tests {
                         let fresh = pool.install(|| product(trans, (m, n, k), (&a, lda), (&b, ldb), None));
                         for (i, row) in fresh.chunks_exact(n).enumerate() {
                             assert_eq!(row, &c[i * ldc..i * ldc + n], "{what}: new buffer");
+                        }
+                        // On this thread, scaled: the same sums times the scale (a power of 2).
+                        let mut scaled = c0.clone();
+                        serial_product_into(
+                            trans,
+                            (m, n, k),
+                            0.125,
+                            (&a, lda),
+                            (&b, ldb),
+                            (&mut scaled, ldc),
+                        );
+                        for i in 0..m {
+                            for j in 0..ldc {
+                                let want = if j < n { 0.125 * c[i * ldc + j] } else { c0[i * ldc + j] };
+                                assert_eq!(scaled[i * ldc + j], want, "{what}: serial, scaled ({i}, {j})");
+                            }
                         }
                     }
                 }

@@ -63,9 +63,9 @@ pub fn inference_mode<T>(f: impl FnOnce() -> T) -> T {
 }
 
 /// Runs `f` with the matrix products in bf16 (f32 sums), forward and backward, on CPUs with
-/// AVX512_BF16, as PyTorch's CPU autocast: the fused blocks' products, and
-/// [`crate::matmul`]'s products of whole batches (the patch embedding, projections, heads),
-/// not attention's per-head ones. ~1.7× faster there for a ViT-B/32's inference and ~1.6×
+/// AVX512_BF16, as PyTorch's CPU autocast: every product of the fused blocks (attention's
+/// per-head ones included) and of [`crate::matmul`] (the patch embedding, projections,
+/// heads). ~1.7× faster there for a ViT-B/32's inference and ~1.6×
 /// for its training step (BENCHMARKS.md); results differ from f32's by bf16's rounding of
 /// the products' inputs. Everything else (LayerNorm, softmax, the activations, the
 /// gradients' sums, the optimizer) stays f32. f32 on other CPUs. `WISE_CPU_BF16=1` in the
@@ -427,7 +427,7 @@ fn scatter_add(src: &[f32], rows: &[usize], (dst, ld): (&mut [f32], usize)) {
 
 impl Block {
     fn heads(&self, t: usize, c: usize) -> Heads<'_> {
-        Heads { heads: self.heads, d: c / self.heads, t, mask: self.mask.as_deref() }
+        Heads { heads: self.heads, d: c / self.heads, t, mask: self.mask.as_deref(), bf16: self.bf16 }
     }
 
     /// Sequence `i`'s query positions: all `t`, or the pooled one.

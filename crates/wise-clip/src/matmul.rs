@@ -453,25 +453,18 @@ fn gemm(
     };
     let c = Out(out.as_mut_ptr());
     // In bf16 mode, as the fused blocks' products: the patch embedding, projections, heads
-    // and their gradients (a product of the batch, split over the threads).
+    // and their gradients (a product of the batch, split over the threads), and batched
+    // products (a matrix per thread).
     let bf16 = crate::block::in_bf16_mode() && crate::bf16_products::fits(cols, k);
     let one = |i: usize, split: bool| {
         let a = (&a[la.offset(i)..], la.ld);
         let b = (&b[lb.offset(i)..], lb.ld);
         let trans = (la.trans, lb.trans);
+        let how = crate::bf16_products::How { alpha: 1.0, accumulate: beta == 1.0, parallel: split };
         // SAFETY: `out` has room for `batch` matrices of `size`; matrix i is this call's only.
         unsafe {
-            if split && bf16 {
-                crate::bf16_products::product_to(
-                    trans,
-                    (m, cols, k),
-                    a,
-                    b,
-                    None,
-                    beta == 1.0,
-                    c.at(i * size),
-                    cols,
-                )
+            if bf16 {
+                crate::bf16_products::product_to(trans, (m, cols, k), a, b, None, how, c.at(i * size), cols)
             } else if split {
                 par_sgemm_to(trans, (m, cols, k), 1.0, a, b, beta, c.at(i * size), cols)
             } else {
@@ -959,9 +952,10 @@ mod tests {
     }
 
     /// In bf16 mode a patch embedding's `linear` (`W` `[128, 4, 4, 4]`, a bias) and its
-    /// gradients (`dX = dY·W`, `dW = dYᵀ·X`, through `matmul`) are f32's up to bf16's
-    /// rounding, and not equal to them, where the CPU has AVX512_BF16 and a BLAS is loaded;
-    /// equal elsewhere.
+    /// gradients (`dX = dY·W`, `dW = dYᵀ·X`, through `matmul`), and a batched product with
+    /// a transposed operand and 50 columns (a matrix per thread) and its gradients, are
+    /// f32's up to bf16's rounding, and not equal to them, where the CPU has AVX512_BF16
+    /// and a BLAS is loaded; equal elsewhere.
     #[test]
     fn linear_in_bf16_mode_is_f32_up_to_rounding() -> candle_core::Result<()> {
         let dev = Device::Cpu;
@@ -984,6 +978,19 @@ mod tests {
         close(&y16, &y, "y");
         close(grads16.get(&x).unwrap(), grads.get(&x).unwrap(), "dX");
         close(grads16.get(&w).unwrap(), grads.get(&w).unwrap(), "dW");
+        let q = Var::randn(0f32, 1., (8, 50, 24), &dev)?;
+        let k = Var::randn(0f32, 1., (8, 50, 24), &dev)?;
+        let probe = Tensor::randn(0f32, 1., (8, 50, 50), &dev)?;
+        let run = || -> candle_core::Result<(Tensor, candle_core::backprop::GradStore)> {
+            let s = matmul(&q, &k.t()?)?;
+            let grads = (&s * &probe)?.sum_all()?.backward()?;
+            Ok((s, grads))
+        };
+        let (s, grads) = run()?;
+        let (s16, grads16) = crate::bf16_mode(run)?;
+        close(&s16, &s, "Q·Kᵀ");
+        close(grads16.get(&q).unwrap(), grads.get(&q).unwrap(), "dQ");
+        close(grads16.get(&k).unwrap(), grads.get(&k).unwrap(), "dK");
         Ok(())
     }
 
