@@ -38,8 +38,9 @@ enum Mode {
     /// The eval data path alone over `--data`: decode, resize, crop, normalise.
     Preprocess,
     /// The best fp32 matrix-product rate through wise's BLAS path, on the model's products
-    /// at `--batch-size` images and on 2048³; also the attention's per-head products (a
-    /// head per thread). In bf16 (`WISE_CPU_BF16=1`) the same products in bf16.
+    /// at `--batch-size` images and on 2048³, and through wise's own kernel from packed
+    /// weights (CPUs with AVX-512); also the attention's per-head products (a head per
+    /// thread). In bf16 (`WISE_CPU_BF16=1`) the same products in bf16.
     Sgemm,
     /// The zero-shot head: every `--classnames` × `--templates` prompt through the text
     /// tower, `--batch-size` prompts at a time (rates in prompts, not images).
@@ -261,8 +262,9 @@ fn bf16_products(device: &Device) -> bool {
 
 /// `wise bench --mode sgemm`: each product a ViT block runs (q/k/v, out, fc1, fc2 over
 /// batch × tokens rows) and a 2048³ one, through `wise_clip::matmul` as the model calls it
-/// (the loaded BLAS, split over rayon's threads); the best of `--iters` runs of each after
-/// `--warmup`, in GFLOP/s, and the best of all (`gflops_best`).
+/// (the loaded BLAS, split over rayon's threads), and the block's products through wise's
+/// f32 kernel from a packed weight (`packed …`, on CPUs with AVX-512); the best of `--iters`
+/// runs of each after `--warmup`, in GFLOP/s, and the best of all (`gflops_best`).
 fn sgemm_ceiling(args: &BenchArgs, vc: &wise_clip::VisionConfig, device: &Device) -> anyhow::Result<()> {
     let rows = args.batch_size * vc.num_positions();
     let (c, i) = (vc.hidden_size, vc.intermediate_size);
@@ -284,6 +286,27 @@ fn sgemm_ceiling(args: &BenchArgs, vc: &wise_clip::VisionConfig, device: &Device
         let gflops = 2.0 * (m * n * k) as f64 / best / 1e9;
         best_of_all = best_of_all.max(gflops);
         rates.insert(format!("{m}x{k}x{n}"), serde_json::json!((gflops * 10.0).round() / 10.0));
+    }
+    // wise's own f32 kernel, from a weight packed once (what `frozen_weights` loops run, and
+    // faster than a BLAS on the machines measured): part of the ceiling.
+    if device.is_cpu() && !bf16_products(device) && wise_clip::f32_products::supported() {
+        for &(m, k, n) in &shapes[..4] {
+            let a = Tensor::randn(0f32, 1.0, (m, k), device)?.flatten_all()?.to_vec1::<f32>()?;
+            let w = Tensor::randn(0f32, 1.0, (n, k), device)?.flatten_all()?.to_vec1::<f32>()?;
+            let packed = wise_clip::f32_products::PackedF32::new(true, (n, k), (&w, k));
+            let mut c = vec![0f32; m * n];
+            let mut best = f64::INFINITY;
+            for run in 0..args.warmup + args.iters {
+                let t0 = Instant::now();
+                wise_clip::f32_products::product_into(m, (&a, k), &packed, false, (&mut c, n));
+                if run >= args.warmup {
+                    best = best.min(t0.elapsed().as_secs_f64());
+                }
+            }
+            let gflops = 2.0 * (m * n * k) as f64 / best / 1e9;
+            best_of_all = best_of_all.max(gflops);
+            rates.insert(format!("packed {m}x{k}x{n}"), serde_json::json!((gflops * 10.0).round() / 10.0));
+        }
     }
     // The attention's products for one sequence, each head's `[T, 64]`·`[64, T]` (scores,
     // B transposed) and `[T, T]`·`[T, 64]` (values), as the fused block runs them: a head

@@ -305,12 +305,8 @@ pub(crate) unsafe fn product_to(
     let mut a16 = take_a_buffer();
     // SAFETY: the lines of either layout cover the buffer, and each is written whole.
     unsafe { refill(&mut a16, m * pairs, convert) };
-    // Tasks: each panel of 64 columns, cut into groups of rows when there are fewer than
-    // two panels a thread (a task packs its own panel, so groups pack the same one again).
-    let threads = if how.parallel { rayon::current_num_threads().max(1) } else { 1 };
-    let groups = (2 * threads).div_ceil(panels).min(m.div_ceil(8 * ROWS)).max(1);
-    let groups = if how.parallel { groups } else { 1 };
-    let per_group = m.div_ceil(groups).next_multiple_of(ROWS);
+    let threads = if how.parallel { rayon::current_num_threads() } else { 1 };
+    let (groups, per_group) = task_split(m, panels, threads);
     let task = |task: usize| {
         let (panel, group) = (task / groups, task % groups);
         let rows = group * per_group..m.min((group + 1) * per_group);
@@ -353,6 +349,16 @@ pub(crate) unsafe fn product_to(
         (0..panels).for_each(task);
     }
     give_a_buffer(a16);
+}
+
+/// How `m` rows times `panels` panels of 64 columns are shared out over `threads`: each
+/// panel a task, cut into `groups` of `per_group` rows (a multiple of the tile's 6) when
+/// there are fewer than two panels a thread (a task packs its own panel, so groups pack
+/// the same one again), but groups of at least 48 rows; one group on one thread.
+pub(crate) fn task_split(m: usize, panels: usize, threads: usize) -> (usize, usize) {
+    let groups =
+        if threads > 1 { (2 * threads).div_ceil(panels).min(m.div_ceil(8 * ROWS)).max(1) } else { 1 };
+    (groups, m.div_ceil(groups).next_multiple_of(ROWS))
 }
 
 /// `x` rounded to bf16 into `out`, two values a `u32` (the lower half holds the even

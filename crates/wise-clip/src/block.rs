@@ -32,6 +32,7 @@ use rayon::prelude::*;
 use crate::attention::Heads;
 use crate::bf16_products::{self, PackedB};
 use crate::config::Activation;
+use crate::f32_products::{self, PackedF32};
 use crate::fused::{
     activation_grad_rows, bias_activation_rows, f32_slice, layer_norm_grad_rows, layer_norm_rows,
 };
@@ -49,9 +50,16 @@ thread_local! {
     static FROZEN: RefCell<Option<Arc<PackedWeights>>> = const { RefCell::new(None) };
 }
 
-/// Weights packed for the bf16 kernel, by tensor and layout (`W` as `Bᵀ` for a forward's
-/// `x·Wᵀ`, as `B` for a backward's `dY·W`), for one [`frozen_weights`] scope.
-type PackedWeights = Mutex<HashMap<(TensorId, bool), Arc<PackedB>>>;
+/// Weights packed for the bf16 or the f32 kernel, by tensor, layout (`W` as `Bᵀ` for a
+/// forward's `x·Wᵀ`, as `B` for a backward's `dY·W`) and kernel (bf16 or not), for one
+/// [`frozen_weights`] scope.
+type PackedWeights = Mutex<HashMap<(TensorId, bool, bool), Arc<PackedWeight>>>;
+
+/// A weight packed for one of the kernels.
+enum PackedWeight {
+    Bf16(PackedB),
+    F32(PackedF32),
+}
 
 /// Runs `f` (forwards only: evaluation, features, zero-shot heads) with the fused blocks
 /// keeping no activations for a backward pass, as PyTorch's `inference_mode`: each
@@ -76,13 +84,14 @@ pub fn bf16_mode<T>(f: impl FnOnce() -> T) -> T {
 
 /// Runs `f`, a loop of forwards (and backwards) over models whose weights do not change
 /// inside it (an evaluation, the features of a dataset, a zero-shot head, a Fisher), with each
-/// weight converted and packed for the bf16 products once for the whole of `f` instead of once
-/// per product: in
+/// weight packed for the products once for the whole of `f` instead of once per product: in
 /// [`bf16_mode`], ViT-B/32 inference 2.1–2.4× faster one image at a time, 16–19 % at batch 8,
-/// 6 % at batch 32, for as much memory as a bf16 copy of the weights used, freed when `f`
-/// ends. Products of more rows than `PACK_ONCE_MAX_ROWS` (4096: batches of ~80 images and more)
-/// gain next to nothing from it and pack per product as outside. Changing a weight inside (an
-/// optimizer step, `Var::set`) leaves its stale copy in use. In f32 it changes nothing.
+/// 6 % at batch 32, for as much memory as a bf16 copy of the weights used; in f32 on CPUs
+/// with AVX-512, the products run in wise's own f32 kernel (`f32_products`) instead of the
+/// BLAS, which packs every weight at every call, for as much memory as the weights used.
+/// The copies are freed when `f` ends. Products of more rows than `PACK_ONCE_MAX_ROWS` (4096:
+/// batches of ~80 images and more) gain next to nothing from it and run as outside.
+/// Changing a weight inside (an optimizer step, `Var::set`) leaves its stale copy in use.
 pub fn frozen_weights<T>(f: impl FnOnce() -> T) -> T {
     if FROZEN.with_borrow(Option::is_some) {
         return f();
@@ -236,8 +245,9 @@ pub fn backward(loss: &Tensor) -> candle_core::Result<GradStore> {
 /// Rows of a product up to which [`frozen_weights`] keeps its weight packed: packing costs
 /// as much as ~100–400 rows of the product, so keeping it made ViT-B/32 bf16 inference 2.1–2.4×
 /// faster at batch 1 (50 rows), 16–19 % at batch 8, 6 % at batch 32 and 2 % at batch 128
-/// (6,400 rows; BENCHMARKS.md). Beyond this the packed copies would cost their memory (half the
-/// model, for each model of a sweep) for next to nothing.
+/// (6,400 rows; BENCHMARKS.md); f32 (wise's kernel from packed weights against the BLAS)
+/// 1.3–1.5× at batch 1, ~12 % at batch 32. Beyond this the packed copies would cost their
+/// memory (half the model in bf16, all of it in f32, for each model of a sweep) for little.
 const PACK_ONCE_MAX_ROWS: usize = 4096;
 
 // The block's parameters, in this order.
@@ -321,7 +331,7 @@ struct Block {
     keep: bool,
     /// Whether the products run in bf16 ([`bf16_mode`]), forward and backward.
     bf16: bool,
-    /// Where the bf16 products find their weights packed, forward and backward
+    /// Where the products find their weights packed, forward and backward
     /// ([`frozen_weights`]).
     frozen: Option<Arc<PackedWeights>>,
     /// The forward's activations, for the backward.
@@ -473,7 +483,7 @@ impl Block {
     /// `C (+)= A·op(W)` for parameter `weight` (`w` holds the parameters' data): a forward's
     /// `x·Wᵀ` (`transposed`, W `[n, k]`) or a backward's `dY·W` (W `[k, n]`), as
     /// [`Block::product_into`], with the weight packed once per [`frozen_weights`] scope for
-    /// products of up to [`PACK_ONCE_MAX_ROWS`] rows.
+    /// products of up to [`PACK_ONCE_MAX_ROWS`] rows (in f32, by wise's own kernel).
     fn weight_product(
         &self,
         (weight, w): (usize, &[&[f32]]),
@@ -484,20 +494,29 @@ impl Block {
         c: (&mut [f32], usize),
     ) {
         let b = (w[weight], if transposed { k } else { n });
-        let pack_once = self.bf16 && bf16_products::fits(n, k) && m <= PACK_ONCE_MAX_ROWS;
-        let (Some(frozen), true) = (&self.frozen, pack_once) else {
+        let kernel = if self.bf16 { bf16_products::fits(n, k) } else { f32_products::supported() };
+        let (Some(frozen), true) = (&self.frozen, kernel && m <= PACK_ONCE_MAX_ROWS) else {
             return self.product_into((false, transposed), (m, n, k), a, b, accumulate, c);
         };
-        let key = (self.params[weight].id(), transposed);
+        let key = (self.params[weight].id(), transposed, self.bf16);
         let cached = frozen.lock().unwrap_or_else(|e| e.into_inner()).get(&key).cloned();
         // Packed outside the lock: packing splits over rayon's threads, and a thread waiting
         // for its split may run another block's product meanwhile.
         let packed = cached.unwrap_or_else(|| {
-            let packed = Arc::new(PackedB::new(transposed, (n, k), b));
+            let packed = Arc::new(if self.bf16 {
+                PackedWeight::Bf16(PackedB::new(transposed, (n, k), b))
+            } else {
+                PackedWeight::F32(PackedF32::new(transposed, (n, k), b))
+            });
             frozen.lock().unwrap_or_else(|e| e.into_inner()).insert(key, packed.clone());
             packed
         });
-        bf16_products::product_into((false, transposed), (m, n, k), a, b, Some(&packed), accumulate, c);
+        match &*packed {
+            PackedWeight::Bf16(packed) => {
+                bf16_products::product_into((false, transposed), (m, n, k), a, b, Some(packed), accumulate, c)
+            }
+            PackedWeight::F32(packed) => f32_products::product_into(m, a, packed, accumulate, c),
+        }
     }
 
     /// `op(A)·op(B)` in a new buffer, in bf16 as [`Block::product_into`].
@@ -814,7 +833,8 @@ mod tests {
     /// [`bf16_mode`] inference through an encoder (on rayon's threads, an `inference_mode`
     /// nested inside): within bf16's rounding of the f32 output where the CPU has
     /// AVX512_BF16, and not equal to it (the bf16 products ran); equal elsewhere. Inside
-    /// [`frozen_weights`], equal to it.
+    /// [`frozen_weights`], equal to it (without AVX512_BF16: f32's packed kernel, up to its
+    /// order of sums).
     #[test]
     fn bf16_inference_is_f32_up_to_bf16_rounding() -> candle_core::Result<()> {
         let dev = Device::Cpu;
@@ -833,18 +853,26 @@ mod tests {
             assert_eq!(diff, 0.0);
         }
         // With the weights packed once for a scope: the same values, batch after batch, from
-        // one packed copy of each of the 2 × 6 weights of the blocks' products (none in f32).
+        // one packed copy of each of the 2 × 6 weights of the blocks' products. (Without
+        // AVX512_BF16, f32's packed kernel: its own order of sums.)
         let values = |t: Tensor| t.flatten_all()?.to_vec1::<f32>();
         let (frozen, packed) = frozen_weights(|| -> candle_core::Result<_> {
             let mut outs = Vec::new();
             for _ in 0..2 {
-                outs.push(values(bf16_mode(|| inference_mode(|| encoder.forward(&x, None)))?)?);
+                outs.push(bf16_mode(|| inference_mode(|| encoder.forward(&x, None)))?);
             }
             let packed = FROZEN.with_borrow(|f| f.as_ref().map(|f| f.lock().unwrap().len()));
             Ok((outs, packed))
         })?;
-        assert_eq!(frozen, [values(bf16_out.clone())?, values(bf16_out)?]);
-        assert_eq!(packed, Some(if crate::bf16_products::supported() { 12 } else { 0 }));
+        for out in &frozen {
+            if crate::bf16_products::supported() {
+                assert_eq!(values(out.clone())?, values(bf16_out.clone())?);
+            } else {
+                assert!(rel_diff(out, &bf16_out) < 1e-5);
+            }
+        }
+        let kernel = crate::bf16_products::supported() || f32_products::supported();
+        assert_eq!(packed, Some(if kernel { 12 } else { 0 }));
         // Products of more rows than PACK_ONCE_MAX_ROWS pack per product: no copies kept.
         let big = Tensor::randn(0f32, 1.0, (PACK_ONCE_MAX_ROWS / 100 + 1, 100, 128), &dev)?;
         let packed = frozen_weights(|| -> candle_core::Result<_> {
@@ -859,7 +887,8 @@ mod tests {
     /// [`bf16_mode`] training through two blocks, the last one pooled (every layout of the
     /// bf16 kernel: forward x·Wᵀ, backward dY·W and dYᵀ·X): the loss and every parameter's
     /// gradient within bf16's rounding of f32's and not equal to them where the CPU has
-    /// AVX512_BF16; equal elsewhere. Inside [`frozen_weights`], equal to them.
+    /// AVX512_BF16; equal elsewhere. Inside [`frozen_weights`], equal to them (without
+    /// AVX512_BF16: f32's packed kernel, up to its order of sums).
     #[test]
     fn bf16_training_is_f32_up_to_bf16_rounding() -> candle_core::Result<()> {
         let dev = Device::Cpu;
@@ -899,10 +928,58 @@ mod tests {
             let (_, grads) = bf16_mode(step)?;
             Ok((grads, FROZEN.with_borrow(|f| f.as_ref().map(|f| f.lock().unwrap().len()))))
         })?;
-        assert_eq!(packed, Some(if bf16 { 24 } else { 0 }));
+        assert_eq!(packed, Some(if bf16 || f32_products::supported() { 24 } else { 0 }));
         for (name, var) in &params {
             let (a, b) = (frozen_grads.get(var).unwrap(), bf16_grads.get(var).unwrap());
-            assert_eq!(a.flatten_all()?.to_vec1::<f32>()?, b.flatten_all()?.to_vec1::<f32>()?, "d{name}");
+            if bf16 {
+                assert_eq!(a.flatten_all()?.to_vec1::<f32>()?, b.flatten_all()?.to_vec1::<f32>()?, "d{name}");
+            } else {
+                assert!(rel_diff(a, b) < 1e-4, "d{name}");
+            }
+        }
+        Ok(())
+    }
+
+    /// In f32, [`frozen_weights`] runs the blocks' weight products in wise's f32 kernel from
+    /// copies packed once (2 × 6 for a forward, 2 × 6 more for a backward's `dY·W`): the
+    /// output and a Fisher's loop's gradients (input and every parameter's) are the BLAS's
+    /// up to the order of sums, and not equal to them (the kernel ran), where the CPU has
+    /// AVX-512; equal elsewhere.
+    #[test]
+    fn f32_frozen_weights_match_the_blas() -> candle_core::Result<()> {
+        let dev = Device::Cpu;
+        if !has_blas()? {
+            return Ok(());
+        }
+        let (layers, params) = bf16_sized_layers(17, Activation::QuickGelu);
+        let kernel = f32_products::supported();
+        let close = |a: &Tensor, b: &Tensor, what: &str| {
+            let diff = rel_diff(a, b);
+            assert!(if kernel { diff > 0.0 && diff < 1e-5 } else { diff == 0.0 }, "{what}: {diff}");
+        };
+        let packed = || FROZEN.with_borrow(|f| f.as_ref().map(|f| f.lock().unwrap().len()));
+        let encoder = crate::nn::Encoder { layers: layers.clone() };
+        let x = Tensor::randn(0f32, 1.0, (2, 9, 128), &dev)?;
+        let blas = inference_mode(|| encoder.forward(&x, None))?;
+        let (frozen, count) = frozen_weights(|| -> candle_core::Result<_> {
+            Ok((inference_mode(|| encoder.forward(&x, None))?, packed()))
+        })?;
+        close(&frozen, &blas, "output");
+        assert_eq!(count, Some(if kernel { 12 } else { 0 }));
+        let (first, last) = (&layers[0], &layers[1]);
+        let x = candle_core::Var::randn(0f32, 1.0, (3, 9, 128), &dev)?;
+        let probe = Tensor::randn(0f32, 1.0, (3, 128), &dev)?;
+        let step = || -> candle_core::Result<GradStore> {
+            let y = last.forward_at(&first.forward(&x, None)?, &[0, 4, 8], None)?;
+            backward(&(y * &probe)?.sqr()?.sum_all()?)
+        };
+        let grads = step()?;
+        let (frozen_grads, count) = frozen_weights(|| -> candle_core::Result<_> { Ok((step()?, packed())) })?;
+        assert_eq!(count, Some(if kernel { 24 } else { 0 }));
+        for (name, var) in params.iter().map(|(n, v)| (n.as_str(), v)).chain([("x", &x)]) {
+            if !name.ends_with("k_proj.bias") {
+                close(frozen_grads.get(var).unwrap(), grads.get(var).unwrap(), &format!("d{name}"));
+            }
         }
         Ok(())
     }

@@ -25,6 +25,7 @@ pub mod config;
 pub mod device;
 mod device_block;
 pub mod error;
+pub mod f32_products;
 mod flash;
 pub mod fused;
 #[cfg(feature = "cuda")]

@@ -188,8 +188,8 @@ pub fn diagonal_fisher(
     // Labels get their own stream, apart from the subset's.
     let mut rng = StdRng::seed_from_u64(options.seed ^ 0x5eed_f15e_4000_0000);
     let mut acc = FisherAccumulator::new();
-    // The weights do not change: with bf16 products each is packed once for all the examples
-    // (one image a product: packing would cost as much as the product).
+    // The weights do not change: each is packed once for all the examples (one image a
+    // product: packing would cost as much as the product).
     wise_clip::frozen_weights(|| -> Result<()> {
         for batch in loader.eval()? {
             let batch = batch?;

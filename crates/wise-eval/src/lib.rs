@@ -100,8 +100,8 @@ pub fn evaluate_many(
         .with_on_bad_image(options.on_bad_image);
     let mut batches = loader.eval()?;
     let mut done = 0;
-    // With bf16 products and small batches, each weight packed once for the whole dataset
-    // (memory: a bf16 copy of every model's weights until the end).
+    // With small batches, each weight packed once for the whole dataset (memory: a copy of
+    // every model's weights until the end, bf16's or f32's).
     wise_clip::frozen_weights(|| -> Result<()> {
         for batch in batches.by_ref() {
             let batch = batch?;

@@ -41,7 +41,7 @@ impl FrozenFeatures {
         let loader =
             Loader::new(dataset, classifier.preprocessor(), device).with_batch_size(batch_size.max(1));
         let mut rows = Vec::new();
-        // Each weight packed once for the whole dataset (bf16 products).
+        // Each weight packed once for the whole dataset.
         wise_clip::frozen_weights(|| -> Result<()> {
             for batch in loader.eval()? {
                 let batch = batch?;

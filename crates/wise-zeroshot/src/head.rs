@@ -46,7 +46,7 @@ pub fn zeroshot_head(
     let mut sums = vec![vec![0f64; dim]; class_names.len()];
     let mut counts = vec![0usize; class_names.len()];
     let mut done = 0;
-    // Each weight packed once for all the prompts (bf16 products).
+    // Each weight packed once for all the prompts.
     wise_clip::frozen_weights(|| -> Result<()> {
         for batch in order.chunks(batch_size.max(1)) {
             let ids: Vec<Vec<u32>> = batch.iter().map(|&i| prompts[i].clone()).collect();
