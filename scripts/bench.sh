@@ -35,8 +35,8 @@
 # wise / PyTorch (img/s) for each PyTorch implementation, from the mean over the timed
 # iterations and from the fastest one ("best": robust to other load on a shared machine),
 # and each one's share of the gemm-bound limit: the model's FLOPs per image over the best
-# sgemm rate measured in the same run (PyTorch's, numpy's and wise's BLAS, before and after
-# the models).
+# sgemm rate measured in the same run (PyTorch's, numpy's and wise's BLAS, and wise's own
+# kernel from packed weights on AVX-512 CPUs; before and after the models).
 # `--threads` sets torch's threads and RAYON_NUM_THREADS for wise; the default is the
 # number of cores (nproc). Check `uptime` first: other jobs on the box skew everything.
 set -euo pipefail
@@ -117,8 +117,8 @@ fi
 
 # The gemm-bound limit's denominator: the best fp32 matrix-product rate measured on this
 # machine in this run, by every library at hand (PyTorch's BLAS, numpy's OpenBLAS, wise's
-# BLAS path), on the model's product shapes and 2048³; before and after the models, so a
-# VM's drifting clock speed is caught on both sides.
+# BLAS path and its own packed kernel), on the model's product shapes and 2048³; before and
+# after the models, so a VM's drifting clock speed is caught on both sides.
 ceiling() {
     "$PY" scripts/bench_torch.py --mode sgemm --preset "$PRESET" --batch-size "$BATCH" --threads "$THREADS" \
         --warmup 1 --iters 5 \

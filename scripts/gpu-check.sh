@@ -35,8 +35,10 @@
 #   (d) the host's data path: `wise bench --mode preprocess` of the photo-sized JPEGs that
 #       `build` puts in .gpu/photos, on all cores, one thread per physical core (with SMT)
 #       and one core (the CPU decodes what the GPU evaluates).
-#   (e) the host CPU, when it has AVX512_BF16 (Intel's side of bf16 on CPU, not measured on
-#       this project's machines): ViT-B/32 inference at batch 32, wise in f32 and with
+#   (e) the host CPU, when it has AVX-512: wise's f32 kernel from packed weights against the
+#       BLAS on ViT-B/32's products at batch 1 and 32 (`wise bench --mode sgemm`); when it
+#       has AVX512_BF16 (Intel's side of bf16 on CPU, not measured on this project's
+#       machines) also ViT-B/32 inference at batch 32, wise in f32 and with
 #       WISE_CPU_BF16=1 against PyTorch HF in f32 and under CPU autocast, one after the other;
 #       with SMT, f32 again on one thread per physical core on both sides.
 #   Everything lands in OUTDIR: gpu-check.log, parity.jsonl, bench.jsonl, summary.md,
@@ -383,9 +385,18 @@ data_path() {
 
 host_cpu() {
     local wise=$1 py=$2 out=$3
-    grep -qw avx512_bf16 /proc/cpuinfo || { echo "== host CPU: no AVX512_BF16, skipped"; return 0; }
-    echo "== host CPU: ViT-B/32 inference, batch 32, f32 and bf16 (wise; PyTorch HF, autocast)"
+    grep -qw avx512f /proc/cpuinfo || { echo "== host CPU: no AVX-512, skipped"; return 0; }
     : > "$out/host-cpu.jsonl"
+    # wise's f32 kernel from packed weights against the BLAS, on ViT-B/32's block products
+    # at batch 1 and 32 (`packed …` against the plain shapes in one line each).
+    echo "== host CPU: f32 products, BLAS and wise's packed kernel"
+    local bs
+    for bs in 1 32; do
+        "$wise" bench --device cpu --mode sgemm --batch-size "$bs" --warmup 1 --iters 5 \
+            | tee -a "$out/host-cpu.jsonl" || echo "wise host CPU sgemm (batch $bs) failed"
+    done
+    grep -qw avx512_bf16 /proc/cpuinfo || { echo "== host CPU: no AVX512_BF16, bf16 skipped"; return 0; }
+    echo "== host CPU: ViT-B/32 inference, batch 32, f32 and bf16 (wise; PyTorch HF, autocast)"
     local bf16
     for bf16 in 0 1; do
         WISE_CPU_BF16=$bf16 "$wise" bench --device cpu --mode infer --batch-size 32 --warmup 1 --iters 3 \
