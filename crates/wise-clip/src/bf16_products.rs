@@ -18,8 +18,8 @@
 //! along k (a row-major bf16 row already is one; a transposed A interleaves two rows of its
 //! store); a 6-row × 64-column tile of C stays in 24 registers over the whole of k. Panels,
 //! or for few panels groups of rows of them, are shared out over rayon's threads
-//! ([`product_into`]); the attention's per-head products, already one sequence per thread,
-//! run on the calling thread ([`serial_product_into`]). A forward's `x·Wᵀ` reads W `[n, k]`
+//! (`product_into`); the attention's per-head products, already one sequence per thread,
+//! run on the calling thread (`serial_product_into`). A forward's `x·Wᵀ` reads W `[n, k]`
 //! as Bᵀ; a backward's `dY·W` and `dYᵀ·X` read B as stored and A transposed.
 
 use std::cell::RefCell;
