@@ -271,21 +271,20 @@ fn sgemm_ceiling(args: &BenchArgs, vc: &wise_clip::VisionConfig, device: &Device
     let shapes = [(rows, c, 3 * c), (rows, c, c), (rows, c, i), (rows, i, c), (2048, 2048, 2048)];
     let mut rates = serde_json::Map::new();
     let mut best_of_all = 0f64;
+    let mut record = |name: String, gflops: f64, ceiling: bool| {
+        if ceiling {
+            best_of_all = best_of_all.max(gflops);
+        }
+        rates.insert(name, serde_json::json!((gflops * 10.0).round() / 10.0));
+    };
     for (m, k, n) in shapes {
         let a = Tensor::randn(0f32, 1.0, (m, k), device)?;
         let b = Tensor::randn(0f32, 1.0, (k, n), device)?;
-        let mut best = f64::INFINITY;
-        for run in 0..args.warmup + args.iters {
-            let t0 = Instant::now();
+        let gflops = best_rate(args, m * n * k, || {
             wise_clip::matmul::matmul(&a, &b)?;
-            device.synchronize()?;
-            if run >= args.warmup {
-                best = best.min(t0.elapsed().as_secs_f64());
-            }
-        }
-        let gflops = 2.0 * (m * n * k) as f64 / best / 1e9;
-        best_of_all = best_of_all.max(gflops);
-        rates.insert(format!("{m}x{k}x{n}"), serde_json::json!((gflops * 10.0).round() / 10.0));
+            Ok(device.synchronize()?)
+        })?;
+        record(format!("{m}x{k}x{n}"), gflops, true);
     }
     // wise's own f32 kernel, from a weight packed once (what `frozen_weights` loops run, and
     // faster than a BLAS on the machines measured): part of the ceiling.
@@ -295,17 +294,11 @@ fn sgemm_ceiling(args: &BenchArgs, vc: &wise_clip::VisionConfig, device: &Device
             let w = Tensor::randn(0f32, 1.0, (n, k), device)?.flatten_all()?.to_vec1::<f32>()?;
             let packed = wise_clip::f32_products::PackedF32::new(true, (n, k), (&w, k));
             let mut c = vec![0f32; m * n];
-            let mut best = f64::INFINITY;
-            for run in 0..args.warmup + args.iters {
-                let t0 = Instant::now();
+            let gflops = best_rate(args, m * n * k, || {
                 wise_clip::f32_products::product_into(m, (&a, k), &packed, false, (&mut c, n));
-                if run >= args.warmup {
-                    best = best.min(t0.elapsed().as_secs_f64());
-                }
-            }
-            let gflops = 2.0 * (m * n * k) as f64 / best / 1e9;
-            best_of_all = best_of_all.max(gflops);
-            rates.insert(format!("packed {m}x{k}x{n}"), serde_json::json!((gflops * 10.0).round() / 10.0));
+                Ok(())
+            })?;
+            record(format!("packed {m}x{k}x{n}"), gflops, true);
         }
     }
     // The attention's products for one sequence, each head's `[T, 64]`·`[64, T]` (scores,
@@ -316,18 +309,11 @@ fn sgemm_ceiling(args: &BenchArgs, vc: &wise_clip::VisionConfig, device: &Device
         let a = Tensor::randn(0f32, 1.0, (heads, t, k), device)?;
         let b = Tensor::randn(0f32, 1.0, if transposed { (heads, n, k) } else { (heads, k, n) }, device)?;
         let b = if transposed { b.transpose(1, 2)? } else { b };
-        let mut best = f64::INFINITY;
-        for run in 0..args.warmup + args.iters {
-            let t0 = Instant::now();
+        let gflops = best_rate(args, heads * t * n * k, || {
             wise_clip::matmul::matmul(&a, &b)?;
-            device.synchronize()?;
-            if run >= args.warmup {
-                best = best.min(t0.elapsed().as_secs_f64());
-            }
-        }
-        let gflops = 2.0 * (heads * t * n * k) as f64 / best / 1e9;
-        rates
-            .insert(format!("{what} {heads}x{t}x{k}x{n}"), serde_json::json!((gflops * 10.0).round() / 10.0));
+            Ok(device.synchronize()?)
+        })?;
+        record(format!("{what} {heads}x{t}x{k}x{n}"), gflops, false);
     }
     let mut line = serde_json::json!({
         "impl": "wise",
@@ -346,6 +332,24 @@ fn sgemm_ceiling(args: &BenchArgs, vc: &wise_clip::VisionConfig, device: &Device
     }
     println!("{line}");
     Ok(())
+}
+
+/// GFLOP/s of the fastest of `--iters` runs of `product` (`macs` multiply-adds) after
+/// `--warmup` untimed ones.
+fn best_rate(
+    args: &BenchArgs,
+    macs: usize,
+    mut product: impl FnMut() -> anyhow::Result<()>,
+) -> anyhow::Result<f64> {
+    let mut best = f64::INFINITY;
+    for run in 0..args.warmup + args.iters {
+        let t0 = Instant::now();
+        product()?;
+        if run >= args.warmup {
+            best = best.min(t0.elapsed().as_secs_f64());
+        }
+    }
+    Ok(2.0 * macs as f64 / best / 1e9)
 }
 
 /// `wise bench --mode zeroshot`: [`zeroshot_head`] of a random CLIP of the preset's shape
