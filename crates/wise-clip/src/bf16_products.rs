@@ -569,21 +569,10 @@ mod tests {
                         )
                     });
                     let what = format!("{m}x{n}x{k} {trans:?}");
-                    for i in 0..m {
-                        for j in 0..n {
-                            let dot: f64 = (0..k)
-                                .map(|l| from_bf16(bf16(op_a(i, l))) * from_bf16(bf16(op_b(l, j))))
-                                .sum();
-                            let want = dot + if accumulate { c0[i * ldc + j] as f64 } else { 0.0 };
-                            let got = c[i * ldc + j] as f64;
-                            assert!(
-                                (got - want).abs() <= 1e-5 * (1.0 + want.abs()),
-                                "{what} ({i}, {j}): {got} vs {want}"
-                            );
-                        }
-                        // Padding between rows of C is left alone.
-                        assert_eq!(c[i * ldc + n..(i + 1) * ldc], c0[i * ldc + n..(i + 1) * ldc], "{what}");
-                    }
+                    let dot = |i, j| {
+                        (0..k).map(|l| from_bf16(bf16(op_a(i, l))) * from_bf16(bf16(op_b(l, j)))).sum()
+                    };
+                    crate::tests::assert_product((&c, &c0, ldc), (m, n), accumulate, dot, &what);
                     if !accumulate {
                         // Packed per product, the same values.
                         let fresh = pool.install(|| product(trans, (m, n, k), (&a, lda), (&b, ldb), None));

@@ -211,18 +211,8 @@ mod tests {
                     let mut c = c0.clone();
                     pool.install(|| product_into(m, (&a, lda), &packed, accumulate, (&mut c, ldc)));
                     let what = format!("{m}x{n}x{k} trans_b {trans_b} accumulate {accumulate}");
-                    for i in 0..m {
-                        for j in 0..n {
-                            let dot: f64 = (0..k).map(|l| a[i * lda + l] as f64 * op_b(l, j) as f64).sum();
-                            let want = dot + if accumulate { c0[i * ldc + j] as f64 } else { 0.0 };
-                            let got = c[i * ldc + j] as f64;
-                            assert!(
-                                (got - want).abs() <= 1e-5 * (1.0 + want.abs()),
-                                "{what} ({i}, {j}): {got} vs {want}"
-                            );
-                        }
-                        assert_eq!(c[i * ldc + n..(i + 1) * ldc], c0[i * ldc + n..(i + 1) * ldc], "{what}");
-                    }
+                    let dot = |i, j| (0..k).map(|l| a[i * lda + l] as f64 * op_b(l, j) as f64).sum();
+                    crate::tests::assert_product((&c, &c0, ldc), (m, n), accumulate, dot, &what);
                 }
             }
         }

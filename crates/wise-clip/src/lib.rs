@@ -80,6 +80,29 @@ mod tests {
         checked
     }
 
+    /// A product's `m × n` result `c` (leading dimension `ldc`) against `dot(i, j)` in f64
+    /// (plus `c0`'s value when `accumulate`: C's values before), within 1e-5 relative; the
+    /// padding between C's rows as it was in `c0`.
+    pub(crate) fn assert_product(
+        (c, c0, ldc): (&[f32], &[f32], usize),
+        (m, n): (usize, usize),
+        accumulate: bool,
+        dot: impl Fn(usize, usize) -> f64,
+        what: &str,
+    ) {
+        for i in 0..m {
+            for j in 0..n {
+                let want = dot(i, j) + if accumulate { c0[i * ldc + j] as f64 } else { 0.0 };
+                let got = c[i * ldc + j] as f64;
+                assert!(
+                    (got - want).abs() <= 1e-5 * (1.0 + want.abs()),
+                    "{what} ({i}, {j}): {got} vs {want}"
+                );
+            }
+            assert_eq!(c[i * ldc + n..(i + 1) * ldc], c0[i * ldc + n..(i + 1) * ldc], "{what}: padding");
+        }
+    }
+
     /// max |a − b| / max |b|: how far a fused or pooled result is from its reference.
     pub(crate) fn rel_diff(a: &Tensor, b: &Tensor) -> f32 {
         let scale = b.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap().max(1e-6);
