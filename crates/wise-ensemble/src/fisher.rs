@@ -17,8 +17,9 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use candle_core::{DType, IndexOp, Tensor, D};
+use candle_core::{DType, IndexOp, Shape, Storage, Tensor, D};
 use rand::rngs::StdRng;
+use rayon::prelude::*;
 use rand::{Rng, SeedableRng};
 use wise_clip::weights::save_safetensors_atomic;
 use wise_data::{shuffled_order, Dataset, Loader, OnBadImage};
@@ -73,7 +74,7 @@ impl DiagonalFisher {
 /// Sums of squared per-example gradients, one example at a time.
 #[derive(Default)]
 pub struct FisherAccumulator {
-    sums: BTreeMap<String, Tensor>,
+    sums: BTreeMap<String, SquaredSum>,
     counts: BTreeMap<String, usize>,
     examples: usize,
 }
@@ -112,12 +113,13 @@ impl FisherAccumulator {
         let grads = wise_clip::backward(&loss)?;
         for (name, var) in &classifier.params {
             let Some(g) = grads.get(var.as_tensor()) else { continue };
-            let g2 = g.to_dtype(DType::F32)?.sqr()?;
-            let sum = match self.sums.remove(name) {
-                Some(s) => (s + g2)?,
-                None => g2,
-            };
-            self.sums.insert(name.clone(), sum);
+            let g = g.to_dtype(DType::F32)?;
+            match self.sums.get_mut(name) {
+                Some(sum) => sum.add_squares(&g)?,
+                None => {
+                    self.sums.insert(name.clone(), SquaredSum::new(&g)?);
+                }
+            }
             *self.counts.entry(name.clone()).or_default() += 1;
         }
         self.examples += 1;
@@ -130,11 +132,63 @@ impl FisherAccumulator {
         let mut tensors = BTreeMap::new();
         for (name, sum) in self.sums {
             let n = self.counts.get(&name).copied().unwrap_or(1).max(1);
-            tensors.insert(name, (sum / n as f64)?);
+            tensors.insert(name, (sum.into_tensor()? / n as f64)?);
         }
         let without_gradient =
             classifier.params.keys().filter(|n| !tensors.contains_key(*n)).cloned().collect();
         Ok(DiagonalFisher { tensors, examples: self.examples, without_gradient })
+    }
+}
+
+/// One parameter's running sum of squared gradients. On the CPU a buffer added to in place,
+/// `sum += g²` in one pass over it (a ViT-B/32 has 88 M parameters: as tensor ops, `g.sqr()`
+/// and `sum + g²` made two new 352 MB tensors an example, ~15 % of `wise fisher`'s time);
+/// on other devices a tensor.
+enum SquaredSum {
+    Host(Vec<f32>, Shape),
+    Device(Tensor),
+}
+
+impl SquaredSum {
+    /// The first example's `g²`.
+    fn new(g: &Tensor) -> Result<Self> {
+        let g2 = g.sqr()?;
+        Ok(if g.device().is_cpu() {
+            Self::Host(g2.flatten_all()?.to_vec1::<f32>()?, g2.shape().clone())
+        } else {
+            Self::Device(g2)
+        })
+    }
+
+    /// `sum += g²` (g f32, of the sum's shape).
+    fn add_squares(&mut self, g: &Tensor) -> Result<()> {
+        match self {
+            Self::Device(sum) => *sum = (&*sum + g.sqr()?)?,
+            Self::Host(sum, shape) => {
+                if g.shape() != shape {
+                    return Err(Error::Invalid(format!("gradient of shape {:?}, sum {shape:?}", g.shape())));
+                }
+                let g = g.contiguous()?;
+                let (storage, layout) = g.storage_and_layout();
+                let Storage::Cpu(cpu) = &*storage else {
+                    return Err(Error::Invalid("a CPU sum got a gradient from another device".into()));
+                };
+                let g = wise_clip::fused::f32_slice(cpu, layout, "Fisher sum")?;
+                sum.par_chunks_mut(1 << 16).zip(g.par_chunks(1 << 16)).for_each(|(sum, g)| {
+                    for (s, g) in sum.iter_mut().zip(g) {
+                        *s += g * g;
+                    }
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn into_tensor(self) -> Result<Tensor> {
+        Ok(match self {
+            Self::Host(sum, shape) => Tensor::from_vec(sum, shape, &candle_core::Device::Cpu)?,
+            Self::Device(sum) => sum,
+        })
     }
 }
 
