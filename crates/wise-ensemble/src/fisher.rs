@@ -19,8 +19,8 @@ use std::path::Path;
 
 use candle_core::{DType, IndexOp, Shape, Storage, Tensor, D};
 use rand::rngs::StdRng;
-use rayon::prelude::*;
 use rand::{Rng, SeedableRng};
+use rayon::prelude::*;
 use wise_clip::weights::save_safetensors_atomic;
 use wise_data::{shuffled_order, Dataset, Loader, OnBadImage};
 use wise_zeroshot::ImageClassifier;
