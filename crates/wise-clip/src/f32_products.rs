@@ -11,7 +11,8 @@
 //! left out of C by masked stores), B's panel `[k][64]`, A read in place (row-major, each
 //! value broadcast), a 6-row × 64-column tile of C in 24 registers over up to 768 steps of
 //! k; panels, or groups of rows of them, shared out over rayon's threads. On a Zen 4 it runs
-//! at 220–228 GFLOP/s on two cores where OpenBLAS reaches 163–214 (BENCHMARKS.md).
+//! at 192–228 GFLOP/s on two cores at 50 to 1,600 rows, where OpenBLAS reaches 132–214
+//! (BENCHMARKS.md).
 //!
 //! ```
 //! use wise_clip::f32_products::{product_into, supported, PackedF32};
