@@ -89,19 +89,31 @@ pub fn plan(exp: &Experiment) -> Vec<Stage> {
         }
         settings
     };
-    // The key of the stage just pushed.
-    let last_key = |stages: &[Stage]| stages.last().expect("pushed").key.clone();
+    // Adds a stage to the plan and hands back its key (what later stages depend on).
+    let push = |stages: &mut Vec<Stage>, stage: Stage| {
+        let key = stage.key.clone();
+        stages.push(stage);
+        key
+    };
     let mut data_keys: Vec<String> = Vec::new();
     for imp in &exp.import {
         let limit = imp.limit_per_class.map(|n| format!(" (first {n} per class)")).unwrap_or_default();
-        stages.push(Stage::new(
-            format!("import:{}", imp.to),
-            format!("import {} from {} into {}{limit}", imp.source, imp.from, exp.path(&imp.to).display()),
-            vec![exp.path(&imp.to)],
-            &json!(imp),
-            Vec::new(),
-        ));
-        data_keys.push(last_key(&stages));
+        let key = push(
+            &mut stages,
+            Stage::new(
+                format!("import:{}", imp.to),
+                format!(
+                    "import {} from {} into {}{limit}",
+                    imp.source,
+                    imp.from,
+                    exp.path(&imp.to).display()
+                ),
+                vec![exp.path(&imp.to)],
+                &json!(imp),
+                Vec::new(),
+            ),
+        );
+        data_keys.push(key);
     }
     // Shifted sets read the imports (and an earlier shift whose folder holds their data).
     // The stages after them depend on the shifts whose folders hold what they read, so
@@ -115,70 +127,81 @@ pub fn plan(exp: &Experiment) -> Vec<Stage> {
         let to = exp.path(&sh.to);
         let count = sh.corruption_list().map(|c| c.len()).unwrap_or_default();
         let severities = sh.severity_list().unwrap_or_default();
-        stages.push(Stage::new(
-            format!("shift:{}", sh.to),
-            format!(
-                "corrupt {} ({count} corruption(s), severity {}) into {}",
-                exp.path(&sh.data).display(),
-                severities.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(","),
-                to.display()
+        let key = push(
+            &mut stages,
+            Stage::new(
+                format!("shift:{}", sh.to),
+                format!(
+                    "corrupt {} ({count} corruption(s), severity {}) into {}",
+                    exp.path(&sh.data).display(),
+                    severities.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(","),
+                    to.display()
+                ),
+                vec![to.join(wise_shift::SHIFT_MANIFEST)],
+                &json!(sh),
+                reading(&shifts, &data_keys, &[exp.path(&sh.data)]),
             ),
-            vec![to.join(wise_shift::SHIFT_MANIFEST)],
-            &json!(sh),
-            reading(&shifts, &data_keys, &[exp.path(&sh.data)]),
-        ));
-        shifts.push((to, last_key(&stages)));
+        );
+        shifts.push((to, key));
     }
     let model_key = match &exp.model.pretrain {
         Some(p) => {
             let paths: Vec<PathBuf> = p.data.iter().map(|d| exp.path(d)).collect();
-            stages.push(Stage::new(
-                "pretrain".into(),
-                format!("pretrain a CLIP on {} into {}", p.data.join(", "), layout.model.display()),
-                vec![layout.model.join("model.safetensors")],
-                &model_settings(json!(p)),
-                reading(&shifts, &data_keys, &paths),
-            ));
-            last_key(&stages)
+            push(
+                &mut stages,
+                Stage::new(
+                    "pretrain".into(),
+                    format!("pretrain a CLIP on {} into {}", p.data.join(", "), layout.model.display()),
+                    vec![layout.model.join("model.safetensors")],
+                    &model_settings(json!(p)),
+                    reading(&shifts, &data_keys, &paths),
+                ),
+            )
         }
         None => stages::stage_key(&json!(exp.model.path), &[]),
     };
     let mut upstream = data_keys.clone();
     upstream.push(model_key);
-    stages.push(Stage::new(
-        "zeroshot".into(),
-        format!(
-            "zero-shot classifier ({} templates) → {}",
-            exp.zeroshot.templates,
-            layout.zeroshot.display()
+    let zs_key = push(
+        &mut stages,
+        Stage::new(
+            "zeroshot".into(),
+            format!(
+                "zero-shot classifier ({} templates) → {}",
+                exp.zeroshot.templates,
+                layout.zeroshot.display()
+            ),
+            vec![layout.zeroshot.clone()],
+            &model_settings(json!(exp.zeroshot)),
+            reading(&shifts, &upstream, &[exp.path(&exp.zeroshot.classes)]),
         ),
-        vec![layout.zeroshot.clone()],
-        &model_settings(json!(exp.zeroshot)),
-        reading(&shifts, &upstream, &[exp.path(&exp.zeroshot.classes)]),
-    ));
-    let zs_key = last_key(&stages);
-    stages.push(Stage::new(
-        "finetune".into(),
-        format!("fine-tune on {} → {}", exp.data.train, layout.finetune.display()),
-        vec![layout.finetune.join(wise_train::FINETUNED_FILE)],
-        &model_settings(json!({ "train": exp.train, "data": exp.data.train })),
-        reading(&shifts, std::slice::from_ref(&zs_key), &[exp.path(&exp.data.train)]),
-    ));
-    let ft_key = last_key(&stages);
+    );
+    let ft_key = push(
+        &mut stages,
+        Stage::new(
+            "finetune".into(),
+            format!("fine-tune on {} → {}", exp.data.train, layout.finetune.display()),
+            vec![layout.finetune.join(wise_train::FINETUNED_FILE)],
+            &model_settings(json!({ "train": exp.train, "data": exp.data.train })),
+            reading(&shifts, std::slice::from_ref(&zs_key), &[exp.path(&exp.data.train)]),
+        ),
+    );
     let eval_paths: Vec<PathBuf> = exp.data.eval.values().map(|p| exp.path(p)).collect();
-    stages.push(Stage::new(
-        "sweep".into(),
-        format!(
-            "evaluate θ(α) for α in {:?} on {} → {}",
-            exp.ensemble.alphas,
-            exp.data.eval.keys().cloned().collect::<Vec<_>>().join(", "),
-            layout.results.display()
+    let sweep_key = push(
+        &mut stages,
+        Stage::new(
+            "sweep".into(),
+            format!(
+                "evaluate θ(α) for α in {:?} on {} → {}",
+                exp.ensemble.alphas,
+                exp.data.eval.keys().cloned().collect::<Vec<_>>().join(", "),
+                layout.results.display()
+            ),
+            vec![layout.results.clone()],
+            &model_settings(json!({ "alphas": exp.ensemble.alphas, "eval": exp.data.eval })),
+            reading(&shifts, &[zs_key, ft_key], &eval_paths),
         ),
-        vec![layout.results.clone()],
-        &model_settings(json!({ "alphas": exp.ensemble.alphas, "eval": exp.data.eval })),
-        reading(&shifts, &[zs_key, ft_key], &eval_paths),
-    ));
-    let sweep_key = last_key(&stages);
+    );
     stages.push(Stage::new(
         "report".into(),
         format!("plot and report → {}, {}", layout.plot.display(), layout.report.display()),
