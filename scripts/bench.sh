@@ -36,7 +36,7 @@
 # iterations and from the fastest one ("best": robust to other load on a shared machine),
 # and each one's share of the gemm-bound limit: the model's FLOPs per image over the best
 # sgemm rate measured in the same run (PyTorch's, numpy's and wise's BLAS, and wise's own
-# kernel from packed weights on AVX-512 CPUs; before and after the models).
+# kernel from packed weights on AVX-512 and AVX2 CPUs; before and after the models).
 # `--threads` sets torch's threads and RAYON_NUM_THREADS for wise; the default is the
 # number of cores (nproc). Check `uptime` first: other jobs on the box skew everything.
 set -euo pipefail

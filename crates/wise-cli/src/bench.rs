@@ -39,7 +39,7 @@ enum Mode {
     Preprocess,
     /// The best fp32 matrix-product rate through wise's BLAS path, on the model's products
     /// at `--batch-size` images and on 2048³, and through wise's own kernel from packed
-    /// weights (CPUs with AVX-512); also the attention's per-head products (a head per
+    /// weights (CPUs with AVX-512 or AVX2); also the attention's per-head products (a head per
     /// thread). In bf16 (`WISE_CPU_BF16=1`) the same products in bf16.
     Sgemm,
     /// The zero-shot head: every `--classnames` × `--templates` prompt through the text
@@ -222,6 +222,7 @@ pub fn run(mut args: BenchArgs) -> anyhow::Result<()> {
         "iters": args.iters,
         "iter_s": times.iter().map(|t| (t * 1e4).round() / 1e4).collect::<Vec<_>>(),
         "blas": wise_clip::matmul::blas_name(),
+        "f32_kernel": wise_clip::f32_products::kernel_name(),
     });
     if bf16_products(&device) {
         line["products"] = serde_json::json!("bf16");
@@ -263,7 +264,7 @@ fn bf16_products(device: &Device) -> bool {
 /// `wise bench --mode sgemm`: each product a ViT block runs (q/k/v, out, fc1, fc2 over
 /// batch × tokens rows) and a 2048³ one, through `wise_clip::matmul` as the model calls it
 /// (the loaded BLAS, split over rayon's threads), and the block's products through wise's
-/// f32 kernel from a packed weight (`packed …`, on CPUs with AVX-512); the best of `--iters`
+/// f32 kernel from a packed weight (`packed …`, on CPUs with AVX-512 or AVX2); the best of `--iters`
 /// runs of each after `--warmup`, in GFLOP/s, and the best of all (`gflops_best`).
 fn sgemm_ceiling(args: &BenchArgs, vc: &wise_clip::VisionConfig, device: &Device) -> anyhow::Result<()> {
     let rows = args.batch_size * vc.num_positions();
@@ -326,6 +327,7 @@ fn sgemm_ceiling(args: &BenchArgs, vc: &wise_clip::VisionConfig, device: &Device
         "threads": candle_core::utils::get_num_threads(),
         "iters": args.iters,
         "blas": wise_clip::matmul::blas_name(),
+        "f32_kernel": wise_clip::f32_products::kernel_name(),
     });
     if bf16_products(device) {
         line["products"] = serde_json::json!("bf16");
@@ -396,6 +398,7 @@ fn zeroshot_head_rate(args: &BenchArgs, config: &ClipConfig, device: &Device) ->
         "iters": args.iters,
         "iter_s": times.iter().map(|t| (t * 1e4).round() / 1e4).collect::<Vec<_>>(),
         "blas": wise_clip::matmul::blas_name(),
+        "f32_kernel": wise_clip::f32_products::kernel_name(),
     });
     if bf16_products(device) {
         line["products"] = serde_json::json!("bf16");

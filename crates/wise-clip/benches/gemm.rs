@@ -1,5 +1,8 @@
 //! sgemm rate (GFLOP/s) on each matrix-product shape of a ViT-B/32 training step, through
-//! the same `wise_clip::matmul` entry points the model uses.
+//! the same `wise_clip::matmul` entry points the model uses, and the forward's through
+//! wise's own kernel from a weight packed once (`packed`, where the CPU has one:
+//! `WISE_F32_KERNEL=avx2` picks the AVX2 one on an AVX-512 CPU), as loops over frozen
+//! weights run it.
 //!
 //! ```text
 //! cargo bench -p wise-clip --bench gemm -- [--tokens 800] [--reps 5] [--cold]
@@ -10,6 +13,7 @@
 use std::time::Instant;
 
 use candle_core::{Device, Tensor};
+use wise_clip::f32_products::{self, PackedF32};
 use wise_clip::matmul::{linear, matmul};
 
 fn main() -> anyhow::Result<()> {
@@ -29,7 +33,7 @@ fn main() -> anyhow::Result<()> {
     // Written once, so it is backed by real pages (untouched, it reads the one zero page).
     let flush = vec![1u8; if cold { 1 << 30 } else { 0 }];
     let r = |s: &[usize]| Tensor::randn(0f32, 1.0, s, &dev);
-    let time = |name: &str, flop: f64, f: &dyn Fn() -> candle_core::Result<Tensor>| -> anyhow::Result<()> {
+    let time = |name: &str, flop: f64, f: &dyn Fn() -> candle_core::Result<()>| -> anyhow::Result<()> {
         f()?;
         let mut s = 0.0;
         for _ in 0..reps {
@@ -50,9 +54,22 @@ fn main() -> anyhow::Result<()> {
         let b = r(&[out])?;
         let g = r(&[tokens, out])?;
         let flop = 2.0 * (tokens * inp * out) as f64;
-        time(&format!("fwd  x·Wᵀ+b   {tokens}x{inp} -> {out}"), flop, &|| linear(&x, &w, Some(&b)))?;
-        time(&format!("bwd  dY·W     {tokens}x{out} -> {inp}"), flop, &|| matmul(&g, &w))?;
-        time(&format!("bwd  dYᵀ·X    {out}x{tokens} · {tokens}x{inp}"), flop, &|| matmul(&g.t()?, &x))?;
+        time(&format!("fwd  x·Wᵀ+b   {tokens}x{inp} -> {out}"), flop, &|| {
+            linear(&x, &w, Some(&b)).map(drop)
+        })?;
+        if let Some(kernel) = f32_products::kernel_name() {
+            let (xs, ws) = (x.flatten_all()?.to_vec1::<f32>()?, w.flatten_all()?.to_vec1::<f32>()?);
+            let packed = PackedF32::new(true, (out, inp), (&ws, inp));
+            let y = std::cell::RefCell::new(vec![0f32; tokens * out]);
+            time(&format!("fwd  x·Wᵀ {kernel} packed"), flop, &|| {
+                f32_products::product_into(tokens, (&xs, inp), &packed, false, (&mut y.borrow_mut(), out));
+                Ok(())
+            })?;
+        }
+        time(&format!("bwd  dY·W     {tokens}x{out} -> {inp}"), flop, &|| matmul(&g, &w).map(drop))?;
+        time(&format!("bwd  dYᵀ·X    {out}x{tokens} · {tokens}x{inp}"), flop, &|| {
+            matmul(&g.t()?, &x).map(drop)
+        })?;
     }
     Ok(())
 }

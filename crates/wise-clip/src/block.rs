@@ -87,8 +87,9 @@ pub fn bf16_mode<T>(f: impl FnOnce() -> T) -> T {
 /// weight packed for the products once for the whole of `f` instead of once per product: in
 /// [`bf16_mode`], ViT-B/32 inference 2.1–2.4× faster one image at a time, 16–19 % at batch 8,
 /// 6 % at batch 32, for as much memory as a bf16 copy of the weights used; in f32 on CPUs
-/// with AVX-512, the products run in wise's own f32 kernel (`f32_products`) instead of the
-/// BLAS, which packs every weight at every call, for as much memory as the weights used.
+/// with AVX-512 (with AVX2: products of up to 256 rows, where it pays), the products run in
+/// wise's own f32 kernel (`f32_products`) instead of the BLAS, which packs every weight at
+/// every call, for as much memory as the weights used.
 /// The copies are freed when `f` ends. Products of more rows than `PACK_ONCE_MAX_ROWS` (4096:
 /// batches of ~80 images and more) gain next to nothing from it and run as outside.
 /// Changing a weight inside (an optimizer step, `Var::set`) leaves its stale copy in use.
@@ -483,7 +484,8 @@ impl Block {
     /// `C (+)= A·op(W)` for parameter `weight` (`w` holds the parameters' data): a forward's
     /// `x·Wᵀ` (`transposed`, W `[n, k]`) or a backward's `dY·W` (W `[k, n]`), as
     /// [`Block::product_into`], with the weight packed once per [`frozen_weights`] scope for
-    /// products of up to [`PACK_ONCE_MAX_ROWS`] rows (in f32, by wise's own kernel).
+    /// products of up to [`PACK_ONCE_MAX_ROWS`] rows (in f32, by wise's own kernel, up to
+    /// [`f32_products::max_rows`]).
     fn weight_product(
         &self,
         (weight, w): (usize, &[&[f32]]),
@@ -494,7 +496,7 @@ impl Block {
         c: (&mut [f32], usize),
     ) {
         let b = (w[weight], if transposed { k } else { n });
-        let kernel = if self.bf16 { bf16_products::fits(n, k) } else { f32_products::supported() };
+        let kernel = if self.bf16 { bf16_products::fits(n, k) } else { m <= f32_products::max_rows() };
         let (Some(frozen), true) = (&self.frozen, kernel && m <= PACK_ONCE_MAX_ROWS) else {
             return self.product_into((false, transposed), (m, n, k), a, b, accumulate, c);
         };
@@ -944,7 +946,7 @@ mod tests {
     /// copies packed once (2 × 6 for a forward, 2 × 6 more for a backward's `dY·W`): the
     /// output and a Fisher's loop's gradients (input and every parameter's) are the BLAS's
     /// up to the order of sums, and not equal to them (the kernel ran), where the CPU has
-    /// AVX-512; equal elsewhere.
+    /// AVX-512 or AVX2; equal elsewhere.
     #[test]
     fn f32_frozen_weights_match_the_blas() -> candle_core::Result<()> {
         let dev = Device::Cpu;
