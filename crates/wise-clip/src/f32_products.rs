@@ -77,31 +77,41 @@ impl Kernel {
         Vec::new()
     }
 
-    /// The kernel products run in: the best this CPU has, unless `WISE_F32_KERNEL` names
-    /// another (`avx512`, `avx2`, or `off` for none); a value that is none of these, or a
-    /// kernel this CPU lacks, is said once on stderr and the best one used.
+    /// The kernel products run in: [`Kernel::from_setting`] of `WISE_F32_KERNEL`, once.
     fn chosen() -> Option<Kernel> {
         static CHOSEN: OnceLock<Option<Kernel>> = OnceLock::new();
         *CHOSEN.get_or_init(|| {
-            let available = Self::available();
-            let best = available.first().copied();
-            let Ok(value) = std::env::var("WISE_F32_KERNEL") else { return best };
-            let wanted = match value.trim().to_ascii_lowercase().as_str() {
-                "" => return best,
-                "off" | "0" | "none" => return None,
-                "avx512" | "avx-512" => Kernel::Avx512,
-                "avx2" => Kernel::Avx2,
-                _ => {
-                    eprintln!("warning: WISE_F32_KERNEL={value} is none of avx512, avx2, off; ignored");
-                    return best;
-                }
-            };
-            if !available.contains(&wanted) {
-                eprintln!("warning: WISE_F32_KERNEL={value}: this CPU lacks it; ignored");
-                return best;
-            }
-            Some(wanted)
+            let value = std::env::var("WISE_F32_KERNEL").ok();
+            Self::from_setting(value.as_deref(), &Self::available()).unwrap_or_else(|(best, warning)| {
+                eprintln!("warning: {warning}");
+                best
+            })
         })
+    }
+
+    /// The kernel a `WISE_F32_KERNEL` value asks for among the `available` ones (best
+    /// first): the best when unset or empty, none for `off`; a value that is none of
+    /// `avx512`, `avx2`, `off`, or a kernel not available, is an error carrying the best
+    /// kernel and what to warn of.
+    fn from_setting(
+        value: Option<&str>,
+        available: &[Kernel],
+    ) -> Result<Option<Kernel>, (Option<Kernel>, String)> {
+        let best = available.first().copied();
+        let Some(value) = value else { return Ok(best) };
+        let wanted = match value.trim().to_ascii_lowercase().as_str() {
+            "" => return Ok(best),
+            "off" | "0" | "none" => return Ok(None),
+            "avx512" | "avx-512" => Kernel::Avx512,
+            "avx2" => Kernel::Avx2,
+            _ => {
+                return Err((best, format!("WISE_F32_KERNEL={value} is none of avx512, avx2, off; ignored")))
+            }
+        };
+        if !available.contains(&wanted) {
+            return Err((best, format!("WISE_F32_KERNEL={value}: this CPU lacks it; ignored")));
+        }
+        Ok(Some(wanted))
     }
 }
 
@@ -355,6 +365,28 @@ use tile_avx512 as tile_avx2;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `WISE_F32_KERNEL`: unset or empty is the best kernel, `off` none, a named one that
+    /// kernel when the CPU has it; anything else warns and keeps the best.
+    #[test]
+    fn setting_picks_the_kernel() {
+        use Kernel::{Avx2, Avx512};
+        let both = [Avx512, Avx2];
+        assert_eq!(Kernel::from_setting(None, &both), Ok(Some(Avx512)));
+        assert_eq!(Kernel::from_setting(Some(" "), &both), Ok(Some(Avx512)));
+        assert_eq!(Kernel::from_setting(Some("AVX2"), &both), Ok(Some(Avx2)));
+        assert_eq!(Kernel::from_setting(Some("avx-512"), &both), Ok(Some(Avx512)));
+        assert_eq!(Kernel::from_setting(Some("off"), &both), Ok(None));
+        assert_eq!(Kernel::from_setting(None, &[]), Ok(None));
+        let (best, warning) = Kernel::from_setting(Some("avx512"), &[Avx2]).unwrap_err();
+        assert_eq!(
+            (best, warning.as_str()),
+            (Some(Avx2), "WISE_F32_KERNEL=avx512: this CPU lacks it; ignored")
+        );
+        let (best, warning) = Kernel::from_setting(Some("neon"), &both).unwrap_err();
+        assert_eq!(best, Some(Avx512));
+        assert!(warning.contains("neon") && warning.contains("none of avx512, avx2, off"), "{warning}");
+    }
 
     /// Against the definition in f64, in every kernel this CPU has: B packed from either
     /// layout, partial last panels (n not a multiple of 64, also narrower than one register,
