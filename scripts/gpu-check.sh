@@ -35,8 +35,10 @@
 #   (d) the host's data path: `wise bench --mode preprocess` of the photo-sized JPEGs that
 #       `build` puts in .gpu/photos, on all cores, one thread per physical core (with SMT)
 #       and one core (the CPU decodes what the GPU evaluates).
-#   (e) the host CPU, when it has AVX-512: wise's f32 kernel from packed weights against the
-#       BLAS on ViT-B/32's products at batch 1 and 32 (`wise bench --mode sgemm`); when it
+#   (e) the host CPU, when it has AVX-512 or AVX2: wise's f32 kernel from packed weights
+#       against the BLAS on ViT-B/32's products at batch 1 and 32 (`wise bench --mode
+#       sgemm`; with AVX-512, batch 1 in the AVX2 form too), and ViT-B/32 inference one image
+#       at a time with the kernel and with the BLAS alone (WISE_F32_KERNEL=off); when it
 #       has AVX512_BF16 (Intel's side of bf16 on CPU, not measured on this project's
 #       machines) also ViT-B/32 inference at batch 32, wise in f32 and with
 #       WISE_CPU_BF16=1 against PyTorch HF in f32 and under CPU autocast, one after the other;
@@ -385,15 +387,24 @@ data_path() {
 
 host_cpu() {
     local wise=$1 py=$2 out=$3
-    grep -qw avx512f /proc/cpuinfo || { echo "== host CPU: no AVX-512, skipped"; return 0; }
+    grep -qwE 'avx512f|avx2' /proc/cpuinfo || { echo "== host CPU: no AVX-512 or AVX2, skipped"; return 0; }
     : > "$out/host-cpu.jsonl"
     # wise's f32 kernel from packed weights against the BLAS, on ViT-B/32's block products
-    # at batch 1 and 32 (`packed …` against the plain shapes in one line each).
+    # at batch 1 and 32 (`packed …` against the plain shapes in one line each; the line's
+    # f32_kernel says which form), and end to end one image at a time.
     echo "== host CPU: f32 products, BLAS and wise's packed kernel"
-    local bs
+    local bs kernel
     for bs in 1 32; do
         "$wise" bench --device cpu --mode sgemm --batch-size "$bs" --warmup 1 --iters 5 \
             | tee -a "$out/host-cpu.jsonl" || echo "wise host CPU sgemm (batch $bs) failed"
+    done
+    if grep -qw avx512f /proc/cpuinfo; then
+        WISE_F32_KERNEL=avx2 "$wise" bench --device cpu --mode sgemm --batch-size 1 --warmup 1 --iters 5 \
+            | tee -a "$out/host-cpu.jsonl" || echo "wise host CPU sgemm (AVX2 form) failed"
+    fi
+    for kernel in "" off; do
+        WISE_F32_KERNEL=$kernel "$wise" bench --device cpu --mode infer --batch-size 1 --warmup 3 --iters 20 \
+            | tee -a "$out/host-cpu.jsonl" || echo "wise host CPU inference (kernel '$kernel') failed"
     done
     grep -qw avx512_bf16 /proc/cpuinfo || { echo "== host CPU: no AVX512_BF16, bf16 skipped"; return 0; }
     echo "== host CPU: ViT-B/32 inference, batch 32, f32 and bf16 (wise; PyTorch HF, autocast)"
@@ -425,5 +436,5 @@ host_cpu() {
 case "${1:-}" in
     build) build ;;
     device) shift; device "$@" ;;
-    *) sed -n '2,42p' "$0"; exit 2 ;;
+    *) sed -n '2,/^set -euo pipefail/{/^set/!p}' "$0"; exit 2 ;;
 esac
