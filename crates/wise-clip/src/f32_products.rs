@@ -205,8 +205,8 @@ pub fn product_into(
     }
     let out = Out(c.as_mut_ptr());
     // A task's columns: one AVX-512 panel, four AVX2 ones, each tile of A's rows swept over
-    // them in turn while it is in L1 (one panel at a time read A from L3 four times as often:
-    // 10 % slower at 1,600 rows).
+    // them in turn while it is in L1 (a task of one AVX2 panel would read all of A, from L3
+    // at many rows, four times as often).
     let w = kernel.panel();
     let blocks = n.div_ceil(BLOCK);
     let (groups, per_group) = task_split(m, blocks, rayon::current_num_threads());
