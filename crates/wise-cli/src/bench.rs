@@ -223,6 +223,8 @@ pub fn run(mut args: BenchArgs) -> anyhow::Result<()> {
         "iter_s": times.iter().map(|t| (t * 1e4).round() / 1e4).collect::<Vec<_>>(),
         "blas": wise_clip::matmul::blas_name(),
         "f32_kernel": wise_clip::f32_products::kernel_name(),
+        // Products of more rows than this go to the BLAS (null: no limit, or no kernel).
+        "f32_kernel_max_rows": Some(wise_clip::f32_products::max_rows()).filter(|r| (1..usize::MAX).contains(r)),
     });
     if bf16_products(&device) {
         line["products"] = serde_json::json!("bf16");

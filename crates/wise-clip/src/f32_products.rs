@@ -14,7 +14,9 @@
 //! columns and a tile 6 × 64 (24 of the 32 registers); with AVX2 (16 registers) 16 columns
 //! and 6 × 16 (12 accumulators, two of B, one of A, as BLAS kernels for AVX2 have), four
 //! panels to a task. On a Zen 4 the AVX-512 form runs at 192–228 GFLOP/s on two cores at 50
-//! to 1,600 rows, where OpenBLAS reaches 132–214; the AVX2 form pays at few rows only
+//! to 1,600 rows, where OpenBLAS reaches 132–214. In the AVX-512 form the last tiles over
+//! a chunk of B ask for the next chunk, so that the first tiles over it do not wait on
+//! memory (`PackedF32::ahead`). The AVX2 form pays at few rows only
 //! ([`max_rows`]; BENCHMARKS.md). `WISE_F32_KERNEL=avx2` (or `avx512`, `off`: the BLAS)
 //! picks one, for measuring.
 //!
@@ -122,13 +124,21 @@ pub fn supported() -> bool {
 }
 
 /// Rows of A up to which a product in this kernel, from a weight packed once, is faster than
-/// the BLAS's (which packs the weight at every call): any number with AVX-512 (192 to 228
-/// GFLOP/s from 50 to 1,600 rows on a Zen 4, where OpenBLAS reaches 132 to 214); 256 with
-/// AVX2 (on the same Zen 4 with AVX-512 set aside, ViT-B/32 inference by the median of
-/// alternating runs: +11 to +21 % at 50 rows, +8 to +12 % at 100, −1 to +9 % at 200, −1 to
-/// +11 % at 400, −4 to −8 % at 1,600: BENCHMARKS.md); 0 where [`supported`] is false.
+/// the BLAS's (which packs the weight at every call); 0 where [`supported`] is false.
 pub fn max_rows() -> usize {
-    match Kernel::chosen() {
+    static ROWS: OnceLock<usize> = OnceLock::new();
+    *ROWS.get_or_init(|| rows_limit(Kernel::chosen(), crate::matmul::cpu_is_intel()))
+}
+
+/// [`max_rows`] for `kernel` on an Intel CPU or another, as measured (ViT-B/32 inference,
+/// medians of alternating runs; BENCHMARKS.md): AVX-512 on AMD's Zen 4, any number (192 to
+/// 228 GFLOP/s from 50 to 1,600 rows, where OpenBLAS reaches 132 to 214); AVX-512 on an
+/// Intel Xeon, 512 (+12 to +29 % at 50 rows, +10 to +12 % at 100, level at 400, −3.6 % at
+/// 1,600 over 25 rounds); AVX2, 256 (on the Zen 4 with AVX-512 set aside: +11 to +21 % at
+/// 50 rows, +8 to +12 % at 100, −1 to +9 % at 200, −1 to +11 % at 400, −4 to −8 % at 1,600).
+fn rows_limit(kernel: Option<Kernel>, intel: bool) -> usize {
+    match kernel {
+        Some(Kernel::Avx512) if intel => 512,
         Some(Kernel::Avx512) => usize::MAX,
         Some(Kernel::Avx2) => 256,
         None => 0,
@@ -186,6 +196,23 @@ impl PackedF32 {
         let size = self.k * self.kernel.panel();
         &self.data[j * size..(j + 1) * size]
     }
+
+    /// What an AVX-512 tile over panel `j`'s steps `p0..p0 + depth` of k asks the CPU to
+    /// fetch into L2, a 64-byte line a step: part `q` of the four parts of the chunk of B
+    /// that follows this one in memory, which the task (or the next) reads next (the
+    /// panel's next steps of k, or the next panel). The last four tiles of rows over a
+    /// chunk ask for one part each (`q` 0 to 3), so that the next chunk arrives as this one
+    /// is done with, not while the rows of A that the chunk is swept over need L2. Without
+    /// it a chunk's first tile waits on memory for each of its lines; with it, one image at
+    /// a time (50 rows, 9 tiles a panel, all 340 MB of a ViT-B/32's weights read per image)
+    /// runs 14–20 % faster on an Intel Xeon (BENCHMARKS.md, session 16). The AVX2 form asks
+    /// for lines of its own chunk instead (in [`tile_avx2`]).
+    fn ahead(&self, j: usize, p0: usize, depth: usize, q: Option<usize>) -> Option<*const f32> {
+        let line = 16;
+        let part = (j * self.k + p0 + depth) * self.kernel.panel() + q? * depth * line;
+        (self.kernel == Kernel::Avx512 && part + depth * line <= self.data.len())
+            .then(|| self.data[part..].as_ptr())
+    }
 }
 
 /// `C = A·op(B)`, or `C += A·op(B)` when `accumulate`, row-major: A `[m, k]` (leading
@@ -215,17 +242,21 @@ pub fn product_into(
         let panels = block * BLOCK / w..n.min((block + 1) * BLOCK).div_ceil(w);
         for p0 in (0..k).step_by(DEPTH) {
             let depth = DEPTH.min(k - p0);
-            for i in (group * per_group..m.min((group + 1) * per_group)).step_by(ROWS) {
+            let rows = group * per_group..m.min((group + 1) * per_group);
+            let tiles = rows.len().div_ceil(ROWS);
+            for (t, i) in rows.step_by(ROWS).enumerate() {
                 let (a, rows) = (a.as_ptr().wrapping_add(i * lda + p0), ROWS.min(m - i));
                 for panel in panels.clone() {
                     let (b, cols) = (packed.panel(panel)[p0 * w..].as_ptr(), w.min(n - panel * w));
                     let (c, accumulate) = (out.at(i * ldc + panel * w).0, accumulate || p0 > 0);
+                    let ahead = packed.ahead(panel, p0, depth, (t + 4).checked_sub(tiles));
                     // SAFETY: packed for a kernel of this CPU ([`Kernel::chosen`] or, in
                     // tests, [`Kernel::available`]); A's rows i..i + 6 (at most m) hold k
                     // values, the panel k × w; tasks write disjoint blocks of C, rows
                     // i..i + 6 and the panel's `cols` columns, inside C (checked above),
-                    // adding to what the previous steps of k wrote.
-                    unsafe { tile(kernel, (a, lda), rows, (b, depth), (c, ldc, cols), accumulate) }
+                    // adding to what the previous steps of k wrote; `ahead`, if any, is
+                    // followed by depth · 16 packed floats.
+                    unsafe { tile(kernel, (a, lda), rows, (b, depth), ahead, (c, ldc, cols), accumulate) }
                 }
             }
         }
@@ -241,6 +272,7 @@ unsafe fn tile(
     a: (*const f32, usize),
     rows: usize,
     b: (*const f32, usize),
+    ahead: Option<*const f32>,
     c: (*mut f32, usize, usize),
     accumulate: bool,
 ) {
@@ -248,37 +280,44 @@ unsafe fn tile(
         kernel: Kernel,
         a: (*const f32, usize),
         b: (*const f32, usize),
+        ahead: Option<*const f32>,
         c: (*mut f32, usize, usize),
         accumulate: bool,
     ) {
-        match kernel {
-            Kernel::Avx512 => tile_avx512::<R>(a, b, c, accumulate),
-            Kernel::Avx2 => tile_avx2::<R>(a, b, c, accumulate),
+        match (kernel, ahead) {
+            (Kernel::Avx512, Some(ahead)) => tile_avx512::<R, true>(a, b, ahead, c, accumulate),
+            (Kernel::Avx512, None) => tile_avx512::<R, false>(a, b, std::ptr::null(), c, accumulate),
+            (Kernel::Avx2, _) => tile_avx2::<R>(a, b, c, accumulate),
         }
     }
     match rows {
-        6 => rows_of::<6>(kernel, a, b, c, accumulate),
-        5 => rows_of::<5>(kernel, a, b, c, accumulate),
-        4 => rows_of::<4>(kernel, a, b, c, accumulate),
-        3 => rows_of::<3>(kernel, a, b, c, accumulate),
-        2 => rows_of::<2>(kernel, a, b, c, accumulate),
-        1 => rows_of::<1>(kernel, a, b, c, accumulate),
+        6 => rows_of::<6>(kernel, a, b, ahead, c, accumulate),
+        5 => rows_of::<5>(kernel, a, b, ahead, c, accumulate),
+        4 => rows_of::<4>(kernel, a, b, ahead, c, accumulate),
+        3 => rows_of::<3>(kernel, a, b, ahead, c, accumulate),
+        2 => rows_of::<2>(kernel, a, b, ahead, c, accumulate),
+        1 => rows_of::<1>(kernel, a, b, ahead, c, accumulate),
         _ => unreachable!("a tile holds 1 to {ROWS} rows, not {rows}"),
     }
 }
 
-/// [`tile`] for R rows and a `[k][64]` panel: the whole panel in 4R AVX-512 registers.
+/// [`tile`] for R rows and a `[k][64]` panel: the whole panel in 4R AVX-512 registers; with
+/// `AHEAD`, a line of `ahead` asked for into L2 at every step ([`PackedF32::ahead`]).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn tile_avx512<const R: usize>(
+unsafe fn tile_avx512<const R: usize, const AHEAD: bool>(
     (a, lda): (*const f32, usize),
     (b, k): (*const f32, usize),
+    ahead: *const f32,
     (c, ldc, cols): (*mut f32, usize, usize),
     accumulate: bool,
 ) {
     use std::arch::x86_64::*;
     let mut acc = [[_mm512_setzero_ps(); 4]; R];
     for p in 0..k {
+        if AHEAD {
+            _mm_prefetch::<_MM_HINT_T1>(ahead.add(p * 16) as *const i8);
+        }
         let bp = b.add(p * 64);
         let bv = [
             _mm512_loadu_ps(bp),
@@ -319,7 +358,8 @@ unsafe fn tile_avx2<const R: usize>(
     for p in 0..k {
         let bp = b.add(p * 16);
         // A panel's first rows read it from memory: asking for B 1 KB ahead made batch-1
-        // ViT-B/32 inference 5–20 % faster here (AVX-512's four lines a step need no help).
+        // ViT-B/32 inference 5–20 % faster on a Zen 4. (Asking for the next chunk as well,
+        // as the AVX-512 form does, showed no gain beyond the noise on an Intel Xeon.)
         _mm_prefetch::<_MM_HINT_T0>(bp.wrapping_add(16 * 16) as *const i8);
         let bv = [_mm256_loadu_ps(bp), _mm256_loadu_ps(bp.add(8))];
         for (r, row) in acc.iter_mut().enumerate() {
@@ -350,7 +390,18 @@ unsafe fn tile_avx2<const R: usize>(
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn tile_avx512<const R: usize>(
+unsafe fn tile_avx512<const R: usize, const AHEAD: bool>(
+    a: (*const f32, usize),
+    b: (*const f32, usize),
+    _: *const f32,
+    c: (*mut f32, usize, usize),
+    accumulate: bool,
+) {
+    tile_avx2::<R>(a, b, c, accumulate)
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn tile_avx2<const R: usize>(
     _: (*const f32, usize),
     _: (*const f32, usize),
     _: (*mut f32, usize, usize),
@@ -359,12 +410,22 @@ unsafe fn tile_avx512<const R: usize>(
     unreachable!("f32 packed products are only offered on x86-64")
 }
 
-#[cfg(not(target_arch = "x86_64"))]
-use tile_avx512 as tile_avx2;
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The row limits by kernel and vendor.
+    #[test]
+    fn row_limits_are_the_measured_ones() {
+        assert_eq!(rows_limit(Some(Kernel::Avx512), false), usize::MAX);
+        assert_eq!(rows_limit(Some(Kernel::Avx512), true), 512);
+        assert_eq!(rows_limit(Some(Kernel::Avx2), true), 256);
+        assert_eq!(rows_limit(None, false), 0);
+        // A ViT-B/32 batch of 10 images (500 rows) runs in the kernel everywhere, one of 32
+        // (1,600) on an Intel CPU in the BLAS.
+        assert!(rows_limit(Some(Kernel::Avx512), true) >= 10 * 50);
+        assert!(rows_limit(Some(Kernel::Avx512), true) < 32 * 50);
+    }
 
     /// `WISE_F32_KERNEL`: unset or empty is the best kernel, `off` none, a named one that
     /// kernel when the CPU has it; anything else warns and keeps the best.

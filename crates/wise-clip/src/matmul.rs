@@ -365,6 +365,11 @@ impl Cpu {
     }
 }
 
+/// Whether this is an Intel CPU (where [`crate::f32_products::max_rows`] differs).
+pub(crate) fn cpu_is_intel() -> bool {
+    Cpu::this().intel
+}
+
 /// The OpenBLAS core type for `cpu`: the kernels for its widest f32 FMA units, except on
 /// AMD's Zen 4 (family 25 with AVX-512), which runs AVX-512 on 256-bit halves: there the
 /// AVX2 (Haswell) kernels are 4–5 % faster on the model's products and ViT-B/32
