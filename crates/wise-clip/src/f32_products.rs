@@ -133,8 +133,8 @@ pub fn max_rows() -> usize {
 /// [`max_rows`] for `kernel` on an Intel CPU or another, as measured (ViT-B/32 inference,
 /// medians of alternating runs; BENCHMARKS.md): AVX-512 on AMD's Zen 4, any number (192 to
 /// 228 GFLOP/s from 50 to 1,600 rows, where OpenBLAS reaches 132 to 214); AVX-512 on an
-/// Intel Xeon, 512 (+12 to +29 % at 50 rows, +10 to +12 % at 100, level at 400, −3.6 % at
-/// 1,600 over 25 rounds); AVX2, 256 (on the Zen 4 with AVX-512 set aside: +11 to +21 % at
+/// Intel Xeon, 512 (+12 to +29 % at 50 rows, +10 to +12 % at 100, level at 400, −2.5 % at
+/// 1,600 over 37 rounds); AVX2, 256 (on the Zen 4 with AVX-512 set aside: +11 to +21 % at
 /// 50 rows, +8 to +12 % at 100, −1 to +9 % at 200, −1 to +11 % at 400, −4 to −8 % at 1,600).
 fn rows_limit(kernel: Option<Kernel>, intel: bool) -> usize {
     match kernel {
