@@ -164,10 +164,83 @@ fn bad_inputs_fail_with_the_file_and_the_cause() {
     assert!(!r.status.success());
     assert!(stderr(&r).contains("swishy") && stderr(&r).contains("config.json"), "{}", stderr(&r));
 
+    // A config.json whose MLP is a trillion wide (the load aborted, out of memory), and one
+    // a size off from the checkpoint's.
+    std::fs::write(broken.join("model.safetensors"), &bytes).unwrap();
+    for (width, said) in [
+        (
+            "1000000000000",
+            "config.json: invalid config: vision_config: intermediate_size 1000000000000 is outside",
+        ),
+        ("49", "mlp.fc1.weight: model expects [49, 24], checkpoint has [48, 24]"),
+    ] {
+        let edited =
+            config.replacen("\"intermediate_size\": 48", &format!("\"intermediate_size\": {width}"), 1);
+        assert_ne!(edited, config);
+        std::fs::write(broken.join("config.json"), edited).unwrap();
+        let r = wise(&["info", "--model", s(&broken)]);
+        assert_eq!(r.status.code(), Some(1), "{}", stderr(&r));
+        assert!(stderr(&r).contains(said), "{}", stderr(&r));
+    }
+
     // Neither a path nor a hub id.
     let r = wise(&["info", "--model", "./no/such/model"]);
     assert!(!r.status.success());
     assert!(stderr(&r).contains("./no/such/model"), "{}", stderr(&r));
     // No panics anywhere.
     assert!(!stderr(&r).contains("panicked"));
+}
+
+/// Every number of the fixture's config.json set, one at a time, to values a corrupt or
+/// mistyped file could hold: `wise embed` (load, preprocess, both towers) either runs or
+/// fails naming config.json or the checkpoint — never a panic, an abort or an exhausted
+/// memory (a trillion-wide MLP was an abort, a trillion layers ran out of memory).
+#[test]
+fn no_config_value_makes_the_binary_crash() {
+    let model = fixture("clip-tiny-quickgelu");
+    let dir = tempfile::tempdir().unwrap();
+    let edited = dir.path().join("model");
+    std::fs::create_dir(&edited).unwrap();
+    for file in std::fs::read_dir(&model).unwrap() {
+        let file = file.unwrap().path();
+        std::fs::copy(&file, edited.join(file.file_name().unwrap())).unwrap();
+    }
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(model.join("config.json")).unwrap()).unwrap();
+    let numbers = |tower: &str| -> Vec<String> {
+        let fields = if tower.is_empty() { &config } else { &config[tower] };
+        fields.as_object().unwrap().iter().filter(|(_, v)| v.is_number()).map(|(k, _)| k.clone()).collect()
+    };
+    let (image, texts, out) =
+        (fixture("images/rgb.jpg"), fixture("texts.txt"), dir.path().join("e.safetensors"));
+    let mut runs = 0;
+    for tower in ["vision_config", "text_config", ""] {
+        for field in numbers(tower) {
+            for value in ["0", "1", "3", "1e-30", "-1", "1099511627776", "18446744073709551615"] {
+                let mut c = config.clone();
+                let slot = if tower.is_empty() { &mut c[&field] } else { &mut c[tower][&field] };
+                *slot = serde_json::from_str(value).unwrap();
+                std::fs::write(edited.join("config.json"), c.to_string()).unwrap();
+                let r = wise(&[
+                    "embed",
+                    "--model",
+                    s(&edited),
+                    "--images",
+                    s(&image),
+                    "--texts",
+                    s(&texts),
+                    "--out",
+                    s(&out),
+                ]);
+                let what = format!("{tower}.{field} = {value}: {}", stderr(&r));
+                assert!(matches!(r.status.code(), Some(0 | 1)) && !stderr(&r).contains("panicked"), "{what}");
+                if !r.status.success() {
+                    let named = ["config.json", "model.safetensors", "token id"];
+                    assert!(named.iter().any(|n| stderr(&r).contains(n)), "{what}");
+                }
+                runs += 1;
+            }
+        }
+    }
+    assert!(runs > 150, "{runs} configs tried");
 }

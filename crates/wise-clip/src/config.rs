@@ -118,6 +118,75 @@ impl VisionConfig {
     }
 }
 
+/// Bounds on a config's sizes, far above any published CLIP (the largest, ViT-bigG/14:
+/// width 1,664, MLP 8,192, 48 layers; images of 224 to 448 pixels; 49,408 tokens), so that
+/// a corrupt or mistyped `config.json` is an error naming the field here, not an allocation
+/// of terabytes or a loop of a trillion layers later.
+const MAX_WIDTH: usize = 1 << 16;
+const MAX_LAYERS: usize = 1 << 10;
+const MAX_IMAGE_SIZE: usize = 1 << 13;
+const MAX_CHANNELS: usize = 64;
+const MAX_TOKENS: usize = 1 << 16;
+const MAX_VOCAB: usize = 1 << 24;
+
+/// `name`'s `value` within `min..=max`, or the message saying it is not.
+fn in_range(name: &str, value: usize, min: usize, max: usize) -> std::result::Result<(), String> {
+    if (min..=max).contains(&value) {
+        Ok(())
+    } else {
+        Err(format!("{name} {value} is outside {min}..={max}"))
+    }
+}
+
+/// A transformer's widths, depth, head count and LayerNorm epsilon, as both towers have them.
+fn validate_encoder(
+    (hidden, intermediate, layers, heads): (usize, usize, usize, usize),
+    eps: f64,
+) -> std::result::Result<(), String> {
+    in_range("hidden_size", hidden, 1, MAX_WIDTH)?;
+    in_range("intermediate_size", intermediate, 1, MAX_WIDTH)?;
+    in_range("num_hidden_layers", layers, 0, MAX_LAYERS)?;
+    if heads == 0 || hidden % heads != 0 {
+        return Err(format!("hidden_size {hidden} is not a multiple of num_attention_heads {heads}"));
+    }
+    // A negative epsilon would give NaN for rows of constant activations, silently.
+    if !(eps.is_finite() && eps > 0.0) {
+        return Err(format!("layer_norm_eps {eps} is not a positive number"));
+    }
+    Ok(())
+}
+
+impl VisionConfig {
+    /// The image tower's shape rules (see [`ClipConfig::validate`]).
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        validate_encoder(
+            (self.hidden_size, self.intermediate_size, self.num_hidden_layers, self.num_attention_heads),
+            self.layer_norm_eps,
+        )?;
+        in_range("num_channels", self.num_channels, 1, MAX_CHANNELS)?;
+        in_range("image_size", self.image_size, 1, MAX_IMAGE_SIZE)?;
+        if self.patch_size == 0 || self.patch_size > self.image_size {
+            return Err(format!(
+                "patch_size {} does not fit image_size {}",
+                self.patch_size, self.image_size
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl TextConfig {
+    /// The text tower's shape rules (see [`ClipConfig::validate`]).
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        validate_encoder(
+            (self.hidden_size, self.intermediate_size, self.num_hidden_layers, self.num_attention_heads),
+            self.layer_norm_eps,
+        )?;
+        in_range("max_position_embeddings", self.max_position_embeddings, 1, MAX_TOKENS)?;
+        in_range("vocab_size", self.vocab_size, 1, MAX_VOCAB)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ClipConfig {
     pub text_config: TextConfig,
@@ -189,30 +258,12 @@ impl ClipConfig {
         value
     }
 
-    /// Shape rules a forward pass relies on, checked once with a readable message.
+    /// Shape rules a forward pass relies on, checked once with a readable message:
+    /// [`VisionConfig::validate`], [`TextConfig::validate`] and the projection's width.
     pub fn validate(&self) -> std::result::Result<(), String> {
-        let t = &self.text_config;
-        let v = &self.vision_config;
-        for (name, hidden, heads) in [
-            ("text_config", t.hidden_size, t.num_attention_heads),
-            ("vision_config", v.hidden_size, v.num_attention_heads),
-        ] {
-            if heads == 0 || hidden % heads != 0 {
-                return Err(format!(
-                    "{name}: hidden_size {hidden} is not a multiple of num_attention_heads {heads}"
-                ));
-            }
-        }
-        if v.patch_size == 0 || v.patch_size > v.image_size {
-            return Err(format!(
-                "vision_config: patch_size {} does not fit image_size {}",
-                v.patch_size, v.image_size
-            ));
-        }
-        if t.max_position_embeddings == 0 || t.vocab_size == 0 || self.projection_dim == 0 {
-            return Err("max_position_embeddings, vocab_size and projection_dim must be > 0".into());
-        }
-        Ok(())
+        self.vision_config.validate().map_err(|e| format!("vision_config: {e}"))?;
+        self.text_config.validate().map_err(|e| format!("text_config: {e}"))?;
+        in_range("projection_dim", self.projection_dim, 1, MAX_WIDTH)
     }
 
     /// Named architectures, for benchmarks and for building models from scratch.
@@ -326,43 +377,45 @@ impl ClipConfig {
         shape: impl Fn(&str) -> Option<Vec<usize>>,
         names: &[String],
     ) -> std::result::Result<Self, String> {
-        let get = |k: &str| shape(k).ok_or_else(|| format!("no '{k}' to infer the architecture from"));
+        // Dim `i` of tensor `k`: a file may hold any shapes, so none is indexed unchecked.
+        let dim = |k: &str, i: usize| {
+            let found = shape(k).ok_or_else(|| format!("no '{k}' to infer the architecture from"))?;
+            found.get(i).copied().ok_or_else(|| format!("'{k}' has shape {found:?}, no dim {i}"))
+        };
         let count_layers = |prefix: &str| {
             names
                 .iter()
                 .filter_map(|n| n.strip_prefix(prefix)?.split('.').next()?.parse::<usize>().ok())
                 .max()
-                .map_or(0, |m| m + 1)
+                .map_or(0, |m| m.saturating_add(1))
         };
-        let conv = get("visual.conv1.weight")?;
-        let positions = get("visual.positional_embedding")?[0];
-        let grid = ((positions - 1) as f64).sqrt().round() as usize;
-        let v_width = conv[0];
-        let tokens = get("token_embedding.weight")?;
-        let t_width = get("ln_final.weight")?[0];
+        let (v_width, patch) = (dim("visual.conv1.weight", 0)?, dim("visual.conv1.weight", 2)?);
+        let positions = dim("visual.positional_embedding", 0)?;
+        let grid = (positions.saturating_sub(1) as f64).sqrt().round() as usize;
+        let t_width = dim("ln_final.weight", 0)?;
         let config = ClipConfig {
             vision_config: VisionConfig {
                 hidden_size: v_width,
-                intermediate_size: get("visual.transformer.resblocks.0.mlp.c_fc.weight")?[0],
+                intermediate_size: dim("visual.transformer.resblocks.0.mlp.c_fc.weight", 0)?,
                 num_hidden_layers: count_layers("visual.transformer.resblocks."),
                 num_attention_heads: (v_width / 64).max(1),
-                image_size: conv[2] * grid,
-                patch_size: conv[2],
+                image_size: patch.saturating_mul(grid),
+                patch_size: patch,
                 ..VisionConfig::default()
             },
             text_config: TextConfig {
-                intermediate_size: get("transformer.resblocks.0.mlp.c_fc.weight")?[0],
+                intermediate_size: dim("transformer.resblocks.0.mlp.c_fc.weight", 0)?,
                 ..open_clip_text(
-                    tokens[0],
+                    dim("token_embedding.weight", 0)?,
                     t_width,
                     count_layers("transformer.resblocks."),
                     (t_width / 64).max(1),
-                    get("positional_embedding")?[0],
+                    dim("positional_embedding", 0)?,
                     Activation::QuickGelu,
                     4.0,
                 )
             },
-            projection_dim: get("text_projection")?[1],
+            projection_dim: dim("text_projection", 1)?,
             logit_scale_init_value: default_logit_scale(),
         };
         config.validate()?;
@@ -455,6 +508,64 @@ mod tests {
         let json = r#"{"text_config": {"hidden_size": 100, "num_attention_heads": 8}, "vision_config": {}}"#;
         let err = ClipConfig::from_json_str(json).unwrap_err();
         assert!(err.contains("num_attention_heads 8"), "{err}");
+    }
+
+    /// A corrupt or mistyped size is an error naming its tower and field before anything
+    /// is allocated (these ran out of memory, or overflowed, as placeholders for the load).
+    #[test]
+    fn absurd_sizes_are_named() {
+        for (tower, field, value, said) in [
+            ("vision_config", "intermediate_size", "1000000000000", "vision_config: intermediate_size"),
+            ("vision_config", "image_size", "1000000000000", "vision_config: image_size"),
+            ("vision_config", "num_channels", "0", "vision_config: num_channels"),
+            ("text_config", "num_hidden_layers", "1000000000000", "text_config: num_hidden_layers"),
+            ("text_config", "max_position_embeddings", "0", "text_config: max_position_embeddings"),
+            ("text_config", "vocab_size", "1000000000000", "text_config: vocab_size"),
+            ("text_config", "layer_norm_eps", "-1e-5", "text_config: layer_norm_eps"),
+        ] {
+            let json = format!(
+                r#"{{"{tower}": {{"{field}": {value}}}, "{}": {{}}}}"#,
+                if tower == "text_config" { "vision_config" } else { "text_config" }
+            );
+            let err = ClipConfig::from_json_str(&json).unwrap_err();
+            assert!(err.starts_with(said), "{field} = {value}: {err}");
+        }
+        let err =
+            ClipConfig::from_json_str(r#"{"projection_dim": 0, "text_config": {}, "vision_config": {}}"#);
+        assert!(err.unwrap_err().starts_with("projection_dim 0"));
+    }
+
+    /// An open_clip state dict's shapes are read, not indexed: a tensor of too few dims, or
+    /// a layer numbered 2^64 − 1, is an error, not a panic.
+    #[test]
+    fn inferring_from_hostile_shapes_is_an_error() {
+        let base = ClipConfig::preset("ViT-B/32").unwrap();
+        let shapes = |scalar: &'static str| {
+            move |k: &str| -> Option<Vec<usize>> {
+                if k == scalar {
+                    return Some(vec![]);
+                }
+                Some(match k {
+                    "visual.conv1.weight" => vec![768, 3, 32, 32],
+                    "visual.positional_embedding" => vec![50, 768],
+                    "text_projection" => vec![512, 512],
+                    "positional_embedding" => vec![77, 512],
+                    "token_embedding.weight" => vec![49408, 512],
+                    k if k.contains("c_fc") => vec![if k.starts_with("visual") { 3072 } else { 2048 }, 0],
+                    _ => vec![512],
+                })
+            }
+        };
+        let layers = |n: &str| (0..12).map(|i| format!("{n}.{i}.ln_1.weight")).collect::<Vec<_>>();
+        let names = [layers("visual.transformer.resblocks"), layers("transformer.resblocks")].concat();
+        let inferred = ClipConfig::infer_open_clip(shapes("none"), &names).unwrap();
+        assert_eq!(inferred.vision_config, base.vision_config);
+        let err = ClipConfig::infer_open_clip(shapes("text_projection"), &names).unwrap_err();
+        assert_eq!(err, "'text_projection' has shape [], no dim 1");
+        let huge =
+            [names.clone(), vec![format!("transformer.resblocks.{}.ln_1.weight", usize::MAX)]].concat();
+        let err = ClipConfig::infer_open_clip(shapes("none"), &huge).unwrap_err();
+        assert!(err.contains("num_hidden_layers 18446744073709551615 is outside"), "{err}");
     }
 
     #[test]

@@ -391,6 +391,12 @@ fn uniform<R: rand::Rng + ?Sized>(rng: &mut R, lo: f64, hi: f64) -> f64 {
     lo + (hi - lo) * rng.random::<f64>()
 }
 
+/// Pixels above which an image is refused before decoding, as PIL (the reference
+/// pipeline's decoder) refuses it with `DecompressionBombError`: twice its
+/// `MAX_IMAGE_PIXELS` of 89,478,485. A small file can declare a huge image (a 2.6 MB PNG of
+/// 30,000 × 30,000 took 8 GB to decode), and the loader decodes several at once.
+const MAX_PIXELS: u64 = 2 * 89_478_485;
+
 /// Decodes an image file to 8-bit RGB as HF's CLIP pipeline sees it: EXIF orientation
 /// applied; grey, palette and CMYK expanded to RGB; transparency composited onto white
 /// (transformers' `convert_to_rgb`); 16-bit samples reduced to their high byte. The format is
@@ -407,6 +413,12 @@ pub fn load_rgb(path: &Path) -> Result<RgbImage> {
         ));
     }
     let mut decoder = reader.into_decoder().map_err(|e| image_err(e.to_string()))?;
+    let (w, h) = decoder.dimensions();
+    if u64::from(w) * u64::from(h) > MAX_PIXELS {
+        return Err(image_err(format!(
+            "{w} × {h} pixels is more than the {MAX_PIXELS} that PIL decodes (a decompression bomb?)"
+        )));
+    }
     // Unreadable EXIF is not a reason to reject pixels that decode: no rotation then.
     let orientation = decoder.orientation().unwrap_or(image::metadata::Orientation::NoTransforms);
     let mut img = DynamicImage::from_decoder(decoder).map_err(|e| image_err(e.to_string()))?;

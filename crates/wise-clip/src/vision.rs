@@ -78,7 +78,14 @@ impl ImageEncoder {
     /// usual class-token concatenation and broadcast position add cost, on CUDA, strided
     /// kernels over all tokens forwards and backwards.
     fn embed(&self, pixels: &Tensor) -> candle_core::Result<Tensor> {
-        let (b, ch, _, _) = pixels.dims4()?;
+        let (b, ch, h, w) = pixels.dims4()?;
+        let (s, channels) = (self.config.image_size, self.config.num_channels);
+        // As transformers: any other size would be cut to the grid's top-left corner, silently.
+        if (ch, h, w) != (channels, s, s) {
+            candle_core::bail!(
+                "images of {ch} × {h} × {w} values, but the model takes {channels} × {s} × {s}"
+            );
+        }
         let (p, g, c) = (self.config.patch_size, self.config.grid_size(), self.config.hidden_size);
         let (k, t) = (ch * p * p, g * g + 1);
         // A stride-p conv drops trailing pixels that do not fill a patch; so do we.

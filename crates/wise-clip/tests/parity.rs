@@ -183,6 +183,24 @@ fn checkpoint_problems_are_all_listed() {
     }
 }
 
+/// Pixels of another size than the tower's are an error, as in transformers (a larger
+/// image was cut to its top-left corner; a smaller one failed deep inside a reshape).
+#[test]
+fn images_of_another_size_are_refused() {
+    let model = load("clip-tiny-quickgelu");
+    let exp = expected("clip-tiny-quickgelu");
+    let pixels = &exp["pixel_values"];
+    assert!(model.image_features(pixels).is_ok());
+    for (h, w) in [(64, 64), (32, 40), (24, 24)] {
+        let other = Tensor::zeros((1, 3, h, w), DType::F32, &Device::Cpu).unwrap();
+        let err = model.image_features(&other).unwrap_err().to_string();
+        assert!(
+            err.contains(&format!("images of 3 × {h} × {w} values, but the model takes 3 × 32 × 32")),
+            "{err}"
+        );
+    }
+}
+
 #[test]
 fn half_precision_checkpoint_loads_as_f32() {
     let (dir, err) = edited_checkpoint(|t| {

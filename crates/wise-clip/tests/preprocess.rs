@@ -189,6 +189,41 @@ fn corrupt_or_missing_files_are_errors_naming_them() {
     assert!(err.to_string().contains(&truncated.display().to_string()), "{err}");
 }
 
+/// A 24-bit BMP declaring `w × h` pixels, with `pixels` bytes of (black) pixel data.
+fn bmp(w: u32, h: u32, pixels: usize) -> Vec<u8> {
+    let mut out = b"BM".to_vec();
+    out.extend((54 + pixels as u32).to_le_bytes());
+    out.extend([0u8; 4]);
+    out.extend(54u32.to_le_bytes());
+    for field in [40, w, h] {
+        out.extend(field.to_le_bytes());
+    }
+    out.extend(1u16.to_le_bytes());
+    out.extend(24u16.to_le_bytes());
+    out.extend([0u8; 24]);
+    out.resize(54 + pixels, 0);
+    out
+}
+
+/// A small file that declares a huge image is refused before anything is decoded, as
+/// PIL refuses it (a 2.6 MB PNG of 30,000 × 30,000 took 8 GB to decode).
+#[test]
+fn decompression_bombs_are_refused_before_decoding() {
+    let dir = tempfile::tempdir().unwrap();
+    let small = dir.path().join("small.bmp");
+    std::fs::write(&small, bmp(4, 4, 4 * 4 * 3)).unwrap();
+    let img = load_rgb(&small).unwrap();
+    assert_eq!((img.dimensions(), img.get_pixel(3, 3).0), ((4, 4), [0, 0, 0]));
+
+    let bomb = dir.path().join("bomb.bmp");
+    std::fs::write(&bomb, bmp(20_000, 10_000, 0)).unwrap();
+    let err = load_rgb(&bomb).unwrap_err().to_string();
+    assert!(
+        err.contains("bomb.bmp") && err.contains("20000 × 10000 pixels is more than the 178956970"),
+        "{err}"
+    );
+}
+
 fn test_image(w: u32, h: u32) -> RgbImage {
     RgbImage::from_fn(w, h, |x, y| {
         image::Rgb([(x * 7 + y * 3) as u8, (x * 13) as u8 ^ (y * 5) as u8, (255 - (x + y) % 256) as u8])

@@ -52,6 +52,23 @@ pub struct Preprocessing {
     pub std: [f32; 3],
 }
 
+impl Preprocessing {
+    /// For the tower of `vision`: its image size, and a std that divides (a zero would
+    /// make every pixel infinite, and every prediction the same).
+    fn validate(&self, vision: &VisionConfig) -> std::result::Result<(), String> {
+        if self.image_size != vision.image_size {
+            return Err(format!(
+                "preprocessing is for {0}×{0} images but the tower takes {1}×{1}",
+                self.image_size, vision.image_size
+            ));
+        }
+        if !self.std.iter().all(|&x| x > 0.0 && x.is_finite()) || !self.mean.iter().all(|x| x.is_finite()) {
+            return Err(format!("mean {:?} and std {:?} must be finite, std positive", self.mean, self.std));
+        }
+        Ok(())
+    }
+}
+
 impl From<&ImagePreprocessor> for Preprocessing {
     fn from(p: &ImagePreprocessor) -> Self {
         Self { image_size: p.image_size, mean: p.mean, std: p.std }
@@ -102,13 +119,21 @@ impl ClassifierMeta {
             .filter_map(|(k, v)| Some((k.strip_prefix("wise.")?.to_string(), v.clone())))
             .filter(|(k, _)| !known.contains(&k.as_str()))
             .collect();
+        let vision_config: VisionConfig =
+            parse("wise.vision_config", get("wise.vision_config")?).map_err(bad)?;
+        vision_config.validate().map_err(|e| bad(format!("metadata 'wise.vision_config': {e}")))?;
+        let preprocessing: Preprocessing =
+            parse("wise.preprocessing", get("wise.preprocessing")?).map_err(bad)?;
+        preprocessing
+            .validate(&vision_config)
+            .map_err(|e| bad(format!("metadata 'wise.preprocessing': {e}")))?;
         Ok(Self {
             class_names: parse("wise.class_names", get("wise.class_names")?).map_err(bad)?,
             templates: parse("wise.templates", get("wise.templates")?).map_err(bad)?,
             source_model: get("wise.source_model")?.clone(),
-            vision_config: parse("wise.vision_config", get("wise.vision_config")?).map_err(bad)?,
+            vision_config,
             projection_dim: parse("wise.projection_dim", get("wise.projection_dim")?).map_err(bad)?,
-            preprocessing: parse("wise.preprocessing", get("wise.preprocessing")?).map_err(bad)?,
+            preprocessing,
             extra,
         })
     }

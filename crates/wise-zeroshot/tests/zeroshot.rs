@@ -119,3 +119,41 @@ fn head_that_does_not_fit_the_tower_is_named() {
         .to_string();
     assert!(err.contains("not a wise classifier") && err.contains("model.safetensors"), "{err}");
 }
+
+/// Metadata that would make every prediction wrong without a word — a preprocessing for
+/// another image size (the tower saw a corner of each image), a zero std (every pixel
+/// infinite), a tower config of a trillion-wide MLP — is an error naming the file and key.
+#[test]
+fn metadata_that_cannot_be_right_is_named() {
+    let c = classifier();
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.safetensors");
+    c.save(&good).unwrap();
+    let file = SafetensorsFile::open(&good).unwrap();
+    let tensors: Vec<(String, Tensor)> =
+        file.names().into_iter().map(|n| (n.clone(), file.load(&n, &Device::Cpu).unwrap())).collect();
+    let meta = file.user_metadata().unwrap().clone();
+    let pre = &meta["wise.preprocessing"];
+    let tower = &meta["wise.vision_config"];
+    for (key, value, said) in [
+        (
+            "wise.preprocessing",
+            pre.replace("\"image_size\":32", "\"image_size\":64"),
+            "for 64×64 images but the tower takes 32×32",
+        ),
+        ("wise.preprocessing", pre.replace("\"std\":[", "\"std\":[0,0,0],\"_\":["), "std positive"),
+        (
+            "wise.vision_config",
+            tower.replace("\"intermediate_size\":48", "\"intermediate_size\":1000000000000"),
+            "intermediate_size 1000000000000 is outside",
+        ),
+    ] {
+        assert_ne!(&value, &meta[key], "the edit of {key} must apply");
+        let mut edited = meta.clone();
+        edited.insert(key.to_string(), value);
+        let bad = dir.path().join("bad.safetensors");
+        save_safetensors_atomic(&bad, &tensors, Some(edited.into_iter().collect())).unwrap();
+        let err = ImageClassifier::load(&bad, &Device::Cpu).unwrap_err().to_string();
+        assert!(err.contains("bad.safetensors") && err.contains(key) && err.contains(said), "{err}");
+    }
+}
