@@ -63,7 +63,7 @@ impl<'a> ParamBuilder<'a> {
     /// The parameter `name` with `shape`. Problems are recorded, not returned: a scalar
     /// zero stands in (never used: [`Self::finish`] then fails, listing them all), so
     /// construction goes on without allocating the shape a corrupt config asks for. Past
-    /// [`MAX_PROBLEMS`] the error comes at once: nothing a config says (a trillion layers)
+    /// `MAX_PROBLEMS` (500) the error comes at once: nothing a config says (a trillion layers)
     /// makes a load run on against a checkpoint that lacks it all.
     pub fn get(&mut self, name: &str, shape: &[usize], init: Init) -> Result<Var> {
         let tensor = match &mut self.origin {

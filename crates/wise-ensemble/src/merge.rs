@@ -279,6 +279,13 @@ fn stream(
             if any_mix {
                 for (x, input) in xs.iter_mut().zip(inputs) {
                     decode(*dtype, input.bytes(name, range.clone())?, x);
+                    check_values(
+                        input,
+                        name,
+                        x,
+                        "a weight is finite: a diverged or corrupt checkpoint?",
+                        |v| v.is_finite(),
+                    )?;
                 }
                 if fisher {
                     for (f, file) in fs.iter_mut().zip(fishers) {
@@ -287,6 +294,9 @@ fn stream(
                         let r =
                             range.start / element_bytes(*dtype) * eb..range.end / element_bytes(*dtype) * eb;
                         decode(info.dtype, file.bytes(name, r.clone())?, f);
+                        check_values(file, name, f, "a Fisher value is finite and non-negative", |v| {
+                            v.is_finite() && v >= 0.0
+                        })?;
                         apply_floor(f, floor);
                         file.release(name, r);
                     }
@@ -348,6 +358,30 @@ fn copy_identical(
         }
     }
     Ok(())
+}
+
+/// That every decoded value of `file`'s tensor `name` is `fine`, or the error naming the
+/// first that is not and `why` it should be. Without it an infinity in one input made
+/// every mixed value NaN, and a NaN Fisher value was floored into a silent weight.
+fn check_values(
+    file: &Input,
+    name: &str,
+    values: &[f32],
+    why: &str,
+    fine: impl Fn(f32) -> bool,
+) -> Result<()> {
+    // A fold without early exit vectorises (a chunk is in cache, and this runs over every
+    // input byte); the search for the value to name only runs when one is wrong.
+    if values.iter().fold(true, |all, &v| all & fine(v)) {
+        return Ok(());
+    }
+    match values.iter().find(|&&v| !fine(v)) {
+        None => Ok(()),
+        Some(v) => Err(Error::File {
+            path: file.path().to_path_buf(),
+            msg: format!("tensor '{name}' holds {v}, where {why}"),
+        }),
+    }
 }
 
 fn tensor_bytes(input: &Input, name: &str) -> usize {

@@ -301,6 +301,47 @@ fn fisher_files_must_fit_the_models() {
     assert!(!out.exists());
 }
 
+/// A weight that is not finite (a diverged fine-tune) or a Fisher value that is not finite
+/// and non-negative is an error naming the file and tensor, and nothing is written: an
+/// infinite Fisher value made every mixed value NaN, and a NaN one was floored silently.
+#[test]
+fn values_that_cannot_be_mixed_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.safetensors");
+    let poisoned = |file: PathBuf, name: &str, value: f32| {
+        let mut tensors: BTreeMap<String, Tensor> = load(&file).into_iter().collect();
+        let t = &tensors["classification_head.weight"];
+        let mut values = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        values[7] = value;
+        let t = Tensor::from_vec(values, t.shape(), &Device::Cpu).unwrap();
+        tensors.insert("classification_head.weight".into(), t);
+        let path = dir.path().join(name);
+        let list: Vec<(String, Tensor)> = tensors.into_iter().collect();
+        wise_clip::weights::save_safetensors_atomic(&path, &list, None).unwrap();
+        path
+    };
+    let run = |inputs: Vec<PathBuf>, fishers: Vec<PathBuf>| {
+        let mut spec = MergeSpec::new(
+            inputs,
+            "wise-ft",
+            vec![Output { path: out.clone(), weights: vec![0.5, 0.5], metadata: BTreeMap::new() }],
+        );
+        spec.fishers = fishers;
+        merge(&spec, |_, _| {}).unwrap_err().to_string()
+    };
+    let nan_model = poisoned(theta(1), "nan_model.safetensors", f32::NAN);
+    let err = run(vec![theta(0), nan_model], vec![]);
+    assert!(err.contains("nan_model.safetensors: tensor 'classification_head.weight' holds NaN"), "{err}");
+    for (name, value, said) in [("inf_fisher", f32::INFINITY, "inf"), ("negative_fisher", -0.5, "-0.5")] {
+        let bad = poisoned(fisher(1), &format!("{name}.safetensors"), value);
+        let err = run(vec![theta(0), theta(1)], vec![fisher(0), bad]);
+        let want =
+            format!("{name}.safetensors: tensor 'classification_head.weight' holds {said}, where a Fisher");
+        assert!(err.contains(&want), "{err}");
+    }
+    assert!(!out.exists());
+}
+
 #[test]
 fn weights_and_outputs_are_checked_before_reading() {
     let dir = tempfile::tempdir().unwrap();
