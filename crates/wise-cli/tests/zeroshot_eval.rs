@@ -197,3 +197,54 @@ fn eval_sweeps_alpha_in_memory_between_two_classifiers() {
     }
     fails_with(&wise(&["eval", "--zeroshot", s(&a), "--data", &spec]), &["--finetuned"]);
 }
+
+/// A classifier with a NaN weight scored 100 % (no logit ranks above a NaN): `wise eval`
+/// now fails saying so, alone and as one end of an α sweep (naming the α), and so does
+/// `wise fisher`.
+#[test]
+fn a_broken_classifier_is_an_error_not_a_score() {
+    use candle_core::Device;
+    use wise_clip::weights::{save_safetensors_atomic, SafetensorsFile};
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    for (class, image) in [("cat", "rgb.jpg"), ("dog", "wide.png")] {
+        std::fs::create_dir_all(data.join(class)).unwrap();
+        std::fs::copy(fixture(&format!("images/{image}")), data.join(class).join(image)).unwrap();
+    }
+    let (good, broken) = (tmp.path().join("good.safetensors"), tmp.path().join("broken.safetensors"));
+    let model = fixture("clip-tiny-quickgelu");
+    ok(&wise(&[
+        "zeroshot",
+        "--model",
+        s(&model),
+        "--classes",
+        s(&data),
+        "--templates",
+        "simple",
+        "--out",
+        s(&good),
+    ]));
+    let file = SafetensorsFile::open(&good).unwrap();
+    let mut tensors: Vec<_> =
+        file.names().into_iter().map(|n| (n.clone(), file.load(&n, &Device::Cpu).unwrap())).collect();
+    for (name, t) in tensors.iter_mut() {
+        if name == "vision_model.post_layernorm.weight" {
+            *t = (t.ones_like().unwrap() * f64::NAN).unwrap();
+        }
+    }
+    let meta = file.user_metadata().cloned();
+    save_safetensors_atomic(&broken, &tensors, meta).unwrap();
+    let spec = format!("test={}", s(&data));
+    ok(&wise(&["eval", "--model", s(&good), "--data", &spec]));
+    fails_with(&wise(&["eval", "--model", s(&broken), "--data", &spec]), &["a logit of NaN"]);
+    let sweep =
+        ["eval", "--zeroshot", s(&good), "--finetuned", s(&broken), "--alphas", "0,0.5", "--data", &spec];
+    fails_with(&wise(&sweep), &["α = 0.5, on 'test'", "a logit of NaN"]);
+    // Nor is its Fisher written, NaN throughout.
+    let fisher = tmp.path().join("fisher.safetensors");
+    fails_with(
+        &wise(&["fisher", "--model", s(&broken), "--data", s(&data), "--out", s(&fisher)]),
+        &["a logit of NaN"],
+    );
+    assert!(!fisher.exists());
+}

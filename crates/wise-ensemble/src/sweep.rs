@@ -11,7 +11,7 @@ use wise_zeroshot::ImageClassifier;
 
 use crate::alphas::wise_ft_weights;
 use crate::memory::interpolate_in_memory;
-use crate::Result;
+use crate::{Error, Result};
 
 /// One α of a sweep and its evaluation on each dataset.
 #[derive(Debug, Clone)]
@@ -38,8 +38,11 @@ pub fn sweep(
         let model = interpolate_in_memory(&[zeroshot, finetuned], weights)?;
         let evaluations = datasets
             .iter()
-            .map(|(name, dataset)| evaluate(&model, name, dataset, options, |_| {}))
-            .collect::<wise_eval::Result<Vec<_>>>()?;
+            .map(|(name, dataset)| {
+                evaluate(&model, name, dataset, options, |_| {})
+                    .map_err(|e| Error::Invalid(format!("α = {alpha}, on '{name}': {e}")))
+            })
+            .collect::<Result<Vec<_>>>()?;
         let point = SweepPoint { alpha, evaluations };
         on_point(&point)?;
         points.push(point);

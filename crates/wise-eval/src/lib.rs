@@ -105,8 +105,12 @@ pub fn evaluate_many(
     wise_clip::frozen_weights(|| -> Result<()> {
         for batch in batches.by_ref() {
             let batch = batch?;
-            for (classifier, m) in classifiers.iter().zip(metrics.iter_mut()) {
-                m.update(&wise_clip::inference_mode(|| classifier.logits(&batch.pixels))?, &batch.labels)?;
+            for (i, (classifier, m)) in classifiers.iter().zip(metrics.iter_mut()).enumerate() {
+                let logits = wise_clip::inference_mode(|| classifier.logits(&batch.pixels))?;
+                m.update(&logits, &batch.labels).map_err(|e| match classifiers.len() {
+                    1 => e,
+                    n => Error::Invalid(format!("model {} of {n}: {e}", i + 1)),
+                })?;
             }
             done += batch.len();
             progress(done);

@@ -2,7 +2,7 @@
 
 use candle_core::Tensor;
 
-use crate::Result;
+use crate::{Error, Result};
 
 /// Which classifier output each dataset class is, matched by readable class name.
 #[derive(Debug, Clone)]
@@ -78,8 +78,15 @@ impl Metrics {
     }
 
     /// `logits`: `[B, C]` over the classifier's classes; `labels`: dataset class indices.
+    /// A logit that is NaN or infinite is an error: no score ranks above a NaN, so a
+    /// broken model (a NaN weight, a zero std in its preprocessing) scored 100 %.
     pub fn update(&mut self, logits: &Tensor, labels: &[u32]) -> Result<()> {
         let rows = logits.to_vec2::<f32>()?;
+        if let Some(bad) = rows.iter().flatten().find(|v| !v.is_finite()) {
+            return Err(Error::Invalid(format!(
+                "the classifier gives a logit of {bad}: its weights or its preprocessing are broken"
+            )));
+        }
         for (row, &label) in rows.iter().zip(labels) {
             let target = self.map.to_classifier[label as usize];
             // Rank of the target among the classes this dataset has: how many score higher
@@ -153,6 +160,21 @@ mod tests {
         assert_eq!((m.n, m.top1_correct, m.top5_correct), (3, 1, 2));
         assert_eq!(m.per_class_accuracy()[0], ("a".to_string(), 1.0, 1));
         assert_eq!(m.per_class_accuracy()[1], ("b".to_string(), 0.0, 1));
+    }
+
+    /// A NaN logit outranks nothing, so it ranked every target first: 100 % for a broken
+    /// model. It is an error now, and the batch counts for nothing.
+    #[test]
+    fn non_finite_logits_are_an_error_not_a_score() {
+        let classes = names(&["a", "b"]);
+        let map = ClassMap::new(&classes, &classes).unwrap();
+        for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+            let mut m = Metrics::new(&map);
+            let logits = Tensor::new(&[[1.0f32, 2.0], [bad, 0.0]], &Device::Cpu).unwrap();
+            let err = m.update(&logits, &[0, 1]).unwrap_err().to_string();
+            assert!(err.contains(&format!("a logit of {bad}")), "{err}");
+            assert_eq!((m.n, m.top1_correct), (0, 0));
+        }
     }
 
     #[test]
