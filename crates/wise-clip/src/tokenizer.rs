@@ -10,7 +10,8 @@
 //!   `<|endoftext|>` as special tokens.
 //!
 //! A model directory that ships a `tokenizer.json` (every HF CLIP checkpoint does) is loaded as
-//! is; otherwise [`ClipTokenizer::openai`] assembles the very same pipeline around the OpenAI
+//! is; one with the slow tokenizer's `vocab.json` and `merges.txt` only gets the same pipeline
+//! around them; otherwise [`ClipTokenizer::openai`] assembles it around the OpenAI
 //! BPE vocabulary embedded in this crate (`assets/bpe_simple_vocab_16e6.txt.gz`, the file
 //! OpenAI's CLIP and open_clip ship), with the vocabulary laid out as theirs: the 256 byte
 //! symbols, the same with `</w>`, one token per merge, then the two special tokens (49,408 ids).
@@ -91,12 +92,16 @@ struct SpecialTokens {
 }
 
 impl ClipTokenizer {
-    /// `tokenizer.json` in `dir` when there is one, else the OpenAI BPE vocabulary shipped in
-    /// this crate.
+    /// `tokenizer.json` in `dir` when there is one; else its `vocab.json` and `merges.txt`
+    /// (what transformers' slow `CLIPTokenizer` saves); else the OpenAI BPE vocabulary
+    /// shipped in this crate.
     pub fn for_model_dir(dir: &Path, context_length: usize) -> Result<Self> {
         let path = dir.join("tokenizer.json");
+        let (vocab, merges) = (dir.join("vocab.json"), dir.join("merges.txt"));
         if path.is_file() {
             Self::from_tokenizer_json(&path, context_length)
+        } else if vocab.is_file() && merges.is_file() {
+            Self::from_vocab_and_merges_files(&vocab, &merges, context_length)
         } else {
             Self::openai(context_length)
         }
@@ -119,15 +124,34 @@ impl ClipTokenizer {
             .with_truncation(None)
             .map_err(|e| Error::Tokenizer { source_name: source_name.clone(), msg: e.to_string() })?;
 
-        let mut special = SpecialTokens::default();
-        if let Some(dir) = path.parent() {
-            for name in ["tokenizer_config.json", "special_tokens_map.json"] {
-                let cfg = dir.join(name);
-                if cfg.is_file() {
-                    read_special_tokens(&cfg, &mut special)?;
-                }
-            }
-        }
+        let special = special_tokens_beside(path)?;
+        Self::assemble(tokenizer, context_length, special, source_name)
+    }
+
+    /// A `vocab.json` (token → id) and `merges.txt` (a `#version` line, then one merge `a b`
+    /// a line), as transformers' slow `CLIPTokenizer` reads and saves them, in the pipeline
+    /// an HF CLIP `tokenizer.json` describes; special tokens as [`from_tokenizer_json`](Self::from_tokenizer_json).
+    pub fn from_vocab_and_merges_files(
+        vocab_path: &Path,
+        merges_path: &Path,
+        context_length: usize,
+    ) -> Result<Self> {
+        let source_name = format!("{} and {}", vocab_path.display(), merges_path.display());
+        let err =
+            |path: &Path, msg: String| Error::Tokenizer { source_name: path.display().to_string(), msg };
+        let bytes = std::fs::read(vocab_path).map_err(|e| Error::io(vocab_path, e))?;
+        let vocab: Vocab = serde_json::from_slice(&bytes)
+            .map_err(|e| err(vocab_path, format!("not a token → id map: {e}")))?;
+        let text = std::fs::read_to_string(merges_path).map_err(|e| Error::io(merges_path, e))?;
+        let merges = text
+            .lines()
+            .filter(|line| !line.starts_with("#version") && !line.trim().is_empty())
+            // As many as the slow tokenizer reads (`[1 : 49152 - 256 - 2 + 1]`).
+            .take(OPENAI_MERGES)
+            .map(|line| parse_merge(line).map_err(|msg| err(merges_path, msg)))
+            .collect::<Result<Vec<_>>>()?;
+        let special = special_tokens_beside(vocab_path)?;
+        let tokenizer = clip_pipeline(vocab, merges, &special).map_err(|msg| err(vocab_path, msg))?;
         Self::assemble(tokenizer, context_length, special, source_name)
     }
 
@@ -144,15 +168,7 @@ impl ClipTokenizer {
             .split('\n')
             .skip(1)
             .take(OPENAI_MERGES)
-            .map(|line| {
-                let mut parts = line.split(' ');
-                match (parts.next(), parts.next(), parts.next()) {
-                    (Some(a), Some(b), None) if !a.is_empty() && !b.is_empty() => {
-                        Ok((a.to_string(), b.to_string()))
-                    }
-                    _ => Err(err(format!("malformed merge line {line:?}"))),
-                }
-            })
+            .map(|line| parse_merge(line).map_err(err))
             .collect::<Result<_>>()?;
         if merges.len() != OPENAI_MERGES {
             return Err(err(format!("expected {OPENAI_MERGES} merges, found {}", merges.len())));
@@ -170,46 +186,9 @@ impl ClipTokenizer {
         if vocab.len() != OPENAI_VOCAB_SIZE {
             return Err(err(format!("built {} distinct tokens, expected {OPENAI_VOCAB_SIZE}", vocab.len())));
         }
-
-        let bpe = BPE::builder()
-            .vocab_and_merges(vocab, merges)
-            .unk_token(EOS_TOKEN.to_string())
-            .continuing_subword_prefix(String::new())
-            .end_of_word_suffix(WORD_SUFFIX.to_string())
-            .fuse_unk(false)
-            .build()
-            .map_err(|e| err(format!("cannot build the BPE model: {e}")))?;
-
-        let normalizer = Sequence::new(vec![
-            NFC.into(),
-            Replace::new(ReplacePattern::Regex(r"\s+".to_string()), " ")
-                .map_err(|e| err(e.to_string()))?
-                .into(),
-            Lowercase.into(),
-        ]);
-        let pre_tokenizer = PreSequence::new(vec![
-            Split::new(
-                SplitPattern::Regex(CLIP_SPLIT_REGEX.to_string()),
-                SplitDelimiterBehavior::Removed,
-                true,
-            )
-            .map_err(|e| err(e.to_string()))?
-            .into(),
-            ByteLevel::new(false, true, false).into(),
-        ]);
-
-        let mut tokenizer = Tokenizer::new(bpe);
-        tokenizer.with_normalizer(Some(normalizer));
-        tokenizer.with_pre_tokenizer(Some(pre_tokenizer));
-        tokenizer.with_decoder(Some(ByteLevelDecoder::default()));
-        // After the normalizer is set: `normalized` special tokens are matched in normalized text,
-        // as HF's CLIP tokenizer.json declares them.
-        tokenizer.add_special_tokens(&[
-            AddedToken::from(BOS_TOKEN, true).normalized(true),
-            AddedToken::from(EOS_TOKEN, true).normalized(true),
-        ]);
-
-        Self::assemble(tokenizer, context_length, SpecialTokens::default(), OPENAI_SOURCE.to_string())
+        let special = SpecialTokens::default();
+        let tokenizer = clip_pipeline(vocab, merges, &special).map_err(err)?;
+        Self::assemble(tokenizer, context_length, special, OPENAI_SOURCE.to_string())
     }
 
     fn assemble(
@@ -349,6 +328,72 @@ fn read_special_tokens(path: &Path, special: &mut SpecialTokens) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The special tokens that `tokenizer_config.json` and then `special_tokens_map.json` in
+/// the folder of `path` name (the latter wins, as in transformers).
+fn special_tokens_beside(path: &Path) -> Result<SpecialTokens> {
+    let mut special = SpecialTokens::default();
+    if let Some(dir) = path.parent() {
+        for name in ["tokenizer_config.json", "special_tokens_map.json"] {
+            let cfg = dir.join(name);
+            if cfg.is_file() {
+                read_special_tokens(&cfg, &mut special)?;
+            }
+        }
+    }
+    Ok(special)
+}
+
+/// One merge line, `a b`.
+fn parse_merge(line: &str) -> std::result::Result<(String, String), String> {
+    let mut parts = line.split(' ');
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some(a), Some(b), None) if !a.is_empty() && !b.is_empty() => Ok((a.to_string(), b.to_string())),
+        _ => Err(format!("malformed merge line {line:?}")),
+    }
+}
+
+/// CLIP's tokenization pipeline around a BPE `vocab` and its `merges` (the module doc):
+/// word-final symbols carry `</w>`, the end-of-text token stands for unknown symbols, and
+/// the start- and end-of-text tokens are special.
+fn clip_pipeline(
+    vocab: Vocab,
+    merges: Vec<(String, String)>,
+    special: &SpecialTokens,
+) -> std::result::Result<Tokenizer, String> {
+    let bos = special.bos.clone().unwrap_or_else(|| BOS_TOKEN.to_string());
+    let eos = special.eos.clone().unwrap_or_else(|| EOS_TOKEN.to_string());
+    let bpe = BPE::builder()
+        .vocab_and_merges(vocab, merges)
+        .unk_token(eos.clone())
+        .continuing_subword_prefix(String::new())
+        .end_of_word_suffix(WORD_SUFFIX.to_string())
+        .fuse_unk(false)
+        .build()
+        .map_err(|e| format!("cannot build the BPE model: {e}"))?;
+    let normalizer = Sequence::new(vec![
+        NFC.into(),
+        Replace::new(ReplacePattern::Regex(r"\s+".to_string()), " ").map_err(|e| e.to_string())?.into(),
+        Lowercase.into(),
+    ]);
+    let pre_tokenizer = PreSequence::new(vec![
+        Split::new(SplitPattern::Regex(CLIP_SPLIT_REGEX.to_string()), SplitDelimiterBehavior::Removed, true)
+            .map_err(|e| e.to_string())?
+            .into(),
+        ByteLevel::new(false, true, false).into(),
+    ]);
+    let mut tokenizer = Tokenizer::new(bpe);
+    tokenizer.with_normalizer(Some(normalizer));
+    tokenizer.with_pre_tokenizer(Some(pre_tokenizer));
+    tokenizer.with_decoder(Some(ByteLevelDecoder::default()));
+    // After the normalizer is set: `normalized` special tokens are matched in normalized text,
+    // as HF's CLIP tokenizer.json declares them.
+    tokenizer.add_special_tokens(&[
+        AddedToken::from(bos, true).normalized(true),
+        AddedToken::from(eos, true).normalized(true),
+    ]);
+    Ok(tokenizer)
 }
 
 /// GPT-2's reversible byte → printable-character map, in its canonical order: the printable

@@ -49,10 +49,10 @@ fn openai_vocab_matches_hf_clip_tokenizer_fast() {
     }
 }
 
-#[test]
-fn tokenizer_json_in_model_dir_matches_hf() {
-    let dir = fixture("clip-tiny-quickgelu");
-    let expected = dir.join("expected.safetensors");
+/// The fixture model's texts through the tokenizer of `dir` against the ids HF's
+/// `CLIPTokenizerFast` gave (`expected.safetensors`); returns the tokenizer's source name.
+fn check_fixture_ids(dir: &std::path::Path) -> String {
+    let expected = fixture("clip-tiny-quickgelu/expected.safetensors");
     let tensors = candle_core::safetensors::load(&expected, &Device::Cpu).expect("expected.safetensors");
     let ids = tensors.get("input_ids").expect("input_ids in expected.safetensors");
     let (n, context_length) = ids.dims2().unwrap();
@@ -62,13 +62,39 @@ fn tokenizer_json_in_model_dir_matches_hf() {
         std::fs::read_to_string(fixture("texts.txt")).unwrap().lines().map(str::to_string).collect();
     assert_eq!(texts.len(), n);
 
-    let tok = ClipTokenizer::for_model_dir(&dir, context_length).unwrap();
-    assert!(tok.source_name().ends_with("tokenizer.json"), "{}", tok.source_name());
+    let tok = ClipTokenizer::for_model_dir(dir, context_length).unwrap();
+    assert_eq!(tok.vocab_size(), 1014);
     let got = tok.encode_batch(&texts).unwrap();
     for ((text, got), want) in texts.iter().zip(&got).zip(&want) {
         let want: Vec<u32> = want.iter().map(|&v| v as u32).collect();
         assert_eq!(got, &want, "{text:?}");
     }
+    tok.source_name().to_string()
+}
+
+#[test]
+fn tokenizer_json_in_model_dir_matches_hf() {
+    let source = check_fixture_ids(&fixture("clip-tiny-quickgelu"));
+    assert!(source.ends_with("tokenizer.json"), "{source}");
+}
+
+/// A folder saved by transformers' slow `CLIPTokenizer` has `vocab.json` and `merges.txt`
+/// but no `tokenizer.json`: its own vocabulary, not OpenAI's, gives HF's ids.
+#[test]
+fn vocab_and_merges_in_model_dir_match_hf() {
+    let dir = tempfile::tempdir().unwrap();
+    for name in ["vocab.json", "merges.txt", "tokenizer_config.json"] {
+        std::fs::copy(fixture("clip-tiny-quickgelu").join(name), dir.path().join(name)).unwrap();
+    }
+    let source = check_fixture_ids(dir.path());
+    assert!(source.contains("vocab.json and") && source.ends_with("merges.txt"), "{source}");
+
+    std::fs::write(dir.path().join("merges.txt"), "#version: 0.2\ni n\nthree parts here\n").unwrap();
+    let err = ClipTokenizer::for_model_dir(dir.path(), 77).unwrap_err().to_string();
+    assert!(err.contains("merges.txt") && err.contains("malformed merge line \"three parts here\""), "{err}");
+    std::fs::write(dir.path().join("vocab.json"), "[1, 2]").unwrap();
+    let err = ClipTokenizer::for_model_dir(dir.path(), 77).unwrap_err().to_string();
+    assert!(err.contains("vocab.json") && err.contains("not a token → id map"), "{err}");
 }
 
 #[test]
