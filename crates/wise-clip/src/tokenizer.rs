@@ -151,7 +151,8 @@ impl ClipTokenizer {
             .map(|line| parse_merge(line).map_err(|msg| err(merges_path, msg)))
             .collect::<Result<Vec<_>>>()?;
         let special = special_tokens_beside(vocab_path)?;
-        let tokenizer = clip_pipeline(vocab, merges, &special).map_err(|msg| err(vocab_path, msg))?;
+        let tokenizer = clip_pipeline(vocab, merges, &special)
+            .map_err(|msg| Error::Tokenizer { source_name: source_name.clone(), msg })?;
         Self::assemble(tokenizer, context_length, special, source_name)
     }
 

@@ -92,6 +92,10 @@ fn vocab_and_merges_in_model_dir_match_hf() {
     std::fs::write(dir.path().join("merges.txt"), "#version: 0.2\ni n\nthree parts here\n").unwrap();
     let err = ClipTokenizer::for_model_dir(dir.path(), 77).unwrap_err().to_string();
     assert!(err.contains("merges.txt") && err.contains("malformed merge line \"three parts here\""), "{err}");
+    // A merge whose parts are not in the vocabulary: both files named.
+    std::fs::write(dir.path().join("merges.txt"), "#version: 0.2\nqq ww\n").unwrap();
+    let err = ClipTokenizer::for_model_dir(dir.path(), 77).unwrap_err().to_string();
+    assert!(err.contains("vocab.json and") && err.contains("merges.txt") && err.contains("`qq`"), "{err}");
     std::fs::write(dir.path().join("vocab.json"), "[1, 2]").unwrap();
     let err = ClipTokenizer::for_model_dir(dir.path(), 77).unwrap_err().to_string();
     assert!(err.contains("vocab.json") && err.contains("not a token → id map"), "{err}");
