@@ -2,6 +2,7 @@
 //! (`tests/fixtures/zeroshot/expected.safetensors`), and the classifier checkpoint.
 
 use std::collections::HashMap;
+use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 use wise_clip::weights::{save_safetensors_atomic, SafetensorsFile};
@@ -89,16 +90,20 @@ fn checkpoint_round_trips_without_the_text_tower() {
     }
 }
 
+/// The fixture classifier saved in `dir` and read back: its tensors and its metadata.
+fn saved_classifier(dir: &Path) -> (Vec<(String, Tensor)>, HashMap<String, String>) {
+    let good = dir.join("good.safetensors");
+    classifier().save(&good).unwrap();
+    let file = SafetensorsFile::open(&good).unwrap();
+    let tensors =
+        file.names().into_iter().map(|n| (n.clone(), file.load(&n, &Device::Cpu).unwrap())).collect();
+    (tensors, file.user_metadata().unwrap().clone())
+}
+
 #[test]
 fn head_that_does_not_fit_the_tower_is_named() {
-    let c = classifier();
     let dir = tempfile::tempdir().unwrap();
-    let good = dir.path().join("good.safetensors");
-    c.save(&good).unwrap();
-    let file = SafetensorsFile::open(&good).unwrap();
-    let meta = file.user_metadata().unwrap().clone();
-    let mut tensors: Vec<(String, Tensor)> =
-        file.names().into_iter().map(|n| (n.clone(), file.load(&n, &Device::Cpu).unwrap())).collect();
+    let (mut tensors, meta) = saved_classifier(dir.path());
     for (n, t) in tensors.iter_mut() {
         if n == "classification_head.weight" {
             *t = Tensor::zeros((10, 7), DType::F32, &Device::Cpu).unwrap();
@@ -125,14 +130,8 @@ fn head_that_does_not_fit_the_tower_is_named() {
 /// infinite), a tower config of a trillion-wide MLP — is an error naming the file and key.
 #[test]
 fn metadata_that_cannot_be_right_is_named() {
-    let c = classifier();
     let dir = tempfile::tempdir().unwrap();
-    let good = dir.path().join("good.safetensors");
-    c.save(&good).unwrap();
-    let file = SafetensorsFile::open(&good).unwrap();
-    let tensors: Vec<(String, Tensor)> =
-        file.names().into_iter().map(|n| (n.clone(), file.load(&n, &Device::Cpu).unwrap())).collect();
-    let meta = file.user_metadata().unwrap().clone();
+    let (tensors, meta) = saved_classifier(dir.path());
     let pre = &meta["wise.preprocessing"];
     let tower = &meta["wise.vision_config"];
     for (key, value, said) in [
