@@ -248,3 +248,44 @@ fn a_broken_classifier_is_an_error_not_a_score() {
     );
     assert!(!fisher.exists());
 }
+
+/// `wise info` on a classifier checkpoint (no config.json beside it: it is self-contained)
+/// describes it from its metadata: classes, source, tower, head, and what made it.
+#[test]
+fn info_describes_a_classifier_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (model, classes) = (fixture("clip-tiny-quickgelu"), fixture("zeroshot/classnames.txt"));
+    let (zs, mix) = (tmp.path().join("zs.safetensors"), tmp.path().join("mix.safetensors"));
+    ok(&wise(&[
+        "zeroshot",
+        "--model",
+        s(&model),
+        "--classes",
+        s(&classes),
+        "--templates",
+        "simple",
+        "--out",
+        s(&zs),
+    ]));
+    ok(&wise(&[
+        "ensemble",
+        "--zeroshot",
+        s(&zs),
+        "--finetuned",
+        s(&zs),
+        "--alpha",
+        "0.25",
+        "--out",
+        s(&mix),
+    ]));
+    let out = ok(&wise(&["info", "--model", s(&mix)]));
+    for needle in [
+        "(wise classifier)",
+        "classes     10: zero, one, two, three, four, five, six, seven, eight, nine",
+        "vision      ViT 32x32 px, patch 8, width 24, 2 layers, 3 heads, mlp 48",
+        "head        [10, 12]",
+        "alpha       0.25",
+    ] {
+        assert!(out.contains(needle), "'{needle}' not in:\n{out}");
+    }
+}

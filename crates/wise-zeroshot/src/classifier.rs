@@ -193,6 +193,15 @@ impl ImageClassifier {
         Self::from_weights(meta, &source, model.device())
     }
 
+    /// Whether `path` is a classifier checkpoint (its metadata says so), without loading it;
+    /// false for anything else, readable or not.
+    pub fn is_checkpoint(path: &Path) -> bool {
+        path.is_file()
+            && Checkpoint::open(path).is_ok_and(|c| {
+                c.user_metadata().and_then(|m| m.get("wise.kind")).map(String::as_str) == Some(KIND)
+            })
+    }
+
     /// Reads a checkpoint written by [`Self::save`]. A head whose width does not match the
     /// tower, or a class count that differs from the metadata, is an error naming the key.
     pub fn load(path: &Path, device: &Device) -> Result<Self> {
