@@ -1,6 +1,6 @@
 //! `wise embed`: CLIP features of images and texts (HF `get_image_features` /
 //! `get_text_features`), for inspection, retrieval, or checking a model against another
-//! implementation.
+//! implementation; from a classifier checkpoint, its tower's image features and its logits.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -9,12 +9,16 @@ use anyhow::Context;
 use candle_core::{DType, Tensor};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
+use wise_clip::preprocess::ImagePreprocessor;
 use wise_clip::weights::save_safetensors_atomic;
 use wise_clip::{ClipModel, ModelSource};
+use wise_data::IMAGE_EXTENSIONS;
+use wise_zeroshot::ImageClassifier;
 
 #[derive(Args)]
 pub struct EmbedArgs {
-    /// HF model directory, open_clip .safetensors file, or hub id.
+    /// HF model directory, open_clip .safetensors file, hub id, or classifier checkpoint
+    /// (images only: its tower's features, and its logits).
     #[arg(long)]
     model: String,
     /// Image files or folders (folders are searched recursively, in sorted order).
@@ -36,7 +40,31 @@ pub struct EmbedArgs {
     device: String,
 }
 
-const IMAGE_EXTENSIONS: [&str; 7] = ["jpg", "jpeg", "png", "bmp", "webp", "tiff", "tif"];
+/// What embeds: a CLIP (both towers), or a classifier (its tower and head).
+enum Embedder {
+    Clip(Box<ClipModel>, ModelSource),
+    Classifier(Box<ImageClassifier>),
+}
+
+impl Embedder {
+    fn preprocessor(&self) -> anyhow::Result<ImagePreprocessor> {
+        Ok(match self {
+            Embedder::Clip(_, source) => source.preprocessor()?,
+            Embedder::Classifier(c) => c.preprocessor(),
+        })
+    }
+
+    /// Image features, and a classifier's logits.
+    fn images(&self, pixels: &Tensor) -> anyhow::Result<(Tensor, Option<Tensor>)> {
+        Ok(match self {
+            Embedder::Clip(model, _) => (model.image_features(pixels)?, None),
+            Embedder::Classifier(c) => {
+                let (features, logits) = c.features_and_logits(pixels)?;
+                (features, Some(logits))
+            }
+        })
+    }
+}
 
 pub fn run(args: EmbedArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.batch_size > 0, "--batch-size must be at least 1");
@@ -45,21 +73,39 @@ pub fn run(args: EmbedArgs) -> anyhow::Result<()> {
         "nothing to embed: give --images and/or --texts"
     );
     let device = wise_clip::parse_device(&args.device)?;
-    let source =
-        ModelSource::resolve(&args.model).with_context(|| format!("loading model '{}'", args.model))?;
-    let model = ClipModel::load(&source, &device)?.with_compute_dtype(wise_clip::compute_dtype(&device));
+    let dtype = wise_clip::compute_dtype(&device);
+    let mut meta = HashMap::new();
+    let embedder = if ImageClassifier::is_checkpoint(Path::new(&args.model)) {
+        anyhow::ensure!(
+            args.texts.is_none(),
+            "{}: a classifier has no text tower; --texts needs a CLIP",
+            args.model
+        );
+        let classifier = ImageClassifier::load(Path::new(&args.model), &device)?.with_compute_dtype(dtype);
+        meta.insert("model".to_string(), args.model.clone());
+        meta.insert("class_names".to_string(), serde_json::to_string(&classifier.meta.class_names)?);
+        Embedder::Classifier(Box::new(classifier))
+    } else {
+        let source =
+            ModelSource::resolve(&args.model).with_context(|| format!("loading model '{}'", args.model))?;
+        let model = ClipModel::load(&source, &device)?.with_compute_dtype(dtype);
+        meta.insert("model".to_string(), source.spec.clone());
+        Embedder::Clip(Box::new(model), source)
+    };
 
     let mut tensors: Vec<(String, Tensor)> = Vec::new();
     let images = expand_images(&args.images)?;
     if !images.is_empty() {
-        let preprocessor = source.preprocessor()?;
+        let preprocessor = embedder.preprocessor()?;
         let bar = progress(images.len(), "images");
-        let (mut embeds, mut pixels) = (Vec::new(), Vec::new());
+        let (mut embeds, mut logits, mut pixels) = (Vec::new(), Vec::new(), Vec::new());
         // Each weight packed once for all the images (bf16 products).
         wise_clip::frozen_weights(|| -> anyhow::Result<()> {
             for chunk in images.chunks(args.batch_size) {
                 let batch = preprocessor.eval_files(chunk, &device)?;
-                embeds.push(wise_clip::inference_mode(|| model.image_features(&batch))?);
+                let (features, batch_logits) = wise_clip::inference_mode(|| embedder.images(&batch))?;
+                embeds.push(features);
+                logits.extend(batch_logits);
                 if args.save_pixels {
                     pixels.push(batch.to_device(&candle_core::Device::Cpu)?);
                 }
@@ -69,12 +115,15 @@ pub fn run(args: EmbedArgs) -> anyhow::Result<()> {
         })?;
         bar.finish_and_clear();
         tensors.push(("image_embeds".into(), Tensor::cat(&embeds, 0)?));
+        if !logits.is_empty() {
+            tensors.push(("logits".into(), Tensor::cat(&logits, 0)?));
+        }
         if args.save_pixels {
             tensors.push(("pixel_values".into(), Tensor::cat(&pixels, 0)?));
         }
     }
     let mut texts = Vec::new();
-    if let Some(path) = &args.texts {
+    if let (Some(path), Embedder::Clip(model, source)) = (&args.texts, &embedder) {
         let content = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         texts = content.lines().map(str::to_string).collect();
         anyhow::ensure!(!texts.is_empty(), "{}: no texts (one per line)", path.display());
@@ -94,14 +143,14 @@ pub fn run(args: EmbedArgs) -> anyhow::Result<()> {
         tensors.push(("text_embeds".into(), Tensor::cat(&embeds, 0)?));
         tensors.push(("input_ids".into(), model.ids_tensor(&ids)?.to_dtype(DType::I64)?));
     }
-    tensors.push(("logit_scale".into(), model.logit_scale.as_tensor().clone()));
+    if let Embedder::Clip(model, _) = &embedder {
+        tensors.push(("logit_scale".into(), model.logit_scale.as_tensor().clone()));
+    }
     let tensors = tensors
         .into_iter()
         .map(|(n, t)| Ok((n, t.to_device(&candle_core::Device::Cpu)?)))
         .collect::<anyhow::Result<Vec<_>>>()?;
 
-    let mut meta = HashMap::new();
-    meta.insert("model".to_string(), source.spec.clone());
     let names: Vec<String> = images.iter().map(|p| p.display().to_string()).collect();
     meta.insert("images".to_string(), serde_json::to_string(&names)?);
     meta.insert("texts".to_string(), serde_json::to_string(&texts)?);

@@ -289,3 +289,48 @@ fn info_describes_a_classifier_checkpoint() {
         assert!(out.contains(needle), "'{needle}' not in:\n{out}");
     }
 }
+
+/// `wise embed` on a classifier checkpoint: its tower's image features (a zero-shot
+/// classifier's are its CLIP's) and its logits, the head on the normalised features.
+#[test]
+fn embed_reads_a_classifier_checkpoint() {
+    use candle_core::{Device, D};
+    let tmp = tempfile::tempdir().unwrap();
+    let (model, classes) = (fixture("clip-tiny-quickgelu"), fixture("zeroshot/classnames.txt"));
+    let zs = tmp.path().join("zs.safetensors");
+    ok(&wise(&[
+        "zeroshot",
+        "--model",
+        s(&model),
+        "--classes",
+        s(&classes),
+        "--templates",
+        "simple",
+        "--out",
+        s(&zs),
+    ]));
+    let images = fixture("images");
+    let (from_clip, from_classifier) =
+        (tmp.path().join("clip.safetensors"), tmp.path().join("clf.safetensors"));
+    ok(&wise(&["embed", "--model", s(&model), "--images", s(&images), "--out", s(&from_clip)]));
+    ok(&wise(&["embed", "--model", s(&zs), "--images", s(&images), "--out", s(&from_classifier)]));
+    let load = |p: &std::path::Path| candle_core::safetensors::load(p, &Device::Cpu).unwrap();
+    let (clip, ours, head) = (load(&from_clip), load(&from_classifier), load(&zs));
+    let features = &ours["image_embeds"];
+    let diff = |a: &candle_core::Tensor, b: &candle_core::Tensor| {
+        (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap()
+    };
+    assert!(diff(features, &clip["image_embeds"]) < 1e-6);
+    let normalised = features
+        .broadcast_div(&features.sqr().unwrap().sum_keepdim(D::Minus1).unwrap().sqrt().unwrap())
+        .unwrap();
+    let want = normalised.matmul(&head["classification_head.weight"].t().unwrap()).unwrap();
+    let want = want.broadcast_add(&head["classification_head.bias"]).unwrap();
+    assert_eq!(ours["logits"].dims(), [9, 10]);
+    assert!(diff(&ours["logits"], &want) < 1e-5);
+    let texts = fixture("texts.txt");
+    fails_with(
+        &wise(&["embed", "--model", s(&zs), "--texts", s(&texts), "--out", s(&from_classifier)]),
+        &["zs.safetensors: a classifier has no text tower"],
+    );
+}

@@ -17,7 +17,7 @@ use rayon::prelude::*;
 use crate::classnames::{preview, ClassNames, CLASSNAMES_FILE};
 use crate::{Error, Result};
 
-/// File extensions (any letter case) that count as images; the same list as `wise embed`.
+/// File extensions (any letter case) that count as images, in datasets and for `wise embed`.
 pub const IMAGE_EXTENSIONS: [&str; 7] = ["jpg", "jpeg", "png", "bmp", "webp", "tiff", "tif"];
 
 /// One labelled image.

@@ -228,9 +228,15 @@ impl ImageClassifier {
 
     /// `[B, 3, S, S]` pixels → `[B, C]` f32 logits: the head on normalised image features.
     pub fn logits(&self, pixels: &Tensor) -> Result<Tensor> {
+        Ok(self.features_and_logits(pixels)?.1)
+    }
+
+    /// The image features (`[B, D]` f32, projected, not normalised: HF
+    /// `get_image_features`) and the logits of one forward.
+    pub fn features_and_logits(&self, pixels: &Tensor) -> Result<(Tensor, Tensor)> {
         let features = self.encoder.forward(&pixels.to_dtype(self.compute_dtype)?)?;
         let logits = self.head.forward(&l2_normalize(&features)?)?;
-        Ok(logits.to_dtype(DType::F32)?)
+        Ok((features.to_dtype(DType::F32)?, logits.to_dtype(DType::F32)?))
     }
 
     /// The eval transform the checkpoint was made with.
