@@ -42,8 +42,8 @@ pub struct EmbedArgs {
 
 /// What embeds: a CLIP (both towers), or a classifier (its tower and head).
 enum Embedder {
-    Clip(Box<ClipModel>, ModelSource),
-    Classifier(Box<ImageClassifier>),
+    Clip(ClipModel, Box<ModelSource>),
+    Classifier(ImageClassifier),
 }
 
 impl Embedder {
@@ -84,13 +84,13 @@ pub fn run(args: EmbedArgs) -> anyhow::Result<()> {
         let classifier = ImageClassifier::load(Path::new(&args.model), &device)?.with_compute_dtype(dtype);
         meta.insert("model".to_string(), args.model.clone());
         meta.insert("class_names".to_string(), serde_json::to_string(&classifier.meta.class_names)?);
-        Embedder::Classifier(Box::new(classifier))
+        Embedder::Classifier(classifier)
     } else {
         let source =
             ModelSource::resolve(&args.model).with_context(|| format!("loading model '{}'", args.model))?;
         let model = ClipModel::load(&source, &device)?.with_compute_dtype(dtype);
         meta.insert("model".to_string(), source.spec.clone());
-        Embedder::Clip(Box::new(model), source)
+        Embedder::Clip(model, Box::new(source))
     };
 
     let mut tensors: Vec<(String, Tensor)> = Vec::new();
