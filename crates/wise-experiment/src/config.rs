@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use wise_train::pretrain::ArchSpec;
+use wise_train::pretrain::{ArchSpec, PretrainConfig};
 use wise_train::TrainConfig;
 
 use crate::{Error, Result};
@@ -142,6 +142,22 @@ pub struct Pretrain {
     pub augment: bool,
 }
 
+impl Pretrain {
+    /// The options `wise_train::pretrain` takes.
+    pub fn config(&self) -> PretrainConfig {
+        PretrainConfig {
+            architecture: self.arch.to_config(),
+            epochs: self.epochs,
+            batch_size: self.batch_size,
+            lr: self.lr,
+            wd: self.wd,
+            warmup: self.warmup,
+            seed: self.seed,
+            augment: self.augment,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Zeroshot {
@@ -236,6 +252,9 @@ impl Experiment {
         }
         if let Some(a) = self.ensemble.alphas.iter().find(|a| !(0.0..=1.0).contains(*a)) {
             return Err(format!("[ensemble]: alpha {a} is outside [0, 1]"));
+        }
+        if let Some(pretrain) = &self.model.pretrain {
+            pretrain.config().validate().map_err(|e| format!("[model.pretrain]: {e}"))?;
         }
         self.train.validate().map_err(|e| format!("[train]: {e}"))?;
         if let Some(imp) = self.import.iter().find(|i| i.limit_per_class == Some(0)) {

@@ -19,7 +19,7 @@ use wise_data::import::ImportOptions;
 use wise_data::{Dataset, Source};
 use wise_eval::{evaluate_many, EvalOptions, ResultsFile};
 use wise_shift::{shift_dataset, ShiftOptions};
-use wise_train::pretrain::{load_captioned, pretrain, PretrainConfig};
+use wise_train::pretrain::{load_captioned, pretrain};
 use wise_train::{train, Observer, Run};
 use wise_zeroshot::{zeroshot_classifier_with_progress, ImageClassifier, Templates};
 
@@ -290,16 +290,7 @@ pub fn run(
                     .ok_or_else(|| Error::Invalid("no [model.pretrain]".into()))?;
                 let paths: Vec<PathBuf> = p.data.iter().map(|d| exp.path(d)).collect();
                 let (data, captions) = load_captioned(&paths, &p.captions).map_err(stage_err("pretrain"))?;
-                let config = PretrainConfig {
-                    architecture: p.arch.to_config(),
-                    epochs: p.epochs,
-                    batch_size: p.batch_size,
-                    lr: p.lr,
-                    wd: p.wd,
-                    warmup: p.warmup,
-                    seed: p.seed,
-                    augment: p.augment,
-                };
+                let config = p.config();
                 stages::clear(&layout.model)?;
                 pretrain(&config, &data, &captions, &layout.model, device, observer)
                     .map_err(stage_err("pretrain"))?;

@@ -163,6 +163,42 @@ fn every_shipped_config_parses() {
     assert!(n >= 4, "{n} configs");
 }
 
+/// The pretraining stage's architecture and options are checked when the file is read, not
+/// after the imports before it have run (a trillion-wide tower was accepted until pretraining
+/// allocated it).
+#[test]
+fn pretraining_settings_are_checked_when_the_file_is_read() {
+    let digits =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/digits.toml"))
+            .unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("exp.toml");
+    for (from, to, said) in [
+        (
+            "width = 64\n",
+            "width = 1000000000000\n",
+            "[model.pretrain]: vision_config: hidden_size 1000000000000 is outside",
+        ),
+        (
+            "heads = 4\n",
+            "heads = 0\n",
+            "[model.pretrain]: vision_config: hidden_size 64 is not a multiple of num_attention_heads 0",
+        ),
+        ("lr = 2e-3", "lr = 0", "[model.pretrain]: pretraining needs lr > 0"),
+        (
+            "batch_size = 128",
+            "batch_size = 1",
+            "[model.pretrain]: contrastive pretraining needs a batch size of at least 2",
+        ),
+        ("wd = 0.1\nwarmup = 50", "wd = -1\nwarmup = 50", "[model.pretrain]: weight decay -1"),
+    ] {
+        assert!(digits.contains(from), "{from}");
+        std::fs::write(&file, digits.replacen(from, to, 1)).unwrap();
+        let err = Experiment::from_file(&file).unwrap_err().to_string();
+        assert!(err.contains("exp.toml") && err.contains(said), "{to}: {err}");
+    }
+}
+
 /// A three-class ImageFolder of the fixture images, two per class.
 fn small_image_folder(root: &Path) {
     let classes = [

@@ -87,6 +87,26 @@ pub struct PretrainConfig {
     pub augment: bool,
 }
 
+impl PretrainConfig {
+    /// What pretraining needs of its options and architecture, checked before any data is
+    /// read (a whole experiment checks it when it loads).
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        if self.batch_size < 2 {
+            return Err("contrastive pretraining needs a batch size of at least 2".into());
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0) || self.epochs == 0 {
+            return Err(format!(
+                "pretraining needs lr > 0 and at least one epoch (lr {}, {} epochs)",
+                self.lr, self.epochs
+            ));
+        }
+        if !(self.wd.is_finite() && self.wd >= 0.0) {
+            return Err(format!("weight decay {} is not a number ≥ 0", self.wd));
+        }
+        self.architecture.validate()
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct PretrainSummary {
     pub steps: usize,
@@ -103,18 +123,12 @@ pub fn pretrain(
     device: &Device,
     observer: &mut dyn Observer,
 ) -> Result<PretrainSummary> {
-    if config.batch_size < 2 {
-        return Err(Error::Config("contrastive pretraining needs a batch size of at least 2".into()));
-    }
-    if !(config.lr.is_finite() && config.lr > 0.0) || config.epochs == 0 {
-        return Err(Error::Config("pretraining needs lr > 0 and at least one epoch".into()));
-    }
+    config.validate().map_err(Error::Config)?;
     if let Captions::PerSample(c) = captions {
         if c.len() != data.len() {
             return Err(Error::Config(format!("{} captions for {} images", c.len(), data.len())));
         }
     }
-    config.architecture.validate().map_err(Error::Config)?;
     let arch = &config.architecture;
     let model =
         ClipModel::fresh(arch, config.seed, device)?.with_compute_dtype(wise_clip::compute_dtype(device));
