@@ -68,10 +68,10 @@ impl<'a> ParamBuilder<'a> {
     pub fn get(&mut self, name: &str, shape: &[usize], init: Init) -> Result<Var> {
         let tensor = match &mut self.origin {
             Origin::Fresh(rng) => init_tensor(rng, name, shape, init, &self.device)?,
-            Origin::Checkpoint(source) => match (*source).shape(name) {
+            Origin::Checkpoint(source) => match source.shape(name) {
                 Some(found) if found == shape => source.load_f32(name, &self.device)?,
                 found => {
-                    let source: &dyn WeightSource = *source;
+                    let source: &dyn WeightSource = *source; // no borrow of `self` left
                     match found {
                         None => self.missing.push(format!("{name} {shape:?}")),
                         Some(found) => self
