@@ -14,20 +14,7 @@ fn zeroshot_then_eval_on_usps_and_a_class_subset() {
     let usps = tmp.path().join("usps");
     wise_data::import(wise_data::Source::Usps, &data.join("digits/usps"), &usps, false).unwrap();
 
-    let classifier = tmp.path().join("zs.safetensors");
-    let model = fixture("clip-tiny-quickgelu");
-    let classes = fixture("zeroshot/classnames.txt");
-    ok(&wise(&[
-        "zeroshot",
-        "--model",
-        s(&model),
-        "--classes",
-        s(&classes),
-        "--templates",
-        "simple",
-        "--out",
-        s(&classifier),
-    ]));
+    let classifier = digits_classifier(tmp.path());
 
     // A subset of the classes (three digit folders), matched by name through classnames.txt.
     let subset = tmp.path().join("subset");
@@ -117,17 +104,7 @@ fn bad_zeroshot_and_eval_input_is_named() {
         &["dup.txt"],
     );
 
-    ok(&wise(&[
-        "zeroshot",
-        "--model",
-        s(&model),
-        "--classes",
-        s(&classes),
-        "--templates",
-        "simple",
-        "--out",
-        s(&out),
-    ]));
+    assert_eq!(digits_classifier(tmp.path()), out);
     let missing = tmp.path().join("nowhere");
     fails_with(&wise(&["eval", "--model", s(&out), "--data", &format!("X={}", s(&missing))]), &["nowhere"]);
     fails_with(&wise(&["eval", "--model", s(&out), "--data", "no-equals-sign"]), &["NAME=PATH"]);
@@ -249,14 +226,11 @@ fn a_broken_classifier_is_an_error_not_a_score() {
     assert!(!fisher.exists());
 }
 
-/// `wise info` on a classifier checkpoint (no config.json beside it: it is self-contained)
-/// describes it from its metadata: classes, source, tower, head, and what made it.
-#[test]
-fn info_describes_a_classifier_checkpoint() {
-    let tmp = tempfile::tempdir().unwrap();
-    let (model, classes) = (fixture("clip-tiny-quickgelu"), fixture("zeroshot/classnames.txt"));
-    let (zs, mix) = (tmp.path().join("zs.safetensors"), tmp.path().join("mix.safetensors"));
-    ok(&wise(&[
+/// `wise zeroshot` of the fixture CLIP for the ten digit names ("a photo of a {}."), in `dir`.
+fn digits_classifier(dir: &std::path::Path) -> std::path::PathBuf {
+    let (model, classes, out) =
+        (fixture("clip-tiny-quickgelu"), fixture("zeroshot/classnames.txt"), dir.join("zs.safetensors"));
+    let args = [
         "zeroshot",
         "--model",
         s(&model),
@@ -265,8 +239,18 @@ fn info_describes_a_classifier_checkpoint() {
         "--templates",
         "simple",
         "--out",
-        s(&zs),
-    ]));
+        s(&out),
+    ];
+    ok(&wise(&args));
+    out
+}
+
+/// `wise info` on a classifier checkpoint (no config.json beside it: it is self-contained)
+/// describes it from its metadata: classes, source, tower, head, and what made it.
+#[test]
+fn info_describes_a_classifier_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (zs, mix) = (digits_classifier(tmp.path()), tmp.path().join("mix.safetensors"));
     ok(&wise(&[
         "ensemble",
         "--zeroshot",
@@ -296,19 +280,7 @@ fn info_describes_a_classifier_checkpoint() {
 fn embed_reads_a_classifier_checkpoint() {
     use candle_core::{Device, D};
     let tmp = tempfile::tempdir().unwrap();
-    let (model, classes) = (fixture("clip-tiny-quickgelu"), fixture("zeroshot/classnames.txt"));
-    let zs = tmp.path().join("zs.safetensors");
-    ok(&wise(&[
-        "zeroshot",
-        "--model",
-        s(&model),
-        "--classes",
-        s(&classes),
-        "--templates",
-        "simple",
-        "--out",
-        s(&zs),
-    ]));
+    let (model, zs) = (fixture("clip-tiny-quickgelu"), digits_classifier(tmp.path()));
     let images = fixture("images");
     let (from_clip, from_classifier) =
         (tmp.path().join("clip.safetensors"), tmp.path().join("clf.safetensors"));
