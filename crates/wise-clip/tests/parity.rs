@@ -248,6 +248,23 @@ fn hub_id_resolves_from_the_local_cache_offline() {
 
     let err = ModelSource::resolve_with("wise-test/not-there", &hub).unwrap_err().to_string();
     assert!(err.contains("wise-test/not-there") && err.contains("HF_HUB_OFFLINE"), "{err}");
+
+    // A sharded index naming a shard outside the repo is refused before anything is
+    // fetched (a download would link it outside the cache).
+    let snapshot = std::fs::read_dir(cache.path().join("models--wise-test--clip-tiny-gelu/snapshots"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let index = snapshot.join("model.safetensors.index.json");
+    let text = std::fs::read_to_string(&index).unwrap();
+    let shard = "model-00001-of-00003.safetensors";
+    assert!(text.contains(shard), "{text}");
+    std::fs::remove_file(&index).unwrap();
+    std::fs::write(&index, text.replace(shard, "../../../evil.safetensors")).unwrap();
+    let err = ModelSource::resolve_with("wise-test/clip-tiny-gelu", &hub).unwrap_err().to_string();
+    assert!(err.contains("names shard \"../../../evil.safetensors\", not a file of the repo"), "{err}");
 }
 
 #[test]
