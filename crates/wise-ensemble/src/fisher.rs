@@ -102,12 +102,8 @@ impl FisherAccumulator {
         let logits = classifier.logits(pixels)?; // [1, C], f32
         let row = logits.i(0)?.to_vec1::<f32>()?;
         // A broken model's NaN logits would give NaN gradients, and a NaN Fisher file.
-        if let Some(bad) = row.iter().find(|v| !v.is_finite()) {
-            return Err(Error::Invalid(format!(
-                "the classifier gives a logit of {bad} on example {}: its weights or its preprocessing are broken",
-                self.examples + 1
-            )));
-        }
+        wise_eval::metrics::finite_logits(&row)
+            .map_err(|e| Error::Invalid(format!("example {}: {e}", self.examples + 1)))?;
         let probabilities = softmax(&row);
         let label = choose(&probabilities);
         if label >= probabilities.len() {

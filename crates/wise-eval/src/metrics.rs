@@ -4,6 +4,17 @@ use candle_core::Tensor;
 
 use crate::{Error, Result};
 
+/// That every logit is a number: a NaN or infinite one means the classifier's weights or
+/// preprocessing are broken, and any ranking or sampling from it is meaningless.
+pub fn finite_logits(logits: &[f32]) -> std::result::Result<(), String> {
+    match logits.iter().find(|v| !v.is_finite()) {
+        None => Ok(()),
+        Some(bad) => {
+            Err(format!("the classifier gives a logit of {bad}: its weights or its preprocessing are broken"))
+        }
+    }
+}
+
 /// Which classifier output each dataset class is, matched by readable class name.
 #[derive(Debug, Clone)]
 pub struct ClassMap {
@@ -82,11 +93,7 @@ impl Metrics {
     /// broken model (a NaN weight, a zero std in its preprocessing) scored 100 %.
     pub fn update(&mut self, logits: &Tensor, labels: &[u32]) -> Result<()> {
         let rows = logits.to_vec2::<f32>()?;
-        if let Some(bad) = rows.iter().flatten().find(|v| !v.is_finite()) {
-            return Err(Error::Invalid(format!(
-                "the classifier gives a logit of {bad}: its weights or its preprocessing are broken"
-            )));
-        }
+        rows.iter().try_for_each(|row| finite_logits(row)).map_err(Error::Invalid)?;
         for (row, &label) in rows.iter().zip(labels) {
             let target = self.map.to_classifier[label as usize];
             // Rank of the target among the classes this dataset has: how many score higher
