@@ -6,7 +6,7 @@
 //! `~/.cache/huggingface/hub`. With `HF_HUB_OFFLINE=1` nothing is downloaded and a model
 //! missing from the cache is an error that says so.
 
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 use hf_hub::{Cache, Repo, RepoType};
 
@@ -203,7 +203,7 @@ impl ModelSource {
                     for shard in shards {
                         // A download would link `snapshot/<shard>` to its blob: a name that
                         // climbs out (`..`, absolute) would write outside the cache.
-                        if !Path::new(shard).components().all(|c| matches!(c, Component::Normal(_))) {
+                        if !crate::weights::is_plain_file_name(shard) {
                             return Err(err(format!(
                                 "the index names shard {shard:?}, not a file of the repo"
                             )));

@@ -177,6 +177,12 @@ impl WeightSource for Checkpoint {
     }
 }
 
+/// Whether a sharded index's shard name is a file beside the index: no folders, nothing
+/// that climbs out (`..`) or starts elsewhere (an absolute path).
+pub(crate) fn is_plain_file_name(name: &str) -> bool {
+    !name.contains(['/', '\\']) && !matches!(name, "" | "." | "..")
+}
+
 fn shards_of_index(index: &Path) -> Result<Vec<PathBuf>> {
     let text = std::fs::read_to_string(index).map_err(|e| Error::io(index, e))?;
     let bad = |msg: String| Error::Config { path: index.to_path_buf(), msg };
@@ -188,7 +194,7 @@ fn shards_of_index(index: &Path) -> Result<Vec<PathBuf>> {
     let mut shards: Vec<String> = Vec::new();
     for file in map.values() {
         let file = file.as_str().ok_or_else(|| bad("`weight_map` values must be file names".into()))?;
-        if file.contains('/') || file.contains('\\') || file == ".." {
+        if !is_plain_file_name(file) {
             return Err(bad(format!("shard name '{file}' is not a plain file name")));
         }
         if !shards.iter().any(|s| s == file) {

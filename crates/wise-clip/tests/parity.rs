@@ -60,6 +60,22 @@ fn gelu_model_from_sharded_checkpoint_matches_hf() {
     assert_eq!(source.config.vision_config.image_size % source.config.vision_config.patch_size, 2);
     let model = ClipModel::load(&source, &Device::Cpu).unwrap();
     check_embeddings(&model, &expected("clip-tiny-gelu"));
+
+    // An index whose shard names leave its folder is refused, naming the index.
+    let dir = tempfile::tempdir().unwrap();
+    let index =
+        std::fs::read_to_string(fixture("clip-tiny-gelu").join("model.safetensors.index.json")).unwrap();
+    let shard = "model-00001-of-00003.safetensors";
+    assert!(index.contains(shard), "{index}");
+    for bad in ["../model-00001-of-00003.safetensors", "/etc/passwd", "sub/x.safetensors", ".."] {
+        let path = dir.path().join("model.safetensors.index.json");
+        std::fs::write(&path, index.replace(shard, bad)).unwrap();
+        let err = Checkpoint::open(&path).err().unwrap().to_string();
+        assert!(
+            err.contains("model.safetensors.index.json") && err.contains("not a plain file name"),
+            "{err}"
+        );
+    }
 }
 
 /// The gradient of CLIP's contrastive loss w.r.t. every parameter, against PyTorch.

@@ -283,3 +283,31 @@ fn source_names_parse_and_unknown_ones_are_listed() {
     let e = "imagenet".parse::<Source>().unwrap_err().to_string();
     assert!(e.contains("imagenet") && e.contains("mnist-5k") && e.contains("cifar10"), "{e}");
 }
+
+#[test]
+fn a_cifar_archive_entry_too_large_for_an_image_is_refused() {
+    use std::io::Write;
+    let tmp = tempfile::tempdir().unwrap();
+    let archive = tmp.path().join("cifar10-jpeg.tar.gz");
+    let gz =
+        flate2::write::GzEncoder::new(std::fs::File::create(&archive).unwrap(), flate2::Compression::fast());
+    let mut tar = tar::Builder::new(gz);
+    for (name, size) in [("test/cat/0001.jpg", 1000), ("test/cat/0002.jpg", (16 << 20) + 1)] {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(size as u64);
+        header.set_mode(0o644);
+        header.set_cksum();
+        tar.append_data(&mut header, name, std::io::repeat(0).take(size as u64)).unwrap();
+    }
+    tar.into_inner().unwrap().finish().unwrap().flush().unwrap();
+    // 16 MiB of zeros compress to a few kilobytes: what is read is bounded, not the file.
+    assert!(std::fs::metadata(&archive).unwrap().len() < 100_000);
+
+    let out = tmp.path().join("out");
+    let e = import(Source::Cifar10, &archive, &out, false).unwrap_err().to_string();
+    assert!(
+        e.contains("cifar10-jpeg.tar.gz") && e.contains("test/cat/0002.jpg") && e.contains("16 MiB"),
+        "{e}"
+    );
+    assert!(!out.exists());
+}

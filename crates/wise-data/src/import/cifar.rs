@@ -22,6 +22,10 @@ const SPLITS: [&str; 2] = ["train", "test"];
 /// Entries buffered before they are written out in parallel (~1 KB each).
 const CHUNK: usize = 4096;
 
+/// The largest image entry taken: a CIFAR-10 JPEG is 1–3 KB, and a few kilobytes of gzip
+/// can stand for gigabytes of one entry, which must not be read into memory.
+const MAX_ENTRY_BYTES: u64 = 16 << 20;
+
 pub(super) fn import(archive_path: &Path, out: &Path) -> Result<Written> {
     let file = std::fs::File::open(archive_path).map_err(|e| Error::io(archive_path, e))?;
     let mut reader = std::io::BufReader::new(file);
@@ -57,7 +61,17 @@ pub(super) fn import(archive_path: &Path, out: &Path) -> Result<Written> {
         *count += 1;
         // The header's size only as a hint: a corrupt header must not reserve gigabytes.
         let mut bytes = Vec::with_capacity(entry.size().min(1 << 20) as usize);
-        entry.read_to_end(&mut bytes).map_err(bad_archive)?;
+        (&mut entry).take(MAX_ENTRY_BYTES + 1).read_to_end(&mut bytes).map_err(bad_archive)?;
+        if bytes.len() as u64 > MAX_ENTRY_BYTES {
+            return Err(Error::invalid(
+                archive_path,
+                format!(
+                    "entry {} holds more than {} MiB; a CIFAR-10 image is a few kilobytes",
+                    name.display(),
+                    MAX_ENTRY_BYTES >> 20
+                ),
+            ));
+        }
         pending.push((dir.join(file_name), bytes));
         if pending.len() == CHUNK {
             write_all(&mut pending)?;

@@ -284,18 +284,38 @@ fn locate(source: Source, from: &Path, names: &[&str]) -> Result<PathBuf> {
     ))
 }
 
+/// The most bytes a digits source's raw file may hold, compressed or not: the largest,
+/// MNIST's 60,000 training images, is 47 MB, so anything past this is not one of them and
+/// (a few kilobytes of gzip can stand for gigabytes) must not be read into memory.
+const MAX_RAW_BYTES: u64 = 512 << 20;
+
 /// The whole file, gunzipped when it starts with the gzip magic bytes (so `foo.gz` and an
-/// already decompressed `foo` both work).
+/// already decompressed `foo` both work); at most [`MAX_RAW_BYTES`] either way.
 fn read_maybe_gz(path: &Path) -> Result<Vec<u8>> {
+    read_maybe_gz_at_most(path, MAX_RAW_BYTES)
+}
+
+fn read_maybe_gz_at_most(path: &Path, max_bytes: u64) -> Result<Vec<u8>> {
     use std::io::Read;
+    let too_big = |what: &str| {
+        Error::invalid(path, format!("{what} more than {max_bytes} bytes; no raw digits file is that large"))
+    };
+    let size = std::fs::metadata(path).map_err(|e| Error::io(path, e))?.len();
+    if size > max_bytes {
+        return Err(too_big("is"));
+    }
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     if !bytes.starts_with(&[0x1f, 0x8b]) {
         return Ok(bytes);
     }
     let mut out = Vec::with_capacity(bytes.len() * 4);
     flate2::read::MultiGzDecoder::new(bytes.as_slice())
+        .take(max_bytes + 1)
         .read_to_end(&mut out)
         .map_err(|e| Error::invalid(path, format!("corrupt gzip data: {e}")))?;
+    if out.len() as u64 > max_bytes {
+        return Err(too_big("decompresses to"));
+    }
     Ok(out)
 }
 
@@ -328,5 +348,25 @@ mod tests {
         let zero = ImportOptions { limit_per_class: Some(0), overwrite: true };
         let err = import_with(Source::Usps, &src, &out, &zero).unwrap_err().to_string();
         assert!(err.contains("at least 1"), "{err}");
+    }
+
+    #[test]
+    fn raw_files_past_the_size_limit_are_refused_compressed_or_not() {
+        use std::io::Write;
+        let tmp = tempfile::tempdir().unwrap();
+        // 64 KiB of zeros gzip to ~100 bytes: a small bomb.
+        let bomb = tmp.path().join("zip.test.gz");
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        gz.write_all(&vec![0u8; 64 << 10]).unwrap();
+        std::fs::write(&bomb, gz.finish().unwrap()).unwrap();
+        assert!(std::fs::metadata(&bomb).unwrap().len() < 1024);
+        let err = read_maybe_gz_at_most(&bomb, 1024).unwrap_err().to_string();
+        assert!(err.contains("zip.test.gz") && err.contains("decompresses to more than 1024 bytes"), "{err}");
+        assert_eq!(read_maybe_gz_at_most(&bomb, 64 << 10).unwrap().len(), 64 << 10);
+
+        let plain = tmp.path().join("semeion.data");
+        std::fs::write(&plain, vec![b'0'; 2048]).unwrap();
+        let err = read_maybe_gz_at_most(&plain, 1024).unwrap_err().to_string();
+        assert!(err.contains("semeion.data") && err.contains("is more than 1024 bytes"), "{err}");
     }
 }
