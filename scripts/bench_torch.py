@@ -5,17 +5,19 @@ Two implementations, both random weights:
 
 - ``hf``: transformers ``CLIPVisionModelWithProjection`` from a ``CLIPVisionConfig`` of the
   preset's shape (ViT-B/32: hidden 768, 12 layers, 12 heads, mlp 3072, 224px, patch 32,
-  projection 512, quick_gelu; ViT-B/16 the same with patch 16), its default attention
-  (SDPA) -> ``image_embeds`` [B, 512].
+  projection 512, quick_gelu; ViT-B/16 the same with patch 16; ViT-L/14 hidden 1024, 24
+  layers, 16 heads, patch 14, projection 768), its default attention (SDPA) ->
+  ``image_embeds`` [B, projection].
 - ``open_clip``: ``open_clip.create_model(<preset>, pretrained=None).visual`` (skipped with a
   note on stderr where open_clip is not installed).
 
 Modes (the same work as ``wise bench --mode``):
 
 - ``infer``: the tower forward under ``torch.inference_mode()``, eval mode.
-- ``train``: one wise-ft step of tower + head (``Linear(512, classes)`` on the L2-normalised
-  features): cross-entropy, backward, ``clip_grad_norm_(1.0)``, ``AdamW(lr=3e-5, wd=0.1)``,
-  train mode.
+- ``train``: one wise-ft step of tower + head (``Linear(projection, classes)`` on the
+  L2-normalised features): cross-entropy, backward, ``clip_grad_norm_(1.0)``,
+  ``AdamW(lr=3e-5, wd=0.1)``, train mode; on CPU also the process's peak memory
+  (``peak_rss_gb``: run one ``--impl`` a process for a figure of its own).
 - ``zeroshot``: a zero-shot head (one text-tower feature per class × template, normalised,
   averaged per class) for ``--classnames FILE`` and ``--templates FILE`` (one per line, ``{}``
   for the class name), the preset's text tower (ViT-B/32: width 512, 12 layers), random
@@ -48,26 +50,33 @@ import argparse
 import contextlib
 import json
 import os
+import resource
 import sys
 import time
 
 import torch
 
-PRESETS = {"ViT-B/32": 32, "ViT-B/16": 16}
+# name: (width, layers, heads, patch, projection), as open_clip's configs of that name.
+PRESETS = {
+    "ViT-B/32": (768, 12, 12, 32, 512),
+    "ViT-B/16": (768, 12, 12, 16, 512),
+    "ViT-L/14": (1024, 24, 16, 14, 768),
+}
 
 
 def build_hf(preset):
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
+    width, layers, heads, patch, projection = PRESETS[preset]
     config = CLIPVisionConfig(
-        hidden_size=768,
-        intermediate_size=3072,
-        num_hidden_layers=12,
-        num_attention_heads=12,
+        hidden_size=width,
+        intermediate_size=4 * width,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
         num_channels=3,
         image_size=224,
-        patch_size=PRESETS[preset],
-        projection_dim=512,
+        patch_size=patch,
+        projection_dim=projection,
         hidden_act="quick_gelu",
         layer_norm_eps=1e-5,
     )
@@ -147,6 +156,11 @@ def zeroshot_head(name, args):
         "iters": args.iters,
         "iter_s": [round(t, 4) for t in times],
     }
+    if device.type == "cpu" and sys.platform == "linux":
+        # The most this process held at once (kB on Linux): one implementation a process
+        # (--impl NAME) for a figure of its own, as scripts/bench_memory.sh runs it.
+        row["peak_rss_gb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9, 3)
+    return row
 
 
 def bench(name, args):
@@ -154,7 +168,8 @@ def bench(name, args):
     device = torch.device(args.device)
     tower, embed = BUILDERS[name](args.preset)
     tower = tower.float().to(device)
-    head = torch.nn.Linear(512, args.classes).to(device)
+    projection = PRESETS[args.preset][4]
+    head = torch.nn.Linear(projection, args.classes).to(device)
     pixels = torch.randn(args.batch_size, 3, 224, 224, dtype=torch.float32, device=device)
     labels = (torch.arange(args.batch_size, device=device) * 7919) % args.classes
     autocast = (
@@ -166,7 +181,7 @@ def bench(name, args):
         def step():
             with torch.inference_mode(), autocast:
                 out = embed(pixels)
-            assert tuple(out.shape) == (args.batch_size, 512), out.shape
+            assert tuple(out.shape) == (args.batch_size, projection), out.shape
 
     else:
         tower.train()
@@ -194,7 +209,7 @@ def bench(name, args):
         timed()
     times = [timed() for _ in range(args.iters)]
     total = sum(times)
-    return {
+    row = {
         "impl": name,
         "mode": args.mode,
         "preset": args.preset,
@@ -208,12 +223,17 @@ def bench(name, args):
         "iters": args.iters,
         "iter_s": [round(t, 4) for t in times],
     }
+    if device.type == "cpu" and sys.platform == "linux":
+        # The most this process held at once (kB on Linux): one implementation a process
+        # (--impl NAME) for a figure of its own, as scripts/bench_memory.sh runs it.
+        row["peak_rss_gb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9, 3)
+    return row
 
 
 def sgemm_ceiling(args):
     import numpy as np
 
-    rows = args.batch_size * ((224 // PRESETS[args.preset]) ** 2 + 1)
+    rows = args.batch_size * ((224 // PRESETS[args.preset][3]) ** 2 + 1)
     shapes = [(rows, 768, 2304), (rows, 768, 768), (rows, 768, 3072), (rows, 3072, 768), (2048, 2048, 2048)]
     libraries = {
         "torch": (lambda a, b: torch.mm(a, b), lambda m, n: torch.randn(m, n, dtype=torch.float32)),

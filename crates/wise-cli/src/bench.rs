@@ -24,6 +24,7 @@ use wise_clip::{compute_dtype, parse_device, ClipConfig, ClipModel, ClipTokenize
 use wise_data::{Dataset, Loader};
 use wise_eval::{evaluate, EvalOptions};
 use wise_train::loss::cross_entropy;
+use wise_train::memory::{self, StepMemory};
 use wise_train::optim::{clip_scale, grad_norm, AdamW, AdamWConfig};
 use wise_zeroshot::{zeroshot_head, ClassifierMeta, ImageClassifier, Templates, PROMPT_BATCH};
 
@@ -238,6 +239,16 @@ pub fn run(mut args: BenchArgs) -> anyhow::Result<()> {
             line["model_gflop_per_img"] = serde_json::json!(round3(3.0 * (forward + head) / 1e9));
         }
         _ => {}
+    }
+    if args.mode == Mode::Train && device.is_cpu() {
+        // What `wise train` plans for this step (less the loader, which a bench has not),
+        // against the most this process held.
+        let count = params.values().map(|v| v.elem_count()).sum();
+        let step = StepMemory::image_classifier(vc, count, count, args.batch_size, 1);
+        line["memory_estimate_gb"] = serde_json::json!(round3((step.total() - step.loader) as f64 / 1e9));
+        if let Some(peak) = memory::peak_resident_bytes() {
+            line["peak_rss_gb"] = serde_json::json!(round3(peak as f64 / 1e9));
+        }
     }
     if args.mode == Mode::Train {
         line["phase_s"] = serde_json::json!({

@@ -185,6 +185,10 @@ impl Observer for Bars {
         eprintln!("epoch {} done{}{}", epoch + 1, if accs.is_empty() { "" } else { ": " }, accs.join(", "));
     }
 
+    fn warning(&mut self, message: &str) {
+        eprintln!("warning: {message}");
+    }
+
     fn head_progress(&mut self, done: usize, total: usize) {
         let bar = self.head.get_or_insert_with(|| {
             let bar = ProgressBar::new(total as u64);

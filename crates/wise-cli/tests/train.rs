@@ -213,6 +213,21 @@ fn bad_training_input_is_refused_with_the_cause() {
     );
     fails_with(&run(&train_args(&setup, &setup.root.join("x"), &["--lr=-1"]), &cache), &["lr"]);
 
+    // A step that cannot fit in the memory allowed is refused before it starts, saying what
+    // it needs; a limit that is not a size is named.
+    let mut cmd = wise(&train_args(&setup, &setup.root.join("m"), &[]), &cache);
+    let r = cmd.env("WISE_MEMORY_LIMIT", "1M").output().unwrap();
+    fails_with(&r, &["a training step of 4 images needs", "1 MB is available under WISE_MEMORY_LIMIT"]);
+    fails_with(&r, &["not even one image a batch fits", "WISE_MEMORY_CHECK=off"]);
+    assert!(!setup.root.join("m/resume.safetensors").exists());
+    let mut cmd = wise(&train_args(&setup, &setup.root.join("m"), &[]), &cache);
+    fails_with(
+        &cmd.env("WISE_MEMORY_LIMIT", "lots").output().unwrap(),
+        &["WISE_MEMORY_LIMIT: 'lots' is not a size"],
+    );
+    let mut cmd = wise(&train_args(&setup, &setup.root.join("m"), &["--max-steps", "1"]), &cache);
+    ok(&cmd.env("WISE_MEMORY_LIMIT", "1M").env("WISE_MEMORY_CHECK", "off").output().unwrap());
+
     // Training data whose classes are not the head's.
     let other = setup.root.join("other");
     std::fs::create_dir_all(other.join("cat")).unwrap();

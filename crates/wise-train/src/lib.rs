@@ -10,7 +10,8 @@
 //! - [`config`]: [`TrainConfig`], wise-ft's defaults and checks.
 //! - [`schedule`], [`optim`], [`loss`]: the pieces of the recipe.
 //! - [`trainer`]: the loop ([`train`]); [`state`]: its checkpoint; [`features`]: the
-//!   frozen-tower (linear classifier) mode.
+//!   frozen-tower (linear classifier) mode; [`memory`]: whether a step fits in memory,
+//!   checked before the first.
 //! - [`flyp`]: contrastive fine-tuning of both towers (FLYP, `loss = contrastive`), the
 //!   head rebuilt from the text tower; [`contrastive`]: CLIP's objective, shared with
 //!   [`pretrain`] (contrastive training from scratch).
@@ -21,6 +22,7 @@ pub mod features;
 pub mod flyp;
 pub mod fused_adamw;
 pub mod loss;
+pub mod memory;
 pub mod optim;
 pub mod pretrain;
 pub mod schedule;

@@ -16,6 +16,7 @@ use wise_data::{Dataset, Loader};
 
 pub use crate::contrastive::Captions;
 use crate::contrastive::{batch_loss, caption, clamp_logit_scale};
+use crate::memory::{self, StepMemory};
 use crate::optim::{clip_scale, grad_norm, is_no_decay, AdamW, AdamWConfig};
 use crate::schedule::cosine_lr;
 use crate::trainer::{Observer, StepInfo};
@@ -154,6 +155,11 @@ pub fn pretrain(
         )));
     }
     let total = config.epochs * steps_per_epoch;
+    let parameters = model.params.values().map(|v| v.elem_count()).sum();
+    let step_memory =
+        StepMemory::image_classifier(&arch.vision_config, parameters, parameters, config.batch_size, 1)
+            .with_text(&arch.text_config);
+    memory::check_before_training(&step_memory, config.batch_size, device, observer)?;
     let adamw = AdamWConfig { weight_decay: config.wd, ..AdamWConfig::default() };
     let mut optimizer = AdamW::new(adamw, &model.params)?;
     // No decay on gains, biases, embeddings and the temperature, as CLIP trains.

@@ -22,6 +22,7 @@ use crate::config::{Loss, TrainConfig};
 use crate::features::FrozenFeatures;
 use crate::flyp::Flyp;
 use crate::loss::cross_entropy;
+use crate::memory::{self, StepMemory};
 use crate::optim::{clip_scale, grad_norm, is_no_decay, AdamW, AdamWConfig};
 use crate::schedule::cosine_lr;
 use crate::state::{self, Progress};
@@ -40,6 +41,9 @@ pub trait Observer {
     /// (FLYP's rebuild after each epoch, an experiment's zeroshot stage): ImageNet's is
     /// 80,000 prompts, minutes on a CPU.
     fn head_progress(&mut self, _done: usize, _total: usize) {}
+    /// Something the user should know before the run goes on (a step that may not fit in
+    /// memory).
+    fn warning(&mut self, _message: &str) {}
 }
 
 /// An observer that reports nothing.
@@ -167,6 +171,21 @@ pub fn train_with_clip(run: Run, clip: Option<&str>, observer: &mut dyn Observer
             .map(|(n, v)| (n.clone(), v.clone()))
             .collect(),
     };
+    // A frozen tower's step trains the head on cached features: nothing to check.
+    if !config.freeze_encoder {
+        let count = |vars: &mut dyn Iterator<Item = &Var>| vars.map(|v| v.elem_count()).sum::<usize>();
+        let mut step = StepMemory::image_classifier(
+            &classifier.meta.vision_config,
+            count(&mut classifier.params.values()) + count(&mut extra.values()),
+            count(&mut params.values()),
+            config.batch_size.min(run.train.len()),
+            config.grad_accum,
+        );
+        if let Some(f) = &flyp {
+            step = step.with_text(&f.clip.config.text_config);
+        }
+        memory::check_before_training(&step, config.batch_size * config.grad_accum, &device, observer)?;
+    }
     let adamw = AdamWConfig { weight_decay: config.wd, ..AdamWConfig::default() };
     let mut optimizer = AdamW::new(adamw, &params)?;
     if config.no_decay_on_bias_norm_embedding {
