@@ -151,8 +151,8 @@ fn with_state<T>(state: State, f: impl FnOnce() -> T) -> T {
     f()
 }
 
-/// Runs `f` on one of rayon's threads when `device` is the CPU (on this one when it is
-/// one already, or for other devices), carrying [`inference_mode`], [`bf16_mode`] and
+/// Runs `f` on rayon's first thread when `device` is the CPU (on this one when it is one
+/// of rayon's already, or for other devices), carrying [`inference_mode`], [`bf16_mode`] and
 /// [`frozen_weights`] along.
 ///
 /// The CPU kernels split their work over rayon's threads. Called from outside the pool
@@ -173,8 +173,23 @@ pub fn on_compute_threads<R: Send>(device: &Device, f: impl FnOnce() -> R + Send
     if !device.is_cpu() || rayon::current_thread_index().is_some() {
         return f();
     }
+    // Always on the pool's first thread, so that every pass allocates its serial work's
+    // tensors from the same malloc arena: a step's gradients, made by candle's backward on
+    // the thread that runs it, would otherwise land in whichever thread's arena took the
+    // pass, and an arena does not reuse the memory another freed (one more copy of the
+    // gradients held, a ViT-L/14 step's 1.2 GB, in some runs; BENCHMARKS.md).
     let state = State::current();
-    rayon::scope(|_| with_state(state, f))
+    let job = Mutex::new(Some(f));
+    let result = Mutex::new(None);
+    rayon::broadcast(|context| {
+        if context.index() == 0 {
+            if let Some(f) = job.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                let r = with_state(state.clone(), f);
+                *result.lock().unwrap_or_else(|e| e.into_inner()) = Some(r);
+            }
+        }
+    });
+    result.into_inner().unwrap_or_else(|e| e.into_inner()).expect("the pool's first thread ran the pass")
 }
 
 /// Buffers of the blocks' activations and temporaries, handed back when done with and
