@@ -318,6 +318,36 @@ pub fn check_before_training(
     Ok(())
 }
 
+/// `e` with advice when it is an accelerator's out-of-memory error (CUDA's
+/// `CUDA_ERROR_OUT_OF_MEMORY`, cuBLAS's `CUBLAS_STATUS_ALLOC_FAILED`, Metal's "out of
+/// memory"), which the CPU's check before the first step does not foresee; else `e`.
+pub fn explain_out_of_memory(
+    e: crate::Error,
+    batch_size: usize,
+    grad_accum: usize,
+    contrastive: bool,
+) -> crate::Error {
+    let text = e.to_string();
+    let upper = text.to_ascii_uppercase();
+    if !["OUT_OF_MEMORY", "OUT OF MEMORY", "ALLOC_FAILED"].iter().any(|s| upper.contains(s)) || batch_size < 2
+    {
+        return e;
+    }
+    let half = batch_size.div_ceil(2);
+    let advice = if contrastive {
+        format!("try --batch-size {half} (the contrastive loss's negatives are the batch's)")
+    } else {
+        format!(
+            "try --batch-size {half} --grad-accum {}, the same effective batch of {} images a step",
+            2 * grad_accum,
+            batch_size * grad_accum
+        )
+    };
+    crate::Error::Config(format!(
+        "{text}: the device ran out of memory at {batch_size} images a batch; {advice}"
+    ))
+}
+
 /// A size such as `8G`, `512M`, `1.5GB`, `64k` or a number of bytes (powers of 1024).
 pub fn parse_size(text: &str) -> Result<u64, String> {
     let t = text.trim();
@@ -410,6 +440,30 @@ mod tests {
         assert_eq!(accum.training_state, 4 * 4 * params as u64);
         let probe = StepMemory::image_classifier(&vision, params, 512_000, 512, 1);
         assert_eq!(probe.training_state, 3 * 4 * 512_000);
+    }
+
+    #[test]
+    fn device_out_of_memory_errors_say_which_batch_to_try() {
+        let cuda = || {
+            let inner =
+                candle_core::Error::Msg("DriverError(CUDA_ERROR_OUT_OF_MEMORY, \"out of memory\")".into());
+            crate::Error::Candle(inner)
+        };
+        let e = explain_out_of_memory(cuda(), 64, 2, false).to_string();
+        assert!(e.starts_with("DriverError(CUDA_ERROR_OUT_OF_MEMORY"), "{e}");
+        assert!(e.contains(
+            "at 64 images a batch; try --batch-size 32 --grad-accum 4, the same effective batch of 128"
+        ));
+        let e = explain_out_of_memory(cuda(), 63, 1, true).to_string();
+        assert!(e.ends_with("try --batch-size 32 (the contrastive loss's negatives are the batch's)"), "{e}");
+        let cublas = crate::Error::Config("cublas: CUBLAS_STATUS_ALLOC_FAILED".into());
+        assert!(explain_out_of_memory(cublas, 8, 1, false)
+            .to_string()
+            .contains("--batch-size 4 --grad-accum 2"));
+        // Other errors, and a batch of one, pass through unchanged.
+        let other = crate::Error::Config("shape mismatch".into());
+        assert_eq!(explain_out_of_memory(other, 64, 1, false).to_string(), "shape mismatch");
+        assert_eq!(explain_out_of_memory(cuda(), 1, 1, false).to_string(), cuda().to_string());
     }
 
     #[test]

@@ -99,6 +99,13 @@ pub fn train(run: Run, observer: &mut dyn Observer) -> Result<TrainSummary> {
 /// e.g. when that folder has moved. Resuming without it uses the CLIP the run started
 /// with. Cross-entropy runs ignore it.
 pub fn train_with_clip(run: Run, clip: Option<&str>, observer: &mut dyn Observer) -> Result<TrainSummary> {
+    let (batch_size, grad_accum) = (run.config.batch_size, run.config.grad_accum);
+    let contrastive = run.config.loss == Loss::Contrastive;
+    run_training(run, clip, observer)
+        .map_err(|e| memory::explain_out_of_memory(e, batch_size, grad_accum, contrastive))
+}
+
+fn run_training(run: Run, clip: Option<&str>, observer: &mut dyn Observer) -> Result<TrainSummary> {
     let config = run.config.clone();
     config.validate()?;
     check_classes(&run.classifier, run.train)?;
