@@ -116,7 +116,23 @@ pub struct PretrainSummary {
     pub out: PathBuf,
 }
 
+/// Trains a fresh CLIP of `config`'s architecture on `data` and its `captions` with CLIP's
+/// contrastive loss, and writes it to `out_dir` as an HF model folder. The step's memory is
+/// checked before the first ([`memory::check_before_training`]); an accelerator running
+/// out of memory is an error that says which batch to try.
 pub fn pretrain(
+    config: &PretrainConfig,
+    data: &Dataset,
+    captions: &Captions,
+    out_dir: &Path,
+    device: &Device,
+    observer: &mut dyn Observer,
+) -> Result<PretrainSummary> {
+    run_pretraining(config, data, captions, out_dir, device, observer)
+        .map_err(|e| memory::explain_out_of_memory(e, config.batch_size, 1, true))
+}
+
+fn run_pretraining(
     config: &PretrainConfig,
     data: &Dataset,
     captions: &Captions,
