@@ -119,20 +119,8 @@ pub struct PretrainSummary {
 /// Trains a fresh CLIP of `config`'s architecture on `data` and its `captions` with CLIP's
 /// contrastive loss, and writes it to `out_dir` as an HF model folder. The step's memory is
 /// checked before the first ([`memory::check_before_training`]); an accelerator running
-/// out of memory is an error that says which batch to try.
+/// out of memory in a step is an error that says which batch to try.
 pub fn pretrain(
-    config: &PretrainConfig,
-    data: &Dataset,
-    captions: &Captions,
-    out_dir: &Path,
-    device: &Device,
-    observer: &mut dyn Observer,
-) -> Result<PretrainSummary> {
-    run_pretraining(config, data, captions, out_dir, device, observer)
-        .map_err(|e| memory::explain_out_of_memory(e, config.batch_size, 1, true))
-}
-
-fn run_pretraining(
     config: &PretrainConfig,
     data: &Dataset,
     captions: &Captions,
@@ -194,7 +182,8 @@ fn run_pretraining(
                 .iter()
                 .map(|&i| caption(captions, data, config.seed, epoch as u64, i))
                 .collect();
-            let loss = batch_loss(&model, &tokenizer, &texts, &batch.pixels)?;
+            let out_of_memory = |e: Error| memory::explain_out_of_memory(e, config.batch_size, 1, true);
+            let loss = batch_loss(&model, &tokenizer, &texts, &batch.pixels).map_err(out_of_memory)?;
             let value = loss.to_scalar::<f32>()? as f64;
             if !value.is_finite() {
                 return Err(Error::NonFinite {
@@ -205,7 +194,7 @@ fn run_pretraining(
                     last_good: out_dir.to_path_buf(),
                 });
             }
-            let grads = wise_clip::backward(&loss)?;
+            let grads = wise_clip::backward(&loss).map_err(|e| out_of_memory(e.into()))?;
             let grad_norm = grad_norm(&model.params, &grads)?;
             let lr = cosine_lr(config.lr, config.warmup, total, step);
             optimizer.step(&model.params, &grads, lr, clip_scale(grad_norm, 1.0))?;
