@@ -284,15 +284,12 @@ fn source_names_parse_and_unknown_ones_are_listed() {
     assert!(e.contains("imagenet") && e.contains("mnist-5k") && e.contains("cifar10"), "{e}");
 }
 
-#[test]
-fn a_cifar_archive_entry_too_large_for_an_image_is_refused() {
+/// A gzipped tar of zero-filled entries `(name, size)`.
+fn zero_archive(path: &Path, entries: &[(&str, usize)]) {
     use std::io::Write;
-    let tmp = tempfile::tempdir().unwrap();
-    let archive = tmp.path().join("cifar10-jpeg.tar.gz");
-    let gz =
-        flate2::write::GzEncoder::new(std::fs::File::create(&archive).unwrap(), flate2::Compression::fast());
+    let gz = flate2::write::GzEncoder::new(std::fs::File::create(path).unwrap(), flate2::Compression::fast());
     let mut tar = tar::Builder::new(gz);
-    for (name, size) in [("test/cat/0001.jpg", 1000), ("test/cat/0002.jpg", (16 << 20) + 1)] {
+    for &(name, size) in entries {
         let mut header = tar::Header::new_gnu();
         header.set_size(size as u64);
         header.set_mode(0o644);
@@ -300,6 +297,13 @@ fn a_cifar_archive_entry_too_large_for_an_image_is_refused() {
         tar.append_data(&mut header, name, std::io::repeat(0).take(size as u64)).unwrap();
     }
     tar.into_inner().unwrap().finish().unwrap().flush().unwrap();
+}
+
+#[test]
+fn cifar_archive_entries_are_read_within_bounds() {
+    let tmp = tempfile::tempdir().unwrap();
+    let archive = tmp.path().join("cifar10-jpeg.tar.gz");
+    zero_archive(&archive, &[("test/cat/0001.jpg", 1000), ("test/cat/0002.jpg", (16 << 20) + 1)]);
     // 16 MiB of zeros compress to a few kilobytes: what is read is bounded, not the file.
     assert!(std::fs::metadata(&archive).unwrap().len() < 100_000);
 
@@ -310,4 +314,14 @@ fn a_cifar_archive_entry_too_large_for_an_image_is_refused() {
         "{e}"
     );
     assert!(!out.exists());
+
+    // Entries up to the limit are taken, written out 64 MiB at a time, none lost.
+    let sizes = [16 << 20, 16 << 20, 16 << 20, 16 << 20, 16 << 20, 7];
+    let names: Vec<String> = (0..sizes.len()).map(|i| format!("test/cat/{i:04}.jpg")).collect();
+    let entries: Vec<(&str, usize)> = names.iter().map(String::as_str).zip(sizes).collect();
+    zero_archive(&archive, &entries);
+    import(Source::Cifar10, &archive, &out, false).unwrap();
+    for (name, size) in entries {
+        assert_eq!(std::fs::metadata(out.join(name)).unwrap().len(), size as u64, "{name}");
+    }
 }

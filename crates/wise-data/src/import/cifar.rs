@@ -19,8 +19,10 @@ use crate::{Error, Result};
 
 const SPLITS: [&str; 2] = ["train", "test"];
 
-/// Entries buffered before they are written out in parallel (~1 KB each).
+/// Entries buffered before they are written out in parallel (~1 KB each), and the most
+/// bytes buffered, whatever the entries' sizes.
 const CHUNK: usize = 4096;
+const CHUNK_BYTES: usize = 64 << 20;
 
 /// The largest image entry taken: a CIFAR-10 JPEG is 1–3 KB, and a few kilobytes of gzip
 /// can stand for gigabytes of one entry, which must not be read into memory.
@@ -44,6 +46,7 @@ pub(super) fn import(archive_path: &Path, out: &Path) -> Result<Written> {
     // (split, class) → count; folders already created.
     let mut counts: BTreeMap<(&'static str, String), usize> = BTreeMap::new();
     let mut pending: Vec<(PathBuf, Vec<u8>)> = Vec::with_capacity(CHUNK);
+    let mut pending_bytes = 0;
     for entry in archive.entries().map_err(bad_archive)? {
         let mut entry = entry.map_err(bad_archive)?;
         if !entry.header().entry_type().is_file() {
@@ -72,9 +75,11 @@ pub(super) fn import(archive_path: &Path, out: &Path) -> Result<Written> {
                 ),
             ));
         }
+        pending_bytes += bytes.len();
         pending.push((dir.join(file_name), bytes));
-        if pending.len() == CHUNK {
+        if pending.len() == CHUNK || pending_bytes >= CHUNK_BYTES {
             write_all(&mut pending)?;
+            pending_bytes = 0;
         }
     }
     write_all(&mut pending)?;
