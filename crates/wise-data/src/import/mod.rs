@@ -308,7 +308,8 @@ fn read_maybe_gz_at_most(path: &Path, max_bytes: u64) -> Result<Vec<u8>> {
     if !bytes.starts_with(&[0x1f, 0x8b]) {
         return Ok(bytes);
     }
-    let mut out = Vec::with_capacity(bytes.len() * 4);
+    // A guess at the decompressed size, never past the bound (a 512 MiB file reserved 2 GiB).
+    let mut out = Vec::with_capacity((bytes.len() * 4).min(max_bytes as usize + 1));
     flate2::read::MultiGzDecoder::new(bytes.as_slice())
         .take(max_bytes + 1)
         .read_to_end(&mut out)
