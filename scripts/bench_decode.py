@@ -10,6 +10,14 @@ bicubic, centre crop, /255, CLIP mean/std):
   numpy for the normalisation: the fastest plain-Python path.
 - ``hf-processor``: transformers' ``CLIPImageProcessor`` (what HF users call), per batch.
 
+and, for the training transform (``wise bench --mode preprocess --augment``), not run unless
+named with ``--impl``:
+
+- ``open_clip-train``: ``open_clip.image_transform(S, is_train=True)``, the transform WiSE-FT
+  fine-tunes with (torchvision ``RandomResizedCrop(S, scale=(0.9, 1.0), bicubic)`` on the PIL
+  image, RGB, ``ToTensor``, CLIP's ``Normalize``), one image at a time as a DataLoader
+  worker runs it.
+
 Prints one JSON line per implementation::
 
     {"impl": "pil", "mode": "preprocess", "img_per_s": 800.0, "images": 2000, "threads": 1, ...}
@@ -71,7 +79,15 @@ def hf_prepare(paths, size, batch=32):
         yield from processor(images=images, return_tensors="np")["pixel_values"]
 
 
-IMPLS = {"pil": pil_prepare, "hf-processor": hf_prepare}
+def open_clip_train_prepare(paths, size):
+    import open_clip
+
+    transform = open_clip.image_transform(size, is_train=True)
+    for p in paths:
+        yield transform(Image.open(p)).numpy()
+
+
+IMPLS = {"pil": pil_prepare, "hf-processor": hf_prepare, "open_clip-train": open_clip_train_prepare}
 
 
 def make_photos(src, dst, limit):

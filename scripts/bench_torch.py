@@ -17,7 +17,12 @@ Modes (the same work as ``wise bench --mode``):
 - ``train``: one wise-ft step of tower + head (``Linear(projection, classes)`` on the
   L2-normalised features): cross-entropy, backward, ``clip_grad_norm_(1.0)``,
   ``AdamW(lr=3e-5, wd=0.1)``, train mode; on CPU also the process's peak memory
-  (``peak_rss_gb``: run one ``--impl`` a process for a figure of its own).
+  (``peak_rss_gb``: run one ``--impl`` a process for a figure of its own). Random pixels, or
+  with ``--data DIR`` (an ImageFolder) the batches a WiSE-FT run feeds its model: a
+  ``DataLoader`` (``--workers`` processes, shuffled, full batches) over torchvision's
+  ``ImageFolder`` with open_clip's training transform (``RandomResizedCrop(224, scale=(0.9,
+  1.0), bicubic)``, ``ToTensor``, CLIP's ``Normalize``); waiting for a batch is part of the
+  step's time, the head has the data's classes.
 - ``zeroshot``: a zero-shot head (one text-tower feature per class × template, normalised,
   averaged per class) for ``--classnames FILE`` and ``--templates FILE`` (one per line, ``{}``
   for the class name), the preset's text tower (ViT-B/32: width 512, 12 layers), random
@@ -156,11 +161,31 @@ def zeroshot_head(name, args):
         "iters": args.iters,
         "iter_s": [round(t, 4) for t in times],
     }
-    if device.type == "cpu" and sys.platform == "linux":
-        # The most this process held at once (kB on Linux): one implementation a process
-        # (--impl NAME) for a figure of its own, as scripts/bench_memory.sh runs it.
-        row["peak_rss_gb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9, 3)
-    return row
+
+
+def train_batches(args, device):
+    """Endless (pixels, labels) batches of ``--data`` as a WiSE-FT run's DataLoader makes them,
+    and the number of classes."""
+    import open_clip
+    from torchvision.datasets import ImageFolder
+
+    data = ImageFolder(args.data, transform=open_clip.image_transform(224, is_train=True))
+    if 0 < args.limit < len(data):  # evenly spread, as `wise bench --limit`
+        data = torch.utils.data.Subset(data, [i * len(data) // args.limit for i in range(args.limit)])
+    loader = torch.utils.data.DataLoader(
+        data, batch_size=args.batch_size, shuffle=True, drop_last=True, num_workers=args.workers,
+        persistent_workers=args.workers > 0, pin_memory=device.type == "cuda",
+        generator=torch.Generator().manual_seed(args.seed),
+    )
+    assert len(loader) > 0, f"{args.data}: fewer images than one batch"
+    classes = len(data.dataset.classes if isinstance(data, torch.utils.data.Subset) else data.classes)
+
+    def batches():
+        while True:
+            for pixels, labels in loader:
+                yield pixels.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+
+    return batches(), classes
 
 
 def bench(name, args):
@@ -169,9 +194,10 @@ def bench(name, args):
     tower, embed = BUILDERS[name](args.preset)
     tower = tower.float().to(device)
     projection = PRESETS[args.preset][4]
-    head = torch.nn.Linear(projection, args.classes).to(device)
+    batches, classes = train_batches(args, device) if args.data else (None, args.classes)
+    head = torch.nn.Linear(projection, classes).to(device)
     pixels = torch.randn(args.batch_size, 3, 224, 224, dtype=torch.float32, device=device)
-    labels = (torch.arange(args.batch_size, device=device) * 7919) % args.classes
+    labels = (torch.arange(args.batch_size, device=device) * 7919) % classes
     autocast = (
         torch.autocast(device.type, dtype=torch.bfloat16) if args.amp == "bf16" else contextlib.nullcontext()
     )
@@ -189,10 +215,11 @@ def bench(name, args):
         optimizer = torch.optim.AdamW(params, lr=3e-5, weight_decay=0.1)
 
         def step():
+            x, y = next(batches) if batches else (pixels, labels)
             with autocast:
-                features = embed(pixels)
+                features = embed(x)
                 features = features / features.norm(dim=-1, keepdim=True)
-                loss = torch.nn.functional.cross_entropy(head(features), labels)
+                loss = torch.nn.functional.cross_entropy(head(features), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -223,6 +250,8 @@ def bench(name, args):
         "iters": args.iters,
         "iter_s": [round(t, 4) for t in times],
     }
+    if args.data:
+        row.update(data=args.data, workers=args.workers)
     if device.type == "cpu" and sys.platform == "linux":
         # The most this process held at once (kB on Linux): one implementation a process
         # (--impl NAME) for a figure of its own, as scripts/bench_memory.sh runs it.
@@ -278,6 +307,10 @@ def main():
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--amp", choices=["none", "bf16"], default="none")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--data", help="train: an ImageFolder to feed the steps from (default: random pixels)")
+    ap.add_argument("--limit", type=int, default=0, help="train --data: this many images, evenly spread")
+    ap.add_argument("--workers", type=int, default=os.cpu_count(),
+                    help="train --data: DataLoader worker processes (default: number of cores)")
     ap.add_argument("--classnames", help="zeroshot: class names, one per line")
     ap.add_argument("--templates", default="crates/wise-zeroshot/templates/openai_imagenet.txt",
                     help="zeroshot: prompt templates, one per line with {} for the class name")
@@ -289,6 +322,8 @@ def main():
         return
     if args.mode == "zeroshot" and not args.classnames:
         ap.error("--mode zeroshot needs --classnames")
+    if args.data and args.mode != "train":
+        ap.error("--data is for --mode train")
     for name in args.impl:
         try:
             row = zeroshot_head(name, args) if args.mode == "zeroshot" else bench(name, args)

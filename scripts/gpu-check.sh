@@ -34,7 +34,10 @@
 #       around a softmax kernel). PROFILE_VARIANTS="default flash=off" picks some.
 #   (d) the host's data path: `wise bench --mode preprocess` of the photo-sized JPEGs that
 #       `build` puts in .gpu/photos, on all cores, one thread per physical core (with SMT)
-#       and one core (the CPU decodes what the GPU evaluates).
+#       and one core (the CPU decodes what the GPU evaluates); then ViT-B/16 bf16 training
+#       steps on the GPU fed from those photos (shuffled, random resized crops, decoded on
+#       the host) against the same steps on random pixels, wise and PyTorch (a DataLoader
+#       of a worker per core, open_clip's training transform): does the host keep up?
 #   (e) the host CPU, when it has AVX-512 or AVX2: wise's f32 kernel from packed weights
 #       against the BLAS on ViT-B/32's products at batch 1 and 32 (`wise bench --mode
 #       sgemm`; with AVX-512, batch 1 in the AVX2 form too), and ViT-B/32 inference one image
@@ -150,7 +153,7 @@ device() {
 
     parity "$wise" "$py" "$work" "$out" || echo "PARITY FAILED (see above); benchmarks follow"
     benchmarks "$wise" "$py" "$out"
-    data_path "$wise" "$out"
+    data_path "$wise" "$py" "$out"
     host_cpu "$wise" "$py" "$out"
     rm -rf "$work"
 }
@@ -369,7 +372,7 @@ PY
 # The host's data path: decoding and preprocessing the carried photo-sized JPEGs on all of
 # the GPU machine's cores and on one, against the GPU's inference rate in bench.jsonl.
 data_path() {
-    local wise=$1 out=$2
+    local wise=$1 py=$2 out=$3
     [[ -d .gpu/photos ]] || { echo "== data path: no .gpu/photos, skipped"; return 0; }
     echo "== data path on the host CPU: decode + resize + normalise of photo-sized JPEGs"
     : > "$out/data-path.jsonl"
@@ -383,6 +386,22 @@ data_path() {
         RAYON_NUM_THREADS=$threads "$wise" bench --mode preprocess --data .gpu/photos --warmup 1 --iters 5 \
             | tee -a "$out/data-path.jsonl" || echo "wise preprocess ($threads threads) failed"
     done
+    echo "== data path: ViT-B/16 training steps on the GPU fed from the photos vs on random pixels"
+    # 256 photos are 4 batches of 64 an epoch: each epoch's first batch waits for a fresh
+    # start of the loader (wise) or of the workers' first batches (PyTorch), as in any run.
+    local classes train=(--mode train --preset ViT-B/16 --batch-size "${DATA_TRAIN_BATCH:-64}" --warmup 3
+                         --iters "${ITERS:-8}")
+    classes=$(find .gpu/photos -mindepth 1 -maxdepth 1 -type d | wc -l)
+    "$wise" bench --device "$GPU_DEVICE" "${train[@]}" --classes "$classes" \
+        | sed 's/"mode":"train"/"mode":"train-random"/' | tee -a "$out/data-path.jsonl" || echo "wise train failed"
+    "$wise" bench --device "$GPU_DEVICE" "${train[@]}" --data .gpu/photos | tee -a "$out/data-path.jsonl" \
+        || echo "wise train on the photos failed"
+    "$py" scripts/bench_torch.py --impl hf --device "$GPU_DEVICE" --amp bf16 "${train[@]}" --classes "$classes" \
+        2> >(grep -v "No pretrained" >&2) | sed 's/"mode": "train"/"mode": "train-random"/' \
+        | tee -a "$out/data-path.jsonl" || echo "PyTorch train failed"
+    "$py" scripts/bench_torch.py --impl hf --device "$GPU_DEVICE" --amp bf16 "${train[@]}" --data .gpu/photos \
+        --workers "$all" 2> >(grep -v "No pretrained" >&2) | tee -a "$out/data-path.jsonl" \
+        || echo "PyTorch train on the photos failed"
 }
 
 host_cpu() {

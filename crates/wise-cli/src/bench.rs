@@ -3,9 +3,10 @@
 //!
 //! It times exactly what `wise eval` and `wise train` run: the image tower (HF's
 //! `image_embeds`) in the compute dtype of the device, one training step of wise-ft's
-//! recipe (forward, cross-entropy, backward, global-norm clipping, AdamW), the whole of
-//! `wise eval` on a real dataset (decode, resize, model), or the data path alone (decode,
-//! resize, normalise, no model), the zero-shot head (the text tower over every class ×
+//! recipe (forward, cross-entropy, backward, global-norm clipping, AdamW) on random pixels or
+//! fed by `wise train`'s loader from a real dataset (shuffled, augmented, decoded ahead), the
+//! whole of `wise eval` on a real dataset (decode, resize, model), or the data path alone
+//! (decode, resize, normalise, no model), the zero-shot head (the text tower over every class ×
 //! template prompt), or the machine's fp32 matrix-product ceiling (`sgemm`: the model's
 //! product shapes and a 2048³ one through wise's BLAS path, for the gemm-bound limit).
 //! One JSON line goes to stdout in the shape of `scripts/bench_torch.py`'s, so
@@ -21,7 +22,7 @@ use anyhow::Context;
 use candle_core::{Device, Tensor};
 use clap::{Args, ValueEnum};
 use wise_clip::{compute_dtype, parse_device, ClipConfig, ClipModel, ClipTokenizer, ImagePreprocessor};
-use wise_data::{Dataset, Loader};
+use wise_data::{Batch, Batches, Dataset, Loader};
 use wise_eval::{evaluate, EvalOptions};
 use wise_train::loss::cross_entropy;
 use wise_train::memory::{self, StepMemory};
@@ -32,11 +33,13 @@ use wise_zeroshot::{zeroshot_head, ClassifierMeta, ImageClassifier, Templates, P
 enum Mode {
     /// The image tower forward (image embeddings).
     Infer,
-    /// One optimizer step of the whole classifier (tower + head).
+    /// One optimizer step of the whole classifier (tower + head): on random pixels, or with
+    /// `--data` on the batches `wise train` makes of it (shuffled, augmented, full batches).
     Train,
     /// `wise eval` of a random classifier over `--data` (loader and model together).
     Eval,
-    /// The eval data path alone over `--data`: decode, resize, crop, normalise.
+    /// The eval data path alone over `--data`: decode, resize, crop, normalise (with
+    /// `--augment` the training transform: a random resized crop).
     Preprocess,
     /// The best fp32 matrix-product rate through wise's BLAS path, on the model's products
     /// at `--batch-size` images and on 2048³, and through wise's own kernel from packed
@@ -74,9 +77,13 @@ pub struct BenchArgs {
     /// cpu, cuda, cuda:N or metal. The compute dtype is the device's (`WISE_COMPUTE_DTYPE` overrides).
     #[arg(long, default_value = "cpu")]
     device: String,
-    /// Dataset for `eval` and `preprocess`: an ImageFolder or CSV manifest.
+    /// Dataset for `eval`, `preprocess` and (optional) `train`: an ImageFolder or CSV manifest.
     #[arg(long)]
     data: Option<PathBuf>,
+    /// `preprocess`: the training transform (random resized crop, as `wise train` augments)
+    /// instead of the eval one.
+    #[arg(long)]
+    augment: bool,
     /// Use this many images of `--data`, evenly spread over it (0: all).
     #[arg(long, default_value_t = 0)]
     limit: usize,
@@ -106,10 +113,13 @@ pub fn run(mut args: BenchArgs) -> anyhow::Result<()> {
     if args.mode == Mode::Zeroshot {
         return zeroshot_head_rate(&args, &config, &device);
     }
+    anyhow::ensure!(!args.augment || args.mode == Mode::Preprocess, "--augment is for --mode preprocess");
     let dataset = match (&args.data, args.mode) {
-        (Some(path), Mode::Eval | Mode::Preprocess) => Some(subset(Dataset::open(path, None)?, args.limit)),
+        (Some(path), Mode::Eval | Mode::Preprocess | Mode::Train) => {
+            Some(subset(Dataset::open(path, None)?, args.limit))
+        }
         (None, Mode::Eval | Mode::Preprocess) => anyhow::bail!("--mode eval and preprocess need --data"),
-        (Some(_), _) => anyhow::bail!("--data is for --mode eval and preprocess"),
+        (Some(_), _) => anyhow::bail!("--data is for --mode eval, preprocess and train"),
         (None, _) => None,
     };
     let class_names = match &dataset {
@@ -131,6 +141,17 @@ pub fn run(mut args: BenchArgs) -> anyhow::Result<()> {
     let labels: Vec<u32> = (0..args.batch_size).map(|i| (i * 7919 % args.classes) as u32).collect();
     let labels = Tensor::new(labels, &device)?;
 
+    // Train mode over `--data`: `wise train`'s batches, epoch after epoch.
+    let mut train_batches = match (&dataset, args.mode) {
+        (Some(d), Mode::Train) => Some(TrainBatches::new(
+            Loader::new(d, classifier.preprocessor(), &device)
+                .with_batch_size(args.batch_size)
+                .with_drop_last(true),
+            args.seed,
+        )?),
+        _ => None,
+    };
+
     let params = classifier.params.clone();
     // Only train mode needs the optimizer's moments (2 × the parameters).
     let mut optimizer =
@@ -147,8 +168,9 @@ pub fn run(mut args: BenchArgs) -> anyhow::Result<()> {
                 let dataset = dataset.as_ref().expect("checked above");
                 let loader =
                     Loader::new(dataset, classifier.preprocessor(), &device).with_batch_size(args.batch_size);
+                let batches = if args.augment { loader.train(args.seed, 0)? } else { loader.eval()? };
                 let mut images = 0;
-                for batch in loader.eval()? {
+                for batch in batches {
                     images += batch?.len();
                 }
                 anyhow::ensure!(images == dataset.len(), "prepared {images} images");
@@ -170,6 +192,14 @@ pub fn run(mut args: BenchArgs) -> anyhow::Result<()> {
                     phases[i] += clock.elapsed().as_secs_f64();
                     clock = Instant::now();
                     Ok(())
+                };
+                // Waiting for the loader counts: it is part of what a training step costs.
+                let (pixels, labels) = match train_batches.as_mut() {
+                    Some(batches) => {
+                        let batch = batches.next()?;
+                        (batch.pixels.clone(), batch.labels_tensor(&device)?)
+                    }
+                    None => (pixels.clone(), labels.clone()),
                 };
                 let loss = cross_entropy(&classifier.logits(&pixels)?, &labels, 0.0)?;
                 let value = loss.to_scalar::<f32>()?;
@@ -205,8 +235,11 @@ pub fn run(mut args: BenchArgs) -> anyhow::Result<()> {
     // weight is packed once for all the iterations, as `wise eval` does for a dataset.
     let (times, phases) = if args.mode == Mode::Train { timed()? } else { wise_clip::frozen_weights(timed)? };
 
-    // Images per timed iteration: the batch, or the whole (limited) dataset.
-    let images = dataset.as_ref().map_or(args.batch_size, |d| d.len());
+    // Images per timed iteration: a pass over the whole (limited) dataset, or a batch.
+    let images = match (&dataset, args.mode) {
+        (Some(d), Mode::Eval | Mode::Preprocess) => d.len(),
+        _ => args.batch_size,
+    };
     let total: f64 = times.iter().sum();
     let best = times.iter().copied().fold(f64::INFINITY, f64::min);
     let mut line = serde_json::json!({
@@ -230,22 +263,30 @@ pub fn run(mut args: BenchArgs) -> anyhow::Result<()> {
     if bf16_products(&device) {
         line["products"] = serde_json::json!("bf16");
     }
+    if let (Some(path), Some(d)) = (&args.data, &dataset) {
+        line["data"] = serde_json::json!(path.display().to_string());
+        line["data_images"] = serde_json::json!(d.len());
+        if args.mode == Mode::Preprocess {
+            line["transform"] = serde_json::json!(if args.augment { "train" } else { "eval" });
+        }
+    }
     let forward = vc.forward_flops(config.projection_dim);
     match args.mode {
         Mode::Infer => line["model_gflop_per_img"] = serde_json::json!(round3(forward / 1e9)),
         Mode::Train => {
             // Forward and backward (two products per forward one) of tower and head.
-            let head = 2.0 * (config.projection_dim * args.classes) as f64;
+            let head = 2.0 * (config.projection_dim * classifier.meta.class_names.len()) as f64;
             line["model_gflop_per_img"] = serde_json::json!(round3(3.0 * (forward + head) / 1e9));
         }
         _ => {}
     }
     if args.mode == Mode::Train && device.is_cpu() {
-        // What `wise train` plans for this step (less the loader, which a bench has not),
+        // What `wise train` plans for this step (less the loader, unless this bench has one),
         // against the most this process held.
         let count = params.values().map(|v| v.elem_count()).sum();
         let step = StepMemory::image_classifier(vc, count, count, args.batch_size, 1);
-        line["memory_estimate_gb"] = serde_json::json!(round3((step.total() - step.loader) as f64 / 1e9));
+        let loader = if train_batches.is_some() { 0 } else { step.loader };
+        line["memory_estimate_gb"] = serde_json::json!(round3((step.total() - loader) as f64 / 1e9));
         if let Some(peak) = memory::peak_resident_bytes() {
             line["peak_rss_gb"] = serde_json::json!(round3(peak as f64 / 1e9));
         }
@@ -421,6 +462,39 @@ fn zeroshot_head_rate(args: &BenchArgs, config: &ClipConfig, device: &Device) ->
 }
 
 /// `limit` samples spread evenly over the dataset (so every class is represented), or all.
+/// `wise train`'s batches of a dataset, one epoch after another, for as long as asked.
+struct TrainBatches {
+    loader: Loader,
+    seed: u64,
+    epoch: u64,
+    batches: Batches,
+}
+
+impl TrainBatches {
+    fn new(loader: Loader, seed: u64) -> anyhow::Result<Self> {
+        anyhow::ensure!(
+            loader.num_batches() > 0,
+            "--data has {} images, less than one batch of {}",
+            loader.len(),
+            loader.batch_size()
+        );
+        let batches = loader.train(seed, 0)?;
+        Ok(Self { loader, seed, epoch: 0, batches })
+    }
+
+    fn next(&mut self) -> anyhow::Result<Batch> {
+        loop {
+            match self.batches.next() {
+                Some(batch) => return Ok(batch?),
+                None => {
+                    self.epoch += 1;
+                    self.batches = self.loader.train(self.seed, self.epoch)?;
+                }
+            }
+        }
+    }
+}
+
 fn subset(mut dataset: Dataset, limit: usize) -> Dataset {
     if limit > 0 && limit < dataset.samples.len() {
         let n = dataset.samples.len();

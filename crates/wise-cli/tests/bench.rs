@@ -7,8 +7,8 @@ use support::fixture;
 mod common;
 use common::{fails_with, ok, s, wise};
 
-#[test]
-fn preprocess_mode_reports_every_image_of_the_dataset() {
+/// Five fixture images in two class folders (`even`: 3, `odd`: 2).
+fn two_class_images() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let images = fixture("images");
     let names = ["rgb.jpg", "wide.png", "tall.png", "grey.png", "palette.png"];
@@ -17,6 +17,12 @@ fn preprocess_mode_reports_every_image_of_the_dataset() {
         std::fs::create_dir_all(&class).unwrap();
         std::fs::copy(images.join(name), class.join(name)).unwrap();
     }
+    dir
+}
+
+#[test]
+fn preprocess_mode_reports_every_image_of_the_dataset() {
+    let dir = two_class_images();
     let out = ok(&wise(&[
         "bench",
         "--mode",
@@ -36,13 +42,44 @@ fn preprocess_mode_reports_every_image_of_the_dataset() {
     assert_eq!(line["images"], 4, "--limit 4 of 5");
     assert_eq!(line["iter_s"].as_array().unwrap().len(), 2);
     assert!(line["img_per_s"].as_f64().unwrap() > 0.0);
+    assert_eq!(line["transform"], "eval");
+
+    let augmented = ["bench", "--mode", "preprocess", "--augment", "--data", s(dir.path()), "--iters", "1"];
+    let line: serde_json::Value = serde_json::from_str(ok(&wise(&augmented)).trim()).unwrap();
+    assert_eq!((line["transform"].as_str(), line["images"].as_u64()), (Some("train"), Some(5)));
+}
+
+/// `--mode train --data`: each step takes the next batch `wise train` makes of the data (full
+/// batches, shuffled, augmented), across epochs; the head has the data's classes.
+#[test]
+fn train_mode_feeds_steps_from_the_data() {
+    let dir = two_class_images();
+    let args = ["bench", "--mode", "train", "--batch-size", "2", "--iters", "3", "--warmup", "0"];
+    // 5 images make 2 full batches an epoch: the third step starts the second epoch.
+    let out = ok(&wise(&[&args[..], &["--data", s(dir.path())]].concat()));
+    let line: serde_json::Value = serde_json::from_str(out.trim()).expect("one JSON line");
+    assert_eq!((line["mode"].as_str(), line["images"].as_u64()), (Some("train"), Some(2)));
+    assert_eq!(line["data_images"], 5);
+    assert_eq!(line["iter_s"].as_array().unwrap().len(), 3);
+    // Three times the tower's forward and a head of the data's 2 classes (not `--classes`).
+    let infer =
+        ok(&wise(&["bench", "--mode", "infer", "--batch-size", "1", "--iters", "1", "--warmup", "0"]));
+    let infer: serde_json::Value = serde_json::from_str(infer.trim()).unwrap();
+    let forward = infer["model_gflop_per_img"].as_f64().unwrap();
+    let flops = line["model_gflop_per_img"].as_f64().unwrap();
+    let expected = 3.0 * (forward + 2.0 * 512.0 * 2.0 / 1e9);
+    assert!((flops - expected).abs() < 0.003, "{flops} GFLOP, expected {expected}");
+
+    let too_big = ["bench", "--mode", "train", "--batch-size", "6", "--data", s(dir.path())];
+    fails_with(&wise(&too_big), &["5 images, less than one batch of 6"]);
 }
 
 #[test]
 fn bad_arguments_are_named() {
     fails_with(&wise(&["bench", "--preset", "ViT-X/99"]), &["unknown --preset ViT-X/99", "ViT-B/32"]);
     fails_with(&wise(&["bench", "--mode", "eval"]), &["need --data"]);
-    fails_with(&wise(&["bench", "--mode", "train", "--data", "x"]), &["--data is for"]);
+    fails_with(&wise(&["bench", "--mode", "infer", "--data", "x"]), &["--data is for"]);
+    fails_with(&wise(&["bench", "--mode", "eval", "--augment", "--data", "x"]), &["--augment is for"]);
     fails_with(&wise(&["bench", "--batch-size", "0"]), &["--batch-size"]);
     fails_with(&wise(&["bench", "--device", "tpu"]), &["tpu"]);
 }
