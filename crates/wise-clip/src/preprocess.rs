@@ -139,25 +139,65 @@ impl ImagePreprocessor {
     /// Only the crop's pixels are resized: each output pixel of a pass depends on its own
     /// filter window alone, so the columns (rows) the crop drops are never computed.
     pub fn eval(&self, img: &RgbImage) -> Result<Vec<f32>> {
+        Ok(self.normalize(&self.eval_resized(img)?))
+    }
+
+    /// [`eval`](Self::eval) before `/255` and the normalisation: CHW 8-bit levels, a quarter
+    /// of the bytes, for [`normalize_levels`](Self::normalize_levels) to finish on a device.
+    pub fn eval_levels(&self, img: &RgbImage) -> Result<Vec<u8>> {
+        Ok(self.eval_resized(img)?.channels_first())
+    }
+
+    fn eval_resized(&self, img: &RgbImage) -> Result<Wide> {
         let s = self.side()?;
         let (new_w, new_h) = shortest_side_size(img.width(), img.height(), s)?;
         let crop = CropBox { top: (new_h - s) / 2, left: (new_w - s) / 2, height: s, width: s };
         let whole = CropBox { top: 0, left: 0, height: img.height(), width: img.width() };
-        let levels = resize_levels(&Wide::of(img, whole), (new_w, new_h), crop)?;
-        Ok(self.normalize(&levels))
+        resize_levels(&Wide::of(img, whole), (new_w, new_h), crop)
     }
 
     /// Training transform (open_clip / WiSE-FT): torchvision `RandomResizedCrop(S,
     /// scale=(0.9, 1.0), ratio=(3/4, 4/3), bicubic)` then `/255` and normalize. CHW `f32`.
     /// The same `rng` state gives the same output.
     pub fn train(&self, img: &RgbImage, rng: &mut impl rand::Rng) -> Result<Vec<f32>> {
+        Ok(self.normalize(&self.train_resized(img, rng)?))
+    }
+
+    /// [`train`](Self::train) before `/255` and the normalisation, as
+    /// [`eval_levels`](Self::eval_levels).
+    pub fn train_levels(&self, img: &RgbImage, rng: &mut impl rand::Rng) -> Result<Vec<u8>> {
+        Ok(self.train_resized(img, rng)?.channels_first())
+    }
+
+    fn train_resized(&self, img: &RgbImage, rng: &mut impl rand::Rng) -> Result<Wide> {
         let s = self.side()?;
         let b = random_resized_crop_params(img.width(), img.height(), TRAIN_SCALE, TRAIN_RATIO, rng)?;
         // Crop first, then resize the crop (as torchvision on PIL images): the filter must
         // not reach outside the crop.
         let all = CropBox { top: 0, left: 0, height: s, width: s };
-        let levels = resize_levels(&Wide::of(img, b), (s, s), all)?;
-        Ok(self.normalize(&levels))
+        resize_levels(&Wide::of(img, b), (s, s), all)
+    }
+
+    /// `[B, 3, S, S]` `u8` levels ([`eval_levels`](Self::eval_levels),
+    /// [`train_levels`](Self::train_levels)) → the normalised `f32` pixels
+    /// [`eval`](Self::eval) and [`train`](Self::train) give, on the levels' device: each
+    /// level looks its value up in the same table, so the result is identical.
+    pub fn normalize_levels(&self, levels: &candle_core::Tensor) -> Result<candle_core::Tensor> {
+        use candle_core::{DType, Tensor};
+        let device = levels.device();
+        let (b, c, h, w) = levels.dims4()?;
+        if c != 3 || levels.dtype() != DType::U8 {
+            return Err(Error::Invalid(format!(
+                "levels must be [B, 3, S, S] u8, not {:?} {:?}",
+                levels.dims(),
+                levels.dtype()
+            )));
+        }
+        let table = Tensor::from_vec(self.normalization_table().concat(), 3 * 256, device)?;
+        // Channel c's levels index the table's c-th 256 entries.
+        let offsets = Tensor::new(&[0u32, 256, 512], device)?.reshape((1, 3, 1, 1))?;
+        let index = levels.to_dtype(DType::U32)?.broadcast_add(&offsets)?.flatten_all()?;
+        Ok(table.index_select(&index, 0)?.reshape((b, c, h, w))?)
     }
 
     /// Decodes ([`load_rgb`]) and eval-preprocesses many files in parallel, order preserved:
@@ -187,9 +227,9 @@ impl ImagePreprocessor {
         }
     }
 
-    /// An `S × S` resize result (8-bit levels stored as `v · 257`), as HF normalises:
-    /// `x * (1/255)` in `f64` cast to `f32`, then `(x - mean) / std` in `f32`; channels first.
-    fn normalize(&self, img: &Wide) -> Vec<f32> {
+    /// Each channel's normalised value of each 8-bit level, as HF normalises: `x * (1/255)`
+    /// in `f64` cast to `f32`, then `(x - mean) / std` in `f32`.
+    fn normalization_table(&self) -> [[f32; 256]; 3] {
         let mut lut = [[0f32; 256]; 3];
         for (c, table) in lut.iter_mut().enumerate() {
             for (v, out) in table.iter_mut().enumerate() {
@@ -197,6 +237,12 @@ impl ImagePreprocessor {
                 *out = (x - self.mean[c]) / self.std[c];
             }
         }
+        lut
+    }
+
+    /// An `S × S` resize result (8-bit levels stored as `v · 257`), normalised; channels first.
+    fn normalize(&self, img: &Wide) -> Vec<f32> {
+        let lut = self.normalization_table();
         let mut out = Vec::with_capacity(img.samples.len());
         for (c, lut) in lut.iter().enumerate() {
             out.extend(img.pixels().iter().map(|p| lut[usize::from(p.0[c] >> 8)]));
@@ -265,6 +311,15 @@ impl Wide {
     /// The samples' 8-bit levels (`l · 257 / 256 == l` for every level `l`).
     fn levels(&self) -> impl Iterator<Item = u8> + '_ {
         self.samples.iter().map(|&v| (v >> 8) as u8)
+    }
+
+    /// The levels channels first (CHW), as the model's pixels are laid out.
+    fn channels_first(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.samples.len());
+        for c in 0..3 {
+            out.extend(self.pixels().iter().map(|p| (p.0[c] >> 8) as u8));
+        }
+        out
     }
 }
 

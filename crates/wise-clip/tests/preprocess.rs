@@ -230,6 +230,41 @@ fn test_image(w: u32, h: u32) -> RgbImage {
     })
 }
 
+/// The 8-bit levels, normalised as a tensor (on any device, by table lookup), are the
+/// transforms' own `f32` pixels to the bit, for every level and both transforms.
+#[test]
+fn levels_normalized_as_a_tensor_equal_the_transforms() {
+    let pre =
+        ImagePreprocessor { mean: [0.5, 0.25, 0.125], std: [0.2, 0.3, 0.7], ..ImagePreprocessor::new(16) };
+    // A busy image through both transforms ...
+    let img = RgbImage::from_fn(64, 48, |x, y| {
+        let v = (y * 64 + x) as u8;
+        image::Rgb([v, v.wrapping_mul(7), 255 - v])
+    });
+    let mut levels = pre.eval_levels(&img).unwrap();
+    let mut expected = pre.eval(&img).unwrap();
+    levels.extend(pre.train_levels(&img, &mut StdRng::seed_from_u64(3)).unwrap());
+    expected.extend(pre.train(&img, &mut StdRng::seed_from_u64(3)).unwrap());
+    let tensor = Tensor::from_vec(levels.clone(), (2, 3, 16, 16), &Device::Cpu).unwrap();
+    let normalized = pre.normalize_levels(&tensor).unwrap();
+    assert_eq!(normalized.dims(), &[2, 3, 16, 16]);
+    assert_eq!(normalized.flatten_all().unwrap().to_vec1::<f32>().unwrap(), expected);
+    // ... and every level of every channel: x/255 in f64, then (x − mean)/std in f32.
+    let all: Vec<u8> = (0..3).flat_map(|_| 0..=255u8).collect();
+    let table = pre.normalize_levels(&Tensor::from_vec(all, (1, 3, 16, 16), &Device::Cpu).unwrap()).unwrap();
+    let table = table.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    for (i, value) in table.iter().enumerate() {
+        let (c, level) = (i / 256, (i % 256) as f64);
+        let x = (level * (1.0 / 255.0)) as f32;
+        assert_eq!(*value, (x - pre.mean[c]) / pre.std[c], "channel {c}, level {level}");
+    }
+    // Levels, not pixels: anything else is refused.
+    let floats = Tensor::zeros((1, 3, 4, 4), candle_core::DType::F32, &Device::Cpu).unwrap();
+    assert!(pre.normalize_levels(&floats).unwrap_err().to_string().contains("u8"));
+    let two_channels = Tensor::zeros((1, 2, 4, 4), candle_core::DType::U8, &Device::Cpu).unwrap();
+    assert!(pre.normalize_levels(&two_channels).is_err());
+}
+
 #[test]
 fn train_is_deterministic_for_a_seed() {
     let pre = ImagePreprocessor::new(32);

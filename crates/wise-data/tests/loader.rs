@@ -105,6 +105,26 @@ fn training_shuffle_and_augmentation_are_reproducible_from_the_seed() {
     assert!(pa.iter().zip(&pc).any(|(x, y)| x.1 != y.1), "epoch 1 crops should differ somewhere");
 }
 
+/// Normalised on the device (8-bit levels sent, the default on accelerators) or on the
+/// loader's threads, the batches are the same to the bit: eval and training passes.
+#[test]
+fn normalizing_on_the_device_gives_the_same_batches() {
+    let (_dir, ds) = gradient_dataset(7);
+    let flat = |bs: Vec<Batch>| bs.iter().flat_map(rows).collect::<Vec<_>>();
+    for on_device in [false, true] {
+        let l = loader(&ds, 3).with_normalize_on_device(on_device);
+        let (eval, train) = (flat(collect(l.eval().unwrap())), flat(collect(l.train(5, 1).unwrap())));
+        let pre = ImagePreprocessor::new(SIDE);
+        for (row, sample) in eval.iter().zip(&ds.samples) {
+            assert_eq!(row, &pre.eval(&load_rgb(&sample.path).unwrap()).unwrap(), "on device: {on_device}");
+        }
+        for (row, &i) in train.iter().zip(&shuffled_order(7, 5, 1)) {
+            let img = load_rgb(&ds.samples[i].path).unwrap();
+            assert_eq!(row, &pre.train(&img, &mut sample_rng(5, 1, i)).unwrap(), "on device: {on_device}");
+        }
+    }
+}
+
 #[test]
 fn drop_last_and_batch_size_zero() {
     let (_dir, ds) = gradient_dataset(7);
