@@ -201,23 +201,24 @@ impl ImagePreprocessor {
     }
 
     /// Decodes ([`load_rgb`]) and eval-preprocesses many files in parallel, order preserved:
-    /// a `[N, 3, S, S]` `f32` tensor on `device`. A file that fails makes the whole call fail
+    /// a `[N, 3, S, S]` `f32` tensor on `device` (normalised there from 8-bit levels when it
+    /// is not the CPU, as the data loader does). A file that fails makes the whole call fail
     /// with that file's error (which names it).
     pub fn eval_files(&self, paths: &[PathBuf], device: &candle_core::Device) -> Result<candle_core::Tensor> {
-        let s = self.image_size;
-        let per_image = 3 * s * s;
-        let images: Vec<Vec<f32>> = paths
-            .par_iter()
-            .map(|path| {
-                let img = load_rgb(path)?;
-                self.eval(&img).map_err(|e| Error::Image { path: path.clone(), msg: e.to_string() })
-            })
-            .collect::<Result<_>>()?;
-        let mut data = Vec::with_capacity(per_image * images.len());
-        for img in images {
-            data.extend_from_slice(&img);
+        let shape = (paths.len(), 3, self.image_size, self.image_size);
+        let named = |path: &PathBuf, e: Error| Error::Image { path: path.clone(), msg: e.to_string() };
+        if device.is_cpu() {
+            let images: Vec<Vec<f32>> = paths
+                .par_iter()
+                .map(|path| self.eval(&load_rgb(path)?).map_err(|e| named(path, e)))
+                .collect::<Result<_>>()?;
+            return Ok(candle_core::Tensor::from_vec(images.concat(), shape, device)?);
         }
-        Ok(candle_core::Tensor::from_vec(data, (paths.len(), 3, s, s), device)?)
+        let levels: Vec<Vec<u8>> = paths
+            .par_iter()
+            .map(|path| self.eval_levels(&load_rgb(path)?).map_err(|e| named(path, e)))
+            .collect::<Result<_>>()?;
+        self.normalize_levels(&candle_core::Tensor::from_vec(levels.concat(), shape, device)?)
     }
 
     fn side(&self) -> Result<u32> {
