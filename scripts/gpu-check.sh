@@ -37,7 +37,8 @@
 #       and one core (the CPU decodes what the GPU evaluates); then ViT-B/16 bf16 training
 #       steps on the GPU fed from those photos (shuffled, random resized crops, decoded on
 #       the host) against the same steps on random pixels, wise and PyTorch (a DataLoader
-#       of a worker per core, open_clip's training transform): does the host keep up?
+#       of a worker per core, open_clip's training transform), and wise with one core left
+#       to the thread that launches the GPU's work: does the host keep up?
 #   (e) the host CPU, when it has AVX-512 or AVX2: wise's f32 kernel from packed weights
 #       against the BLAS on ViT-B/32's products at batch 1 and 32 (`wise bench --mode
 #       sgemm`; with AVX-512, batch 1 in the AVX2 form too), and ViT-B/32 inference one image
@@ -396,6 +397,11 @@ data_path() {
         | sed 's/"mode":"train"/"mode":"train-random"/' | tee -a "$out/data-path.jsonl" || echo "wise train failed"
     "$wise" bench --device "$GPU_DEVICE" "${train[@]}" --data .gpu/photos | tee -a "$out/data-path.jsonl" \
         || echo "wise train on the photos failed"
+    # The main thread launches the GPU's work while rayon's threads, one per core, decode:
+    # does leaving it a core of its own help?
+    RAYON_NUM_THREADS=$((all - 1)) "$wise" bench --device "$GPU_DEVICE" "${train[@]}" --data .gpu/photos \
+        | sed 's/^{/{"variant":"one core left to the main thread",/' | tee -a "$out/data-path.jsonl" \
+        || echo "wise train on the photos (a core left free) failed"
     "$py" scripts/bench_torch.py --impl hf --device "$GPU_DEVICE" --amp bf16 "${train[@]}" --classes "$classes" \
         2> >(grep -v "No pretrained" >&2) | sed 's/"mode": "train"/"mode": "train-random"/' \
         | tee -a "$out/data-path.jsonl" || echo "PyTorch train failed"
