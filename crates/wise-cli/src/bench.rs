@@ -461,7 +461,6 @@ fn zeroshot_head_rate(args: &BenchArgs, config: &ClipConfig, device: &Device) ->
     Ok(())
 }
 
-/// `limit` samples spread evenly over the dataset (so every class is represented), or all.
 /// `wise train`'s batches of a dataset, one epoch after another, for as long as asked.
 struct TrainBatches {
     loader: Loader,
@@ -495,6 +494,7 @@ impl TrainBatches {
     }
 }
 
+/// `limit` samples spread evenly over the dataset (so every class is represented), or all.
 fn subset(mut dataset: Dataset, limit: usize) -> Dataset {
     if limit > 0 && limit < dataset.samples.len() {
         let n = dataset.samples.len();

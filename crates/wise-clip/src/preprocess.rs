@@ -206,19 +206,12 @@ impl ImagePreprocessor {
     /// with that file's error (which names it).
     pub fn eval_files(&self, paths: &[PathBuf], device: &candle_core::Device) -> Result<candle_core::Tensor> {
         let shape = (paths.len(), 3, self.image_size, self.image_size);
-        let named = |path: &PathBuf, e: Error| Error::Image { path: path.clone(), msg: e.to_string() };
         if device.is_cpu() {
-            let images: Vec<Vec<f32>> = paths
-                .par_iter()
-                .map(|path| self.eval(&load_rgb(path)?).map_err(|e| named(path, e)))
-                .collect::<Result<_>>()?;
-            return Ok(candle_core::Tensor::from_vec(images.concat(), shape, device)?);
+            let pixels = each_file(paths, |img| self.eval(img))?;
+            return Ok(candle_core::Tensor::from_vec(pixels, shape, device)?);
         }
-        let levels: Vec<Vec<u8>> = paths
-            .par_iter()
-            .map(|path| self.eval_levels(&load_rgb(path)?).map_err(|e| named(path, e)))
-            .collect::<Result<_>>()?;
-        self.normalize_levels(&candle_core::Tensor::from_vec(levels.concat(), shape, device)?)
+        let levels = each_file(paths, |img| self.eval_levels(img))?;
+        self.normalize_levels(&candle_core::Tensor::from_vec(levels, shape, device)?)
     }
 
     fn side(&self) -> Result<u32> {
@@ -250,6 +243,21 @@ impl ImagePreprocessor {
         }
         out
     }
+}
+
+/// `transform` of each decoded file, in parallel, concatenated in order; an error names its file.
+fn each_file<T: Send + Copy>(
+    paths: &[PathBuf],
+    transform: impl Fn(&RgbImage) -> Result<Vec<T>> + Sync,
+) -> Result<Vec<T>> {
+    let images: Vec<Vec<T>> = paths
+        .par_iter()
+        .map(|path| {
+            let img = load_rgb(path)?;
+            transform(&img).map_err(|e| Error::Image { path: path.clone(), msg: e.to_string() })
+        })
+        .collect::<Result<_>>()?;
+    Ok(images.concat())
 }
 
 /// Size after HF's "shortest edge" resize: the short side becomes `size`, the long side
