@@ -408,6 +408,22 @@ data_path() {
     "$py" scripts/bench_torch.py --impl hf --device "$GPU_DEVICE" --amp bf16 "${train[@]}" --data .gpu/photos \
         --workers "$all" 2> >(grep -v "No pretrained" >&2) | tee -a "$out/data-path.jsonl" \
         || echo "PyTorch train on the photos failed"
+    "$py" - "$out/data-path.jsonl" "$out/summary.md" <<'PY'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
+rate = {(r["impl"], r["mode"], r.get("variant", "")): r["img_per_s"] for r in rows if r["mode"].startswith("train")}
+lines = ["", "| ViT-B/16 training steps (data path) | img/s | vs random pixels |", "|---|---|---|"]
+for (impl, mode, variant), r in sorted(rate.items()):
+    base = rate.get((impl, "train-random", ""))
+    what = f"{impl}, {'random pixels' if mode == 'train-random' else 'fed from the photos'}"
+    lines.append(f"| {what}{f' ({variant})' if variant else ''} | {r:.1f} | "
+                 f"{f'{r / base:.2f}x' if base and mode == 'train' else '-'} |")
+if ("wise", "train", "") in rate and ("hf", "train", "") in rate:
+    lines.append(f"| wise / PyTorch, both fed from the photos | | {rate[('wise', 'train', '')] / rate[('hf', 'train', '')]:.2f}x |")
+text = "\n".join(lines)
+print(text)
+open(sys.argv[2], "a").write(text + "\n")
+PY
 }
 
 host_cpu() {
