@@ -39,7 +39,9 @@
 #       the host) against the same steps on random pixels, wise and PyTorch (a DataLoader
 #       of a worker per core, open_clip's training transform), and wise with one core left
 #       to the thread that launches the GPU's work: does the host keep up?
-#   (e) the host CPU, when it has AVX-512 or AVX2: wise's f32 kernel from packed weights
+#   (e) a deliberate out-of-memory error (a ViT-L/14 training step at batch 4096): it must
+#       come with `wise train`'s advice (a smaller --batch-size, a larger --grad-accum);
+#   (f) the host CPU, when it has AVX-512 or AVX2: wise's f32 kernel from packed weights
 #       against the BLAS on ViT-B/32's products at batch 1 and 32 (`wise bench --mode
 #       sgemm`; with AVX-512, batch 1 in the AVX2 form too), and ViT-B/32 inference one image
 #       at a time with the kernel and with the BLAS alone (WISE_F32_KERNEL=off); when it
@@ -155,6 +157,7 @@ device() {
     parity "$wise" "$py" "$work" "$out" || echo "PARITY FAILED (see above); benchmarks follow"
     benchmarks "$wise" "$py" "$out"
     data_path "$wise" "$py" "$out"
+    out_of_memory "$wise"
     host_cpu "$wise" "$py" "$out"
     rm -rf "$work"
 }
@@ -424,6 +427,23 @@ text = "\n".join(lines)
 print(text)
 open(sys.argv[2], "a").write(text + "\n")
 PY
+}
+
+# A real out-of-memory error must reach the user with the advice `wise train` adds (a
+# smaller --batch-size and a larger --grad-accum): its match on the error's text has only
+# been tested on CUDA's and cuBLAS's names for it, never on a GPU.
+out_of_memory() {
+    local wise=$1 text
+    [[ $GPU_DEVICE != cpu ]] || { echo "== out-of-memory advice: skipped on the CPU"; return 0; }
+    echo "== out-of-memory advice: a ViT-L/14 training step at batch ${OOM_BATCH:-4096} must fail with it"
+    text=$("$wise" bench --device "$GPU_DEVICE" --mode train --preset ViT-L/14 --batch-size "${OOM_BATCH:-4096}" \
+        --warmup 0 --iters 1 2>&1 || true)
+    tail -n 3 <<<"$text"
+    if grep -q "ran out of memory at" <<<"$text"; then
+        echo "ok   out-of-memory advice"
+    else
+        echo "FAIL out-of-memory advice: none in the output above"
+    fi
 }
 
 host_cpu() {

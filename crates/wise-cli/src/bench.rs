@@ -233,7 +233,17 @@ pub fn run(mut args: BenchArgs) -> anyhow::Result<()> {
     };
     // Forwards of fixed weights (not training): with bf16 products and small batches, each
     // weight is packed once for all the iterations, as `wise eval` does for a dataset.
-    let (times, phases) = if args.mode == Mode::Train { timed()? } else { wise_clip::frozen_weights(timed)? };
+    let (times, phases) = if args.mode == Mode::Train {
+        // The advice `wise train` gives when an accelerator runs out of memory.
+        timed().map_err(|e| {
+            match memory::out_of_memory_advice(&format!("{e:#}"), args.batch_size, 1, false) {
+                Some(explained) => anyhow::anyhow!(explained),
+                None => e,
+            }
+        })?
+    } else {
+        wise_clip::frozen_weights(timed)?
+    };
 
     // Images per timed iteration: a pass over the whole (limited) dataset, or a batch.
     let images = match (&dataset, args.mode) {

@@ -327,11 +327,24 @@ pub fn explain_out_of_memory(
     grad_accum: usize,
     contrastive: bool,
 ) -> crate::Error {
-    let text = e.to_string();
+    match out_of_memory_advice(&e.to_string(), batch_size, grad_accum, contrastive) {
+        Some(explained) => crate::Error::Config(explained),
+        None => e,
+    }
+}
+
+/// An error's `text` with the advice of [`explain_out_of_memory`], when it is an
+/// out-of-memory error and a smaller batch is possible.
+pub fn out_of_memory_advice(
+    text: &str,
+    batch_size: usize,
+    grad_accum: usize,
+    contrastive: bool,
+) -> Option<String> {
     let upper = text.to_ascii_uppercase();
     if !["OUT_OF_MEMORY", "OUT OF MEMORY", "ALLOC_FAILED"].iter().any(|s| upper.contains(s)) || batch_size < 2
     {
-        return e;
+        return None;
     }
     let half = batch_size.div_ceil(2);
     let advice = if contrastive {
@@ -343,9 +356,7 @@ pub fn explain_out_of_memory(
             batch_size * grad_accum
         )
     };
-    crate::Error::Config(format!(
-        "{text}: the device ran out of memory at {batch_size} images a batch; {advice}"
-    ))
+    Some(format!("{text}: the device ran out of memory at {batch_size} images a batch; {advice}"))
 }
 
 /// A size such as `8G`, `512M`, `1.5GB`, `64k` or a number of bytes (powers of 1024).
