@@ -170,7 +170,13 @@ impl Observer for Bars {
     fn step(&mut self, s: &StepInfo) {
         if let Some(bar) = &self.bar {
             bar.set_position(s.batch as u64);
-            bar.set_message(format!("loss {:.4} lr {:.2e} {:.1} img/s", s.loss, s.lr, s.images_per_sec));
+            bar.set_message(format!(
+                "loss {:.4} lr {:.2e} {:.1} img/s, waiting for data {:.0}%",
+                s.loss,
+                s.lr,
+                s.images_per_sec,
+                100.0 * s.data_wait
+            ));
         }
     }
 

@@ -33,6 +33,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use candle_core::{Device, Tensor};
 use rand::rngs::StdRng;
@@ -249,6 +250,7 @@ impl Loader {
             preprocessor: self.preprocessor.clone(),
             num_batches,
             finished: false,
+            waited: Duration::ZERO,
         })
     }
 }
@@ -436,6 +438,8 @@ pub struct Batches {
     preprocessor: ImagePreprocessor,
     num_batches: usize,
     finished: bool,
+    /// How long `next` has waited for the producer so far.
+    waited: Duration,
 }
 
 impl Batches {
@@ -448,6 +452,13 @@ impl Batches {
     /// Batches this pass makes when no image is skipped.
     pub fn num_batches(&self) -> usize {
         self.num_batches
+    }
+
+    /// How long the consumer has waited for batches so far, including the batch's copy to
+    /// the device: near zero while the loader keeps ahead of the model, most of the time
+    /// when the data path is what limits a run.
+    pub fn waited(&self) -> Duration {
+        self.waited
     }
 
     fn to_batch(&self, cpu: CpuBatch) -> Result<Batch> {
@@ -496,8 +507,9 @@ impl Iterator for Batches {
         if self.finished {
             return None;
         }
+        let start = Instant::now();
         let message = self.rx.as_ref()?.recv();
-        match message {
+        let result = match message {
             Ok(Message::Batch(cpu)) => Some(self.to_batch(cpu)),
             Ok(Message::Failed(e)) => {
                 self.finish();
@@ -511,7 +523,9 @@ impl Iterator for Batches {
                 let why = self.finish().unwrap_or_else(|| "it ended without finishing".to_string());
                 Some(Err(Error::Loader(format!("the producer thread stopped: {why}"))))
             }
-        }
+        };
+        self.waited += start.elapsed();
+        result
     }
 }
 

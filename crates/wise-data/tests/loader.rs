@@ -125,6 +125,25 @@ fn normalizing_on_the_device_gives_the_same_batches() {
     }
 }
 
+/// `waited` is the time `next` blocked on the producer, not the consumer's own time between
+/// batches: a consumer far slower than decoding these tiny images waits for almost nothing.
+#[test]
+fn waited_counts_only_the_time_blocked_on_the_loader() {
+    let (_dir, ds) = gradient_dataset(12);
+    let start = Instant::now();
+    let mut batches = loader(&ds, 2).train(3, 0).unwrap();
+    let mut n = 0;
+    for batch in batches.by_ref() {
+        batch.unwrap();
+        n += 1;
+        std::thread::sleep(Duration::from_millis(40)); // the model's step
+    }
+    assert_eq!(n, 6);
+    let (waited, elapsed) = (batches.waited(), start.elapsed());
+    assert!(elapsed >= Duration::from_millis(240));
+    assert!(waited < Duration::from_millis(100), "waited {waited:?} of {elapsed:?}");
+}
+
 #[test]
 fn drop_last_and_batch_size_zero() {
     let (_dir, ds) = gradient_dataset(7);

@@ -175,7 +175,9 @@ pub fn pretrain(
         observer.epoch_start(epoch, config.epochs, steps_per_epoch);
         let epoch_start = Instant::now();
         let mut seen = 0usize;
-        for (b, batch) in loader.train_from(config.seed, epoch as u64, config.augment, 0)?.enumerate() {
+        let mut batches = loader.train_from(config.seed, epoch as u64, config.augment, 0)?;
+        let mut b = 0;
+        while let Some(batch) = batches.next() {
             let batch = batch?;
             let texts: Vec<String> = batch
                 .indices
@@ -211,7 +213,9 @@ pub fn pretrain(
                 lr,
                 grad_norm,
                 images_per_sec: seen as f64 / epoch_start.elapsed().as_secs_f64().max(1e-9),
+                data_wait: batches.waited().as_secs_f64() / epoch_start.elapsed().as_secs_f64().max(1e-9),
             });
+            b += 1;
         }
         observer.epoch_end(epoch, &[]);
     }

@@ -62,6 +62,10 @@ pub struct StepInfo {
     pub lr: f64,
     pub grad_norm: f64,
     pub images_per_sec: f64,
+    /// Share of this epoch's time so far spent waiting for the data loader (0 to 1): near 0
+    /// while decoding keeps ahead of the model; a large share means the data path limits
+    /// the run (more cores, smaller images on disk, or `--freeze-encoder`'s cached features).
+    pub data_wait: f64,
 }
 
 #[derive(Debug, Clone)]
@@ -253,7 +257,8 @@ fn run_training(run: Run, clip: Option<&str>, observer: &mut dyn Observer) -> Re
         let first_batch = progress.batch;
         let mut batch_index = first_batch;
 
-        let mut handle_batch = |loss: Tensor, n: usize| -> Result<bool> {
+        // `waited`: the time this epoch's loader has made the step wait so far.
+        let mut handle_batch = |loss: Tensor, n: usize, waited: std::time::Duration| -> Result<bool> {
             let value = loss.to_scalar::<f32>()? as f64;
             if !value.is_finite() {
                 return Err(Error::NonFinite {
@@ -312,6 +317,7 @@ fn run_training(run: Run, clip: Option<&str>, observer: &mut dyn Observer) -> Re
                 lr,
                 grad_norm,
                 images_per_sec: epoch_images as f64 / epoch_start.elapsed().as_secs_f64().max(1e-9),
+                data_wait: waited.as_secs_f64() / epoch_start.elapsed().as_secs_f64().max(1e-9),
             });
             accumulated = 0;
             loss_sum = 0.0;
@@ -328,28 +334,28 @@ fn run_training(run: Run, clip: Option<&str>, observer: &mut dyn Observer) -> Re
                 {
                     let logits = classifier.head.forward(&x)?;
                     let loss = cross_entropy(&logits, &labels, config.label_smoothing)?;
-                    if handle_batch(loss, labels.dim(0)?)? {
+                    if handle_batch(loss, labels.dim(0)?, std::time::Duration::ZERO)? {
                         break;
                     }
                 }
             }
-            (None, Some(flyp)) => {
-                for batch in loader.train_from(config.seed, epoch as u64, config.augment, first_batch)? {
+            (None, _) => {
+                let mut batches =
+                    loader.train_from(config.seed, epoch as u64, config.augment, first_batch)?;
+                while let Some(batch) = batches.next() {
                     let batch = batch?;
-                    let captions = flyp.captions(run.train, config.seed, epoch as u64, &batch.indices);
-                    let loss = flyp.loss(&captions, &batch.pixels)?;
-                    if handle_batch(loss, batch.len())? {
-                        break;
-                    }
-                }
-            }
-            (None, None) => {
-                for batch in loader.train_from(config.seed, epoch as u64, config.augment, first_batch)? {
-                    let batch = batch?;
-                    let logits = classifier.logits(&batch.pixels)?;
-                    let labels = batch.labels_tensor(&device)?;
-                    let loss = cross_entropy(&logits, &labels, config.label_smoothing)?;
-                    if handle_batch(loss, batch.len())? {
+                    let loss = match &flyp {
+                        Some(flyp) => {
+                            let captions =
+                                flyp.captions(run.train, config.seed, epoch as u64, &batch.indices);
+                            flyp.loss(&captions, &batch.pixels)?
+                        }
+                        None => {
+                            let logits = classifier.logits(&batch.pixels)?;
+                            cross_entropy(&logits, &batch.labels_tensor(&device)?, config.label_smoothing)?
+                        }
+                    };
+                    if handle_batch(loss, batch.len(), batches.waited())? {
                         break;
                     }
                 }

@@ -112,6 +112,7 @@ fn three_contrastive_steps_match_pytorch() {
     // The head rebuilt after each of the 3 epochs: 4 classes × 1 template, one batch.
     assert_eq!(record.heads, [(4, 4); 3]);
     for (i, s) in record.steps.iter().enumerate() {
+        assert!((0.0..=1.0).contains(&s.data_wait), "data wait at step {i}: {}", s.data_wait);
         assert_eq!(s.lr, want_lrs[i], "lr at step {i}");
         let dl = (s.loss - want_losses[i]).abs();
         assert!(dl <= 1e-5, "loss at step {i}: {} vs {} ({dl:.1e})", s.loss, want_losses[i]);
