@@ -156,7 +156,7 @@ pub fn run(mut args: BenchArgs) -> anyhow::Result<()> {
     // Only train mode needs the optimizer's moments (2 × the parameters).
     let mut optimizer =
         if args.mode == Mode::Train { Some(AdamW::new(AdamWConfig::default(), &params)?) } else { None };
-    let mut step = |phases: &mut [f64; 4]| -> anyhow::Result<()> {
+    let mut step = |phases: &mut [f64; 5]| -> anyhow::Result<()> {
         match args.mode {
             Mode::Eval => {
                 let dataset = dataset.as_ref().expect("checked above");
@@ -181,9 +181,9 @@ pub fn run(mut args: BenchArgs) -> anyhow::Result<()> {
                 anyhow::ensure!(features.dims() == [args.batch_size, config.projection_dim]);
             }
             Mode::Train => {
-                // Phase times (forward, backward, clipping, optimizer), exact on CPU; on an
-                // accelerator they only say where work was queued, unless WISE_PROFILE is
-                // set: then each phase waits for the device.
+                // Phase times (waiting for the batch, forward, backward, clipping, optimizer),
+                // exact on CPU; on an accelerator they only say where work was queued, unless
+                // WISE_PROFILE is set: then each phase waits for the device.
                 let mut clock = Instant::now();
                 let mut lap = |i: usize| -> candle_core::Result<()> {
                     if wise_clip::profile::enabled() {
@@ -201,16 +201,17 @@ pub fn run(mut args: BenchArgs) -> anyhow::Result<()> {
                     }
                     None => (pixels.clone(), labels.clone()),
                 };
+                lap(0)?;
                 let loss = cross_entropy(&classifier.logits(&pixels)?, &labels, 0.0)?;
                 let value = loss.to_scalar::<f32>()?;
                 anyhow::ensure!(value.is_finite(), "the loss is {value}");
-                lap(0)?;
-                let grads = wise_clip::backward(&loss)?;
                 lap(1)?;
-                let scale = clip_scale(grad_norm(&params, &grads)?, 1.0);
+                let grads = wise_clip::backward(&loss)?;
                 lap(2)?;
-                optimizer.as_mut().expect("train mode").step(&params, &grads, 3e-5, scale)?;
+                let scale = clip_scale(grad_norm(&params, &grads)?, 1.0);
                 lap(3)?;
+                optimizer.as_mut().expect("train mode").step(&params, &grads, 3e-5, scale)?;
+                lap(4)?;
             }
             Mode::Sgemm | Mode::Zeroshot => unreachable!("returned before the classifier was made"),
         }
@@ -218,12 +219,12 @@ pub fn run(mut args: BenchArgs) -> anyhow::Result<()> {
         device.synchronize()?;
         Ok(())
     };
-    let mut timed = || -> anyhow::Result<(Vec<f64>, [f64; 4])> {
+    let mut timed = || -> anyhow::Result<(Vec<f64>, [f64; 5])> {
         for _ in 0..args.warmup {
-            step(&mut [0.0; 4])?;
+            step(&mut [0.0; 5])?;
         }
         wise_clip::profile::take();
-        let (mut times, mut phases) = (Vec::with_capacity(args.iters), [0f64; 4]);
+        let (mut times, mut phases) = (Vec::with_capacity(args.iters), [0f64; 5]);
         for _ in 0..args.iters {
             let t0 = Instant::now();
             step(&mut phases)?;
@@ -303,11 +304,15 @@ pub fn run(mut args: BenchArgs) -> anyhow::Result<()> {
     }
     if args.mode == Mode::Train {
         line["phase_s"] = serde_json::json!({
-            "forward": round3(phases[0] / args.iters as f64),
-            "backward": round3(phases[1] / args.iters as f64),
-            "clip_grad_norm": round3(phases[2] / args.iters as f64),
-            "optimizer": round3(phases[3] / args.iters as f64),
+            "forward": round3(phases[1] / args.iters as f64),
+            "backward": round3(phases[2] / args.iters as f64),
+            "clip_grad_norm": round3(phases[3] / args.iters as f64),
+            "optimizer": round3(phases[4] / args.iters as f64),
         });
+        if train_batches.is_some() {
+            // Waiting for the loader's next batch (and its copy to the device).
+            line["phase_s"]["data"] = serde_json::json!(round3(phases[0] / args.iters as f64));
+        }
     }
     if wise_clip::profile::enabled() {
         // Seconds per timed iteration in each part of the forward (WISE_PROFILE=1).

@@ -61,6 +61,13 @@ fn train_mode_feeds_steps_from_the_data() {
     assert_eq!((line["mode"].as_str(), line["images"].as_u64()), (Some("train"), Some(2)));
     assert_eq!(line["data_images"], 5);
     assert_eq!(line["iter_s"].as_array().unwrap().len(), 3);
+    // The steps' phases include the wait for each batch, within the steps' time.
+    let phases = line["phase_s"].as_object().expect("phase_s");
+    let per_step: f64 = phases.values().map(|v| v.as_f64().unwrap()).sum();
+    let iterations: Vec<f64> =
+        line["iter_s"].as_array().unwrap().iter().map(|t| t.as_f64().unwrap()).collect();
+    let mean = iterations.iter().sum::<f64>() / 3.0;
+    assert!(phases.contains_key("data") && per_step <= mean + 0.01, "{phases:?} vs {mean} s a step");
     // Three times the tower's forward and a head of the data's 2 classes (not `--classes`).
     let infer =
         ok(&wise(&["bench", "--mode", "infer", "--batch-size", "1", "--iters", "1", "--warmup", "0"]));
