@@ -191,6 +191,8 @@ def train_batches(args, device):
 def bench(name, args):
     torch.manual_seed(args.seed)
     device = torch.device(args.device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     tower, embed = BUILDERS[name](args.preset)
     tower = tower.float().to(device)
     projection = PRESETS[args.preset][4]
@@ -256,6 +258,10 @@ def bench(name, args):
         # The most this process held at once (kB on Linux): one implementation a process
         # (--impl NAME) for a figure of its own, as scripts/bench_memory.sh runs it.
         row["peak_rss_gb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9, 3)
+    if device.type == "cuda":
+        # The most its tensors held at once (the caching allocator's, as `wise bench`'s
+        # device_peak_gb is its memory pool's).
+        row["device_peak_gb"] = round(torch.cuda.max_memory_allocated(device) / 1e9, 3)
     return row
 
 

@@ -24,7 +24,9 @@
 #       (WISE_FLASH_ATTENTION=off); max differences printed and checked;
 #   (b) throughput, `wise bench` against scripts/bench_torch.py (HF transformers, AMP bf16
 #       via torch.autocast) in the same run, ViT-B/32 and ViT-B/16, inference and training
-#       steps, with the ratio and MFU (model FLOPs / H100 SXM dense bf16 peak, 989 TFLOP/s);
+#       steps, with the ratio and MFU (model FLOPs / H100 SXM dense bf16 peak, 989 TFLOP/s),
+#       and the training steps' memory: the least `wise train`'s check counts against the
+#       memory pool's peak (ok/FAIL: it must not be above) and PyTorch's peak;
 #   (c) where wise's GPU time goes: `WISE_PROFILE=1 wise bench` (ViT-B/16), each part of the
 #       forward and backward and each phase of a training step timed between device
 #       synchronisations, as built and in variants with one setting each: fused=off
@@ -39,8 +41,10 @@
 #       the host) against the same steps on random pixels, wise and PyTorch (a DataLoader
 #       of a worker per core, open_clip's training transform), and wise with one core left
 #       to the thread that launches the GPU's work: does the host keep up?
-#   (e) a deliberate out-of-memory error (a ViT-L/14 training step at batch 4096): it must
-#       come with `wise train`'s advice (a smaller --batch-size, a larger --grad-accum);
+#   (e) a ViT-L/14 training step at batch 4096: `wise train`'s memory check must refuse it
+#       before it starts (naming the batch that fits), and run anyway (WISE_MEMORY_CHECK=off)
+#       its out-of-memory error must come with the advice (a smaller --batch-size, a larger
+#       --grad-accum);
 #   (f) the host CPU, when it has AVX-512 or AVX2: wise's f32 kernel from packed weights
 #       against the BLAS on ViT-B/32's products at batch 1 and 32 (`wise bench --mode
 #       sgemm`; with AVX-512, batch 1 in the AVX2 form too), and ViT-B/32 inference one image
@@ -367,7 +371,21 @@ for preset in ("ViT-B/32", "ViT-B/16"):
         tag = f" ({w['variant']})" if "variant" in w else ""
         lines.append(f"| {preset} | {mode} | {w['batch_size']} | {t['img_per_s']:.1f} | {w['img_per_s']:.1f}{tag} "
                      f"| {w['img_per_s'] / t['img_per_s']:.2f}x | {mfu(w)} | {mfu(t)} |")
-text = "\n".join(lines)
+# Memory of the training steps: what `wise train`'s check counts as the least a step keeps
+# (memory_estimate_gb) must not exceed what the pool held (device_peak_gb).
+memory = ["", "| model | batch | wise: at least (check) | wise: peak | PyTorch: peak | at least / peak |",
+          "|---|---|---|---|---|---|"]
+for preset in ("ViT-B/32", "ViT-B/16"):
+    got = {r["impl"]: r for r in rows if r["preset"] == preset and r["mode"] == "train"}
+    w, t = got.get("wise", {}), got.get("hf", {})
+    if "device_peak_gb" not in w:
+        continue
+    ratio = w["memory_estimate_gb"] / w["device_peak_gb"]
+    print(f"memory check {preset}: {'ok' if ratio <= 1 else 'FAIL'} (at least {w['memory_estimate_gb']} GB, "
+          f"peak {w['device_peak_gb']} GB)")
+    memory.append(f"| {preset} | {w['batch_size']} | {w['memory_estimate_gb']} GB | {w['device_peak_gb']} GB "
+                  f"| {t.get('device_peak_gb', '–')} GB | {ratio:.2f} |")
+text = "\n".join(lines + (memory if len(memory) > 3 else []))
 print(text)
 open(sys.argv[2], "w").write(text + "\n")
 PY
@@ -434,10 +452,19 @@ PY
 # been tested on CUDA's and cuBLAS's names for it, never on a GPU.
 out_of_memory() {
     local wise=$1 text
-    [[ $GPU_DEVICE != cpu ]] || { echo "== out-of-memory advice: skipped on the CPU"; return 0; }
-    echo "== out-of-memory advice: a ViT-L/14 training step at batch ${OOM_BATCH:-4096} must fail with it"
-    text=$("$wise" bench --device "$GPU_DEVICE" --mode train --preset ViT-L/14 --batch-size "${OOM_BATCH:-4096}" \
-        --warmup 0 --iters 1 2>&1 || true)
+    [[ $GPU_DEVICE != cpu ]] || { echo "== memory check and out-of-memory advice: skipped on the CPU"; return 0; }
+    local run=("$wise" bench --device "$GPU_DEVICE" --mode train --preset ViT-L/14 --batch-size "${OOM_BATCH:-4096}"
+               --warmup 0 --iters 1)
+    echo "== memory: a ViT-L/14 training step at batch ${OOM_BATCH:-4096} is refused before it starts"
+    text=$("${run[@]}" 2>&1 || true)
+    tail -n 3 <<<"$text"
+    if grep -q "needs at least .* images a batch fit" <<<"$text"; then
+        echo "ok   memory check before the first step"
+    else
+        echo "FAIL memory check before the first step: no refusal in the output above"
+    fi
+    echo "== the same step run anyway (WISE_MEMORY_CHECK=off) must fail with the out-of-memory advice"
+    text=$(WISE_MEMORY_CHECK=off "${run[@]}" 2>&1 || true)
     tail -n 3 <<<"$text"
     if grep -q "ran out of memory at" <<<"$text"; then
         echo "ok   out-of-memory advice"

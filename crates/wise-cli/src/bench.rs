@@ -153,6 +153,16 @@ pub fn run(mut args: BenchArgs) -> anyhow::Result<()> {
     };
 
     let params = classifier.params.clone();
+    // `wise train`'s memory check: a step that cannot fit is refused before it starts.
+    let step_memory = (args.mode == Mode::Train).then(|| {
+        let count = params.values().map(|v| v.elem_count()).sum();
+        StepMemory::image_classifier(&device, vc, count, count, args.batch_size, 1)
+    });
+    if let Some(step) = &step_memory {
+        if let Some(warning) = memory::check_before_training(step, args.batch_size, &device)? {
+            eprintln!("warning: {warning}");
+        }
+    }
     // Only train mode needs the optimizer's moments (2 × the parameters).
     let mut optimizer =
         if args.mode == Mode::Train { Some(AdamW::new(AdamWConfig::default(), &params)?) } else { None };
@@ -291,15 +301,18 @@ pub fn run(mut args: BenchArgs) -> anyhow::Result<()> {
         }
         _ => {}
     }
-    if args.mode == Mode::Train && device.is_cpu() {
-        // What `wise train` plans for this step (less the loader, unless this bench has one),
-        // against the most this process held.
-        let count = params.values().map(|v| v.elem_count()).sum();
-        let step = StepMemory::image_classifier(vc, count, count, args.batch_size, 1);
+    if let Some(step) = &step_memory {
+        // What `wise train` plans for this step (less the loader, unless this bench has one;
+        // on an accelerator the least it keeps), against the most this process held (in
+        // RAM, or the accelerator's memory pool).
         let loader = if train_batches.is_some() { 0 } else { step.loader };
         line["memory_estimate_gb"] = serde_json::json!(round3((step.total() - loader) as f64 / 1e9));
-        if let Some(peak) = memory::peak_resident_bytes() {
+        if let Some(peak) = memory::peak_resident_bytes().filter(|_| device.is_cpu()) {
             line["peak_rss_gb"] = serde_json::json!(round3(peak as f64 / 1e9));
+        }
+        if let Some(m) = wise_clip::device_memory(&device) {
+            line["device_peak_gb"] = serde_json::json!(round3(m.peak as f64 / 1e9));
+            line["device_memory_gb"] = serde_json::json!(round3(m.total as f64 / 1e9));
         }
     }
     if args.mode == Mode::Train {

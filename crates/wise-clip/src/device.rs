@@ -71,6 +71,51 @@ fn cuda_device(ordinal: usize) -> Result<Device> {
     Ok(Device::new_cuda(ordinal)?)
 }
 
+/// An accelerator's memory as this process sees it, in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeviceMemory {
+    /// What new tensors can still take: the driver's free memory, and what the memory
+    /// pool keeps from freed tensors (it hands nothing back, see `cuda_device`).
+    pub free: u64,
+    pub total: u64,
+    /// The most this process's tensors have held at once (the pool's high-water mark).
+    pub peak: u64,
+}
+
+/// The memory of `device` now; `None` on the CPU and Metal, and where the driver does not
+/// say.
+pub fn device_memory(device: &Device) -> Option<DeviceMemory> {
+    #[cfg(feature = "cuda")]
+    if let Device::Cuda(cuda) = device {
+        use candle_core::cuda_backend::cudarc::driver::{result, sys::CUmemPool_attribute as Attr};
+        let stream = cuda.cuda_stream();
+        let context = stream.context();
+        context.bind_to_thread().ok()?;
+        let (free, total) = result::mem_get_info().ok()?;
+        let pool_attribute = |attr: Attr| {
+            let mut value = 0u64;
+            // SAFETY: the pool is this context's device's, and these attributes are u64s.
+            unsafe {
+                result::device::get_mem_pool(context.cu_device()).and_then(|pool| {
+                    result::mem_pool::get_attribute(pool, attr, (&mut value as *mut u64).cast())
+                })
+            }
+            .ok()
+            .map(|_| value)
+        };
+        let reserved = pool_attribute(Attr::CU_MEMPOOL_ATTR_RESERVED_MEM_CURRENT)?;
+        let used = pool_attribute(Attr::CU_MEMPOOL_ATTR_USED_MEM_CURRENT)?;
+        let peak = pool_attribute(Attr::CU_MEMPOOL_ATTR_USED_MEM_HIGH)?;
+        return Some(DeviceMemory {
+            free: free as u64 + reserved.saturating_sub(used),
+            total: total as u64,
+            peak,
+        });
+    }
+    let _ = device;
+    None
+}
+
 /// f32 on CPU (exact parity with PyTorch fp32); bf16 activations on accelerators, with
 /// the parameters kept in f32 as master weights.
 ///

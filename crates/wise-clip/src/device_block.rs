@@ -202,6 +202,28 @@ fn forward_with(
     positions: Option<&[usize]>,
     flash: Option<bool>,
 ) -> candle_core::Result<Tensor> {
+    match prepare(layer, x, mask, positions, flash)? {
+        Prepared::Output(y) => Ok(y),
+        Prepared::Node(node) => x.apply_op1(*node),
+    }
+}
+
+/// A block's forward before it enters the graph.
+enum Prepared {
+    /// In inference mode: the output, nothing kept.
+    Output(Tensor),
+    /// Training: the node whose forward gives the output.
+    Node(Box<Node>),
+}
+
+/// The work of [`forward_with`].
+fn prepare(
+    layer: &EncoderLayer,
+    x: &Tensor,
+    mask: Option<&Tensor>,
+    positions: Option<&[usize]>,
+    flash: Option<bool>,
+) -> candle_core::Result<Prepared> {
     let (b, t, c) = x.dims3()?;
     let (heads, n, dtype) = (layer.self_attn.heads, b * t, x.dtype());
     // Output rows: every token, or one per sequence.
@@ -280,7 +302,7 @@ fn forward_with(
     let h2 = profile::time("mlp fc2", &act, || proj[3].product(&act))?;
     let out_shape = if pooled.is_some() { Shape::from((b, c)) } else { Shape::from((b, t, c)) };
     if !crate::block::keeps_activations() {
-        return fused::residual_bias_add(&x_mid, &h2, &proj[3].b)?.reshape(out_shape);
+        return Ok(Prepared::Output(fused::residual_bias_add(&x_mid, &h2, &proj[3].b)?.reshape(out_shape)?));
     }
     let ln = [&layer.layer_norm1, &layer.layer_norm2].map(|ln| (ln.weight.as_tensor().detach(), ln.eps));
     let saved = Saved { x: x2, ln1, q, k, v, attention, ctx, x_mid, ln2, h, act, proj, ln };
@@ -290,8 +312,96 @@ fn forward_with(
     let params = params.map(|v| v.as_tensor().clone()).collect();
     // Shaped as the block's output, which the node's forward returns it plus x_mid and b₂ as.
     let h2 = Mutex::new(Some(h2.reshape(out_shape)?));
-    let node = Node { h2, saved, params, heads, scale, padding, pooled, act: layer.mlp.act };
-    x.apply_op1(node)
+    Ok(Prepared::Node(Box::new(Node {
+        h2,
+        saved,
+        params,
+        heads,
+        scale,
+        padding,
+        pooled,
+        act: layer.mlp.act,
+    })))
+}
+
+/// Bytes the blocks of an encoder keep for the backward on an accelerator, beyond their
+/// parameters (a step's activations: what bounds the batch on a GPU).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KeptBytes {
+    /// What each sequence of the batch adds.
+    pub per_sequence: u64,
+    /// What a batch keeps whatever its size: the blocks' weights in the compute dtype (q,
+    /// k and v stacked, their biases too), the padded mask.
+    pub per_batch: u64,
+}
+
+/// [`KeptBytes`] of an encoder of `shape` computing in `dtype` on CUDA, over sequences of
+/// `tokens` (`masked`: with the text tower's causal mask), whose output is pooled (the
+/// last block is [`forward_at`]'s, as the towers' features are).
+pub fn kept_for_backward(
+    shape: &crate::nn::EncoderShape,
+    tokens: usize,
+    dtype: DType,
+    masked: bool,
+) -> KeptBytes {
+    if shape.layers == 0 {
+        return KeptBytes::default();
+    }
+    let flash = crate::flash::applies_to(dtype, shape.hidden / shape.heads.max(1));
+    let full = block_kept(shape, tokens, dtype, Rows::All { flash }, masked);
+    let last = block_kept(shape, tokens, dtype, Rows::Pooled, masked);
+    let layers = (shape.layers - 1) as u64;
+    KeptBytes {
+        per_sequence: layers * full.per_sequence + last.per_sequence,
+        per_batch: layers * full.per_batch + last.per_batch,
+    }
+}
+
+/// The output rows of a block: every token's, with the attention as flash attention or
+/// not, or one per sequence ([`forward_at`]).
+#[derive(Debug, Clone, Copy)]
+enum Rows {
+    All { flash: bool },
+    Pooled,
+}
+
+/// What one block keeps ([`Saved`], and [`Pooled`]'s indices), by the shapes [`prepare`]
+/// makes: `e` bytes a value in the compute dtype, f32 for the biases, lse and mask.
+fn block_kept(
+    shape: &crate::nn::EncoderShape,
+    tokens: usize,
+    dtype: DType,
+    rows: Rows,
+    masked: bool,
+) -> KeptBytes {
+    let (c, i, h) = (shape.hidden as u64, shape.intermediate as u64, shape.heads as u64);
+    let padding = attention_padding(tokens) as u64;
+    let (t, s) = (tokens as u64, tokens as u64 + padding);
+    let e = dtype.size_in_bytes() as u64;
+    // The input and the first LayerNorm's output on every token; q, k and v (one tensor)
+    // on every slot.
+    let shared = e * (2 * t * c + 3 * s * c);
+    let per_sequence = shared
+        + match rows {
+            // The heads' merged output, x_mid, the second LayerNorm's output, fc1's output
+            // before and after the activation; flash attention's output per head and its
+            // f32 lse, or the probabilities.
+            Rows::All { flash } => {
+                e * (3 * t * c + 2 * t * i) + if flash { e * s * c + 4 * h * s } else { e * h * s * s }
+            }
+            // One row a sequence: its query, the heads' output, x_mid, the LayerNorm's,
+            // fc1's and the activation's, one row of probabilities per head; the u32
+            // positions, rows and heads' rows.
+            Rows::Pooled => e * (4 * c + 2 * i + h * s) + 4 * (2 + h),
+        };
+    // In f32 only q, k and v's weights are a copy (stacked); in another dtype every weight.
+    let weights = if dtype == DType::F32 { 4 * 3 * c * c } else { e * (4 * c * c + 2 * c * i) };
+    // Flash attention keeps the f32 mask, padded (a copy when there is padding).
+    let mask = match rows {
+        Rows::All { flash: true } if masked && padding > 0 => 4 * s * s,
+        _ => 0,
+    };
+    KeptBytes { per_sequence, per_batch: weights + 4 * 3 * c + mask }
 }
 
 /// The block in candle's graph: its forward is the block's last op, `x_mid + h₂ + b₂`.
@@ -499,6 +609,69 @@ mod tests {
             }
         }
         Ok(())
+    }
+
+    /// What [`block_kept`] counts is what the node keeps: the bytes of every storage its
+    /// tensors hold, each once, the parameters' left out; full blocks with and without flash
+    /// attention and the mask, and pooled ones.
+    #[test]
+    fn kept_bytes_are_what_the_node_keeps() -> candle_core::Result<()> {
+        let (dev, (b, t, c)) = (Device::Cpu, (B, T, C));
+        let causal = causal()?;
+        let (layer, params) = perturbed_layer(Activation::QuickGelu, 3)?;
+        let param_storages: Vec<usize> = params.values().map(|v| storage_bytes(v.as_tensor()).0).collect();
+        let shape =
+            EncoderShape { hidden: C, intermediate: 40, layers: 2, heads: 4, act: layer.mlp.act, eps: 1e-5 };
+        let x = Var::randn(0f32, 1.0, (b, t, c), &dev)?;
+        let positions = [t - 1, 0, 3];
+        let cases = [None, Some(&causal)].into_iter().flat_map(|m| {
+            [(m, Rows::All { flash: false }), (m, Rows::All { flash: true }), (m, Rows::Pooled)]
+        });
+        for (mask, rows) in cases {
+            let (pos, flash) = match rows {
+                Rows::All { flash } => (None, Some(flash)),
+                Rows::Pooled => (Some(&positions[..]), None),
+            };
+            let Prepared::Node(node) = prepare(&layer, &x, mask, pos, flash)? else {
+                panic!("a training forward gives a node")
+            };
+            let s = &node.saved;
+            let attention = match &s.attention {
+                Attention::Probs(p) => vec![p],
+                Attention::Flash { o, lse, mask } => {
+                    [Some(o), Some(lse), mask.as_ref()].into_iter().flatten().collect()
+                }
+            };
+            let pooled = node.pooled.iter().flat_map(|p| [&p.positions, &p.rows, &p.head_rows]);
+            let tensors = [&s.x, &s.ln1, &s.q, &s.k, &s.v, &s.ctx, &s.x_mid, &s.ln2, &s.h, &s.act]
+                .into_iter()
+                .chain(attention)
+                .chain(s.proj.iter().flat_map(|p| [&p.w, &p.b]))
+                .chain(s.ln.iter().map(|(w, _)| w))
+                .chain(pooled);
+            let mut seen = std::collections::BTreeMap::new();
+            for tensor in tensors {
+                let (key, bytes) = storage_bytes(tensor);
+                if !param_storages.contains(&key) {
+                    seen.insert(key, bytes);
+                }
+            }
+            let counted: u64 = seen.values().sum();
+            let kept = block_kept(&shape, t, DType::F32, rows, mask.is_some());
+            let what = format!("{rows:?}, mask {}", mask.is_some());
+            assert_eq!(counted, kept.per_sequence * b as u64 + kept.per_batch, "{what}");
+        }
+        Ok(())
+    }
+
+    /// A CPU tensor's storage (its address) and its size in bytes.
+    fn storage_bytes(t: &Tensor) -> (usize, u64) {
+        let (storage, _) = t.storage_and_layout();
+        match &*storage {
+            Storage::Cpu(CpuStorage::F32(v)) => (v.as_ptr() as usize, 4 * v.len() as u64),
+            Storage::Cpu(CpuStorage::U32(v)) => (v.as_ptr() as usize, 4 * v.len() as u64),
+            _ => panic!("f32 or u32 CPU tensors expected"),
+        }
     }
 
     /// The pooled block ([`forward_at`]: one query per sequence) equals the op-by-op

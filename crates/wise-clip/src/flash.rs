@@ -33,13 +33,17 @@ pub(crate) const HEAD_WIDTH: usize = 64;
 /// Whether [`attention`] runs for these `[B, H, S, D]` heads on their device: CUDA, bf16,
 /// `D` = 64 (the kernels' width: CLIP's ViT-B, ViT-L and text towers), fused kernels on.
 pub(crate) fn applies(q: &Tensor) -> bool {
+    q.device().is_cuda()
+        && q.dims().last().is_some_and(|&d| applies_to(q.dtype(), d))
+        && crate::fused::applies(q)
+}
+
+/// Whether [`attention`] runs for heads of `width` values in `dtype` on CUDA.
+pub(crate) fn applies_to(dtype: DType, width: usize) -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     let on =
         *ON.get_or_init(|| std::env::var("WISE_FLASH_ATTENTION").map_or(true, |v| v != "off" && v != "0"));
-    on && q.device().is_cuda()
-        && q.dtype() == DType::BF16
-        && q.dims().last() == Some(&HEAD_WIDTH)
-        && crate::fused::applies(q)
+    on && dtype == DType::BF16 && width == HEAD_WIDTH
 }
 
 /// `(O, lse)`: O `[B, H, S, D]` (q's dtype), lse `[B, H, S]` (f32), from q, k, v

@@ -10,13 +10,14 @@
 //! - [`model`], [`vision`], [`text`], [`nn`]: the towers and their blocks.
 //! - [`weights`], [`params`], [`hub`]: checkpoints (HF, sharded, open_clip), the HF cache.
 //! - [`tokenizer`], [`preprocess`]: text and images in, exactly as HF's CLIP processor.
-//! - [`device`]: CPU, CUDA or Metal, and the compute dtype for each; [`profile`]: where a
-//!   forward's time goes on any device (`WISE_PROFILE=1`).
+//! - [`device`]: CPU, CUDA or Metal, the compute dtype for each, and an accelerator's
+//!   memory; [`profile`]: where a forward's time goes on any device (`WISE_PROFILE=1`).
 //! - [`matmul`], [`fused`]: matrix products through the system BLAS, and fused
 //!   activation, LayerNorm, softmax, bias and attention-heads kernels with their
 //!   backwards, on CPU and CUDA (`fused_cuda.rs`, `kernels/fused.cu`); each transformer
 //!   block is one op of the autograd graph on both (`block.rs` on CPU, `device_block.rs`
-//!   on CUDA), trained through [`backward`].
+//!   on CUDA), trained through [`backward`]; [`kept_for_backward`] counts what the CUDA
+//!   blocks keep for it.
 
 mod attention;
 pub mod bf16_products;
@@ -44,7 +45,8 @@ pub mod weights;
 
 pub use block::{backward, bf16_mode, frozen_weights, in_bf16_mode, inference_mode, on_compute_threads};
 pub use config::{Activation, ClipConfig, TextConfig, VisionConfig};
-pub use device::{compute_dtype, parse_device};
+pub use device::{compute_dtype, device_memory, parse_device, DeviceMemory};
+pub use device_block::{kept_for_backward, KeptBytes};
 pub use error::{Error, Result};
 pub use hub::{HubOptions, Layout, ModelSource};
 pub use model::ClipModel;

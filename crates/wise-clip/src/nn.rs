@@ -243,6 +243,26 @@ pub struct EncoderShape {
     pub eps: f64,
 }
 
+/// `From` a tower's config: both name the transformer's fields alike.
+macro_rules! encoder_shape_from {
+    ($config:ty) => {
+        impl From<&$config> for EncoderShape {
+            fn from(config: &$config) -> Self {
+                Self {
+                    hidden: config.hidden_size,
+                    intermediate: config.intermediate_size,
+                    layers: config.num_hidden_layers,
+                    heads: config.num_attention_heads,
+                    act: config.hidden_act,
+                    eps: config.layer_norm_eps,
+                }
+            }
+        }
+    };
+}
+encoder_shape_from!(crate::config::VisionConfig);
+encoder_shape_from!(crate::config::TextConfig);
+
 impl EncoderLayer {
     pub fn new(pb: &mut ParamBuilder, name: &str, s: &EncoderShape) -> Result<Self> {
         let (in_std, _) = attention_init(s.hidden, s.layers);

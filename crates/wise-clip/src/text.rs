@@ -25,14 +25,7 @@ pub struct TextEncoder {
 impl TextEncoder {
     pub fn new(pb: &mut ParamBuilder, config: &TextConfig, projection_dim: usize) -> Result<Self> {
         let c = config.hidden_size;
-        let shape = EncoderShape {
-            hidden: c,
-            intermediate: config.intermediate_size,
-            layers: config.num_hidden_layers,
-            heads: config.num_attention_heads,
-            act: config.hidden_act,
-            eps: config.layer_norm_eps,
-        };
+        let shape = EncoderShape::from(config);
         Ok(Self {
             config: config.clone(),
             token_embedding: pb.get(

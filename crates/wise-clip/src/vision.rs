@@ -31,14 +31,7 @@ impl ImageEncoder {
     pub fn new(pb: &mut ParamBuilder, config: &VisionConfig, projection_dim: usize) -> Result<Self> {
         let c = config.hidden_size;
         let p = config.patch_size;
-        let shape = EncoderShape {
-            hidden: c,
-            intermediate: config.intermediate_size,
-            layers: config.num_hidden_layers,
-            heads: config.num_attention_heads,
-            act: config.hidden_act,
-            eps: config.layer_norm_eps,
-        };
+        let shape = EncoderShape::from(config);
         let emb = "vision_model.embeddings";
         Ok(Self {
             config: config.clone(),

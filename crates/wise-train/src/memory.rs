@@ -27,11 +27,21 @@
 //! the page cache can give back), lowered to a container's limit when the process runs
 //! under a cgroup that sets one, and to `WISE_MEMORY_LIMIT` (`8G`, `512M`) when set, to
 //! leave room for other work. `WISE_MEMORY_CHECK=off` skips the check.
+//!
+//! On an accelerator (CUDA) the step is counted from what it certainly keeps, so the count
+//! is a lower bound: the f32 master weights, gradients and AdamW's moments, each block's
+//! weights in the compute dtype and its saved activations as `wise_clip::kept_for_backward`
+//! counts them (bf16: half a CPU value's bytes, and flash attention keeps no
+//! probabilities), and the patch embedding's; candle keeps them all until the backward
+//! ends, when every gradient exists too. Not counted: the backward's working
+//! buffers, cuBLAS's workspace or the pool's fragmentation. Against the device's free
+//! memory, a step that cannot fit even so is refused before the first step, one within a
+//! tenth of it warned about; an out-of-memory error during a step still gets advice
+//! ([`explain_out_of_memory`]).
 
-use candle_core::Device;
+use candle_core::{DType, Device};
 use wise_clip::config::{TextConfig, VisionConfig};
-
-use crate::trainer::Observer;
+use wise_clip::nn::EncoderShape;
 
 const F32: u64 = 4;
 
@@ -39,9 +49,21 @@ const F32: u64 = 4;
 /// and one being prepared (`wise_data::Loader`'s default prefetch of 2).
 const LOADER_BATCHES: u64 = 3;
 
-/// The peak memory of one training step on the CPU, by what it holds, in bytes.
+/// Where a step runs, which decides how its memory is counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StepDevice {
+    /// The CPU, in f32: the estimate is fitted to measured peaks.
+    Cpu,
+    /// An accelerator computing in this dtype over f32 master weights: what the step
+    /// certainly keeps, a lower bound.
+    Accelerator(DType),
+}
+
+/// The peak memory of one training step, by what it holds, in bytes: on the CPU an
+/// estimate, on an accelerator at least this much (its own memory).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StepMemory {
+    pub device: StepDevice,
     /// Images a step's forward and backward hold at once (the micro-batch).
     pub images: usize,
     /// Every parameter's weight (loaded before the check).
@@ -51,6 +73,8 @@ pub struct StepMemory {
     /// Gradients and AdamW's moments of the trained parameters (and the accumulated
     /// gradients).
     pub training_state: u64,
+    /// The blocks' weights in the compute dtype, kept for the backward (accelerators).
+    pub weight_copies: u64,
     /// What the image tower keeps for the backward, and the pixels.
     pub image_activations: u64,
     /// The loader's batches in flight (part of `image_activations`).
@@ -83,15 +107,20 @@ pub fn tower_activation_bytes(
 }
 
 impl StepMemory {
-    /// A step of an image classifier: `trained` of `total` parameters trained, a
-    /// micro-batch of `images`.
+    /// A step of an image classifier on `device`: `trained` of `total` parameters trained,
+    /// a micro-batch of `images`.
     pub fn image_classifier(
+        device: &Device,
         vision: &VisionConfig,
         total: usize,
         trained: usize,
         images: usize,
         grad_accum: usize,
     ) -> Self {
+        if !device.is_cpu() {
+            let dtype = wise_clip::compute_dtype(device);
+            return Self::accelerator_image_classifier(vision, (total, trained), images, grad_accum, dtype);
+        }
         let tokens = vision.num_positions();
         let tower = tower_activation_bytes(
             vision.num_hidden_layers,
@@ -104,26 +133,67 @@ impl StepMemory {
         let patch_matrix = ((tokens - 1) * vision.num_channels * vision.patch_size.pow(2)) as u64 * F32;
         let per_image = tower + pixels * (1 + LOADER_BATCHES) + patch_matrix;
         Self {
+            device: StepDevice::Cpu,
             loader: images as u64 * pixels * LOADER_BATCHES,
             images,
             weights: total as u64 * F32,
             trained: trained as u64 * F32,
             training_state: state_copies(grad_accum) * trained as u64 * F32,
+            weight_copies: 0,
             image_activations: images as u64 * per_image,
             text_activations_at_most: 0,
             allocator: ALLOCATOR_SLACK,
         }
     }
 
+    /// [`Self::image_classifier`] on an accelerator computing in `dtype`, `(total,
+    /// trained)` parameters.
+    fn accelerator_image_classifier(
+        vision: &VisionConfig,
+        (total, trained): (usize, usize),
+        images: usize,
+        grad_accum: usize,
+        dtype: DType,
+    ) -> Self {
+        let tokens = vision.num_positions();
+        let kept = wise_clip::kept_for_backward(&EncoderShape::from(vision), tokens, dtype, false);
+        let (e, t, c) = (dtype.size_in_bytes() as u64, tokens as u64, vision.hidden_size as u64);
+        let patch = (vision.num_channels * vision.patch_size.pow(2)) as u64;
+        // Outside the blocks: the patch matrix the patch embedding keeps (a zero row for the
+        // class token), its output, and the embeddings' sum that the first LayerNorm keeps.
+        // (The batch's pixels in the compute dtype may be gone by the backward.)
+        let per_image = kept.per_sequence + e * (t * patch + 2 * t * c);
+        Self {
+            device: StepDevice::Accelerator(dtype),
+            images,
+            weights: total as u64 * F32,
+            trained: trained as u64 * F32,
+            training_state: state_copies(grad_accum) * trained as u64 * F32,
+            weight_copies: kept.per_batch,
+            image_activations: images as u64 * per_image,
+            loader: 0,
+            text_activations_at_most: 0,
+            allocator: 0,
+        }
+    }
+
     /// The same step with a caption per image through the text tower (contrastive).
     pub fn with_text(mut self, text: &TextConfig) -> Self {
-        let per_caption = tower_activation_bytes(
-            text.num_hidden_layers,
-            text.max_position_embeddings,
-            text.hidden_size,
-            text.intermediate_size,
-            text.num_attention_heads,
-        );
+        let tokens = text.max_position_embeddings;
+        let per_caption = match self.device {
+            StepDevice::Cpu => tower_activation_bytes(
+                text.num_hidden_layers,
+                tokens,
+                text.hidden_size,
+                text.intermediate_size,
+                text.num_attention_heads,
+            ),
+            StepDevice::Accelerator(dtype) => {
+                let kept = wise_clip::kept_for_backward(&EncoderShape::from(text), tokens, dtype, true);
+                self.weight_copies += kept.per_batch;
+                kept.per_sequence
+            }
+        };
         self.text_activations_at_most = self.images as u64 * per_caption;
         self
     }
@@ -132,6 +202,7 @@ impl StepMemory {
     pub fn total(&self) -> u64 {
         self.weights
             + self.training_state
+            + self.weight_copies
             + self.image_activations
             + self.text_activations_at_most
             + self.allocator
@@ -140,7 +211,7 @@ impl StepMemory {
     /// What the step will add to a process that holds the weights already: certainly
     /// (`.0`) and at most (`.1`).
     fn to_add(&self) -> (u64, u64) {
-        let certain = self.training_state + self.image_activations + self.allocator;
+        let certain = self.training_state + self.weight_copies + self.image_activations + self.allocator;
         (certain, certain + self.text_activations_at_most)
     }
 
@@ -148,7 +219,7 @@ impl StepMemory {
     /// accumulated over several (one more copy of them).
     fn images_fitting_accumulated(&self, bytes: u64) -> usize {
         let per_image = self.image_activations / self.images.max(1) as u64;
-        let fixed = state_copies(2) * self.trained + self.allocator;
+        let fixed = state_copies(2) * self.trained + self.weight_copies + self.allocator;
         (bytes.saturating_sub(fixed) / per_image.max(1)) as usize
     }
 
@@ -159,12 +230,17 @@ impl StepMemory {
     pub fn check(&self, available: Available, effective_batch: usize) -> Result<Option<String>, String> {
         let (certain, at_most) = self.to_add();
         let contrastive = self.text_activations_at_most > 0;
+        let accelerator = matches!(self.device, StepDevice::Accelerator(_));
         let needs = |bytes: u64| {
+            let how_much = match (accelerator, contrastive) {
+                (true, _) => " at least",
+                (false, true) => " at most",
+                (false, false) => "",
+            };
             format!(
-                "a training step of {} images needs{} {} more memory ({} of activations for the \
-                 backward{}, {} for gradients, AdamW's state and the allocator)",
+                "a training step of {} images needs{how_much} {} more memory ({} of activations for \
+                 the backward{}, {} for gradients, AdamW's state{})",
                 self.images,
-                if contrastive { " at most" } else { "" },
                 gb(bytes),
                 gb(self.image_activations),
                 if contrastive {
@@ -172,14 +248,19 @@ impl StepMemory {
                 } else {
                     String::new()
                 },
-                gb(self.training_state + self.allocator),
+                gb(self.training_state + self.weight_copies + self.allocator),
+                if accelerator { " and the weights in the compute dtype" } else { " and the allocator" },
             )
         };
-        let have = format!("{} is available{}", gb(available.ram), available.describe_limit());
-        if certain > available.ram + available.swap {
+        let have = format!("{} is available{}", gb(available.memory), available.describe_limit());
+        if certain > available.memory + available.swap {
             // What fits leaving a tenth free, as a suggestion must not itself warn.
-            let fits = self.images_fitting_accumulated(available.ram / 10 * 9);
-            let advice = if fits == 0 {
+            let fits = self.images_fitting_accumulated(available.memory / 10 * 9);
+            let advice = if fits == 0 && accelerator {
+                "not even one image a batch fits: free the device's memory (nvidia-smi lists who holds \
+                 it), or train the head alone (--freeze-encoder)"
+                    .to_string()
+            } else if fits == 0 {
                 "not even one image a batch fits: free memory, or train on a GPU (--device cuda)".to_string()
             } else if contrastive {
                 // The contrastive loss's negatives are the batch's: accumulating smaller
@@ -203,13 +284,13 @@ impl StepMemory {
                 needs(certain)
             ));
         }
-        if certain > available.ram {
+        if certain > available.memory {
             return Ok(Some(format!("{} and {have}: the step will swap, slowly", needs(certain))));
         }
-        if certain as f64 > 0.9 * available.ram as f64 {
+        if certain as f64 > 0.9 * available.memory as f64 {
             return Ok(Some(format!("{} and {have}: it may not fit", needs(certain))));
         }
-        if at_most > available.ram {
+        if at_most > available.memory {
             return Ok(Some(format!(
                 "{} and {have}: it may not fit if the captions are long",
                 needs(at_most)
@@ -232,10 +313,11 @@ fn state_copies(grad_accum: usize) -> u64 {
 /// Memory this process may still take, in bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Available {
-    /// RAM: the system's available memory, or less under a container's limit.
-    pub ram: u64,
+    /// RAM (the system's available memory, or less under a container's limit), or an
+    /// accelerator's free memory.
+    pub memory: u64,
     pub swap: u64,
-    /// What set `ram` when not the system's available memory.
+    /// What set `memory` when not the system's available RAM.
     pub limit: Option<Limit>,
 }
 
@@ -245,6 +327,8 @@ pub enum Limit {
     Cgroup,
     /// `WISE_MEMORY_LIMIT`.
     User,
+    /// The memory of the accelerator the step runs on.
+    Device,
 }
 
 impl Available {
@@ -256,26 +340,32 @@ impl Available {
         if system.total_memory() == 0 {
             return None;
         }
-        let mut available = Self { ram: system.available_memory(), swap: system.free_swap(), limit: None };
+        let mut available = Self { memory: system.available_memory(), swap: system.free_swap(), limit: None };
         // A cgroup's own limit (a container's), when it sets one below the machine's: the
         // memory it still allows is the limit less what its processes hold (anonymous
         // memory: its page cache can be reclaimed).
         if let Some(limits) = system.cgroup_limits() {
             if limits.total_memory < system.total_memory() {
                 let left = limits.total_memory.saturating_sub(limits.rss);
-                if left < available.ram {
-                    available = Self { ram: left, swap: limits.free_swap, limit: Some(Limit::Cgroup) };
+                if left < available.memory {
+                    available = Self { memory: left, swap: limits.free_swap, limit: Some(Limit::Cgroup) };
                 }
             }
         }
         Some(available)
     }
 
+    /// The free memory of the accelerator `device` now (`None` on the CPU, and where its
+    /// driver does not say).
+    pub fn on_device(device: &Device) -> Option<Self> {
+        wise_clip::device_memory(device).map(|m| Self { memory: m.free, swap: 0, limit: Some(Limit::Device) })
+    }
+
     /// At most `limit` bytes (`WISE_MEMORY_LIMIT`), and then no swap.
     pub fn at_most(self, limit: Option<u64>) -> Self {
         match limit {
-            Some(limit) if limit < self.ram + self.swap => {
-                Self { ram: limit, swap: 0, limit: Some(Limit::User) }
+            Some(limit) if limit < self.memory + self.swap => {
+                Self { memory: limit, swap: 0, limit: Some(Limit::User) }
             }
             _ => self,
         }
@@ -286,23 +376,23 @@ impl Available {
             None => "",
             Some(Limit::Cgroup) => " under this container's memory limit",
             Some(Limit::User) => " under WISE_MEMORY_LIMIT",
+            Some(Limit::Device) => " on the device",
         }
     }
 }
 
-/// Checks `step` on `device` against the memory available now: an error when it cannot
-/// fit, a warning to `observer` when it may not. Only on the CPU (an accelerator's
-/// activations are bf16 and its memory is its own), and not with `WISE_MEMORY_CHECK=off`.
+/// Checks `step` on `device` against the memory available now (the RAM, or the
+/// accelerator's own): an error when it cannot fit, a warning (`Some`) when it may not.
+/// Not with `WISE_MEMORY_CHECK=off`.
 pub fn check_before_training(
     step: &StepMemory,
     effective_batch: usize,
     device: &Device,
-    observer: &mut dyn Observer,
-) -> crate::Result<()> {
+) -> crate::Result<Option<String>> {
     let off = std::env::var("WISE_MEMORY_CHECK")
         .is_ok_and(|v| matches!(v.to_ascii_lowercase().as_str(), "off" | "0" | "false"));
-    if off || !device.is_cpu() {
-        return Ok(());
+    if off {
+        return Ok(None);
     }
     let limit = match std::env::var("WISE_MEMORY_LIMIT") {
         Ok(text) => {
@@ -310,17 +400,20 @@ pub fn check_before_training(
         }
         Err(_) => None,
     };
-    if let Some(available) = Available::now().map(|a| a.at_most(limit)) {
-        if let Some(warning) = step.check(available, effective_batch).map_err(crate::Error::Config)? {
-            observer.warning(&warning);
-        }
+    let available = match device.is_cpu() {
+        true => Available::now().map(|a| a.at_most(limit)),
+        false => Available::on_device(device),
+    };
+    match available {
+        Some(available) => step.check(available, effective_batch).map_err(crate::Error::Config),
+        None => Ok(None),
     }
-    Ok(())
 }
 
 /// `e` with advice when it is an accelerator's out-of-memory error (CUDA's
 /// `CUDA_ERROR_OUT_OF_MEMORY`, cuBLAS's `CUBLAS_STATUS_ALLOC_FAILED`, Metal's "out of
-/// memory"), which the CPU's check before the first step does not foresee; else `e`.
+/// memory"), which the check before the first step, a lower bound there, may not foresee;
+/// else `e`.
 pub fn explain_out_of_memory(
     e: crate::Error,
     batch_size: usize,
@@ -420,7 +513,7 @@ mod tests {
     fn a_batch_too_large_is_refused_with_the_batch_that_fits() {
         let vision = vit_b32();
         let params = 88_000_000;
-        let step = StepMemory::image_classifier(&vision, params, params, 512, 1);
+        let step = StepMemory::image_classifier(&Device::Cpu, &vision, params, params, 512, 1);
         let per_image = step.image_activations / 512;
         // ~37 MB an image, ~1 GB of gradients and moments.
         assert!((36_000_000..40_000_000).contains(&per_image), "{per_image}");
@@ -428,7 +521,7 @@ mod tests {
         assert_eq!(step.allocator, 64 << 20);
         // Room for 100.5 images with accumulated gradients, in nine tenths of the RAM.
         let ram = (4 * 4 * params as u64 + step.allocator + 100 * per_image + per_image / 2) / 9 * 10;
-        let available = Available { ram, swap: 0, limit: Some(Limit::Cgroup) };
+        let available = Available { memory: ram, swap: 0, limit: Some(Limit::Cgroup) };
         let err = step.check(available, 512).unwrap_err();
         assert!(err.contains("512 images") && err.contains("container"), "{err}");
         // 100 fit: 512 in 6 passes of 86.
@@ -438,19 +531,55 @@ mod tests {
         );
 
         // The suggestion fits; swap makes a step that does not fit in RAM a warning.
-        let suggested = StepMemory::image_classifier(&vision, params, params, 86, 6);
+        let suggested = StepMemory::image_classifier(&Device::Cpu, &vision, params, params, 86, 6);
         assert_eq!(suggested.check(available, 516), Ok(None));
         let swap = Available { swap: step.to_add().0, ..available };
         assert!(step.check(swap, 512).unwrap().unwrap().contains("swap"));
         // Within a tenth of the limit: a warning.
-        let close = Available { ram: step.to_add().0 * 21 / 20, swap: 0, limit: None };
+        let close = Available { memory: step.to_add().0 * 21 / 20, swap: 0, limit: None };
         assert!(step.check(close, 512).unwrap().unwrap().ends_with("it may not fit"));
 
         // Accumulating keeps one more gradient copy; a frozen tower trains only the head.
-        let accum = StepMemory::image_classifier(&vision, params, params, 86, 2);
+        let accum = StepMemory::image_classifier(&Device::Cpu, &vision, params, params, 86, 2);
         assert_eq!(accum.training_state, 4 * 4 * params as u64);
-        let probe = StepMemory::image_classifier(&vision, params, 512_000, 512, 1);
+        let probe = StepMemory::image_classifier(&Device::Cpu, &vision, params, 512_000, 512, 1);
         assert_eq!(probe.training_state, 3 * 4 * 512_000);
+    }
+
+    /// On an accelerator: bf16 activations (flash attention keeps no probabilities), each
+    /// block's bf16 weights once a batch, and the device's free memory as the limit.
+    #[test]
+    fn an_accelerator_step_counts_what_it_certainly_keeps() {
+        let config = wise_clip::config::ClipConfig::preset("ViT-B/16").unwrap();
+        let vision = &config.vision_config;
+        let params = 86_000_000;
+        let step = StepMemory::accelerator_image_classifier(vision, (params, params), 64, 1, DType::BF16);
+        let cpu = StepMemory::image_classifier(&Device::Cpu, vision, params, params, 64, 1);
+        assert_eq!((step.device, step.loader, step.allocator), (StepDevice::Accelerator(DType::BF16), 0, 0));
+        assert_eq!(step.training_state, cpu.training_state);
+        // 12 blocks of 4·768² + 2·768·3072 bf16 weights, q, k and v's f32 biases stacked.
+        assert_eq!(step.weight_copies, 12 * (2 * (4 * 768 * 768 + 2 * 768 * 3072) + 4 * 3 * 768));
+        // Per image: 11 full blocks of 197 tokens (200 slots) keeping 9 widths and 2 MLP
+        // widths in bf16 plus lse, the pooled last one; the patches and embeddings.
+        let full = 2 * (5 * 197 * 768 + 4 * 200 * 768 + 2 * 197 * 3072) + 4 * 12 * 200;
+        let pooled = 2 * (2 * 197 * 768 + 3 * 200 * 768 + 4 * 768 + 2 * 3072 + 12 * 200) + 4 * 14;
+        let outside = 2 * (197 * 768 + 2 * 197 * 768);
+        assert_eq!(step.image_activations, 64 * (11 * full + pooled + outside) as u64);
+        // 59.7 MB an image against the CPU's 156 MB (f32, probabilities kept).
+        assert!(step.image_activations * 5 < cpu.image_activations * 2, "{step:?}\n{cpu:?}");
+
+        let per_image = step.image_activations / 64;
+        let fixed = 4 * 4 * params as u64 + step.weight_copies;
+        let memory = (fixed + 40 * per_image + per_image / 2) / 9 * 10;
+        let available = Available { memory, swap: 0, limit: Some(Limit::Device) };
+        let err = step.check(available, 64).unwrap_err();
+        assert!(err.contains("needs at least") && err.contains("available on the device"), "{err}");
+        assert!(err.contains("at most 40 images") && err.contains("--batch-size 32 --grad-accum 2"), "{err}");
+        let suggested =
+            StepMemory::accelerator_image_classifier(vision, (params, params), 32, 2, DType::BF16);
+        assert_eq!(suggested.check(available, 64), Ok(None));
+        let full_device = Available { memory: fixed / 2, ..available };
+        assert!(step.check(full_device, 64).unwrap_err().contains("--freeze-encoder"));
     }
 
     #[test]
@@ -487,29 +616,36 @@ mod tests {
         for bad in ["", "G", "-1G", "0", "eight", "1e30T", "NaN"] {
             assert!(parse_size(bad).unwrap_err().contains("not a size"), "{bad}");
         }
-        let system = Available { ram: 10 << 30, swap: 2 << 30, limit: None };
+        let system = Available { memory: 10 << 30, swap: 2 << 30, limit: None };
         assert_eq!(system.at_most(None), system);
         assert_eq!(system.at_most(Some(20 << 30)), system);
         assert_eq!(
             system.at_most(Some(4 << 30)),
-            Available { ram: 4 << 30, swap: 0, limit: Some(Limit::User) }
+            Available { memory: 4 << 30, swap: 0, limit: Some(Limit::User) }
         );
     }
 
     #[test]
     fn the_text_tower_only_warns() {
         let config = wise_clip::config::ClipConfig::preset("ViT-B/32").unwrap();
-        let step = StepMemory::image_classifier(&config.vision_config, 150_000_000, 150_000_000, 256, 1)
-            .with_text(&config.text_config);
+        let step = StepMemory::image_classifier(
+            &Device::Cpu,
+            &config.vision_config,
+            150_000_000,
+            150_000_000,
+            256,
+            1,
+        )
+        .with_text(&config.text_config);
         let (certain, at_most) = step.to_add();
         assert!(at_most > certain);
-        let available = Available { ram: (certain + at_most) / 2, swap: 0, limit: None };
+        let available = Available { memory: (certain + at_most) / 2, swap: 0, limit: None };
         let warning = step.check(available, 256).unwrap().unwrap();
         assert!(
             warning.contains("needs at most") && warning.ends_with("if the captions are long"),
             "{warning}"
         );
-        let none = Available { ram: certain / 2, swap: 0, limit: None };
+        let none = Available { memory: certain / 2, swap: 0, limit: None };
         let err = step.check(none, 256).unwrap_err();
         assert!(
             err.contains("batch fit: use --batch-size") && err.contains("WISE_MEMORY_CHECK=off"),

@@ -160,10 +160,18 @@ pub fn pretrain(
     }
     let total = config.epochs * steps_per_epoch;
     let parameters = model.params.values().map(|v| v.elem_count()).sum();
-    let step_memory =
-        StepMemory::image_classifier(&arch.vision_config, parameters, parameters, config.batch_size, 1)
-            .with_text(&arch.text_config);
-    memory::check_before_training(&step_memory, config.batch_size, device, observer)?;
+    let step_memory = StepMemory::image_classifier(
+        device,
+        &arch.vision_config,
+        parameters,
+        parameters,
+        config.batch_size,
+        1,
+    )
+    .with_text(&arch.text_config);
+    if let Some(warning) = memory::check_before_training(&step_memory, config.batch_size, device)? {
+        observer.warning(&warning);
+    }
     let adamw = AdamWConfig { weight_decay: config.wd, ..AdamWConfig::default() };
     let mut optimizer = AdamW::new(adamw, &model.params)?;
     // No decay on gains, biases, embeddings and the temperature, as CLIP trains.

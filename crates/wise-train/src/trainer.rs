@@ -186,6 +186,7 @@ fn run_training(run: Run, clip: Option<&str>, observer: &mut dyn Observer) -> Re
     if !config.freeze_encoder {
         let count = |vars: &mut dyn Iterator<Item = &Var>| vars.map(|v| v.elem_count()).sum::<usize>();
         let mut step = StepMemory::image_classifier(
+            &device,
             &classifier.meta.vision_config,
             count(&mut classifier.params.values()) + count(&mut extra.values()),
             count(&mut params.values()),
@@ -195,7 +196,11 @@ fn run_training(run: Run, clip: Option<&str>, observer: &mut dyn Observer) -> Re
         if let Some(f) = &flyp {
             step = step.with_text(&f.clip.config.text_config);
         }
-        memory::check_before_training(&step, config.batch_size * config.grad_accum, &device, observer)?;
+        if let Some(warning) =
+            memory::check_before_training(&step, config.batch_size * config.grad_accum, &device)?
+        {
+            observer.warning(&warning);
+        }
     }
     let adamw = AdamWConfig { weight_decay: config.wd, ..AdamWConfig::default() };
     let mut optimizer = AdamW::new(adamw, &params)?;

@@ -57,7 +57,8 @@ fn measure_one_batch_size() {
         optimizer.step(&params, &grads, 1e-4, scale).unwrap();
     }
     let count = params.values().map(|v| v.elem_count()).sum();
-    let step = StepMemory::image_classifier(&classifier.meta.vision_config, count, count, batch, 1);
+    let step =
+        StepMemory::image_classifier(&Device::Cpu, &classifier.meta.vision_config, count, count, batch, 1);
     println!("PEAK {} ESTIMATE {}", peak_resident_bytes().unwrap(), step.total() - step.loader);
 }
 
