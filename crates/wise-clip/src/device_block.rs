@@ -337,7 +337,8 @@ pub struct KeptBytes {
 
 /// [`KeptBytes`] of an encoder of `shape` computing in `dtype` on CUDA, over sequences of
 /// `tokens` (`masked`: with the text tower's causal mask), whose output is pooled (the
-/// last block is [`forward_at`]'s, as the towers' features are).
+/// last block computes one token a sequence, as the towers' features need:
+/// `Encoder::forward_at`).
 pub fn kept_for_backward(
     shape: &crate::nn::EncoderShape,
     tokens: usize,
