@@ -127,15 +127,30 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         .with_context(|| format!("training {} into {}", args.model.display(), args.out.display()))?;
     bars.finish();
     println!(
-        "trained {} steps ({} epochs, {} images) in {:.1}s, last loss {:.4}: {}",
+        "trained {} steps ({} epochs, {} images) in {:.1}s, last loss {:.4}{}: {}",
         summary.steps,
         summary.epochs,
         summary.images,
         summary.seconds,
         summary.last_loss,
+        peak_memory(&device),
         summary.finetuned.display()
     );
     Ok(())
+}
+
+/// `, peak memory …`: the most the run held (RAM, or the accelerator's own), to size the
+/// next run's batch by.
+fn peak_memory(device: &candle_core::Device) -> String {
+    use wise_train::memory::{display_size, peak_resident_bytes};
+    match wise_clip::device_memory(device) {
+        Some(m) => {
+            format!(", peak memory {} of the device's {}", display_size(m.peak), display_size(m.total))
+        }
+        None => {
+            peak_resident_bytes().map(|b| format!(", peak memory {}", display_size(b))).unwrap_or_default()
+        }
+    }
 }
 
 /// One progress bar per epoch: loss, lr, img/s, ETA.

@@ -115,6 +115,9 @@ fn killed_run_resumes_bit_identically() {
     let straight = setup.root.join("straight");
     let out = ok(&run(&train_args(&setup, &straight, &[]), &cache));
     assert!(out.contains("trained 45 steps"), "{out}");
+    // The run's peak RSS, to size the next batch by: a fixture's run holds tens of MB.
+    let peak = out.split(", peak memory ").nth(1).and_then(|r| r.split(" MB").next()?.parse::<f64>().ok());
+    assert!(peak.is_some_and(|mb| (5.0..1000.0).contains(&mb)), "{out}");
 
     // 15 batches per epoch, 45 steps: kill somewhere inside epoch 2.
     let killed = setup.root.join("killed");

@@ -241,18 +241,18 @@ impl StepMemory {
                 "a training step of {} images needs{how_much} {} more memory ({} of activations for \
                  the backward{}, {} for gradients, AdamW's state{})",
                 self.images,
-                gb(bytes),
-                gb(self.image_activations),
+                display_size(bytes),
+                display_size(self.image_activations),
                 if contrastive {
-                    format!(" and up to {} for the text tower", gb(self.text_activations_at_most))
+                    format!(" and up to {} for the text tower", display_size(self.text_activations_at_most))
                 } else {
                     String::new()
                 },
-                gb(self.training_state + self.weight_copies + self.allocator),
+                display_size(self.training_state + self.weight_copies + self.allocator),
                 if accelerator { " and the weights in the compute dtype" } else { " and the allocator" },
             )
         };
-        let have = format!("{} is available{}", gb(available.memory), available.describe_limit());
+        let have = format!("{} is available{}", display_size(available.memory), available.describe_limit());
         if certain > available.memory + available.swap {
             // What fits leaving a tenth free, as a suggestion must not itself warn.
             let fits = self.images_fitting_accumulated(available.memory / 10 * 9);
@@ -275,7 +275,7 @@ impl StepMemory {
                 )
             };
             let swap = if available.swap > 0 {
-                format!(" with {} of swap", gb(available.swap))
+                format!(" with {} of swap", display_size(available.swap))
             } else {
                 String::new()
             };
@@ -480,8 +480,8 @@ pub fn peak_resident_bytes() -> Option<u64> {
     Some(kb * 1024)
 }
 
-/// `1.4 GB`, `37 MB`, `12 kB`.
-fn gb(bytes: u64) -> String {
+/// A size in bytes as `1.4 GB`, `37 MB` or `12 kB` (powers of 1000).
+pub fn display_size(bytes: u64) -> String {
     let b = bytes as f64;
     if b >= 1e9 {
         format!("{:.1} GB", b / 1e9)
