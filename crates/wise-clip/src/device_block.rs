@@ -127,7 +127,7 @@ pub(crate) fn forward(
     x: &Tensor,
     mask: Option<&Tensor>,
 ) -> candle_core::Result<Tensor> {
-    forward_with(layer, x, mask, None, None)
+    enter(x, prepare(layer, x, mask, None, None)?)
 }
 
 /// The block's output at `positions[b]` of each sequence b (checked by the caller), `[B, C]`
@@ -139,7 +139,7 @@ pub(crate) fn forward_at(
     positions: &[usize],
     mask: Option<&Tensor>,
 ) -> candle_core::Result<Tensor> {
-    forward_with(layer, x, mask, Some(positions), None)
+    enter(x, prepare(layer, x, mask, Some(positions), None)?)
 }
 
 /// The pooled block's rows: one query per sequence.
@@ -192,17 +192,10 @@ impl Pooled {
     }
 }
 
-/// [`forward`], or [`forward_at`] with `positions`; with flash attention (`crate::flash`)
-/// or not as `flash` says, or where it applies when `None` (the pooled block's single
-/// queries never).
-fn forward_with(
-    layer: &EncoderLayer,
-    x: &Tensor,
-    mask: Option<&Tensor>,
-    positions: Option<&[usize]>,
-    flash: Option<bool>,
-) -> candle_core::Result<Tensor> {
-    match prepare(layer, x, mask, positions, flash)? {
+/// The block's node entered into candle's graph after `x` (training), or its output
+/// (inference).
+fn enter(x: &Tensor, prepared: Prepared) -> candle_core::Result<Tensor> {
+    match prepared {
         Prepared::Output(y) => Ok(y),
         Prepared::Node(node) => x.apply_op1(*node),
     }
@@ -216,7 +209,9 @@ enum Prepared {
     Node(Box<Node>),
 }
 
-/// The work of [`forward_with`].
+/// [`forward`], or [`forward_at`] with `positions`, up to the graph; with flash attention
+/// (`crate::flash`) or not as `flash` says, or where it applies when `None` (the pooled
+/// block's single queries never).
 fn prepare(
     layer: &EncoderLayer,
     x: &Tensor,
@@ -599,11 +594,12 @@ mod tests {
             for (mask, flash) in [None, Some(&causal)].into_iter().flat_map(|m| [(m, false), (m, true)]) {
                 let x = Var::randn(0f32, 1.0, (b, t, c), &dev)?;
                 let probe = Tensor::randn(0f32, 1.0, (b, t, c), &dev)?;
-                let ours = forward_with(&layer, &x, mask, None, Some(flash))?;
+                let ours = enter(&x, prepare(&layer, &x, mask, None, Some(flash))?)?;
                 let reference = layer.forward_op_by_op(&x, mask)?;
                 let what = format!("{act:?}, mask {}, flash attention {flash}", mask.is_some());
                 assert_matches(&what, (&ours, reference), &probe, &params, &x)?;
-                let inferred = crate::inference_mode(|| forward_with(&layer, &x, mask, None, Some(flash)))?;
+                let inferred =
+                    crate::inference_mode(|| enter(&x, prepare(&layer, &x, mask, None, Some(flash))?))?;
                 assert_eq!(inferred.flatten_all()?.to_vec1::<f32>()?, ours.flatten_all()?.to_vec1::<f32>()?);
                 let g = crate::backward(&(inferred * &probe)?.sum_all()?)?;
                 assert!(g.get(&x).is_none() && g.get(&layer.mlp.fc1.weight).is_none(), "{what}: inference");
