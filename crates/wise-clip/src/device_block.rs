@@ -658,6 +658,23 @@ mod tests {
             let what = format!("{rows:?}, mask {}", mask.is_some());
             assert_eq!(counted, kept.per_sequence * b as u64 + kept.per_batch, "{what}");
         }
+        // The weights as a bf16 block holds them (every one a copy; q, k and v's f32 biases
+        // stacked): the rest of a batch's bytes, which only a GPU's block computes with.
+        let [q, k, v, out, fc1, fc2] = projections(&layer);
+        for dtype in [DType::F32, DType::BF16] {
+            let proj = [vec![q, k, v], vec![out], vec![fc1], vec![fc2]].map(|ls| Projection::new(&ls, dtype));
+            let mut seen = std::collections::BTreeMap::new();
+            for p in proj {
+                let p = p?;
+                for (key, bytes) in [storage_bytes(&p.w), storage_bytes(&p.b)] {
+                    if !param_storages.contains(&key) {
+                        seen.insert(key, bytes);
+                    }
+                }
+            }
+            let kept = block_kept(&shape, t, dtype, Rows::All { flash: false }, false);
+            assert_eq!(seen.values().sum::<u64>(), kept.per_batch, "{dtype:?} weights");
+        }
         Ok(())
     }
 
@@ -667,7 +684,8 @@ mod tests {
         match &*storage {
             Storage::Cpu(CpuStorage::F32(v)) => (v.as_ptr() as usize, 4 * v.len() as u64),
             Storage::Cpu(CpuStorage::U32(v)) => (v.as_ptr() as usize, 4 * v.len() as u64),
-            _ => panic!("f32 or u32 CPU tensors expected"),
+            Storage::Cpu(CpuStorage::BF16(v)) => (v.as_ptr() as usize, 2 * v.len() as u64),
+            _ => panic!("f32, u32 or bf16 CPU tensors expected"),
         }
     }
 
