@@ -35,7 +35,7 @@
 //! probabilities), and the patch embedding's; candle keeps them all until the backward
 //! ends, when every gradient exists too. Not counted: the backward's working
 //! buffers, cuBLAS's workspace or the pool's fragmentation. Against the device's free
-//! memory, a step that cannot fit even so is refused before the first step, one within a
+//! memory (or `WISE_MEMORY_LIMIT`, if lower), a step that cannot fit even so is refused before the first step, one within a
 //! tenth of it warned about; an out-of-memory error during a step still gets advice
 //! ([`explain_out_of_memory`]).
 
@@ -382,8 +382,8 @@ impl Available {
 }
 
 /// Checks `step` on `device` against the memory available now (the RAM, or the
-/// accelerator's own): an error when it cannot fit, a warning (`Some`) when it may not.
-/// Not with `WISE_MEMORY_CHECK=off`.
+/// accelerator's own; at most `WISE_MEMORY_LIMIT`): an error when it cannot fit, a warning
+/// (`Some`) when it may not. Not with `WISE_MEMORY_CHECK=off`.
 pub fn check_before_training(
     step: &StepMemory,
     effective_batch: usize,
@@ -401,9 +401,10 @@ pub fn check_before_training(
         Err(_) => None,
     };
     let available = match device.is_cpu() {
-        true => Available::now().map(|a| a.at_most(limit)),
+        true => Available::now(),
         false => Available::on_device(device),
     };
+    let available = available.map(|a| a.at_most(limit));
     match available {
         Some(available) => step.check(available, effective_batch).map_err(crate::Error::Config),
         None => Ok(None),
