@@ -158,11 +158,14 @@ device() {
     "$wise" --version
     ldd "$wise" | grep "not found" && echo "MISSING LIBRARIES above (LD_LIBRARY_PATH=$LD_LIBRARY_PATH)"
 
-    parity "$wise" "$py" "$work" "$out" || echo "PARITY FAILED (see above); benchmarks follow"
-    benchmarks "$wise" "$py" "$out"
-    data_path "$wise" "$py" "$out"
-    out_of_memory "$wise"
-    host_cpu "$wise" "$py" "$out"
+    # Each part's wall time, so that the next run can be sized to the device time left.
+    timed() { local start=$SECONDS; "$@"; local rc=$?; echo "-- $1: $((SECONDS - start)) s"; return $rc; }
+    timed parity "$wise" "$py" "$work" "$out" || echo "PARITY FAILED (see above); benchmarks follow"
+    timed benchmarks "$wise" "$py" "$out"
+    timed data_path "$wise" "$py" "$out"
+    timed out_of_memory "$wise"
+    timed host_cpu "$wise" "$py" "$out"
+    echo "-- device steps: $SECONDS s in all"
     rm -rf "$work"
 }
 
