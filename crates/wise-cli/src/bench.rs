@@ -159,7 +159,9 @@ pub fn run(mut args: BenchArgs) -> anyhow::Result<()> {
         StepMemory::image_classifier(&device, vc, count, count, args.batch_size, 1)
     });
     if let Some(step) = &step_memory {
-        if let Some(warning) = memory::check_before_training(step, args.batch_size, &device)? {
+        let checked = memory::check_before_training(step, args.batch_size, &device)
+            .context("wise train would refuse this step (WISE_MEMORY_CHECK=off benches it anyway)")?;
+        if let Some(warning) = checked {
             eprintln!("warning: {warning}");
         }
     }
