@@ -455,9 +455,9 @@ PY
 # been tested on CUDA's and cuBLAS's names for it, never on a GPU.
 out_of_memory() {
     local wise=$1 text
-    [[ $GPU_DEVICE != cpu ]] || { echo "== memory check and out-of-memory advice: skipped on the CPU"; return 0; }
-    local run=("$wise" bench --device "$GPU_DEVICE" --mode train --preset ViT-L/14 --batch-size "${OOM_BATCH:-4096}"
-               --warmup 0 --iters 1)
+    [[ $GPU_DEVICE != cpu ]] || { echo "== memory check and out-of-memory advice: skipped on CPU"; return 0; }
+    local run=("$wise" bench --device "$GPU_DEVICE" --mode train --preset ViT-L/14
+               --batch-size "${OOM_BATCH:-4096}" --warmup 0 --iters 1)
     echo "== memory: a ViT-L/14 training step at batch ${OOM_BATCH:-4096} is refused before it starts"
     text=$("${run[@]}" 2>&1 || true)
     tail -n 3 <<<"$text"

@@ -35,9 +35,9 @@
 //! probabilities), and the patch embedding's; candle keeps them all until the backward
 //! ends, when every gradient exists too. Not counted: the backward's working
 //! buffers, cuBLAS's workspace or the pool's fragmentation. Against the device's free
-//! memory (or `WISE_MEMORY_LIMIT`, if lower), a step that cannot fit even so is refused before the first step, one within a
-//! tenth of it warned about; an out-of-memory error during a step still gets advice
-//! ([`explain_out_of_memory`]).
+//! memory (or `WISE_MEMORY_LIMIT`, if lower), a step that cannot fit even so is refused
+//! before the first step, one within a tenth of it warned about; an out-of-memory error
+//! during a step still gets advice ([`explain_out_of_memory`]).
 
 use candle_core::{DType, Device};
 use wise_clip::config::{TextConfig, VisionConfig};
